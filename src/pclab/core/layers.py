@@ -1,0 +1,93 @@
+"""Prediction modules with hand-derived vector-Jacobian products.
+
+Any ``nn.Module`` can be a prediction edge of a :class:`~pclab.core.graph.PCN`; relaxation then
+gets ``dE/dz`` from autograd. Modules that also define ``forward_with_vjp`` let relaxation skip
+autograd: that is the fast path for the standard layers (tests check it against autograd).
+Every hand-derived formula here is built from differentiable torch ops, so backprop through the
+unrolled inference works on the fast path too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Vjp = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _gelu_grad(a: torch.Tensor) -> torch.Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(a * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
+    return cdf + a * pdf
+
+
+def _sigmoid_grad(a: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(a)
+    return s * (1.0 - s)
+
+
+def _silu_grad(a: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(a)
+    return s * (1.0 + a * (1.0 - s))
+
+
+# name -> (function, derivative as a function of the pre-activation)
+ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "identity": (lambda a: a, lambda a: torch.ones_like(a)),
+    "tanh": (torch.tanh, lambda a: 1.0 - torch.tanh(a) ** 2),
+    "relu": (torch.relu, lambda a: (a > 0).to(a.dtype)),
+    "leaky_relu": (
+        lambda a: torch.nn.functional.leaky_relu(a, 0.01),
+        lambda a: torch.where(a > 0, torch.ones_like(a), torch.full_like(a, 0.01)),
+    ),
+    "gelu": (torch.nn.functional.gelu, _gelu_grad),
+    "sigmoid": (torch.sigmoid, _sigmoid_grad),
+    "silu": (torch.nn.functional.silu, _silu_grad),
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function called ``name`` (one of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name][0]
+
+
+class Dense(nn.Module):
+    """``mu = act(z @ W.T + b)``: a fully-connected prediction.
+
+    Shapes: input ``(batch, in_features)``, output ``(batch, out_features)``.
+
+    Args:
+        in_features: width of the presynaptic node.
+        out_features: width of the predicted node.
+        activation: name of the elementwise nonlinearity applied to the prediction.
+        bias: whether to learn an additive bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "identity", bias: bool = True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = activation
+        self._f, self._df = ACTIVATIONS[activation]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self._f(self.linear(z))
+
+    def forward_with_vjp(self, z: torch.Tensor) -> tuple[torch.Tensor, Vjp]:
+        """The prediction and a function mapping ``g = dE/dmu`` to ``dE/dz``."""
+        a = self.linear(z)
+        mu = self._f(a)
+        weight = self.linear.weight
+        if self.activation == "identity":
+            return mu, lambda g: g @ weight
+        slope = self._df(a)
+        return mu, lambda g: (g * slope) @ weight
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"

@@ -1,0 +1,297 @@
+"""Learning rules: how the parameters of a PCN change after (or during) relaxation.
+
+Every rule works on the same :class:`~pclab.core.graph.PCN` object, owns its parameter optimiser
+(and optional learning-rate scheduler), takes one batch per :meth:`LearningRule.step`, and has
+``state_dict()`` / ``load_state_dict()`` so a run resumes with identical next updates.
+
+* :class:`PCLearning`     -- the local PC rule at the relaxed state (``forward_update`` option).
+* :class:`IncrementalPC`  -- a weight step after every inference step.
+* :class:`ZeroDivergenceIL` -- Z-IL: each layer learns at the step its error first appears.
+* :class:`BPThroughInference` -- a task loss on the state after ``T`` steps, backpropagated
+  through the unrolled inference.
+* :class:`Backprop`       -- plain backprop of the feed-forward pass of the same modules.
+
+A batch is a mapping node name -> tensor. PC rules clamp every node in the batch. The backprop
+rules clamp the nodes named in ``clamp`` and use the others as targets of their :class:`TaskLoss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .graph import PCN, State
+from .optim import SGD
+from .relax import Inference, Relaxed, relax
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskLoss:
+    """A task loss on the predictions of a state, averaged over the batch.
+
+    ``reconstruct``: node -> weight of ``MSE(mu_node, target)`` (mean over elements).
+    ``classify``: node -> weight of ``CE(mu_node, target)``; the target is class indices
+    ``(batch,)`` or class probabilities ``(batch, classes)``.
+    """
+
+    reconstruct: Mapping[str, float] = field(default_factory=dict)
+    classify: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.reconstruct and not self.classify:
+            raise ValueError("a TaskLoss needs at least one reconstruct or classify term")
+        for kind, terms in (("reconstruct", self.reconstruct), ("classify", self.classify)):
+            for node, weight in terms.items():
+                if not (weight >= 0):
+                    raise ValueError(f"TaskLoss {kind} weight of node {node!r} must be >= 0, got {weight!r}")
+
+    @classmethod
+    def mix(cls, lam: float, image: str = "x", label: str = "y") -> TaskLoss:
+        """``(1 - lam) * MSE(image) + lam * CE(label)``: the classification-reconstruction mix."""
+        if not (0.0 <= lam <= 1.0):
+            raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+        return cls(reconstruct={image: 1.0 - lam}, classify={label: lam})
+
+    @property
+    def targets(self) -> set[str]:
+        return set(self.reconstruct) | set(self.classify)
+
+    def __call__(self, model: PCN, values: State, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, parts)`` for the predictions at ``values``; parts are per-term floats."""
+        mu = model.predictions(values)
+        loss = None
+        parts: dict[str, float] = {}
+        for node, weight in self.reconstruct.items():
+            term = F.mse_loss(mu[node], batch[node])
+            parts[f"mse_{node}"] = float(term.detach())
+            loss = weight * term if loss is None else loss + weight * term
+        for node, weight in self.classify.items():
+            term = F.cross_entropy(mu[node], batch[node])
+            parts[f"ce_{node}"] = float(term.detach())
+            loss = weight * term if loss is None else loss + weight * term
+        assert loss is not None
+        return loss, parts
+
+
+class LearningRule:
+    """Base class: owns the parameter optimiser and scheduler of ``model``."""
+
+    def __init__(self, model: PCN, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
+        if not isinstance(model, PCN):
+            raise TypeError(f"model must be a pclab PCN, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """Learn from one batch; return scalar metrics (energies, losses)."""
+        raise NotImplementedError
+
+    def _apply(self) -> None:
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            if state.get("scheduler") is None:
+                raise ValueError("checkpoint has no scheduler state but this rule has a scheduler")
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+class PCLearning(LearningRule):
+    """The PC rule: relax with the batch clamped, then one optimiser step on ``dE/dtheta``.
+
+    ``dE/dtheta`` of an edge depends only on its target's error and its source's value: the rule
+    is local. With ``forward_update`` the presynaptic values are those of the initial
+    (feed-forward) pass instead of the relaxed ones (Qi et al. 2025).
+    """
+
+    def __init__(
+        self,
+        model: PCN,
+        inference: Inference,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any | None = None,
+        forward_update: bool = False,
+    ):
+        super().__init__(model, optimizer, scheduler)
+        self.inference, self.forward_update = inference, forward_update
+
+    def weight_energy(self, relaxed: Relaxed) -> torch.Tensor:
+        """The energy whose parameter gradient is the update (batch mean, a scalar)."""
+        values = {n: v.detach() for n, v in relaxed.values.items()}
+        sources = None
+        if self.forward_update:
+            sources = {n: v.detach() for n, v in relaxed.initial.items() if n not in relaxed.clamped}
+        return self.model.energy(values, relaxed.clamped, sources)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        relaxed = relax(self.model, batch, self.inference)
+        self.optimizer.zero_grad(set_to_none=True)
+        energy = self.weight_energy(relaxed)
+        energy.backward()
+        self._apply()
+        return {"energy": float(energy.detach())}
+
+
+class IncrementalPC(LearningRule):
+    """Incremental PC: a weight step at every inference step, from the same errors as the latent step."""
+
+    def __init__(self, model: PCN, inference: Inference, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
+        super().__init__(model, optimizer, scheduler)
+        self.inference = inference
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        clamped = frozenset(batch)
+        last = {}
+
+        def learn(t: int, values: State) -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                energy = self.model.energy({n: v.detach() for n, v in values.items()}, clamped)
+                energy.backward()
+            self.optimizer.step()
+            last["energy"] = energy.detach()
+
+        relax(self.model, batch, self.inference, on_step=learn)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"energy": float(last["energy"]) if last else 0.0}
+
+
+class ZeroDivergenceIL(LearningRule):
+    """Z-IL (Song et al. 2020): feed-forward init, latent SGD with step 1, ``T = N`` steps, and the
+    edges into layer ``l`` take their gradient at step ``t = N - 1 - l`` only. For a
+    feed-forward network whose output node is clamped to a target, the resulting update equals
+    the backprop gradient of that output's energy.
+    """
+
+    def __init__(self, model: PCN, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
+        super().__init__(model, optimizer, scheduler)
+        self.inference = Inference(steps=model.num_layers, optimizer=SGD(lr=1.0), init="forward")
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        clamped = frozenset(batch)
+        model = self.model
+        self.optimizer.zero_grad(set_to_none=True)
+
+        def learn(t: int, values: State) -> None:
+            layer = model.num_layers - 1 - t
+            nodes = [n for n in model.error_nodes if model.layer_index[n] == layer]
+            with torch.enable_grad():
+                detached = {n: v.detach() for n, v in values.items()}
+                energies = model.energies(detached, clamped)
+                terms = [energies[n].mean() for n in nodes if n in energies]
+                if terms:
+                    torch.stack(terms).sum().backward()
+
+        relax(model, batch, self.inference, on_step=learn)
+        self._apply()
+        return {}
+
+
+class BPThroughInference(LearningRule):
+    """Backprop of a task loss on the state after ``T`` relaxation steps, through every step.
+
+    Args:
+        model: the network.
+        inference: the relaxation that is unrolled (its optimiser must be differentiable:
+            pclab ``SGD`` or ``Adam``).
+        optimizer: parameter optimiser.
+        loss: the task loss on the final state's predictions.
+        clamp: batch entries clamped during inference; the rest are targets only.
+        truncate: backpropagate through the last ``truncate`` steps only.
+        checkpoint: recompute each step in the backward pass (memory per step: the state only).
+    """
+
+    def __init__(
+        self,
+        model: PCN,
+        inference: Inference,
+        optimizer: torch.optim.Optimizer,
+        loss: TaskLoss,
+        clamp: Sequence[str],
+        scheduler: Any | None = None,
+        truncate: int | None = None,
+        checkpoint: bool = False,
+    ):
+        super().__init__(model, optimizer, scheduler)
+        _check_clamp_names(model, clamp, loss)
+        self.inference, self.loss, self.clamp = inference, loss, tuple(clamp)
+        self.truncate, self.checkpoint = truncate, checkpoint
+
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The task loss after the unrolled relaxation (differentiable in the parameters)."""
+        _check_batch(batch, self.clamp, self.loss)
+        clamp = {n: batch[n] for n in self.clamp}
+        relaxed = relax(
+            self.model, clamp, self.inference, differentiable=True,
+            truncate=self.truncate, checkpoint_steps=self.checkpoint,
+        )
+        return self.loss(self.model, relaxed.values, batch)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.objective(batch)
+        loss.backward()
+        self._apply()
+        return {"loss": float(loss.detach()), **parts}
+
+
+class Backprop(LearningRule):
+    """Plain backprop: the task loss on the feed-forward pass of the same modules (``T = 0``)."""
+
+    def __init__(
+        self,
+        model: PCN,
+        optimizer: torch.optim.Optimizer,
+        loss: TaskLoss,
+        clamp: Sequence[str],
+        scheduler: Any | None = None,
+    ):
+        super().__init__(model, optimizer, scheduler)
+        _check_clamp_names(model, clamp, loss)
+        self.loss, self.clamp = loss, tuple(clamp)
+
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        _check_batch(batch, self.clamp, self.loss)
+        values = self.model.initial_state({n: batch[n] for n in self.clamp}, "forward")
+        return self.loss(self.model, values, batch)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.objective(batch)
+        loss.backward()
+        self._apply()
+        return {"loss": float(loss.detach()), **parts}
+
+
+def _check_clamp_names(model: PCN, clamp: Sequence[str], loss: TaskLoss) -> None:
+    if isinstance(clamp, str):
+        raise TypeError(f"clamp must be a sequence of node names, got the string {clamp!r}; write ({clamp!r},)")
+    for name in [*clamp, *loss.targets]:
+        if name not in model.nodes:
+            raise ValueError(f"unknown node {name!r} in clamp or loss; nodes are {list(model.nodes)}")
+    for name in loss.targets:
+        if name not in model.error_nodes:
+            raise ValueError(f"loss target {name!r} has no prediction (no incoming edge) to compare with")
+
+
+def _check_batch(batch: Batch, clamp: Sequence[str], loss: TaskLoss) -> None:
+    missing = [n for n in [*clamp, *loss.targets] if n not in batch]
+    if missing:
+        raise ValueError(f"batch lacks entries {missing}; it has {sorted(batch)}")

@@ -1,0 +1,260 @@
+"""Relaxation: inferring the free nodes by descending the energy.
+
+:class:`Inference` holds *how* to relax (steps, latent optimiser, initialisation, precision
+schedule, early stop); :func:`relax` runs it on one batch and returns a :class:`Relaxed` state.
+Recording a :class:`Trajectory` is opt-in and costs nothing when off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .graph import PCN, State
+from .optim import SGD, LatentOptimizer
+from .precision import Constant, PrecisionSchedule
+
+StepHook = Callable[[int, State], None]
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How to relax a PCN.
+
+    Args:
+        steps: number of inference steps ``T`` (>= 0).
+        optimizer: latent update rule (:class:`~pclab.core.optim.SGD`, ``Adam``, ``TorchOptimizer``).
+        init: first values of the free nodes: ``"forward"`` (feed-forward pass / amortisers),
+            ``"zeros"`` or ``"random"``.
+        precision: a schedule for every error node, or a mapping node name -> schedule
+            (missing nodes: constant 1).
+        tolerance: stop early once the relative change of the total energy between two steps falls
+            below this (``None``: always run ``steps``).
+        fixed_prediction: compute every prediction (and its Jacobian) from the initial values, not
+            the current ones (the fixed-prediction assumption).
+        method: latent gradients by ``"auto"``, ``"manual"`` or ``"autograd"`` (see
+            :meth:`PCN.latent_grads`).
+    """
+
+    steps: int = 20
+    optimizer: LatentOptimizer = field(default_factory=SGD)
+    init: str = "forward"
+    precision: PrecisionSchedule | Mapping[str, PrecisionSchedule] = field(default_factory=Constant)
+    tolerance: float | None = None
+    fixed_prediction: bool = False
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"inference steps must be an integer >= 0, got {self.steps!r}")
+        if self.init not in ("forward", "zeros", "random"):
+            raise ValueError(f"inference init must be 'forward', 'zeros' or 'random', got {self.init!r}")
+        if self.tolerance is not None and not (self.tolerance > 0):
+            raise ValueError(f"inference tolerance must be > 0 or None, got {self.tolerance!r}")
+        if self.method not in ("auto", "manual", "autograd"):
+            raise ValueError(f"inference method must be 'auto', 'manual' or 'autograd', got {self.method!r}")
+
+    def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
+        """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""
+        schedules = self.precision
+        if not isinstance(schedules, Mapping):
+            if schedules.is_constant and schedules(0, 0, 1) == 1.0:
+                return None
+            schedules = {n: schedules for n in model.error_nodes}
+        return {
+            name: float(schedules[name](step, model.layer_index[name], model.num_layers)) if name in schedules else 1.0
+            for name in model.error_nodes
+        }
+
+
+@dataclass
+class Trajectory:
+    """What happened at each step ``t = 0 .. steps`` (``steps + 1`` rows; row ``t`` is the state
+    after ``t`` updates).
+
+    Attributes:
+        nodes: names of the error nodes, the column order of ``energy`` and ``error_norm``.
+        energy: ``(steps+1, nodes)`` batch-mean precision-weighted energy per node (zero for
+            inactive nodes); schedules included.
+        error_norm: ``(steps+1, nodes)`` batch-mean L2 norm of each node's prediction error.
+        free: names of the free nodes, the column order of ``drift``.
+        drift: ``(steps+1, free)`` batch-mean L2 distance of each free node from its initial value.
+    """
+
+    nodes: list[str]
+    free: list[str]
+    energy: list[list[float]] = field(default_factory=list)
+    error_norm: list[list[float]] = field(default_factory=list)
+    drift: list[list[float]] = field(default_factory=list)
+
+    def record(self, model: PCN, values: State, initial: State, energies: Mapping[str, torch.Tensor], mu: State) -> None:
+        with torch.no_grad():
+            zero = next(iter(values.values())).new_zeros(())
+            e = [energies[n].mean() if n in energies else zero for n in self.nodes]
+            err = [_norm(values[n] - mu[n]) if n in mu else zero for n in self.nodes]
+            dr = [_norm(values[n] - initial[n]) for n in self.free]
+            row = torch.stack(e + err + dr).double().cpu().tolist()
+        k, m = len(self.nodes), 2 * len(self.nodes)
+        self.energy.append(row[:k])
+        self.error_norm.append(row[k:m])
+        self.drift.append(row[m:])
+
+    def total_energy(self) -> list[float]:
+        """Total energy per step."""
+        return [sum(r) for r in self.energy]
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).norm(dim=1).mean()
+
+
+@dataclass
+class Relaxed:
+    """The result of :func:`relax`.
+
+    Attributes:
+        values: the relaxed state (free released cross-entropy nodes hold ``softmax(mu)``).
+        initial: the state before the first step (the feed-forward values with ``init="forward"``).
+        clamped: the clamped node names.
+        steps: steps taken (fewer than asked when the tolerance stopped it).
+        trajectory: per-step records when ``record=True``.
+    """
+
+    values: State
+    initial: State
+    clamped: frozenset[str]
+    steps: int
+    trajectory: Trajectory | None = None
+
+
+def free_nodes(model: PCN, clamped: frozenset[str]) -> list[str]:
+    """Nodes relaxation moves: not clamped, and not a released read-out."""
+    readouts = {n for n in model.error_nodes if not model.active(n, clamped)}
+    return [n for n in model.order if n not in clamped and n not in readouts]
+
+
+def relax(
+    model: PCN,
+    clamp: Mapping[str, torch.Tensor],
+    inference: Inference,
+    *,
+    record: bool = False,
+    differentiable: bool = False,
+    truncate: int | None = None,
+    checkpoint_steps: bool = False,
+    on_step: StepHook | None = None,
+    initial: State | None = None,
+    generator: torch.Generator | None = None,
+) -> Relaxed:
+    """Infer the free nodes of ``model`` for one batch.
+
+    Args:
+        model: the network.
+        clamp: values of the clamped nodes, name -> ``(batch, *shape)``.
+        inference: how to relax.
+        record: keep a :class:`Trajectory`.
+        differentiable: keep the unrolled graph so a loss on the result can be backpropagated to the
+            parameters (``bp-through-inference``); otherwise run under ``no_grad``.
+        truncate: with ``differentiable``, backpropagate through the last ``truncate`` steps only.
+        checkpoint_steps: with ``differentiable``, recompute each step in the backward pass instead of
+            storing its intermediate tensors (memory per step: the state only).
+        on_step: called as ``on_step(t, values)`` at each step ``t = 0 .. steps-1``, after the
+            latent gradients of step ``t`` are computed and before they are applied (incremental
+            PC takes its weight step here). Disables the cache of clamped-input predictions.
+        initial: start from these values instead of ``inference.init``.
+        generator: random source for ``init="random"``.
+    """
+    if truncate is not None and not (isinstance(truncate, int) and truncate >= 0):
+        raise ValueError(f"truncate must be an integer >= 0 or None, got {truncate!r}")
+    if (truncate is not None or checkpoint_steps) and not differentiable:
+        raise ValueError("truncate and checkpoint_steps only apply with differentiable=True")
+    clamped = frozenset(clamp)
+    with torch.set_grad_enabled(differentiable):
+        if initial is None:
+            initial = model.initial_state(clamp, inference.init, generator)
+        else:
+            model.check_clamp(clamp)
+            initial = {**initial, **clamp}
+    if not differentiable:
+        initial = {n: v.detach() for n, v in initial.items()}
+    free = free_nodes(model, clamped)
+    values = dict(initial)
+    for n in free:  # latent updates may work in place; keep ``initial`` intact
+        values[n] = values[n].clone()
+    sources = {n: initial[n] for n in free} if inference.fixed_prediction else None
+    opt = inference.optimizer
+    opt_states = {n: opt.init(values[n]) for n in free}
+    trajectory = Trajectory(list(model.error_nodes), list(free)) if record else None
+
+    grad_context = torch.enable_grad() if differentiable else torch.no_grad()
+    with grad_context:
+        cached = None
+        if on_step is None and not inference.fixed_prediction and model.fast:
+            cached = {e.key: model.edge_modules[e.key](values[e.source]) for e in model.edges if e.source in clamped}
+
+        def grads_at(t: int, vals: State):
+            return model.latent_grads(
+                vals, free, clamped, inference.multipliers(model, t), sources, cached,
+                differentiable=differentiable, method=inference.method,
+            )
+
+        def step(t: int, vals: State, states: dict) -> tuple[State, dict, dict]:
+            grads, energies = grads_at(t, vals)
+            if on_step is not None:
+                on_step(t, vals)
+            new_vals, new_states = dict(vals), {}
+            for n in free:
+                new_vals[n], new_states[n] = opt.update(vals[n], grads[n], states[n], differentiable)
+            return new_vals, new_states, energies
+
+        def measure(t: int, vals: State) -> None:
+            assert trajectory is not None
+            mu = model.predictions(vals, sources)
+            energies = model.energies(vals, clamped, mu, inference.multipliers(model, t))
+            trajectory.record(model, vals, initial, energies, mu)
+
+        previous = None
+        taken = 0
+        for t in range(inference.steps):
+            if trajectory is not None:
+                measure(t, values)
+            if differentiable and truncate is not None and t == inference.steps - truncate:
+                values = {n: v.detach() for n, v in values.items()}
+                opt_states = {n: _detach(s) for n, s in opt_states.items()}
+            if differentiable and checkpoint_steps:
+                values, opt_states, energies = checkpoint(step, t, values, opt_states, use_reentrant=False)
+            else:
+                values, opt_states, energies = step(t, values, opt_states)
+            taken = t + 1
+            if inference.tolerance is not None:
+                total = float(sum(e.detach().sum() for e in energies.values())) if energies else 0.0
+                if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
+                    break
+                previous = total
+        if trajectory is not None:
+            measure(taken, values)
+        values = _release_readouts(model, values, clamped, sources)
+    result = Relaxed(values, initial, clamped, taken, trajectory)
+    return result
+
+
+def _detach(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: _detach(v) for k, v in state.items()}
+    return state
+
+
+def _release_readouts(model: PCN, values: State, clamped: frozenset[str], sources: State | None) -> State:
+    readouts = [n for n in model.error_nodes if not model.active(n, clamped)]
+    if not readouts:
+        return values
+    inputs = values if sources is None else {**values, **sources}
+    values = dict(values)
+    for n in readouts:
+        values[n] = model.nodes[n].energy.released(model._prediction(n, inputs))
+    return values
