@@ -134,25 +134,42 @@ def _describe(array: np.ndarray) -> str:
     return f"{array.dtype} array of shape {tuple(array.shape)}"
 
 
+def _expected_shape(count: int | None, rest: tuple[int, ...]) -> str:
+    """E.g. ``'(60000, 28, 28)'``, or ``'(N, H, W)'`` when unconstrained."""
+    dims = ["N" if count is None else str(count), *(str(d) for d in rest)]
+    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+
+
 def check_images(
-    array: np.ndarray, source: str, count: int | None = None, size: tuple[int, int] = (28, 28)
+    array: np.ndarray, source: str, count: int | None = None, size: tuple[int, int] | None = (28, 28)
 ) -> None:
-    """Check ``array`` is an IDX image set: uint8 ``(count, *size)`` (magic 0x00000803)."""
-    expected_shape = (count if count is not None else array.shape[0] if array.ndim else 0, *size)
-    if array.dtype != np.uint8 or array.ndim != 3 or tuple(array.shape) != expected_shape:
+    """Check ``array`` is an IDX image set: uint8 ``(count, *size)`` (magic 0x00000803).
+
+    ``count`` or ``size`` None means any. Raises :class:`IdxFormatError` naming ``source``.
+    """
+    ok = (
+        array.dtype == np.uint8
+        and array.ndim == 3
+        and (count is None or array.shape[0] == count)
+        and (size is None or tuple(array.shape[1:]) == tuple(size))
+    )
+    if not ok:
+        expected = _expected_shape(count, tuple(size) if size is not None else ("H", "W"))
         raise IdxFormatError(
             f"{source}: expected IDX images (magic 0x{IMAGES_MAGIC:08x}): uint8 array of shape "
-            f"{expected_shape}, got {_describe(array)}"
+            f"{expected}, got {_describe(array)}"
         )
 
 
 def check_labels(array: np.ndarray, source: str, count: int | None = None, classes: int = 10) -> None:
-    """Check ``array`` is an IDX label set: uint8 ``(count,)`` (magic 0x00000801), values < classes."""
-    expected_shape = (count if count is not None else array.shape[0] if array.ndim else 0,)
-    if array.dtype != np.uint8 or array.ndim != 1 or tuple(array.shape) != expected_shape:
+    """Check ``array`` is an IDX label set: uint8 ``(count,)`` (magic 0x00000801), values < classes.
+
+    ``count`` None means any. Raises :class:`IdxFormatError` naming ``source``.
+    """
+    if array.dtype != np.uint8 or array.ndim != 1 or (count is not None and len(array) != count):
         raise IdxFormatError(
             f"{source}: expected IDX labels (magic 0x{LABELS_MAGIC:08x}): uint8 array of shape "
-            f"{expected_shape}, got {_describe(array)}"
+            f"{_expected_shape(count, ())}, got {_describe(array)}"
         )
     if array.size and int(array.max()) >= classes:
         raise IdxFormatError(

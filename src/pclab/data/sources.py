@@ -23,6 +23,7 @@ __all__ = [
     "MNIST",
     "FASHION_MNIST",
     "CLASS_NAMES",
+    "canonical_name",
 ]
 
 
@@ -141,3 +142,16 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
         "dog", "frog", "horse", "ship", "truck",
     ),
 }
+
+
+def canonical_name(name: str, allowed: tuple[str, ...] | list[str]) -> str:
+    """``name`` lower-cased with ``_`` read as ``-`` (``"Fashion_MNIST"`` -> ``"fashion-mnist"``).
+
+    Raises ValueError naming the allowed names if the result is not among ``allowed``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"data set name must be a str, got {type(name).__name__}")
+    canonical = name.strip().lower().replace("_", "-")
+    if canonical not in allowed:
+        raise ValueError(f"unknown data set {name!r}: expected one of {list(allowed)}")
+    return canonical
