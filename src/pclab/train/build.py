@@ -1,0 +1,176 @@
+"""From a :class:`~pclab.train.config.RunConfig` to objects: model, inference, learning rule, batches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .. import models
+from ..core import (
+    PCN,
+    SGD,
+    Adam,
+    Backprop,
+    BPThroughInference,
+    Constant,
+    Decaying,
+    IncrementalPC,
+    Inference,
+    LearningRule,
+    PCLearning,
+    Spiking,
+    TaskLoss,
+)
+from ..data import Dataset, normalise, one_hot
+from .config import ConfigError, InferenceConfig, RunConfig
+
+TASKS = {
+    "mlp": "classify",
+    "vgg": "classify",
+    "generative_mlp": "generate",
+    "deconv_generator": "generate",
+    "rathjens_wiskott": "hybrid",
+}
+
+
+def task(config: RunConfig) -> str:
+    """``classify`` (image -> label), ``generate`` (latent -> image) or ``hybrid`` (both)."""
+    return TASKS[config.model.kind]
+
+
+def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> PCN:
+    """The network of ``config.model`` for images of ``image_shape = (C, H, W)``."""
+    m = config.model
+    pixels = math.prod(image_shape)
+    if m.kind in ("mlp", "generative_mlp"):
+        first, last = (0, -1) if m.kind == "mlp" else (-1, 0)
+        if m.widths[first] != pixels:
+            raise ConfigError(
+                f"model.widths[{first}]: must equal the image size of {config.data.dataset} "
+                f"({'x'.join(map(str, image_shape))} = {pixels}), got {m.widths[first]}"
+            )
+        if m.kind == "mlp" and m.widths[last] != classes:
+            raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
+    if m.kind == "mlp":
+        model = models.mlp(m.widths, m.activation, m.output)
+    elif m.kind == "generative_mlp":
+        model = models.generative_mlp(m.widths, m.activation)
+    elif m.kind == "rathjens_wiskott":
+        lam = config.learning.lam
+        model = models.rathjens_wiskott(
+            m.complexity, m.latent, pixels, classes,
+            image_precision=1.0 - lam if config.learning.rule in ("pc", "ipc") else 1.0,
+            label_precision=lam if config.learning.rule in ("pc", "ipc") else 1.0,
+        )
+    elif m.kind == "vgg":
+        model = models.vgg(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
+    else:
+        model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    return model.to(device=config.device, dtype=dtype)
+
+
+def build_inference(config: InferenceConfig) -> Inference:
+    """The :class:`~pclab.core.Inference` of an inference config."""
+    if config.optimizer == "adam":
+        opt = Adam(config.lr)
+    else:
+        opt = SGD(config.lr, config.momentum if config.optimizer != "sgd" else 0.0, config.optimizer == "nesterov")
+    precision = {
+        "constant": Constant(),
+        "spiking": Spiking(config.alpha),
+        "decaying": Decaying(config.decay),
+    }[config.precision]
+    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method)
+
+
+def _optimizer(config: RunConfig, model: PCN) -> torch.optim.Optimizer:
+    lc = config.learning
+    if lc.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lc.lr, weight_decay=lc.weight_decay)
+    if lc.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lc.lr, weight_decay=lc.weight_decay)
+    return torch.optim.SGD(model.parameters(), lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
+
+
+def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    lc = config.learning
+    if lc.schedule == "constant" and lc.warmup_epochs == 0:
+        return None
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(lc.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if lc.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def task_loss(config: RunConfig) -> TaskLoss:
+    """The task loss of the backprop rules for this model."""
+    kind = task(config)
+    if kind == "hybrid":
+        return TaskLoss.mix(config.learning.lam)
+    if kind == "generate":
+        return TaskLoss(reconstruct={"x": 1.0})
+    if config.model.output == "ce":
+        return TaskLoss(classify={"y": 1.0})
+    return TaskLoss(reconstruct={"y": 1.0})
+
+
+def inputs(config: RunConfig) -> tuple[str, ...]:
+    """The nodes clamped at test time and by the backprop rules (the image)."""
+    return ("x",)
+
+
+def build_rule(config: RunConfig, model: PCN, steps_per_epoch: int) -> LearningRule:
+    """The learning rule of ``config.learning`` on ``model``."""
+    lc = config.learning
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer, steps_per_epoch)
+    inference = build_inference(config.inference)
+    if lc.rule == "bp" and task(config) == "generate":
+        raise ConfigError("learning.rule: 'bp' needs a feed-forward path from the image; a generative model has none (use 'pc' or 'bp-through-inference')")
+    if lc.rule == "pc":
+        return PCLearning(model, inference, optimizer, scheduler, forward_update=lc.forward_update)
+    if lc.rule == "ipc":
+        return IncrementalPC(model, inference, optimizer, scheduler)
+    if lc.rule == "bp-through-inference":
+        return BPThroughInference(model, inference, optimizer, task_loss(config), inputs(config), scheduler, lc.truncate, lc.checkpoint)
+    return Backprop(model, optimizer, task_loss(config), inputs(config), scheduler)
+
+
+def prepare_images(config: RunConfig, images: torch.Tensor) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in [0, 1] -> the model's input layout and range."""
+    kind = config.model.kind
+    if kind == "rathjens_wiskott":
+        images = normalise(images, "symmetric")
+    if kind in ("mlp", "generative_mlp", "rathjens_wiskott"):
+        images = images.reshape(images.shape[0], -1)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    return images.to(device=config.device, dtype=dtype)
+
+
+def make_batch(config: RunConfig, images: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    """The batch a learning rule takes: prepared images as ``x``; one-hot labels as ``y`` for PC
+    rules, class indices for the backprop rules' cross-entropy (one-hot for squared error)."""
+    x = prepare_images(config, images)
+    kind = task(config)
+    if kind == "generate":
+        return {"x": x}
+    pc_rule = config.learning.rule in ("pc", "ipc")
+    if pc_rule or (kind == "classify" and config.model.output == "gaussian"):
+        return {"x": x, "y": one_hot(labels, classes).to(device=x.device, dtype=x.dtype)}
+    return {"x": x, "y": labels.to(x.device)}
+
+
+def data_shape(dataset: Dataset) -> tuple[tuple[int, int, int], int]:
+    """``((C, H, W), classes)`` of a dataset."""
+    return tuple(dataset.images.shape[1:]), dataset.classes  # type: ignore[return-value]
