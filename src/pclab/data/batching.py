@@ -30,8 +30,10 @@ def batches(
             call), or None (torch's global RNG).
         drop_last: skip a final batch smaller than ``batch_size``.
 
-    Yields ``(images[index], labels[index])``; every example appears exactly once per epoch
-    (``N // batch_size`` batches with ``drop_last``). Batches are on the tensors' device.
+    Returns an iterator of ``(images[index], labels[index])`` pairs in which every example appears
+    exactly once (with ``drop_last``, the ``N % batch_size`` examples at the end of the order are
+    skipped). The permutation is drawn when iteration starts. Batches are on the tensors' device;
+    arguments are checked at call time.
     """
     images, labels = (data.images, data.labels) if isinstance(data, Dataset) else data
     if images.shape[0] != labels.shape[0]:
