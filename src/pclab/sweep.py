@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import traceback
@@ -106,20 +107,34 @@ def run_trials(
     return [done[i] for i in ids]
 
 
-def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int) -> None:
+def _ray_init(address: str | None) -> bool:
+    """Start an embedded local Ray (or join ``address``); True if this call started it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        # workers of the embedded Ray must import this very pclab, installed or not
+        here = str(Path(__file__).resolve().parents[1])
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *[str(Path(p).resolve()) for p in paths if p != here]])
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             configure_logging=True, ignore_reinit_error=True)
+    return True
+
+
+def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int) -> None:
     import ray
     from ray import tune
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 ignore_reinit_error=True)
+    started_here = _ray_init(address)
     out_abs = out.resolve()
 
-    def trainable(config: dict[str, Any]) -> dict[str, Any]:
+    def trainable(config: dict[str, Any]) -> None:
         record = _record(out_abs, config["trial"], fn, cpus)
-        return {"ok": record["status"] == "ok"}
+        tune.report({"ok": record["status"] == "ok"})
 
     try:
         tuner = tune.Tuner(
@@ -130,20 +145,198 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        tuner.fit()
+        grid = tuner.fit()
+        _record_crashes(out_abs, grid)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _record_crashes(out: Path, grid: Any) -> None:
+    """A trial whose worker died (out of memory, killed) left no record: write its failure."""
+    for result in grid:
+        params = (result.config or {}).get("trial")
+        if params is None or result.error is None:
+            continue
+        path = out / "trials" / f"{trial_id(params)}.json"
+        if not path.exists():
+            write_json(path, {"id": trial_id(params), "params": params, "status": "failed",
+                              "error": f"worker crashed: {type(result.error).__name__}: {result.error}", "seconds": None})
 
 
 def records_frame(records: Sequence[dict[str, Any]]):
     """A tidy table: one row per finished ``ok`` trial, parameters and result columns side by side."""
     import pandas as pd
 
-    rows = [{**r["params"], **r["result"], "seconds": r["seconds"]} for r in records if r["status"] == "ok"]
+    rows = [{**_flat(r["params"]), **r["result"], "seconds": r["seconds"]} for r in records if r["status"] == "ok"]
     return pd.DataFrame(rows)
 
 
 def failures(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The failed records (id, params, error)."""
     return [{"id": r["id"], "params": r["params"], "error": r["error"]} for r in records if r["status"] != "ok"]
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (table columns)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ------------------------------------------------------------------------- hyper-parameter search
+
+# The PC-sensitive settings: latent step size, inference steps T, weight learning rate.
+DEFAULT_SPACE: dict[str, tuple[str, float, float]] = {
+    "inference.lr": ("log", 1e-3, 0.5),
+    "inference.steps": ("int", 2, 30),
+    "learning.lr": ("log", 1e-5, 1e-2),
+}
+
+
+def _optuna_distributions(space: dict[str, tuple[str, float, float]]) -> dict[str, Any]:
+    import optuna
+
+    dists: dict[str, Any] = {}
+    for key, (kind, low, high) in space.items():
+        if kind == "log":
+            dists[key] = optuna.distributions.FloatDistribution(low, high, log=True)
+        elif kind == "float":
+            dists[key] = optuna.distributions.FloatDistribution(low, high)
+        elif kind == "int":
+            dists[key] = optuna.distributions.IntDistribution(int(low), int(high))
+        else:
+            raise ValueError(f"search space {key!r}: kind must be 'log', 'float' or 'int', got {kind!r}")
+    return dists
+
+
+def tune_trial(params: dict[str, Any]) -> dict[str, Any]:
+    """One search trial: train ``params["config"]`` with ``params["overrides"]`` (``key.path -> value``)."""
+    from .train import apply_overrides, train, validate
+
+    sets = [f"{k}={json.dumps(v)}" for k, v in params["overrides"].items()]
+    config = validate(apply_overrides(params["config"], sets), "search trial")
+    result = train(config, out=None, progress=False)
+    return {k: v for k, v in result.items() if k not in ("history", "config")}
+
+
+def search(
+    config: dict[str, Any],
+    out: str | os.PathLike,
+    samples: int = 20,
+    space: dict[str, tuple[str, float, float]] | None = None,
+    metric: str = "test_accuracy",
+    mode: str = "max",
+    address: str | None = None,
+    executor: str = "ray",
+    seed: int = 0,
+    cpus_per_trial: int = 1,
+) -> dict[str, Any]:
+    """Hyper-parameter search with Optuna (TPE), on Ray Tune (``OptunaSearch``) or serially.
+
+    Args:
+        config: plain data of the base :class:`~pclab.train.RunConfig` (a preset, a YAML file).
+        out: folder; every finished trial is recorded in ``out/trials/<id>.json`` the moment it
+            ends, the best in ``out/best.json``. Run again, finished trials are fed back to the
+            sampler and only the missing ``samples`` are run.
+        samples: total number of trials.
+        space: ``config key -> (kind, low, high)``, kind ``"log"``, ``"float"`` or ``"int"``;
+            default :data:`DEFAULT_SPACE` (latent lr, T, weight lr).
+        metric, mode: what to optimise (a key of the run's results) and ``"max"`` or ``"min"``.
+        address, executor, cpus_per_trial: as in :func:`run_trials`.
+        seed: sampler seed.
+
+    Returns ``{"best": record or None, "records": [...]}``; a failed trial (e.g. diverged) is
+    recorded with its error and the search goes on.
+    """
+    from .train import validate
+
+    validate(config, "search base config")  # fail before any trial
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    space = dict(space or DEFAULT_SPACE)
+    dists = _optuna_distributions(space)
+    out = Path(out)
+    done = [r for r in load_records(out).values() if r["params"].get("config") == config]
+    remaining = samples - len(done)
+    if remaining > 0:
+        if executor == "serial":
+            _search_serial(config, out, remaining, dists, metric, mode, seed, done)
+        elif executor == "ray":
+            _search_ray(config, out, remaining, dists, metric, mode, seed, done, address, cpus_per_trial)
+        else:
+            raise ValueError(f"executor must be 'ray' or 'serial', got {executor!r}")
+    records = [r for r in load_records(out).values() if r["params"].get("config") == config]
+    scored = [r for r in records if r["status"] == "ok" and isinstance(r["result"].get(metric), (int, float))]
+    best = (max if mode == "max" else min)(scored, key=lambda r: r["result"][metric]) if scored else None
+    summary = {"metric": metric, "mode": mode, "samples": len(records), "failed": len(records) - len(scored),
+               "best": None if best is None else {"overrides": best["params"]["overrides"], metric: best["result"][metric], "id": best["id"]}}
+    write_json(out / "best.json", summary)
+    return {"best": best, "records": records, "summary": summary}
+
+
+def _value(record: dict[str, Any], metric: str, mode: str) -> float:
+    """A finished trial's objective; a failed trial counts as the worst value."""
+    if record["status"] == "ok" and isinstance(record["result"].get(metric), (int, float)):
+        return float(record["result"][metric])
+    return float("-inf") if mode == "max" else float("inf")
+
+
+def _search_serial(config, out, remaining, dists, metric, mode, seed, done) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    for record in done:
+        value = _value(record, metric, mode)
+        if math.isfinite(value):
+            study.add_trial(optuna.trial.create_trial(params=record["params"]["overrides"], distributions=dists, value=value))
+    for _ in range(remaining):
+        trial = study.ask(dists)
+        record = _record(out, {"config": config, "overrides": dict(trial.params)}, tune_trial, None)
+        value = _value(record, metric, mode)
+        if math.isfinite(value):
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address, cpus) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    started_here = _ray_init(address)
+    out_abs = out.resolve()
+    keys = list(dists)
+    finished = [r for r in done if math.isfinite(_value(r, metric, mode))]
+    searcher = OptunaSearch(
+        space={k.replace(".", "__"): d for k, d in dists.items()}, metric="objective", mode=mode, seed=seed,
+        points_to_evaluate=[{k.replace(".", "__"): r["params"]["overrides"][k] for k in keys} for r in finished] or None,
+        evaluated_rewards=[_value(r, metric, mode) for r in finished] or None,
+    )
+
+    def trainable(sampled: dict[str, Any]) -> None:
+        overrides = {k: sampled[k.replace(".", "__")] for k in keys}
+        record = _record(out_abs, {"config": config, "overrides": overrides}, tune_trial, cpus)
+        value = _value(record, metric, mode)
+        tune.report({"objective": value if math.isfinite(value) else (-1e30 if mode == "max" else 1e30)})
+
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": cpus}),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining),
+            run_config=tune.RunConfig(name="search", storage_path=str(out_abs / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from hypothesis import settings
 from torch import nn
 
 from pclab.core import PCN, CrossEntropy, Dense, Gaussian, Node
@@ -17,6 +18,12 @@ from pclab.core import PCN, CrossEntropy, Dense, Gaussian, Node
 F64 = torch.float64
 SMOOTH = ("identity", "tanh", "sigmoid", "gelu", "silu")
 ALL_ACTIVATIONS = ("identity", "tanh", "sigmoid", "gelu", "silu", "leaky_relu", "relu")
+
+
+def examples(count: int) -> settings:
+    """Hypothesis settings of the core tests: ``count`` examples, no deadline, a fixed example
+    sequence (derandomised, so every run checks the same cases) and no example database."""
+    return settings(max_examples=count, deadline=None, derandomize=True, database=None)
 
 
 @contextlib.contextmanager
@@ -86,7 +93,7 @@ def hybrid(image: int = 6, latent: int = 3, classes: int = 4, seed: int = 0) -> 
 
 
 class AutogradVjp(nn.Module):
-    """Wraps any module and supplies ``forward_with_vjp`` from ``torch.func.vjp``.
+    """Wraps any module and supplies ``forward_with_vjp`` from autograd.
 
     Lets the hand-written (manual) gradient path of :class:`PCN` run on conv edges, so its
     plumbing (sums over edges, multi-dimensional nodes) can be checked there too.
@@ -100,8 +107,10 @@ class AutogradVjp(nn.Module):
         return self.module(z)
 
     def forward_with_vjp(self, z: torch.Tensor):
-        mu, vjp = torch.func.vjp(self.module, z)
-        return mu, lambda g: vjp(g)[0]
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            mu = self.module(leaf)
+        return mu, lambda g: torch.autograd.grad(mu, leaf, g, retain_graph=True)[0]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

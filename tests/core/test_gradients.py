@@ -24,7 +24,7 @@ from pc_testnets import (
     seeded,
     some_indices,
 )
-from pclab.core import PCN, CrossEntropy, Decaying, Gaussian, Inference, Node, Spiking, free_nodes
+from pclab.core import PCN, CrossEntropy, Decaying, Dense, Gaussian, Inference, Node, Spiking, free_nodes
 
 FD_TOL = 1e-6
 EXACT_TOL = 1e-10
@@ -176,8 +176,6 @@ def test_manual_latent_grads_on_conv_nodes_match_autograd(case):
 
 def dag_model(seed: int = 0) -> PCN:
     """A DAG with a skip edge (``y`` has two incoming edges) and a free top latent ``r``."""
-    from pclab.core import Dense
-
     with seeded(seed):
         return PCN(
             [Node("r", (2,)), Node("x", (3,)), Node("h1", (4,), Gaussian(1.3)), Node("h2", (5,)), Node("y", (3,), Gaussian(0.4))],

@@ -316,6 +316,25 @@ class PCN(nn.Module):
             return first.new_zeros(())
         return torch.stack(list(per_node.values())).sum(0).mean()
 
+    def amortiser_loss(self, values: Mapping[str, torch.Tensor], clamped: Iterable[str]) -> torch.Tensor:
+        """How far each amortiser's guess is from the (relaxed) value of its free target:
+        ``sum over amortisers of 1/2 ||z_target - g(z_source)||^2``, batch mean (a scalar).
+
+        PC rules add it to their weight objective so an encoder learns to predict what inference
+        finds (amortised inference); it takes no part in relaxation. The targets are constants.
+        """
+        clamped = set(clamped)
+        total = None
+        for target, edge in self.amortisers.items():
+            if target in clamped:
+                continue
+            guess = self.amortiser_modules[edge.key](values[edge.source].detach())
+            term = 0.5 * (values[target].detach() - guess).pow(2).reshape(guess.shape[0], -1).sum(1).mean()
+            total = term if total is None else total + term
+        if total is None:
+            return next(iter(values.values())).new_zeros(())
+        return total
+
     # ------------------------------------------------------------------ latent gradients
     def latent_grads(
         self,
@@ -407,15 +426,28 @@ class PCN(nn.Module):
                     z = z.requires_grad_(True) if z.is_leaf else z
                 local[name] = z
             inputs = local if sources is None else {**local, **sources}
+            # Under fixed prediction a free node's predictions (and Jacobians) are taken at its
+            # source value: a separate graph node, whose gradient is the backpropagated term.
+            at_sources = {}
+            for name in free:
+                if sources is not None and name in sources:
+                    s = sources[name]
+                    s = s.view_as(s) if differentiable and s.requires_grad else s.detach().requires_grad_(True)
+                    at_sources[name] = inputs[name] = s
             mu = self.predictions(inputs)
             energies = self.energies(local, clamped, mu, multipliers)
-            targets = [local[n] for n in free]
-            if energies:
+            targets = [local[n] for n in free] + list(at_sources.values())
+            if energies and targets:
                 total = torch.stack(list(energies.values())).sum()
                 found = torch.autograd.grad(total, targets, create_graph=differentiable, allow_unused=True)
             else:
                 found = [None] * len(targets)
-        grads = {n: (g if g is not None else torch.zeros_like(local[n])) for n, g in zip(free, found)}
+        backpropagated = dict(zip(at_sources, found[len(free):]))
+        grads = {}
+        for n, g in zip(free, found[: len(free)]):
+            g = g if g is not None else torch.zeros_like(local[n])
+            extra = backpropagated.get(n)
+            grads[n] = g if extra is None else g + extra
         if not differentiable:
             grads = {n: g.detach() for n, g in grads.items()}
             energies = {n: e.detach() for n, e in energies.items()}

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import chain as dense
 from .graph import PCN, State
 from .optim import SGD
 from .relax import Inference, Relaxed, relax
@@ -117,7 +118,9 @@ class PCLearning(LearningRule):
 
     ``dE/dtheta`` of an edge depends only on its target's error and its source's value: the rule
     is local. With ``forward_update`` the presynaptic values are those of the initial
-    (feed-forward) pass instead of the relaxed ones (Qi et al. 2025).
+    (feed-forward) pass instead of the relaxed ones (Qi et al. 2025). Amortisers (encoders giving
+    a latent its first value) learn to predict the relaxed latent
+    (:meth:`~pclab.core.graph.PCN.amortiser_loss`).
     """
 
     def __init__(
@@ -137,15 +140,32 @@ class PCLearning(LearningRule):
         sources = None
         if self.forward_update:
             sources = {n: v.detach() for n, v in relaxed.initial.items() if n not in relaxed.clamped}
-        return self.model.energy(values, relaxed.clamped, sources)
+        energy = self.model.energy(values, relaxed.clamped, sources)
+        if self.model.amortisers:  # encoders learn to predict the relaxed latents
+            energy = energy + self.model.amortiser_loss(values, relaxed.clamped)
+        return energy
 
     def step(self, batch: Batch) -> dict[str, float]:
         relaxed = relax(self.model, batch, self.inference)
         self.optimizer.zero_grad(set_to_none=True)
-        energy = self.weight_energy(relaxed)
-        energy.backward()
+        if relaxed.chain is not None and type(self).weight_energy is PCLearning.weight_energy:
+            energy = self._chain_grads(relaxed)  # the same gradients, written out for Dense chains
+        else:
+            energy = self.weight_energy(relaxed)
+            if energy.requires_grad:  # no active node (e.g. only a read-out): nothing to learn
+                energy.backward()
         self._apply()
         return {"energy": float(energy.detach())}
+
+    def _chain_grads(self, relaxed: Relaxed) -> torch.Tensor:
+        """``weight_energy(relaxed).backward()`` by :func:`pclab.core.chain.weight_grads`."""
+        structure = dense.dense_chain(self.model)
+        assert structure is not None
+        names = structure.nodes
+        active = [i >= 1 and self.model.active(n, relaxed.clamped) for i, n in enumerate(names)]
+        clamped = [n in relaxed.clamped for n in names]
+        with torch.no_grad():
+            return dense.weight_grads(structure, relaxed.chain, active, clamped, self.forward_update)
 
 
 class IncrementalPC(LearningRule):
@@ -162,8 +182,12 @@ class IncrementalPC(LearningRule):
         def learn(t: int, values: State) -> None:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                energy = self.model.energy({n: v.detach() for n, v in values.items()}, clamped)
-                energy.backward()
+                detached = {n: v.detach() for n, v in values.items()}
+                energy = self.model.energy(detached, clamped)
+                if self.model.amortisers:  # encoders learn to predict the current latents
+                    energy = energy + self.model.amortiser_loss(detached, clamped)
+                if energy.requires_grad:  # no active node: nothing to learn
+                    energy.backward()
             self.optimizer.step()
             last["energy"] = energy.detach()
 

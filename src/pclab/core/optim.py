@@ -94,9 +94,19 @@ class Adam:
         v = b2 * state["v"] + (1 - b2) * grad * grad
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
-        step = self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        step = self.lr * m_hat / (_sqrt(v_hat, differentiable) + self.eps)
         z = z - step if differentiable else z.sub_(step)
         return z, {"m": m, "v": v, "t": t}
+
+
+def _sqrt(v: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    """``v.sqrt()``. Differentiated, its derivative at ``v == 0`` is 0 instead of inf (there every
+    gradient so far was 0, so Adam's step is 0 whatever the root): without this, backprop through
+    a step with a zero latent gradient gives ``0 * inf = nan``. The value is unchanged."""
+    if not differentiable:
+        return v.sqrt()
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
 
 
 class TorchOptimizer:

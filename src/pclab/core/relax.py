@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import chain as dense
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
 from .precision import Constant, PrecisionSchedule
@@ -128,6 +129,8 @@ class Relaxed:
     clamped: frozenset[str]
     steps: int
     trajectory: Trajectory | None = None
+    chain: dense.ChainState | None = field(default=None, repr=False, compare=False)
+    """Set when the Dense-chain fast path relaxed: its values and cached predictions (internal)."""
 
 
 def free_nodes(model: PCN, clamped: frozenset[str]) -> list[str]:
@@ -172,6 +175,10 @@ def relax(
     if (truncate is not None or checkpoint_steps) and not differentiable:
         raise ValueError("truncate and checkpoint_steps only apply with differentiable=True")
     clamped = frozenset(clamp)
+    if not (differentiable or record or on_step is not None or inference.tolerance is not None):
+        structure = fast_chain(model, inference)
+        if structure is not None:
+            return _relax_chain(model, structure, clamp, inference, initial, generator)
     with torch.set_grad_enabled(differentiable):
         if initial is None:
             initial = model.initial_state(clamp, inference.init, generator)
@@ -234,11 +241,73 @@ def relax(
                 if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
                     break
                 previous = total
+        if differentiable and truncate == 0:  # through the last 0 steps: the final state is a constant
+            values = {n: v.detach() for n, v in values.items()}
         if trajectory is not None:
             measure(taken, values)
         values = _release_readouts(model, values, clamped, sources)
     result = Relaxed(values, initial, clamped, taken, trajectory)
     return result
+
+
+def fast_chain(model: PCN, inference: Inference) -> dense.DenseChain | None:
+    """The Dense-chain structure of ``model`` when :mod:`pclab.core.chain` can relax it with
+    ``inference`` (the caller also checks that nothing asks for the general loop)."""
+    if inference.method != "auto" or not dense.supports_optimizer(inference.optimizer):
+        return None
+    return dense.dense_chain(model)
+
+
+def _relax_chain(
+    model: PCN,
+    structure: dense.DenseChain,
+    clamp: Mapping[str, torch.Tensor],
+    inference: Inference,
+    initial: State | None,
+    generator: torch.Generator | None,
+) -> Relaxed:
+    """:func:`relax` on the Dense-chain fast path (same result, see :mod:`pclab.core.chain`)."""
+    clamped = frozenset(clamp)
+    names = structure.nodes
+    with torch.no_grad():
+        if initial is None and inference.init == "forward":
+            batch = model.check_clamp(clamp)
+            start, predictions = dense.feed_forward(structure, dict(clamp), batch, next(iter(clamp.values())))
+            zero_error = [i >= 1 and n not in clamped for i, n in enumerate(names)]
+        else:
+            if initial is None:
+                values = model.initial_state(clamp, inference.init, generator)
+            else:
+                model.check_clamp(clamp)
+                values = {**initial, **clamp}
+            start, predictions = [values[n].detach() for n in names], None
+            zero_error = [False] * len(names)
+        free = set(free_nodes(model, clamped))
+        active = [i >= 1 and model.active(n, clamped) for i, n in enumerate(names)]
+        precisions = [0.0] + [e.precision for e in structure.energies]
+        constant = inference.multipliers(model, 0) is None
+
+        def weights(t: int) -> list[float]:
+            if constant:
+                return precisions
+            factors = inference.multipliers(model, t)
+            return [0.0] + [p * factors.get(n, 1.0) for p, n in zip(precisions[1:], names[1:])]
+
+        state = dense.relax_chain(
+            structure, start, [n in free for n in names], active, inference.steps, inference.optimizer,
+            weights, inference.fixed_prediction, predictions, zero_error,
+        )
+        if not active[-1] and names[-1] not in clamped:
+            dense.release_readout(structure, state, inference.fixed_prediction)
+    order = [*clamp, *(n for n in names if n not in clamped)]
+    index = {n: i for i, n in enumerate(names)}
+    return Relaxed(
+        values={n: state.values[index[n]] for n in order},
+        initial={n: state.initial[index[n]] for n in order},
+        clamped=clamped,
+        steps=inference.steps,
+        chain=state,
+    )
 
 
 def _detach(state):

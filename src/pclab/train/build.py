@@ -23,7 +23,7 @@ from ..core import (
     Spiking,
     TaskLoss,
 )
-from ..data import Dataset, normalise, one_hot
+from ..data import DataError, Dataset, normalise, one_hot
 from .config import ConfigError, InferenceConfig, RunConfig
 
 TASKS = {
@@ -161,6 +161,9 @@ def prepare_images(config: RunConfig, images: torch.Tensor) -> torch.Tensor:
 def make_batch(config: RunConfig, images: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
     """The batch a learning rule takes: prepared images as ``x``; one-hot labels as ``y`` for PC
     rules, class indices for the backprop rules' cross-entropy (one-hot for squared error)."""
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images.reshape(len(images), -1)).all(dim=1)).sum())
+        raise DataError(f"make_batch: images must be finite, got NaN/Inf in {bad} of {len(images)} samples")
     x = prepare_images(config, images)
     kind = task(config)
     if kind == "generate":

@@ -1,21 +1,52 @@
 """The typed, validated configuration of a training run.
 
-A :class:`RunConfig` is plain values (YAML-able). Unknown or ill-typed fields fail before any work
-starts, naming the field, the expected and the received value. ``--set a.b=v`` overrides go
-through :func:`apply_overrides`.
+A :class:`RunConfig` is plain values (YAML-able). Unknown, ill-typed or impossible fields fail
+before any work starts (no data loaded, no model built), naming the field, the expected and the
+received value. ``--set a.b=v`` overrides go through :func:`apply_overrides`.
+
+Types are strict: ``true`` is not an integer, ``2.5`` is not a layer width, ``"20"`` is not a
+step count. The one leniency: a float may be written as a string such as ``1e-3`` (YAML 1.1 reads
+an exponent without a dot as a string).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+
+def _number_string(value: Any) -> Any:
+    """``"1e-3"`` -> ``0.001``; anything else unchanged (and judged by the field's type)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_number_string)]
+
+# (C, H, W) and classes of every data set (checked again against the loaded data).
+DATA_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "digits": ((1, 8, 8), 10),
+    "synthetic": ((1, 8, 8), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+# Fields that change how a run is kept, never its numbers: a run may resume with other values.
+OPERATIONAL = ("checkpoint_every", "checkpoint_seconds", "name")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -44,15 +75,15 @@ class ModelConfig(_Strict):
 class InferenceConfig(_Strict):
     """How to relax (see :class:`pclab.core.Inference`)."""
 
-    steps: int = Field(20, ge=0)
+    steps: int = Field(20, ge=1, description="inference steps T")
     optimizer: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: Real = Field(0.1, gt=0, description="latent step size")
+    momentum: Real = Field(0.0, ge=0, lt=1)
     init: Literal["forward", "zeros", "random"] = "forward"
     precision: Literal["constant", "spiking", "decaying"] = "constant"
-    alpha: float = Field(1e-3, ge=0, le=1, description="spiking: precision off the spike")
-    decay: float = Field(1.0, ge=0, description="decaying: rate k")
-    tolerance: float | None = Field(None, gt=0)
+    alpha: Real = Field(1e-3, ge=0, le=1, description="spiking: precision off the spike")
+    decay: Real = Field(1.0, ge=0, description="decaying: rate k")
+    tolerance: Real | None = Field(None, gt=0)
     method: Literal["auto", "manual", "autograd"] = "auto"
 
     @model_validator(mode="after")
@@ -68,12 +99,12 @@ class LearningConfig(_Strict):
     rule: Literal["pc", "ipc", "bp-through-inference", "bp"] = "pc"
     forward_update: bool = False
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: Real = Field(1e-3, gt=0, description="weight learning rate")
+    weight_decay: Real = Field(0.0, ge=0)
+    momentum: Real = Field(0.0, ge=0, lt=1)
     schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: float = Field(0.0, ge=0)
-    lam: float = Field(1.0, ge=0, le=1, description="hybrid models: weight of classification vs reconstruction")
+    warmup_epochs: Real = Field(0.0, ge=0)
+    lam: Real = Field(1.0, ge=0, le=1, description="hybrid models: weight of classification vs reconstruction")
     truncate: int | None = Field(None, ge=1)
     checkpoint: bool = False
 
@@ -88,6 +119,9 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="data folder (default: $PCLAB_DATA or the user cache)")
 
 
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
 class RunConfig(_Strict):
     """Everything a training run needs."""
 
@@ -96,13 +130,54 @@ class RunConfig(_Strict):
     learning: LearningConfig = Field(default_factory=LearningConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     epochs: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
     telemetry: bool = Field(False, description="record per-step, per-node energies of training batches (Parquet)")
     telemetry_every: int = Field(50, ge=1, description="record telemetry every this many batches")
     eval_inference: bool = Field(True, description="also report accuracy of the relaxed read-out (label released)")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many batches")
+    checkpoint_seconds: Real | None = Field(300.0, gt=0, description="also checkpoint mid-epoch when this long has passed")
+    max_energy: Real = Field(1e10, gt=0, description="an energy, loss or |weight| above this counts as divergence")
     name: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        for problem in _cross_field_problems(self):
+            raise ValueError(problem)
+        return self
+
+
+def _cross_field_problems(c: RunConfig) -> list[str]:
+    """Combinations that cannot run: widths that do not fit the data, energies without classes, ..."""
+    problems = []
+    if not _DEVICE.match(c.device):
+        problems.append(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}")
+    (channels, height, width), classes = DATA_SHAPES[c.data.dataset]
+    pixels = channels * height * width
+    m, lc = c.model, c.learning
+    if m.kind == "mlp":
+        if m.widths[0] != pixels:
+            problems.append(f"model.widths[0]: expected the {pixels} pixels of {c.data.dataset} ({channels}x{height}x{width}), got {m.widths[0]}")
+        if m.widths[-1] != classes:
+            problems.append(f"model.widths[-1]: expected the {classes} classes of {c.data.dataset}, got {m.widths[-1]}")
+    if m.kind == "generative_mlp" and m.widths[-1] != pixels:
+        problems.append(f"model.widths[-1]: expected the {pixels} pixels of {c.data.dataset} ({channels}x{height}x{width}), got {m.widths[-1]}")
+    if m.output == "ce" and m.kind in ("generative_mlp", "deconv_generator"):
+        problems.append(f"model.output: a 'ce' energy needs a label node with classes; a {m.kind} has none (expected 'gaussian'), got 'ce'")
+    if m.kind == "deconv_generator" and (height % 4 or width % 4):
+        problems.append(f"model.kind: deconv_generator expects image height and width divisible by 4, got {height}x{width} ({c.data.dataset})")
+    if m.kind in ("generative_mlp", "deconv_generator") and lc.rule == "bp":
+        problems.append(f"learning.rule: 'bp' needs a feed-forward path from the image; a {m.kind} has none (expected 'pc', 'ipc' or 'bp-through-inference'), got 'bp'")
+    if lc.forward_update and lc.rule != "pc":
+        problems.append(f"learning.forward_update: only the 'pc' rule has a forward update (expected false), got true with rule {lc.rule!r}")
+    if lc.rule != "bp-through-inference" and (lc.truncate is not None or lc.checkpoint):
+        problems.append(f"learning.truncate / learning.checkpoint: only for rule 'bp-through-inference', got rule {lc.rule!r}")
+    if lc.truncate is not None and lc.truncate > c.inference.steps:
+        problems.append(f"learning.truncate: expected at most inference.steps = {c.inference.steps}, got {lc.truncate}")
+    if c.telemetry and lc.rule == "bp":
+        problems.append("telemetry: records inference steps, and rule 'bp' trains without inference (expected false), got true")
+    return problems
 
 
 class ConfigError(ValueError):
@@ -112,13 +187,33 @@ class ConfigError(ValueError):
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "(top level)"
         got = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field (got {got!r})")
+            known = _known_fields(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  {field}: unknown field (expected one of {known}), got {got!r}{hint}")
+        elif e["type"] == "value_error":
+            message = str(e.get("ctx", {}).get("error", e["msg"]))
+            lines.append(f"  {message}")
+        elif e["type"] == "literal_error":
+            lines.append(f"  {field}: {e['msg'].replace('Input should be', 'expected')}, got {got!r}")
         else:
-            lines.append(f"  {field}: {e['msg']} (got {got!r})")
+            expected = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+            lines.append(f"  {field}: {expected}, got {got!r}")
     return "\n".join(lines)
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (e.g. ``("inference",)``)."""
+    cls: type[BaseModel] = RunConfig
+    for part in loc:
+        annotation = cls.model_fields[str(part)].annotation if str(part) in cls.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return list(cls.model_fields)
 
 
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -134,43 +229,55 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
 def load(path: str | Path) -> dict[str, Any]:
     """Plain data of a YAML config file (validated later, after overrides)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: expected an existing YAML file, got {'a folder' if path.exists() else 'no such file'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value: a YAML scalar or list (``20``, ``1e-3``, ``true``, ``[784, 10]``, ``null``)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return _number_string(value) if isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", value) else value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (values parsed as YAML scalars/lists) to a copy of ``data``."""
+    """Apply ``key.path=value`` overrides (values parsed by :func:`parse_value`) to a copy of ``data``."""
     import copy
 
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. inference.steps=20")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. inference.steps=20")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"override {item!r}: empty key segment")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+            raise ConfigError(f"--set {item!r}: expected a dotted key such as inference.steps, got {key!r}")
         node = data
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {where} is a value, not a section (got {child!r})")
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = parse_value(raw)
     return data
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
     """Plain data of a config (round-trips through :func:`validate`)."""
     return config.model_dump(mode="json")
+
+
+def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True if two config dicts give the same numbers (they may differ in :data:`OPERATIONAL` fields)."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in OPERATIONAL}  # noqa: E731
+    return strip(a) == strip(b)

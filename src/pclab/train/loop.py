@@ -4,20 +4,26 @@ A run directory holds::
 
     config.yaml        the resolved configuration
     metrics.jsonl      one JSON record per finished epoch
-    checkpoint.pt      model, learning-rule state and metrics after the last finished epoch
+    checkpoint.pt      model, learning-rule state, metrics and the position in the epoch
     telemetry/         per-step, per-node energies of sampled training batches (Parquet), if asked
     results.json       final metrics: test_accuracy, recon_mse (where the model reconstructs),
-                       epoch_seconds, ...
-    failure.json       what went wrong, if the run diverged (the last good checkpoint is kept)
+                       epoch_seconds, ...  (present only once the run has finished)
+    failure.json       what went wrong, if the run failed or diverged (the last good checkpoint is kept)
 
-Every file is written atomically. Randomness is derived from ``(seed, epoch)``, so a run resumed
-from its checkpoint (``resume=True``) ends with exactly the results of an uninterrupted run.
+Every file is written atomically (temporary name, then rename). Checkpoints are written after each
+epoch and, within an epoch, every ``checkpoint_every`` batches and every ``checkpoint_seconds``.
+Randomness is derived from ``(seed, epoch)`` and the RNG state is part of a mid-epoch checkpoint,
+so a run resumed from any checkpoint (``resume=True``) ends with exactly the results of an
+uninterrupted run (timings aside).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +32,27 @@ import torch
 import yaml
 
 from ..core import PCN, Inference, LearningRule, relax
-from ..data import Dataset, batches, load
-from ..io import append_line, atomic_write, load_torch, read_json_lines, save_torch, write_json
+from ..data import DataError, Dataset, batches, load
+from ..io import append_line, atomic_write, load_torch, read_json_lines, remove_stale_temporaries, save_torch, write_json
 from .build import build_inference, build_model, build_rule, data_shape, make_batch, prepare_images, task
-from .config import RunConfig, to_dict
+from .config import ConfigError, RunConfig, same_run, to_dict
+
+CHECKPOINT_FORMAT = 2
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite or exploding energy, loss or parameter."""
+    """Training produced a non-finite or exploding energy, loss or parameter.
+
+    ``details`` holds the diagnosis (epoch, batch, inference step, node, layer, parameters).
+    """
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (damaged checkpoint, other configuration...)."""
 
 
 @dataclass
@@ -52,6 +71,17 @@ class Run:
         return self.train.classes
 
 
+def check_finite_data(dataset: Dataset) -> None:
+    """Raise :class:`~pclab.data.DataError` if ``dataset.images`` holds NaN or Inf (naming the first sample)."""
+    finite = torch.isfinite(dataset.images.reshape(len(dataset), -1)).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise DataError(
+            f"{dataset.name} ({dataset.split}): images must be finite, got NaN/Inf in "
+            f"{int((~finite).sum())} of {len(dataset)} samples (first: index {first})"
+        )
+
+
 def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
     """Train and test splits of ``config.data`` (subsets taken deterministically from the seed)."""
     dc = config.data
@@ -64,12 +94,31 @@ def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
     return train, test
 
 
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: expected 'cpu' (CUDA is not available on this machine), got {device!r}")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device: expected cuda:0 .. cuda:{torch.cuda.device_count() - 1}, got {device!r}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: expected 'cpu' (MPS is not available on this machine), got 'mps'")
+
+
 def prepare(config: RunConfig, data: tuple[Dataset, Dataset] | None = None) -> Run:
-    """Load data and build model and rule, all seeded from ``config.seed``."""
+    """Load and check data, build model and rule, all seeded from ``config.seed``."""
+    _check_device(config.device)
     train, test = data if data is not None else load_data(config)
+    for dataset in (train, test):
+        check_finite_data(dataset)
     shape, classes = data_shape(train)
+    if data_shape(test) != (shape, classes):
+        raise DataError(f"test split: expected images {shape} and {classes} classes like the train split, got {data_shape(test)}")
     torch.manual_seed(config.seed)
-    model = build_model(config, shape, classes)
+    try:
+        model = build_model(config, shape, classes)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model: cannot build {config.model.kind} for {config.data.dataset} images {shape}: {err}") from None
     steps_per_epoch = math.ceil(len(train) / config.data.batch_size)
     rule = build_rule(config, model, steps_per_epoch)
     return Run(config, train, test, model, rule, build_inference(config.inference))
@@ -131,26 +180,88 @@ def evaluate(run: Run, dataset: Dataset | None = None, batch_size: int = 1000) -
     return metrics
 
 
-def _check_finite(run: Run, metrics: dict[str, float], epoch: int, batch: int, out: Path | None) -> None:
-    bad = [k for k, v in metrics.items() if not math.isfinite(v) or abs(v) > 1e12]
-    params = [n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()]
-    if not bad and not params:
-        return
-    detail = {
-        "epoch": epoch,
-        "batch": batch,
-        "non_finite_metrics": {k: metrics[k] for k in bad},
-        "non_finite_parameters": params,
-        "message": (
-            f"training diverged at epoch {epoch}, batch {batch}: "
-            + (f"metrics {bad} are not finite or exploded" if bad else "")
-            + (f"; parameters {params[:5]} hold NaN/Inf" if params else "")
-            + ". The last good checkpoint is kept; lower the learning rates or the latent step size."
-        ),
+# ---------------------------------------------------------------------------------- divergence
+
+
+def _bad(value: float, limit: float) -> bool:
+    return not math.isfinite(value) or abs(value) > limit
+
+
+def _parameters_ok(model: PCN, limit: float) -> bool:
+    """One synchronisation: the largest |parameter| is finite and at most ``limit``."""
+    peaks = [p.detach().abs().max() for p in model.parameters() if p.numel()]
+    if not peaks:
+        return True
+    peak = float(torch.stack(peaks).max())
+    return not _bad(peak, limit)
+
+
+def diagnose(run: Run, batch: dict[str, torch.Tensor] | None, limit: float,
+             before: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Where a divergence shows.
+
+    ``parameters``: names of parameters that are now non-finite or above ``limit``. With the
+    ``batch`` and the parameters ``before`` its learning step, the batch is relaxed again and the
+    first inference ``step`` and ``node`` (with its ``layer``) whose energy is non-finite or above
+    ``limit`` are reported; if there is none, the relaxation was sound and the weight update
+    itself diverged (``cause: "weight update"``).
+    """
+    found: dict[str, Any] = {
+        "parameters": [n for n, p in run.model.named_parameters() if p.numel() and _bad(float(p.detach().abs().max()), limit)]
     }
+    if batch is None or run.config.learning.rule == "bp":
+        return found
+    if before is not None:
+        with torch.no_grad():
+            for parameter, saved in zip(run.model.parameters(), before):
+                parameter.copy_(saved)
+    clamp = {k: v for k, v in batch.items() if k in run.model.nodes and v.dtype.is_floating_point}
+    try:
+        trajectory = relax(run.model, clamp, run.inference, record=True).trajectory
+    except Exception as err:  # a broken model may fail anywhere; the diagnosis must not
+        found["relaxation_error"] = f"{type(err).__name__}: {err}"
+        return found
+    assert trajectory is not None
+    for step, energies in enumerate(trajectory.energy):
+        for node, energy in zip(trajectory.nodes, energies):
+            if _bad(energy, limit):
+                found.update(cause="inference", step=step, node=node, layer=run.model.layer_index.get(node), energy=energy)
+                return found
+    if before is not None:
+        found["cause"] = "weight update"
+    return found
+
+
+def _diverged(run: Run, where: dict[str, Any], bad_metrics: dict[str, float], batch: dict[str, torch.Tensor] | None,
+              out: Path | None, last_checkpoint: dict[str, Any] | None, before: list[torch.Tensor] | None = None) -> DivergenceError:
+    """Diagnose, write ``failure.json`` and return the error to raise."""
+    details = {**where, "metrics": bad_metrics, **diagnose(run, batch, run.config.max_energy, before), "last_checkpoint": last_checkpoint}
+    parts = [f"training diverged at epoch {where['epoch']}" + (f", batch {where['batch']}" if where.get("batch") is not None else "")]
+    if bad_metrics:
+        parts.append("non-finite or exploding " + ", ".join(f"{k} = {v:.4g}" for k, v in bad_metrics.items()))
+    if details.get("cause") == "inference":
+        parts.append(f"relaxation blew up first at inference step {details['step']} in node {details['node']!r} "
+                     f"(layer {details['layer']}), energy {details['energy']:.4g}")
+    elif details.get("cause") == "weight update":
+        parts.append("the relaxation was finite; the weight update diverged")
+    if details["parameters"]:
+        shown = details["parameters"][:3]
+        parts.append(f"parameters {shown}{' ...' if len(details['parameters']) > 3 else ''} hold NaN/Inf or exceed {run.config.max_energy:g}")
+    if last_checkpoint is None:
+        kept = "No checkpoint was written before it"
+    elif last_checkpoint["batch"] is None:
+        kept = f"The last good checkpoint (end of epoch {last_checkpoint['epoch']}) is kept"
+    else:
+        kept = f"The last good checkpoint (epoch {last_checkpoint['epoch']}, after {last_checkpoint['batch']} batches) is kept"
+    advice = "lower inference.lr (the latent step size) or learning.lr" if details.get("cause") == "inference" else "lower learning.lr"
+    message = "; ".join(parts) + f". {kept}; {advice}."
+    details["message"] = message
     if out is not None:
-        write_json(out / "failure.json", detail)
-    raise DivergenceError(detail["message"])
+        write_json(out / "failure.json", {"kind": "divergence", **details})
+    return DivergenceError(message, details)
+
+
+# ---------------------------------------------------------------------------------- telemetry
 
 
 def _telemetry_rows(run: Run, batch: dict[str, torch.Tensor], epoch: int, index: int) -> list[dict[str, Any]]:
@@ -172,6 +283,60 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda h: pq.write_table(table, h), binary=True)
 
 
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _Position:
+    """Where training stands: ``epoch`` (0-based) and the next ``batch`` in it, with the epoch's
+    running sums so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    totals: dict[str, float] | None = None
+    seen: int = 0
+    seconds: float = 0.0
+    telemetry: list[dict[str, Any]] | None = None
+    rng: torch.Tensor | None = None
+
+
+def _save_checkpoint(out: Path, run: Run, history: list[dict[str, Any]], position: _Position) -> dict[str, Any]:
+    save_torch(out / "checkpoint.pt", {
+        "format": CHECKPOINT_FORMAT,
+        "config": to_dict(run.config),
+        "model": run.model.state_dict(),
+        "rule": run.rule.state_dict(),
+        "history": history,
+        "position": vars(position),
+    })
+    return _where(position)
+
+
+def _where(position: _Position) -> dict[str, Any]:
+    """A checkpoint's place: ``{"epoch": e, "batch": b}`` = after ``b`` batches of epoch ``e``
+    (1-based), or ``{"epoch": e, "batch": None}`` = at the end of epoch ``e``."""
+    if position.batch:
+        return {"epoch": position.epoch + 1, "batch": position.batch}
+    return {"epoch": position.epoch, "batch": None}
+
+
+def read_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked: readable, pclab's format, written by this configuration."""
+    try:
+        state = load_torch(path, map_location=config.device)
+    except ValueError as err:
+        raise RunDirError(f"{err}. Delete it to start the run over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"{path}: expected a pclab checkpoint (format {CHECKPOINT_FORMAT}), got another file")
+    if not same_run(state["config"], to_dict(config)):
+        raise RunDirError(f"{path}: written by a different configuration; use a new --out, or the config in "
+                          f"{path.parent / 'config.yaml'} to resume")
+    return state
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
 def train(
     config: RunConfig,
     out: str | Path | None = None,
@@ -184,82 +349,146 @@ def train(
     Args:
         config: the run's configuration.
         out: run directory (``None``: keep nothing on disk).
-        resume: continue from ``out/checkpoint.pt`` if it exists.
+        resume: continue from ``out/checkpoint.pt`` if it exists (a finished run returns its results).
         progress: show a progress bar.
         data: ``(train, test)`` datasets to use instead of loading ``config.data``.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        DivergenceError: a non-finite or exploding energy, loss or parameter (``failure.json`` says
+            where; the last good checkpoint is kept).
+        RunDirError: ``resume`` with a damaged checkpoint or one of another configuration.
+    """
     out_path = Path(out) if out is not None else None
     run = prepare(config, data)
+    try:
+        return _train(run, out_path, resume, progress)
+    except (DivergenceError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if out_path is not None:
+            write_json(out_path / "failure.json", {
+                "kind": "error", "message": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+            })
+        raise
+
+
+def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any]], _Position, dict[str, Any] | None]:
+    """Set up the run directory; return history, position and the checkpoint resumed from."""
+    if out is None:
+        return [], _Position(), None
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    checkpoint = out / "checkpoint.pt"
     history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        checkpoint_path = out_path / "checkpoint.pt"
-        if resume and checkpoint_path.exists():
-            state = load_torch(checkpoint_path, map_location=config.device)
-            if state["config"] != to_dict(config):
-                raise ValueError(f"{checkpoint_path}: checkpoint was written by a different configuration; use a new --out or drop --resume")
-            run.model.load_state_dict(state["model"])
-            run.rule.load_state_dict(state["rule"])
-            history = state["history"]
-            start_epoch = state["epoch"] + 1
-            # the checkpoint is the truth: a crash between it and the metrics line loses no record
-            lines = "".join(_json(h) + "\n" for h in history)
-            atomic_write(out_path / "metrics.jsonl", lambda h: h.write(lines))
-        elif not resume and (out_path / "metrics.jsonl").exists():
-            (out_path / "metrics.jsonl").unlink()
-        atomic_write(out_path / "config.yaml", lambda h: yaml.safe_dump(to_dict(config), h, sort_keys=False))
-        (out_path / "failure.json").unlink(missing_ok=True)
-    epoch_seconds = [h["epoch_seconds"] for h in history]
-    for epoch in range(start_epoch, config.epochs):
+    position, last = _Position(), None
+    if resume and checkpoint.exists():
+        state = read_checkpoint(checkpoint, run.config)
+        run.model.load_state_dict(state["model"])
+        run.rule.load_state_dict(state["rule"])
+        history = state["history"]
+        position = _Position(**state["position"])
+        last = _where(position)
+    else:
+        for stale in ("metrics.jsonl", "results.json", "checkpoint.pt"):
+            (out / stale).unlink(missing_ok=True)
+        if (out / "telemetry").is_dir():
+            for part in (out / "telemetry").glob("*.parquet"):
+                part.unlink()
+    # the checkpoint is the truth: a crash between it and the metrics line loses no record
+    lines = "".join(_json(h) + "\n" for h in history)
+    atomic_write(out / "metrics.jsonl", lambda h: h.write(lines))
+    atomic_write(out / "config.yaml", lambda h: yaml.safe_dump(to_dict(run.config), h, sort_keys=False))
+    (out / "failure.json").unlink(missing_ok=True)
+    return history, position, last
+
+
+def _batch_accuracy(run: Run, batch: dict[str, torch.Tensor]) -> float | None:
+    """Feed-forward accuracy on a training batch (for the progress bar only)."""
+    if task(run.config) == "generate" or "y" not in batch:
+        return None
+    with torch.no_grad():
+        predicted = run.model.predictions(run.model.initial_state({"x": batch["x"]}, "forward"))["y"].argmax(1)
+    target = batch["y"] if batch["y"].ndim == 1 else batch["y"].argmax(1)
+    return float((predicted == target).float().mean())
+
+
+def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    config = run.config
+    history, position, last_checkpoint = _start(run, out, resume)
+    per_epoch = math.ceil(len(run.train) / config.data.batch_size)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    for epoch in range(position.epoch, config.epochs):
+        resuming = position.epoch == epoch and position.batch > 0
+        first = position.batch if resuming else 0
+        totals = dict(position.totals or {}) if resuming else {}
+        telemetry = list(position.telemetry or []) if resuming else []
+        seen = position.seen if resuming else 0
+        seconds_before = position.seconds if resuming else 0.0
         generator = torch.Generator().manual_seed(_epoch_seed(config, epoch))
         torch.manual_seed(_epoch_seed(config, epoch))
-        telemetry: list[dict[str, Any]] = []
-        totals: dict[str, float] = {}
-        seen = 0
-        started = time.perf_counter()
-        bar = tqdm(total=math.ceil(len(run.train) / config.data.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
-        for index, (images, labels) in enumerate(batches(run.train, config.data.batch_size, shuffle=True, generator=generator)):
+        epoch_batches = itertools.islice(batches(run.train, config.data.batch_size, shuffle=True, generator=generator), first, None)
+        if resuming and position.rng is not None:
+            torch.set_rng_state(position.rng.cpu())
+        started = last_saved = time.perf_counter()
+        correct = counted = 0.0
+        bar = tqdm(total=per_epoch, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        for index, (images, labels) in enumerate(epoch_batches, start=first):
             batch = make_batch(config, images, labels, run.classes)
             if config.telemetry and index % config.telemetry_every == 0 and config.learning.rule != "bp":
                 telemetry.extend(_telemetry_rows(run, batch, epoch, index))
+            if progress:
+                accuracy = _batch_accuracy(run, batch)
+                if accuracy is not None:
+                    correct, counted = correct + accuracy * len(labels), counted + len(labels)
+            with torch.no_grad():  # the parameters before this step, for a diagnosis should it diverge
+                for saved, parameter in zip(before, run.model.parameters()):
+                    saved.copy_(parameter)
             metrics = run.rule.step(batch)
-            _check_finite(run, metrics, epoch, index, out_path)
+            bad = {k: v for k, v in metrics.items() if _bad(v, config.max_energy)}
+            if bad or not _parameters_ok(run.model, config.max_energy):
+                raise _diverged(run, {"epoch": epoch + 1, "batch": index}, bad, batch, out, last_checkpoint, before)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * len(labels)
             seen += len(labels)
             bar.update(1)
-            bar.set_postfix({k: f"{v / seen:.4g}" for k, v in totals.items()})
+            shown = {k: f"{v / seen:.4g}" for k, v in totals.items()}
+            if counted:
+                shown["acc"] = f"{correct / counted:.3f}"
+            bar.set_postfix(shown)
+            now = time.perf_counter()
+            due = (config.checkpoint_every and (index + 1) % config.checkpoint_every == 0) or (
+                config.checkpoint_seconds is not None and now - last_saved >= config.checkpoint_seconds)
+            if out is not None and due and index + 1 < per_epoch:
+                here = _Position(epoch, index + 1, totals, seen, seconds_before + now - started, telemetry, torch.get_rng_state())
+                last_checkpoint = _save_checkpoint(out, run, history, here)
+                last_saved = time.perf_counter()
         bar.close()
-        seconds = time.perf_counter() - started
-        _check_finite(run, {}, epoch, -1, out_path)
+        seconds = seconds_before + time.perf_counter() - started
         record = {"epoch": epoch + 1, "epoch_seconds": seconds, **{f"train_{k}": v / max(seen, 1) for k, v in totals.items()}}
         record.update(evaluate(run))
+        bad = {k: v for k, v in record.items() if isinstance(v, float) and _bad(v, config.max_energy)}
+        if bad or not _parameters_ok(run.model, config.max_energy):
+            raise _diverged(run, {"epoch": epoch + 1, "batch": None}, bad, None, out, last_checkpoint)
         history.append(record)
-        epoch_seconds.append(seconds)
         if progress:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith(("test", "recon", "train"))}
             tqdm.write(f"epoch {epoch + 1}/{config.epochs} ({seconds:.1f} s): {shown}")
-        if out_path is not None:
+        if out is not None:
             if telemetry:
-                _write_parquet(out_path / "telemetry" / f"epoch_{epoch + 1:03d}.parquet", telemetry)
-            save_torch(out_path / "checkpoint.pt", {
-                "config": to_dict(config), "epoch": epoch, "model": run.model.state_dict(),
-                "rule": run.rule.state_dict(), "history": history,
-            })
-            append_line(out_path / "metrics.jsonl", _json(record))
+                _write_parquet(out / "telemetry" / f"epoch_{epoch + 1:03d}.parquet", telemetry)
+            last_checkpoint = _save_checkpoint(out, run, history, _Position(epoch + 1))
+            append_line(out / "metrics.jsonl", _json(record))
+        position = _Position(epoch + 1)
     results = _results(config, history)
-    if out_path is not None:
-        write_json(out_path / "results.json", results)
+    if out is not None:
+        write_json(out / "results.json", results)
     return results
 
 
 def _json(record: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(record, sort_keys=True)
 
 
@@ -282,11 +511,17 @@ def load_run(out: str | Path) -> tuple[RunConfig, Run]:
     from .config import validate
 
     out = Path(out)
-    if not (out / "config.yaml").exists():
-        raise FileNotFoundError(f"{out} is not a pclab run directory (no config.yaml)")
-    config = validate(yaml.safe_load((out / "config.yaml").read_text()), str(out / "config.yaml"))
+    if not (out / "config.yaml").is_file():
+        raise RunDirError(f"{out}: expected a pclab run directory (with config.yaml), got {'a folder without one' if out.is_dir() else 'no such folder'}")
+    try:
+        data = yaml.safe_load((out / "config.yaml").read_text())
+    except yaml.YAMLError as err:
+        raise RunDirError(f"{out / 'config.yaml'}: damaged ({err})") from None
+    config = validate(data, str(out / "config.yaml"))
+    if not (out / "checkpoint.pt").is_file():
+        raise RunDirError(f"{out}: no checkpoint.pt yet (the run has not finished an epoch)")
     run = prepare(config)
-    state = load_torch(out / "checkpoint.pt", map_location=config.device)
+    state = read_checkpoint(out / "checkpoint.pt", config)
     run.model.load_state_dict(state["model"])
     run.rule.load_state_dict(state["rule"])
     return config, run

@@ -82,7 +82,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "model": {"kind": "mlp", "widths": [64, 32, 10], "activation": "tanh"},
             "inference": {"steps": 5, "optimizer": "sgd", "lr": 0.1},
-            "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3},
+            "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-2},
             "data": {"dataset": "synthetic", "batch_size": 32, "train_subset": 256, "test_subset": 128},
             "epochs": 2,
         },

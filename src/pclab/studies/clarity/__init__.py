@@ -1,0 +1,27 @@
+"""Study "clarity": what each layer represents, by reconstructing the input from its embedding.
+
+Badger (2022; REFERENCE 6, seed 003): reconstruct a test image from layer l's embedding by gradient
+descent on the input, and measure how far the reconstruction is from the image (``m_i``) although
+its embedding is close (``m_g`` vs ``m_r``). pclab adds the PCN's own route back: clamp the layer,
+relax the rest of the network, read the image.
+
+Modules: :mod:`.inversion` (inversion, blur, metrics, PSNR/SSIM; model-agnostic), :mod:`.pcn`
+(layers, embeddings and the native route of a PCN), :mod:`.trials` (the trial functions),
+:mod:`.study` (presets, trials, :func:`run`), :mod:`.reporting` (tables, figures, summary).
+
+Usage::
+
+    from pclab.studies import clarity
+    clarity.run("quick", Path("out/clarity"))                       # trains its own models
+    clarity.run("quick", Path("out/clarity"), runs=[Path("runs/a")])  # study given run directories
+"""
+
+from .inversion import Clarity, InversionConfig, clarity_metrics, gaussian_blur, initial_input, invert, psnr, ssim
+from .pcn import embedding_layers, forward_embedding, has_generative_path, layer_depths, native_reconstruction
+from .study import PRESETS, resolve, run, trials
+
+__all__ = [
+    "PRESETS", "Clarity", "InversionConfig", "clarity_metrics", "embedding_layers", "forward_embedding",
+    "gaussian_blur", "has_generative_path", "initial_input", "invert", "layer_depths", "native_reconstruction",
+    "psnr", "resolve", "run", "ssim", "trials",
+]

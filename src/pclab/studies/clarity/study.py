@@ -1,0 +1,209 @@
+"""The clarity study: presets, the trial set, and :func:`run`."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+from ...sweep import failures, run_trials
+from .inversion import InversionConfig
+from .reporting import write_report
+from .trials import run_trial
+
+_MNIST_TRAINING = {"dataset": "mnist", "batch_size": 64, "train_subset": 10000, "test_subset": 2000, "epochs": 1}
+
+# the learning rules compared, with their inference and optimiser settings
+_RULES: dict[str, dict[str, Any]] = {
+    "pc": {"inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1}, "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3}},
+    "bp-through-inference": {
+        "inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1},
+        "learning": {"rule": "bp-through-inference", "optimizer": "adam", "lr": 1e-3},
+    },
+    "bp": {"inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1}, "learning": {"rule": "bp", "optimizer": "adam", "lr": 1e-3}},
+}
+
+# the hybrid image/latent/label model (REFERENCE 4): the one default model with a generative path
+_HYBRID = {
+    "model": {"kind": "rathjens_wiskott", "complexity": "small", "latent": 16},
+    "inference": {"steps": 20, "optimizer": "sgd", "lr": 0.1},
+    "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3, "lam": 0.5},
+}
+
+# Gradient route: Adam with a step size annealed to 0 (Badger's plain eps = 0.1 gradient descent is
+# {"optimizer": "sgd", "lr": 0.1, "lr_final": None}; with an L1 loss it stalls at a distance ~ eps).
+_INVERSION = InversionConfig(steps=500, lr=0.05, lr_final=0.0, optimizer="adam").to_dict()
+# PCN route: relax every node but the clamped layer, image included, for this many steps
+_NATIVE = {"steps": 300, "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "init": "forward"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "description": "seconds: 8x8 digits, two small chains, 1 epoch, 6 images, 60 steps (tests)",
+        "training": {"dataset": "digits", "batch_size": 64, "train_subset": 512, "test_subset": 200, "epochs": 1},
+        "architectures": {
+            "wide": {"kind": "mlp", "widths": [64, 96, 96, 10], "activation": "tanh"},
+            "narrow": {"kind": "mlp", "widths": [64, 24, 24, 10], "activation": "tanh"},
+        },
+        "rules": _RULES,
+        "extra_models": {"hybrid": _HYBRID},
+        "seeds": [0],
+        "images": 6,
+        "perturbation_std": 0.05,
+        "inversion": {**_INVERSION, "steps": 60, "lr": 0.1},
+        "native": {**_NATIVE, "steps": 40},
+        "width_test": {"dataset": "digits", "widths": [16, 32, 64, 128], "activation": "tanh", "images": 6},
+        "grid_images": 3,
+    },
+    "quick": {
+        "description": "a few minutes on 2 quiet cores (~130 CPU-seconds of trials): MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
+                       "chains by pc, bp-through-inference and bp, a PC-trained hybrid, 16 test images, 500 steps",
+        "training": _MNIST_TRAINING,
+        "architectures": {
+            "wide": {"kind": "mlp", "widths": [784, 1000, 1000, 10], "activation": "tanh"},
+            "narrow": {"kind": "mlp", "widths": [784, 256, 256, 10], "activation": "tanh"},
+        },
+        "rules": _RULES,
+        "extra_models": {"hybrid": _HYBRID},
+        "seeds": [0],
+        "images": 16,
+        "perturbation_std": 0.05,
+        "inversion": _INVERSION,
+        "native": _NATIVE,
+        "width_test": {"dataset": "mnist", "widths": [64, 256, 512, 784, 1024, 2048], "activation": "tanh", "images": 16},
+        "grid_images": 4,
+    },
+    "full": {
+        "description": "roughly 2-3 hours on 2 quiet cores (estimated from the quick preset's CPU time, not yet measured): "
+                       "full MNIST, 5 epochs, three seeds, a deeper chain, 64 test images, 1500 steps",
+        "training": {**_MNIST_TRAINING, "train_subset": None, "test_subset": None, "epochs": 5},
+        "architectures": {
+            "wide": {"kind": "mlp", "widths": [784, 1000, 1000, 10], "activation": "tanh"},
+            "narrow": {"kind": "mlp", "widths": [784, 256, 256, 10], "activation": "tanh"},
+            "deep": {"kind": "mlp", "widths": [784, 1000, 1000, 1000, 1000, 10], "activation": "tanh"},
+        },
+        "rules": _RULES,
+        "extra_models": {"hybrid": _HYBRID},
+        "seeds": [0, 1, 2],
+        "images": 64,
+        "perturbation_std": 0.05,
+        "inversion": {**_INVERSION, "steps": 1500},
+        "native": {**_NATIVE, "steps": 1000},
+        "width_test": {"dataset": "mnist", "widths": [32, 64, 128, 256, 512, 700, 784, 900, 1024, 2048, 4096],
+                       "activation": "tanh", "images": 64},
+        "grid_images": 4,
+    },
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("architectures", "rules", "extra_models"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(preset: str, overrides: dict[str, Any] | None = None, runs: list[Path] | None = None) -> dict[str, Any]:
+    """The study configuration: ``PRESETS[preset]`` with ``overrides`` merged in (nested dicts merge,
+    except ``architectures``, ``rules`` and ``extra_models``, which replace). ``runs`` (or
+    ``overrides["runs"]``) lists run directories to study instead of training the default models."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown clarity preset {preset!r}; expected one of {sorted(PRESETS)}")
+    overrides = dict(overrides or {})
+    given = overrides.pop("runs", None)
+    if runs is not None and given is not None:
+        raise ValueError("give run directories either as runs=... or as overrides['runs'], not both")
+    unknown = set(overrides) - set(PRESETS[preset])
+    if unknown:
+        raise ValueError(f"unknown clarity settings {sorted(unknown)}; expected some of {sorted(PRESETS[preset])}")
+    config = _merge(PRESETS[preset], overrides)
+    InversionConfig.from_dict(config["inversion"])  # fail before any work
+    paths = runs if runs is not None else given
+    config["runs"] = [str(Path(p).resolve()) for p in paths] if paths else []
+    for p in config["runs"]:
+        if not (Path(p) / "config.yaml").exists() or not (Path(p) / "checkpoint.pt").exists():
+            raise ValueError(f"run directory {p} is not a finished pclab run (needs config.yaml and checkpoint.pt)")
+    return config
+
+
+def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: dict[str, Any], seed: int) -> dict[str, Any]:
+    t = config["training"]
+    return {
+        "model": model,
+        "inference": rule.get("inference", {}),
+        "learning": rule.get("learning", {}),
+        "data": {"dataset": t["dataset"], "batch_size": t["batch_size"], "train_subset": t["train_subset"],
+                 "test_subset": t["test_subset"]},
+        "epochs": t["epochs"],
+        "seed": seed,
+        "eval_inference": False,
+        "name": name,
+    }
+
+
+def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every trial of a resolved configuration: models (trained and untrained) and the width test."""
+    common = {"images": config["images"], "inversion": config["inversion"], "native": config["native"],
+              "perturbation_std": config["perturbation_std"]}
+    out: list[dict[str, Any]] = []
+    for seed in config["seeds"]:
+        if config["runs"]:
+            for path in config["runs"]:
+                name = Path(path).name
+                for trained in (True, False):
+                    label = name if trained else f"{name} untrained"
+                    out.append({"kind": "model", "label": label, "arch": name, "source": {"run": path},
+                                "trained": trained, "seed": seed, **common})
+        else:
+            for arch, model in config["architectures"].items():
+                for i, (rule, settings) in enumerate(config["rules"].items()):
+                    run = _run_config(config, f"{arch}-{rule}", model, settings, seed)
+                    out.append({"kind": "model", "label": f"{arch} {rule}", "arch": arch, "source": {"train": run},
+                                "trained": True, "seed": seed, **common})
+                    if i == 0:  # the initial weights depend on the architecture and seed only
+                        out.append({"kind": "model", "label": f"{arch} untrained", "arch": arch, "source": {"train": run},
+                                    "trained": False, "seed": seed, **common})
+            for name, spec in config["extra_models"].items():
+                run = _run_config(config, name, spec["model"], spec, seed)
+                out.append({"kind": "model", "label": f"{name} {spec['learning']['rule']}", "arch": name,
+                            "source": {"train": run}, "trained": True, "seed": seed, **common})
+                out.append({"kind": "model", "label": f"{name} untrained", "arch": name, "source": {"train": run},
+                            "trained": False, "seed": seed, **common})
+        wt = config["width_test"]
+        for width in wt["widths"]:
+            out.append({"kind": "width", "dataset": wt["dataset"], "width": width, "activation": wt["activation"],
+                        "seed": seed, "images": wt["images"], "inversion": config["inversion"], "native": config["native"],
+                        "perturbation_std": config["perturbation_std"]})
+    return out
+
+
+def run(
+    preset: str,
+    out: Path,
+    address: str | None = None,
+    executor: str = "ray",
+    overrides: dict[str, Any] | None = None,
+    runs: list[Path] | None = None,
+) -> Path:
+    """Run the clarity study and write its report; returns the path of ``report.html``.
+
+    Args:
+        preset: ``"tiny"``, ``"quick"`` or ``"full"`` (see ``PRESETS``).
+        out: study folder: ``trials/``, ``runs/`` (models it trains), ``artifacts/`` (images),
+            ``report.html``, ``tables/``, ``figures/``.
+        address: Ray cluster address (``None``: embedded Ray).
+        executor: ``"ray"`` or ``"serial"``.
+        overrides: settings merged into the preset (e.g. ``{"images": 8, "inversion": {"steps": 200}}``);
+            ``overrides["runs"]`` is the same as ``runs``.
+        runs: pclab run directories to study (with their untrained architectures) instead of the
+            models the study trains by default (``pclab study clarity --run RUN_DIR``).
+    """
+    out = Path(out)
+    config = resolve(preset, overrides, runs)
+    config["preset"] = preset
+    records = run_trials(functools.partial(run_trial, out=str(out.resolve())), trials(config), out,
+                         address=address, executor=executor)
+    return write_report(records, failures(records), config, out)

@@ -1,0 +1,489 @@
+"""Study "depth": deep PCNs, from failure to backprop accuracy (Qi, Forasassi, Lukasiewicz &
+Salvatori 2025; REFERENCE sections 5 and 7).
+
+Three parts, each a set of trials run by :func:`pclab.sweep.run_trials`:
+
+* **accuracy vs depth** -- width-``W`` MLPs (and a VGG-style conv net) of several depths, trained by
+  PC, PC + spiking precision, PC + decaying precision, each with and without the forward-update
+  weight rule, and by backprop. Every variant of one (dataset, depth, seed) starts from the same
+  initial weights and sees the same batches (paired seeds). Training goes through
+  :func:`pclab.train.train`; accuracy is the feed-forward read-out on the test set, best epoch.
+* **diagnostics** (one depth per dataset) -- on a fixed training batch, at initialisation and after
+  training: energy and error norm per layer per relaxation step, the step at which each layer's
+  error first becomes non-zero, and the norm of each layer's weight gradient (before the optimiser).
+* **muPC** -- jpc's 30-layer width-128 ReLU residual MLP on MNIST (Innocenti et al. 2025; 93.26 %
+  after 900 iterations in their notebook) and the same network in the standard parameterisation
+  trained by plain PC, for contrast.
+
+Relaxation uses ``T = N`` steps (``N`` = error layers = depth), the least that lets the spiking
+schedule's unit spike visit every layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as pdata
+from ..core import SGD, Backprop, Inference, PCLearning, TaskLoss, relax
+from ..io import load_torch
+from ..models.deep import residual_mlp
+from ..sweep import failures, records_frame, run_trials, trial_id
+from ..train import RunConfig, load_data, make_batch, prepare, train, validate
+from .report import Report, plt
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "pc": {"rule": "pc", "precision": "constant", "forward_update": False},
+    "pc+fu": {"rule": "pc", "precision": "constant", "forward_update": True},
+    "spiking": {"rule": "pc", "precision": "spiking", "forward_update": False},
+    "spiking+fu": {"rule": "pc", "precision": "spiking", "forward_update": True},
+    "decaying": {"rule": "pc", "precision": "decaying", "forward_update": False},
+    "decaying+fu": {"rule": "pc", "precision": "decaying", "forward_update": True},
+    "bp": {"rule": "bp", "precision": "constant", "forward_update": False},
+}
+"""Name -> learning rule, precision schedule in relaxation, forward-update weight rule."""
+
+_TRAINING = {
+    "width": 128, "activation": "tanh", "output": "ce", "batch_size": 32,
+    "latent_optimizer": "sgd", "latent_lr": 0.5, "latent_momentum": 0.0, "alpha": 1e-3, "decay": 1.0,
+    "weight_optimizer": "adamw", "lr_pc": 1e-3, "lr_bp": 1e-3, "weight_decay": 1e-4,
+}
+
+_MUPC = {  # jpc examples/mupc.ipynb (REFERENCE 7); latent_lr in jpc's units (gradient of the batch-mean energy)
+    "dataset": "mnist", "width": 128, "depth": 30, "iterations": 900, "batch_size": 64, "latent_lr": 0.5,
+    "param_lr": 0.1, "test_every": 100, "test_subset": None, "train_subset": None,
+    "runs": [["mupc", "pc"], ["standard", "pc"]], "seeds": [0],
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "datasets": ["digits"], "depths": [3, 5], "variants": list(VARIANTS), "seeds": [0], "epochs": 1,
+        "train_subset": 256, "test_subset": 128, "diagnostic_depth": 5, "vgg_dataset": None, "vgg_depths": [],
+        "training": {**_TRAINING, "width": 16, "batch_size": 32},
+        "mupc": {**_MUPC, "dataset": "digits", "width": 16, "depth": 6, "iterations": 12, "batch_size": 32,
+                 "test_every": 6, "test_subset": 128, "train_subset": 512},
+    },
+    "quick": {
+        "datasets": ["mnist"], "depths": [3, 7, 11, 15], "variants": ["pc", "spiking+fu", "decaying+fu", "bp"],
+        "seeds": [0], "epochs": 1, "train_subset": 5000, "test_subset": 1000, "diagnostic_depth": 11,
+        "vgg_dataset": None, "vgg_depths": [], "training": dict(_TRAINING),
+        "mupc": {**_MUPC, "iterations": 200, "test_every": 50, "test_subset": 1000},
+    },
+    "full": {
+        "datasets": ["mnist", "fashion-mnist"], "depths": [3, 5, 7, 9, 11, 15, 20], "variants": list(VARIANTS),
+        "seeds": [0, 1, 2], "epochs": 10, "train_subset": None, "test_subset": None, "diagnostic_depth": 15,
+        "vgg_dataset": "fashion-mnist", "vgg_depths": [5, 7, 9], "vgg_width": 16, "training": dict(_TRAINING),
+        "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"]], "seeds": [0, 1, 2]},
+    },
+}
+"""Study presets. ``quick``: MNIST only, 4 depths, 4 variants, one seed, 5k/1k images, 1 epoch, muPC for
+200 iterations tested on 1k images (under 10 minutes on 2 shared cores). ``full``: everything (see BENCHMARKS.md for
+the measured per-trial times and the expected total)."""
+
+
+# ----------------------------------------------------------------------------------------- trials
+def _config(p: dict[str, Any], input_dim: int = 1, classes: int = 10) -> RunConfig:
+    """The :class:`RunConfig` of an accuracy trial (``input_dim``/``classes`` fill the MLP widths)."""
+    t, v = p["training"], VARIANTS[p["variant"]]
+    if p["model"] == "mlp":
+        model = {"kind": "mlp", "widths": [input_dim, *[t["width"]] * (p["depth"] - 1), classes],
+                 "activation": t["activation"], "output": t["output"]}
+    else:
+        model = {"kind": "vgg", "depth": p["depth"], "width": p["vgg_width"], "activation": "gelu", "output": t["output"]}
+    momentum = t["latent_momentum"] if t["latent_optimizer"] != "sgd" else 0.0
+    return validate({
+        "model": model,
+        "inference": {"steps": p["depth"], "optimizer": t["latent_optimizer"], "lr": t["latent_lr"], "momentum": momentum,
+                      "precision": v["precision"], "alpha": t["alpha"], "decay": t["decay"]},
+        "learning": {"rule": v["rule"], "forward_update": v["forward_update"], "optimizer": t["weight_optimizer"],
+                     "lr": t["lr_bp"] if v["rule"] == "bp" else t["lr_pc"], "weight_decay": t["weight_decay"]},
+        "data": {"dataset": p["dataset"], "batch_size": t["batch_size"], "train_subset": p["train_subset"],
+                 "test_subset": p["test_subset"]},
+        "epochs": p["epochs"], "seed": p["seed"],
+    }, f"depth trial {p['variant']} depth {p['depth']}")
+
+
+def _first_nonzero(column: list[float], tol: float = 1e-10) -> int:
+    """First step whose value exceeds ``tol`` (``-1``: never)."""
+    return next((t for t, v in enumerate(column) if v > tol), -1)
+
+
+def _edge_grad_norms(model, loss: torch.Tensor) -> list[float]:
+    """L2 norm of ``d loss / d theta`` per edge, in the model's edge order (input side first)."""
+    params = [list(model.edge_modules[e.key].parameters()) for e in model.edges]
+    flat = [q for group in params for q in group]
+    grads = torch.autograd.grad(loss, flat, allow_unused=True)
+    out, i = [], 0
+    for group in params:
+        g = [x for x in grads[i:i + len(group)] if x is not None]
+        i += len(group)
+        out.append(float(torch.sqrt(sum((x.double() ** 2).sum() for x in g))) if g else 0.0)
+    return out
+
+
+def diagnose(run, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Relaxation and weight-gradient diagnostics of ``run`` (a :class:`pclab.train.Run`) on one batch.
+
+    Returns ``nodes`` (error nodes, input side first), ``edges``; for PC rules ``energy`` and
+    ``error_norm`` ``(T+1, nodes)`` (batch means; energy includes the precision schedule),
+    ``first_error_step`` per node (``-1``: never non-zero within ``T`` steps); for every rule
+    ``grad_norm`` per edge (L2 norm of the weight gradient the optimiser receives).
+    """
+    model, rule = run.model, run.rule
+    out: dict[str, Any] = {"nodes": list(model.error_nodes), "edges": [e.target for e in model.edges]}
+    if isinstance(rule, PCLearning):
+        relaxed = relax(model, batch, rule.inference, record=True)
+        traj = relaxed.trajectory
+        out["energy"], out["error_norm"] = traj.energy, traj.error_norm
+        columns = list(zip(*traj.error_norm))
+        out["first_error_step"] = [_first_nonzero(list(c)) for c in columns]
+        loss = rule.weight_energy(relaxed)
+    else:
+        loss, _ = rule.objective(batch)
+    out["grad_norm"] = _edge_grad_norms(model, loss)
+    return out
+
+
+def accuracy_trial(p: dict[str, Any]) -> dict[str, Any]:
+    """Train one (dataset, model, depth, variant, seed); return accuracies, timing and diagnostics."""
+    torch.set_num_threads(p.get("threads", 1))
+    probe = pdata.load(p["dataset"], "test")
+    config = _config(p, int(np.prod(probe.images.shape[1:])), probe.classes)
+    data = load_data(config)
+    folder = Path(p["out"]) / "artifacts" / trial_id({k: v for k, v in p.items() if k != "out"}) if p.get("out") else None
+    diagnostics = {}
+    if p.get("diagnostics"):
+        run = prepare(config, data)
+        images, labels = data[0].images[: config.data.batch_size], data[0].labels[: config.data.batch_size]
+        diag_batch = make_batch(config, images, labels, data[0].classes)
+        diagnostics["init"] = diagnose(run, diag_batch)
+    started = time.perf_counter()
+    results = train(config, out=folder, progress=False, data=data)
+    seconds = time.perf_counter() - started
+    if p.get("diagnostics") and folder is not None:
+        run = prepare(config, data)
+        run.model.load_state_dict(load_torch(folder / "checkpoint.pt")["model"])
+        diagnostics["trained"] = diagnose(run, diag_batch)
+    return {
+        "best_test_accuracy": 100 * results["best_test_accuracy"],
+        "final_test_accuracy": 100 * results["test_accuracy"],
+        "best_epoch": results["best_epoch"],
+        "accuracy_per_epoch": [100 * h["test_accuracy"] for h in results["history"]],
+        "epoch_seconds": results["epoch_seconds"],
+        "train_seconds": seconds,
+        "diagnostics": diagnostics,
+    }
+
+
+def mupc_trial(p: dict[str, Any]) -> dict[str, Any]:
+    """jpc's muPC experiment: a residual MLP trained by PC (or backprop) for a number of iterations.
+
+    Settings follow jpc's ``examples/mupc.ipynb``: ReLU, no biases, inputs standardised with the
+    training set's mean and std, one-hot labels with a squared-error output energy, ``T = depth``
+    latent SGD steps, Adam on the weights, batches drawn without replacement (last partial batch
+    dropped). jpc's activity step ``latent_lr`` acts on the gradient of the *batch-mean* energy;
+    pclab relaxes each sample's own energy, so the pclab step is ``latent_lr / batch_size``.
+    """
+    torch.set_num_threads(p.get("threads", 1))
+    torch.manual_seed(p["seed"])
+    train_set, test_set = pdata.load(p["dataset"], "train"), pdata.load(p["dataset"], "test")
+    if p["train_subset"] and p["train_subset"] < len(train_set):
+        train_set = train_set.subset(p["train_subset"], seed=p["seed"])
+    if p["test_subset"] and p["test_subset"] < len(test_set):
+        test_set = test_set.subset(p["test_subset"], seed=p["seed"])
+    stats = pdata.channel_stats(train_set.images)
+
+    def inputs(images: torch.Tensor) -> torch.Tensor:
+        return pdata.normalise(images, "standard", stats).reshape(len(images), -1)
+
+    classes, dim = train_set.classes, int(np.prod(train_set.images.shape[1:]))
+    model = residual_mlp(dim, p["width"], p["depth"], classes, "relu", p["parameterisation"], output="gaussian")
+    optimizer = torch.optim.Adam(model.parameters(), p["param_lr"])
+    if p["rule"] == "pc":
+        inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward")
+        rule = PCLearning(model, inference, optimizer)
+    else:
+        rule = Backprop(model, optimizer, TaskLoss(reconstruct={"y": 1.0}), ("x",))
+    test_x, test_y = inputs(test_set.images), test_set.labels
+
+    def test_accuracy() -> float:
+        with torch.no_grad():
+            return 100 * float((model(dict(x=test_x))["y"].argmax(1) == test_y).float().mean())
+
+    curve, iteration, diverged, epoch = [], 0, False, 0
+    started = time.perf_counter()
+    while iteration < p["iterations"] and not diverged:
+        generator = torch.Generator().manual_seed(p["seed"] * 1_000_003 + epoch)
+        for images, labels in pdata.batches(train_set, p["batch_size"], shuffle=True, generator=generator, drop_last=True):
+            metrics = rule.step({"x": inputs(images), "y": pdata.one_hot(labels, classes)})
+            iteration += 1
+            if not all(math.isfinite(v) for v in metrics.values()):
+                diverged = True
+            if iteration % p["test_every"] == 0 or diverged or iteration == p["iterations"]:
+                curve.append({"iteration": iteration, "test_accuracy": test_accuracy()})
+            if diverged or iteration >= p["iterations"]:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - started
+    return {"curve": curve, "final_test_accuracy": curve[-1]["test_accuracy"],
+            "best_test_accuracy": max(c["test_accuracy"] for c in curve), "iterations_run": iteration,
+            "diverged": diverged, "train_seconds": seconds}
+
+
+def run_trial(p: dict[str, Any]) -> dict[str, Any]:
+    """The trial function given to :func:`pclab.sweep.run_trials` (dispatches on ``p["kind"]``)."""
+    if p["kind"] == "accuracy":
+        return accuracy_trial(p)
+    if p["kind"] == "mupc":
+        return mupc_trial(p)
+    raise ValueError(f"unknown depth-study trial kind {p['kind']!r}; expected 'accuracy' or 'mupc'")
+
+
+def trials(config: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Every trial of a resolved study configuration."""
+    base = {"kind": "accuracy", "epochs": config["epochs"], "train_subset": config["train_subset"],
+            "test_subset": config["test_subset"], "training": config["training"], "out": str(out.resolve())}
+    grid = [(d, "mlp", depth) for d in config["datasets"] for depth in config["depths"]]
+    if config.get("vgg_dataset"):
+        grid += [(config["vgg_dataset"], "vgg", depth) for depth in config["vgg_depths"]]
+    out_trials = []
+    for dataset, model, depth in grid:
+        for seed in config["seeds"]:
+            for variant in config["variants"]:
+                p = {**base, "dataset": dataset, "model": model, "depth": depth, "variant": variant, "seed": seed,
+                     "diagnostics": model == "mlp" and depth == config["diagnostic_depth"] and seed == config["seeds"][0]}
+                if model == "vgg":
+                    p["vgg_width"] = config.get("vgg_width", 16)
+                out_trials.append(p)
+    m = config["mupc"]
+    for parameterisation, rule in m["runs"]:
+        for seed in m["seeds"]:
+            out_trials.append({"kind": "mupc", "parameterisation": parameterisation, "rule": rule, "seed": seed,
+                               **{k: m[k] for k in ("dataset", "width", "depth", "iterations", "batch_size", "latent_lr",
+                                                    "param_lr", "test_every", "test_subset", "train_subset")}})
+    return out_trials
+
+
+# ----------------------------------------------------------------------------------------- report
+def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Best test accuracy (%) per (dataset, model, depth, variant): median, min, max over seeds."""
+    g = frame.groupby(["dataset", "model", "depth", "variant"])["best_test_accuracy"]
+    table = g.agg(median="median", min="min", max="max", seeds="count").reset_index()
+    seconds = frame.groupby(["dataset", "model", "depth", "variant"])["epoch_seconds"].median().reset_index(drop=True)
+    table["epoch_seconds"] = seconds.values
+    return table
+
+
+def gap_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Paired gap to backprop (points): per (dataset, model, depth, variant) the median over seeds of
+    ``acc(variant, seed) - acc(bp, seed)``."""
+    keys = ["dataset", "model", "depth", "seed"]
+    bp = frame[frame.variant == "bp"].set_index(keys)["best_test_accuracy"]
+    rows = []
+    for _, r in frame[frame.variant != "bp"].iterrows():
+        k = tuple(r[c] for c in keys)
+        if k in bp.index:
+            rows.append({**{c: r[c] for c in keys}, "variant": r["variant"], "gap_to_bp": r["best_test_accuracy"] - bp[k]})
+    if not rows:
+        return pd.DataFrame(columns=["dataset", "model", "depth", "variant", "median_gap", "min_gap", "max_gap"])
+    gaps = pd.DataFrame(rows)
+    return gaps.groupby(["dataset", "model", "depth", "variant"])["gap_to_bp"].agg(
+        median_gap="median", min_gap="min", max_gap="max").reset_index()
+
+
+_COLOURS = {"pc": "tab:red", "pc+fu": "tab:orange", "spiking": "tab:blue", "spiking+fu": "tab:cyan",
+            "decaying": "tab:green", "decaying+fu": "tab:olive", "bp": "black"}
+
+
+def _accuracy_figure(table: pd.DataFrame):
+    panels = table[["dataset", "model"]].drop_duplicates().values.tolist()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, (dataset, model) in zip(axes[0], panels):
+        sub = table[(table.dataset == dataset) & (table.model == model)]
+        for variant, rows in sub.groupby("variant"):
+            rows = rows.sort_values("depth")
+            ax.plot(rows.depth, rows["median"], "o-", color=_COLOURS.get(variant), label=variant)
+            ax.fill_between(rows.depth, rows["min"], rows["max"], color=_COLOURS.get(variant), alpha=0.15)
+        ax.set_xlabel("depth (weight layers)")
+        ax.set_ylabel("best test accuracy (%)")
+        ax.set_title(f"{dataset}, {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _heatmaps(diag: dict[str, dict[str, Any]], stage: str, key: str, label: str):
+    variants = [v for v in diag if key in diag[v].get(stage, {})]
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.6), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        values = np.asarray(diag[v][stage][key], dtype=float).T  # (nodes, steps)
+        image = ax.imshow(np.log10(np.maximum(values, 1e-12)), aspect="auto", origin="lower", cmap="viridis",
+                          vmin=-12, vmax=max(1.0, float(np.log10(np.maximum(values.max(), 1e-12)))))
+        ax.set_title(v)
+        ax.set_xlabel("inference step t")
+        ax.set_ylabel("layer l (0 = input side)")
+        fig.colorbar(image, ax=ax, label=f"log10 {label}")
+    return fig
+
+
+def _line_per_variant(diag: dict[str, dict[str, Any]], stage: str, key: str, ylabel: str, log: bool):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, d in diag.items():
+        if key in d.get(stage, {}):
+            values = d[stage][key]
+            ax.plot(range(len(values)), values, "o-", ms=3, color=_COLOURS.get(v), label=v)
+    ax.set_xlabel("layer l (0 = input side)")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _mupc_figure(mupc: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (param, rule), rows in mupc.groupby(["parameterisation", "rule"]):
+        curves = pd.DataFrame([c for cs in rows.curve for c in cs]).groupby("iteration")["test_accuracy"]
+        med = curves.median()
+        ax.plot(med.index, med.values, "o-", label=f"{param} parameterisation, {rule}")
+        ax.fill_between(med.index, curves.min().values, curves.max().values, alpha=0.15)
+    ax.set_xlabel("training iteration (batches)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _summary(config: dict[str, Any], table: pd.DataFrame, gaps: pd.DataFrame, mupc: pd.DataFrame,
+             diag: dict[str, dict[str, Any]], failed: list) -> list[str]:
+    lines = []
+    for (dataset, model), sub in ([] if table.empty else table.groupby(["dataset", "model"])):
+        pc = sub[sub.variant == "pc"].sort_values("depth")
+        if len(pc) >= 2:
+            a, b = pc.iloc[0], pc.iloc[-1]
+            verdict = "loses" if b["median"] < a["median"] - 1.0 else "does not lose more than 1 point of"
+            lines.append(f"{dataset} {model}: vanilla PC {verdict} accuracy with depth: {a['median']:.2f} % at depth "
+                         f"{a['depth']} vs {b['median']:.2f} % at depth {b['depth']} (median over seeds).")
+        target = 1.0 if dataset == "mnist" else 2.0
+        g = gaps[(gaps.dataset == dataset) & (gaps.model == model) & (gaps.depth <= 15)]
+        if len(g):
+            best = g.loc[g.groupby("depth")["median_gap"].idxmax()].sort_values("depth")
+            bp = sub[sub.variant == "bp"].set_index("depth")["median"]
+            parts = [f"depth {int(r.depth)}: {r.variant} {r.median_gap:+.2f} (bp itself {bp.get(r.depth, float('nan')):.2f} %)"
+                     for r in best.itertuples()]
+            ok = bool((best.median_gap >= -target).all())
+            lines.append(f"{dataset} {model}: best PC variant minus bp, per depth up to 15 (points): " + "; ".join(parts)
+                         + f". Target (within {target:.1f} points of bp at every depth) "
+                         + ("met." if ok else "NOT met."))
+    for v, d in diag.items():
+        steps = d.get("init", {}).get("first_error_step")
+        if steps:
+            never = sum(1 for s in steps if s < 0)
+            lines.append(f"Diagnostics at depth {config['diagnostic_depth']}, {v}, at initialisation: the input-side layer's "
+                         f"error first becomes non-zero at step {steps[0]} (-1 = never within T); {never} of {len(steps)} "
+                         f"layers never see an error.")
+        gn = d.get("init", {}).get("grad_norm")
+        if gn and gn[-1] > 0:
+            lines.append(f"{v}: weight-gradient norm of the first layer / last layer at initialisation = {gn[0] / gn[-1]:.3g}.")
+    for (param, rule), rows in mupc.groupby(["parameterisation", "rule"]) if len(mupc) else []:
+        acc = rows.final_test_accuracy
+        its = int(rows.iterations_run.max())
+        lines.append(f"Residual MLP depth {int(rows.depth.iloc[0])}, width {int(rows.width.iloc[0])}, {param} parameterisation, "
+                     f"{rule}: {acc.median():.2f} % test accuracy after {its} iterations (min {acc.min():.2f}, max {acc.max():.2f}; "
+                     f"jpc's notebook: 93.26 % after 900 iterations with muPC)"
+                     + ("; diverged" if rows.diverged.any() else "") + ".")
+    if failed:
+        lines.append(f"{len(failed)} trials failed (listed below).")
+    return lines
+
+
+def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown depth preset {preset!r}; expected one of {sorted(PRESETS)}")
+    config = copy.deepcopy(PRESETS[preset])
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def run(preset: str, out: Path, address: str | None = None, executor: str = "ray", overrides: dict | None = None) -> Path:
+    """Run the depth study (skipping finished trials) and write ``out/report.html``."""
+    out = Path(out)
+    config = _resolve(preset, overrides)
+    records = run_trials(run_trial, trials(config, out), out, address=address, executor=executor)
+    report = Report(f"Depth study ({preset}): deep PCNs, from failure to backprop accuracy", out,
+                    {"preset": preset, **config})
+    frame = records_frame(records)
+    acc = frame[frame.kind == "accuracy"] if len(frame) else frame
+    mupc = frame[frame.kind == "mupc"] if len(frame) else frame
+    table = accuracy_table(acc) if len(acc) else pd.DataFrame()
+    gaps = gap_table(acc) if len(acc) else pd.DataFrame()
+    diag = {}
+    if len(acc):
+        for r in acc[acc.diagnostics.map(bool)].itertuples():
+            diag.setdefault(r.dataset, {})[r.variant] = r.diagnostics
+    main_diag = diag.get(config["datasets"][0], {})
+    failed = failures(records)
+    report.summary(_summary(config, table, gaps, mupc, main_diag, failed))
+    t = config["training"]
+    report.section("Accuracy vs depth", (
+        f"MLPs of width {t['width']} ({t['activation']}, {t['output']} output), trained for {config['epochs']} epochs on "
+        f"{config['train_subset'] or 'all'} training images, tested on {config['test_subset'] or 'all'} test images; "
+        f"best epoch, feed-forward read-out. PC variants relax T = depth steps (latent {t['latent_optimizer']} lr "
+        f"{t['latent_lr']}); weights {t['weight_optimizer']} lr {t['lr_pc']} (PC) / {t['lr_bp']} (bp). Spiking alpha "
+        f"{t['alpha']}, decaying k {t['decay']}. Lines: median over seeds {config['seeds']}; bands: min-max. Fashion-MNIST "
+        "split: pclab.data's fixed split (see pclab.data.sources)."))
+    if len(table):
+        report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Best test accuracy vs depth per variant (median, min-max band over seeds).")
+        report.table(table, "accuracy", "Best test accuracy (%) per dataset, model, depth and variant; median epoch time (s)")
+        report.table(gaps, "gap_to_bp", "Paired gap to backprop (points; negative = below bp)")
+    for dataset, d in diag.items():
+        report.section(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})", (
+            "On the first training batch (image and label clamped), at initialisation and after training. Error norm: "
+            "batch-mean L2 norm of each layer's prediction error at each relaxation step; energy: the precision-weighted "
+            "energy relaxation descends. First-error step: the first step at which a layer's error norm exceeds 1e-10 "
+            "(-1: never within T). Weight-gradient norm: L2 norm of dE/dtheta (PC) or dLoss/dtheta (bp) per layer, "
+            "before the optimiser."))
+        for stage in ("init", "trained"):
+            if any(stage in v for v in d.values()):
+                report.figure(_heatmaps(d, stage, "error_norm", "error norm"), f"error_heatmap_{dataset}_{stage}",
+                              f"{dataset}, {stage}: log10 error norm per layer (rows) and inference step (columns).")
+                report.figure(_heatmaps(d, stage, "energy", "energy"), f"energy_heatmap_{dataset}_{stage}",
+                              f"{dataset}, {stage}: log10 precision-weighted energy per layer and step.")
+                report.figure(_line_per_variant(d, stage, "first_error_step", "first step with non-zero error", False),
+                              f"first_error_{dataset}_{stage}", f"{dataset}, {stage}: step at which each layer's error first becomes non-zero.")
+                report.figure(_line_per_variant(d, stage, "grad_norm", "weight-gradient norm", True),
+                              f"grad_norm_{dataset}_{stage}", f"{dataset}, {stage}: weight-gradient norm per layer (log scale).")
+        rows = [{"variant": v, "stage": s, "layer": i, "first_error_step": (x.get("first_error_step") or [None] * len(x["grad_norm"]))[i],
+                 "grad_norm": x["grad_norm"][i]} for v, st in d.items() for s, x in st.items() for i in range(len(x["grad_norm"]))]
+        report.table(pd.DataFrame(rows), f"diagnostics_{dataset}", "Per-layer diagnostics", max_rows=40)
+    if len(mupc):
+        m = config["mupc"]
+        report.section("muPC: a 30-layer residual MLP", (
+            f"Residual ReLU MLP, depth {m['depth']}, width {m['width']}, no biases, on {m['dataset']}; PC with T = depth "
+            f"latent SGD steps (jpc lr {m['latent_lr']} on the batch-mean energy = {m['latent_lr'] / m['batch_size']:.4g} "
+            f"per sample), Adam lr {m['param_lr']}, batch {m['batch_size']}, {m['iterations']} iterations; test accuracy of "
+            f"the feed-forward read-out on {m['test_subset'] or 'all'} test images. 'standard' = the same network with unit "
+            "multipliers and PyTorch's default init, trained the same way."))
+        report.figure(_mupc_figure(mupc), "mupc", "Test accuracy vs training iteration (median, min-max band over seeds).")
+        report.table(mupc[["parameterisation", "rule", "seed", "final_test_accuracy", "best_test_accuracy", "iterations_run",
+                           "diverged", "train_seconds"]], "mupc", "muPC vs standard parameterisation")
+    timing = frame[["kind", "seconds"]].groupby("kind")["seconds"].agg(["count", "median", "sum"]).reset_index() if len(frame) else pd.DataFrame()
+    report.section("Run time", "Wall time per trial (s), including data loading and diagnostics.")
+    if len(timing):
+        report.table(timing, "timing", "Trial wall time by kind (s)")
+    if failed:
+        report.section("Failed trials")
+        report.table(pd.DataFrame(failed), "failures", "Failed trials")
+    return report.write()

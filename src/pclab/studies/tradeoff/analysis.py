@@ -1,0 +1,313 @@
+"""The trade-off study's report: tidy table, Pareto fronts, curves vs lam, reconstruction grids and
+a summary written from the run's own numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..report import Report
+from .pareto import mark_pareto, tradeoff_gap
+from .training import WAY_LABELS, decode_images, grid_images, trial_data
+
+SLICE = ["dataset", "way", "complexity", "latent"]
+"""Columns naming one trade-off curve (a sweep over lam)."""
+
+METRICS = ["test_accuracy", "recon_mse", "probe_accuracy", "probe_mse",
+           "test_accuracy_feedforward", "recon_mse_feedforward", "test_accuracy_relaxed", "recon_mse_relaxed"]
+
+_COMPLEXITY_ORDER = {"small": 0, "medium": 1, "large": 2}
+
+
+def tidy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: its parameters, metrics and ``pareto_optimal`` (within its
+    dataset, way, complexity, d and seed). Bulky columns (history, images) are dropped."""
+    if frame.empty:
+        return frame
+    keep = [c for c in frame.columns if c not in ("history", "grid_images", "grid_shape", "grid")]
+    table = frame[keep].copy()
+    table["paper_lambda"] = 1.0 - table["lam"]
+    table = mark_pareto(table, [*SLICE, "seed"])
+    return table.sort_values([*SLICE, "seed", "lam"], key=_sort_key).reset_index(drop=True)
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    return column.map(_COMPLEXITY_ORDER) if column.name == "complexity" else column
+
+
+def curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Per slice and lam: median, min and max over seeds of every metric; ``pareto_optimal`` of the
+    medians within each slice."""
+    present = [m for m in METRICS if m in table.columns]
+    grouped = table.groupby([*SLICE, "lam"], sort=True)[present]
+    stats = grouped.median().join(grouped.min().add_suffix("_min")).join(grouped.max().add_suffix("_max"))
+    stats["seeds"] = table.groupby([*SLICE, "lam"]).size()
+    stats = stats.reset_index()
+    return mark_pareto(stats, SLICE)
+
+
+def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
+    """Per slice: best accuracy, best MSE and the trade-off gap (:func:`.pareto.tradeoff_gap`) of
+    the task metrics and of the latent probes."""
+    rows = []
+    for key, group in curve_table.groupby(SLICE, sort=True):
+        rows.append({
+            **dict(zip(SLICE, key)),
+            "best_accuracy": group["test_accuracy"].max(),
+            "best_recon_mse": group["recon_mse"].min(),
+            "gap_task": tradeoff_gap(group["test_accuracy"], group["recon_mse"]),
+            "best_probe_accuracy": group["probe_accuracy"].max(),
+            "best_probe_mse": group["probe_mse"].min(),
+            "gap_latent": tradeoff_gap(group["probe_accuracy"], group["probe_mse"]),
+            "lams": len(group),
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _colours(values: list[Any]) -> dict[Any, Any]:
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+
+
+def _complexities(table: pd.DataFrame) -> list[str]:
+    return sorted(table["complexity"].unique(), key=_COMPLEXITY_ORDER.get)
+
+
+def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str) -> plt.Figure:
+    """Accuracy vs MSE per way (rows) and complexity (columns); a line per d; filled markers are
+    Pareto-optimal within their (way, complexity, d) front; bars span seeds (min to max)."""
+    data = curve_table[curve_table["dataset"] == dataset]
+    ways, comps = [w for w in WAY_LABELS if w in set(data["way"])], _complexities(data)
+    latents = sorted(data["latent"].unique())
+    colour = _colours(latents)
+    fig, axes = plt.subplots(len(ways), len(comps), figsize=(4.2 * len(comps), 3.4 * len(ways)), squeeze=False)
+    for i, way in enumerate(ways):
+        for j, comp in enumerate(comps):
+            ax = axes[i, j]
+            for d in latents:
+                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
+                if g.empty:
+                    continue
+                optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
+                ax.errorbar(g[error], g[accuracy],
+                            xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
+                            yerr=[g[accuracy] - g[f"{accuracy}_min"], g[f"{accuracy}_max"] - g[accuracy]],
+                            color=colour[d], lw=1, alpha=0.6, label=f"d={d}")
+                ax.scatter(g[error][optimal], g[accuracy][optimal], color=colour[d], edgecolor="k", s=40, zorder=3)
+                ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
+            ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
+            ax.set_xlabel(f"{what} MSE (pixels in [-1, 1])")
+            ax.set_ylabel(f"{what} accuracy")
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def lam_figure(curve_table: pd.DataFrame, dataset: str, metrics: list[tuple[str, str]]) -> plt.Figure:
+    """Metrics (rows) vs lam per way (columns); a line per (complexity, d): median over seeds with a
+    min-max band."""
+    data = curve_table[curve_table["dataset"] == dataset]
+    ways = [w for w in WAY_LABELS if w in set(data["way"])]
+    slices = sorted({(c, d) for c, d in zip(data["complexity"], data["latent"])}, key=lambda s: (_COMPLEXITY_ORDER[s[0]], s[1]))
+    colour = _colours(slices)
+    styles = {c: s for c, s in zip(["small", "medium", "large"], ["-", "--", ":"])}
+    fig, axes = plt.subplots(len(metrics), len(ways), figsize=(4.2 * len(ways), 3.0 * len(metrics)), squeeze=False, sharey="row")
+    for j, way in enumerate(ways):
+        for i, (metric, label) in enumerate(metrics):
+            ax = axes[i, j]
+            for comp, d in slices:
+                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
+                if g.empty:
+                    continue
+                ax.plot(g["lam"], g[metric], styles[comp], color=colour[(comp, d)], marker="o", ms=3, label=f"{comp}, d={d}")
+                ax.fill_between(g["lam"], g[f"{metric}_min"], g[f"{metric}_max"], color=colour[(comp, d)], alpha=0.15)
+            ax.set_xlabel("lam (weight of classification)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(WAY_LABELS[way], fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(frame: pd.DataFrame, originals: np.ndarray | None, dataset: str, complexity: str, latent: int) -> plt.Figure | None:
+    """Reconstructions of the grid images (a row per lam, the originals on top when given,
+    ``(n, C, H, W)`` in [0, 1]) for each way, side by side."""
+    rows = frame[(frame["dataset"] == dataset) & (frame["complexity"] == complexity) & (frame["latent"] == latent)]
+    rows = rows[rows["grid_images"].notna()] if "grid_images" in rows else rows.iloc[0:0]
+    if rows.empty:
+        return None
+    ways = [w for w in WAY_LABELS if w in set(rows["way"])]
+    lams = sorted(rows["lam"].unique())
+    fig, axes = plt.subplots(1, len(ways), figsize=(4.4 * len(ways), 0.5 * len(lams) + 1.2), squeeze=False)
+    for ax, way in zip(axes[0], ways):
+        strips = [np.concatenate(list(originals[:, 0]), axis=1)] if originals is not None else []
+        labels = ["original"] if originals is not None else []
+        for lam in lams:
+            r = rows[(rows["way"] == way) & (rows["lam"] == lam)]
+            if r.empty:
+                continue
+            shape = tuple(r.iloc[0]["grid_shape"])
+            images = decode_images(r.iloc[0]["grid_images"], shape)[:, 0]
+            strips.append(np.concatenate(list(images), axis=1))
+            labels.append(f"lam={lam:g}")
+        ax.imshow(np.concatenate(strips, axis=0), cmap="gray", vmin=0, vmax=1)
+        h = strips[0].shape[0]
+        ax.set_yticks([h * (k + 0.5) for k in range(len(labels))], labels, fontsize=7)
+        ax.set_xticks([])
+        ax.set_title(WAY_LABELS[way], fontsize=9)
+    fig.suptitle(f"{dataset}, {complexity}, d={latent}: reconstructions (label not clamped), one row per lam")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ summary
+def _fmt(x: float, pct: bool = False) -> str:
+    return "n/a" if not np.isfinite(x) else (f"{100 * x:.1f} %" if pct else f"{x:.3f}")
+
+
+def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[str]:
+    """Sentences from the numbers: how the front moves with d and complexity, how the ways differ,
+    and whether the paper's direction (larger d / model softens the trade-off) holds here."""
+    lines: list[str] = []
+    if gap_table.empty:
+        return ["No run finished; nothing to summarise."]
+    lines.append(
+        "Trade-off gap: for each curve over lam, the best compromise's distance from the ideal point "
+        "(best accuracy and best MSE of that curve at once), 0 = no trade-off, 1 = extreme. 'task' uses "
+        "the model's own accuracy and reconstruction MSE; 'latent' uses the probes (linear-probe accuracy, "
+        "fresh-decoder MSE)."
+    )
+    verdicts = {}
+    for factor, other in (("latent", "complexity"), ("complexity", "latent")):
+        if gap_table[factor].nunique() < 2:
+            lines.append(f"Effect of {'the latent size d' if factor == 'latent' else 'model complexity'}: not testable in this "
+                         f"run -- only {factor} = {gap_table[factor].iloc[0]} was run.")
+            continue
+        moves = []
+        for key, g in gap_table.groupby(["dataset", "way", other], sort=True):
+            g = g.sort_values(factor, key=_sort_key)
+            lo, hi = g.iloc[0], g.iloc[-1]
+            if len(g) > 1:
+                moves.append(f"{key[0]}/{key[1]}/{other}={key[2]}: best accuracy {_fmt(lo['best_accuracy'], True)} -> "
+                             f"{_fmt(hi['best_accuracy'], True)}, best MSE {_fmt(lo['best_recon_mse'])} -> {_fmt(hi['best_recon_mse'])}")
+        lines.append(f"How the front moves from the smallest to the largest {factor}: " + "; ".join(moves) + ".")
+        for gap in ("gap_task", "gap_latent"):
+            softer = harder = 0
+            details = []
+            for key, g in gap_table.groupby(["dataset", "way", other], sort=True):
+                if g[factor].nunique() < 2:
+                    continue
+                g = g.sort_values(factor, key=_sort_key)
+                lo, hi = g.iloc[0], g.iloc[-1]
+                if not (np.isfinite(lo[gap]) and np.isfinite(hi[gap])):
+                    continue
+                change = hi[gap] - lo[gap]
+                softer += change < 0
+                harder += change > 0
+                details.append(f"{key[0]}/{key[1]}/{other}={key[2]}: {_fmt(lo[gap])} -> {_fmt(hi[gap])}")
+            if softer + harder == 0:
+                continue
+            name = "a larger latent d" if factor == "latent" else "a more complex model"
+            kind = gap.split("_")[1]
+            verdicts[(factor, gap)] = (softer, harder)
+            lines.append(
+                f"{name} ({kind} gap, smallest -> largest {factor}): softer in {softer}, harsher in {harder} of "
+                f"{softer + harder} slices [{'; '.join(details)}]."
+            )
+    for (factor, gap), (softer, harder) in verdicts.items():
+        name = "larger latent" if factor == "latent" else "larger model"
+        if softer > harder:
+            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): reproduced in most slices here.")
+        else:
+            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): NOT reproduced here "
+                         f"({softer} softer vs {harder} harsher).")
+    for dataset, g in gap_table.groupby("dataset"):
+        parts = []
+        for way, w in g.groupby("way"):
+            parts.append(
+                f"{WAY_LABELS[way]}: best accuracy {_fmt(w['best_accuracy'].max(), True)}, best MSE {_fmt(w['best_recon_mse'].min())}, "
+                f"mean task gap {_fmt(w['gap_task'].mean())}, mean latent gap {_fmt(w['gap_latent'].mean())}"
+            )
+        lines.append(f"{dataset}, ways compared over all slices -- " + "; ".join(parts) + ".")
+        c = curve_table[curve_table["dataset"] == dataset]
+        ends = []
+        for way, w in c.groupby("way"):
+            zero, one = w[w["lam"] == w["lam"].min()], w[w["lam"] == w["lam"].max()]
+            ends.append(f"{way}: lam={w['lam'].min():g} probe accuracy {_fmt(zero['probe_accuracy'].median(), True)} vs "
+                        f"lam={w['lam'].max():g} {_fmt(one['probe_accuracy'].median(), True)}; probe MSE "
+                        f"{_fmt(zero['probe_mse'].median())} vs {_fmt(one['probe_mse'].median())}")
+        lines.append(f"{dataset}, what the latent holds at the two ends (median over slices) -- " + "; ".join(ends) + ".")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- report
+_METHODS = """Convention: lam weights classification, L = (1 - lam) * MSE + lam * CE. Rathjens & Wiskott's lambda weights reconstruction; the table's paper_lambda column is 1 - lam.
+
+Ways: (a) bp -- z = enc(x), the loss on dec(z) and head(z), backprop (their model). (b) bpti -- the hybrid PCN: z starts at enc(x) and relaxes T steps (latent SGD) on the image energy with the label released; the loss on the relaxed state is backpropagated through the unrolled relaxation. (c) pc -- the hybrid PCN with image and label clamped, relaxed, then one local PC weight step; the encoder, an amortiser outside the energy, learns to predict the relaxed latent (energy 1/2 ||z* - enc(x)||^2), otherwise it would keep its random weights.
+
+Weights in (c) (pc_balance = mean): the image energy is taken per pixel, so the decoder path (x and its hidden nodes) has precision (1 - lam) * 2 / P and the head path (y and its hidden nodes) lam, both divided by the larger one: the energy then has the balance of the backprop loss of (a) and (b). lam = 0: the label energy has weight 0, the head never learns (chance accuracy) and the latent is purely generative -- the pure reconstruction objective. lam = 1: the image energy has weight 0, so relaxation and the decoder ignore the image (the decoder keeps its initial weights) and at test time, with the label released, no energy moves z, which stays at enc(x) -- the pure classification objective. Both ends are kept: they are the extremes of the front. (pc_balance = sum would use pclab.train's precisions 1 - lam and lam on the summed image energy; the image then outweighs the label about P/2 : 1 at equal lam.)
+
+Metrics: test_accuracy and recon_mse are the native read-outs (feed-forward for (a); relaxed with only the image clamped, label released, for (b) and (c)); MSE is per pixel on images scaled to [-1, 1]. The _feedforward / _relaxed columns give both read-outs. probe_accuracy: a least-squares linear classifier (closed-form ridge) on the frozen, standardised test-time latent. probe_mse: a fresh decoder on the frozen latent -- closed-form ridge regression of the image on [z, 1024 random ReLU features of z] (a one-hidden-layer decoder whose hidden layer is random and output layer solved exactly). Probes are fitted on up to probe_subset training latents and scored on the test latents.
+
+Pareto-optimal: no other lam of the same (dataset, way, complexity, d) has both higher-or-equal accuracy and lower-or-equal MSE. Not covered: the paper's CNNs and ViT (pclab has no hybrid conv builder yet)."""
+
+
+def _originals(config: dict[str, Any], dataset: str) -> np.ndarray | None:
+    """The grid's test images as the runs saw them, or None if the data cannot be loaded."""
+    try:
+        _, test = trial_data({"dataset": dataset, "train_subset": None, "test_subset": config.get("test_subset")})
+    except Exception:  # the report must not fail on a missing data set
+        return None
+    return grid_images(test).numpy()
+
+
+def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path) -> Path:
+    """Write the study's report under ``out``; returns the path of ``report.html``."""
+    report = Report("pclab study: the classification-reconstruction trade-off", out, config)
+    report.section("What was run", config.get("description", "") + "\n\n" + _METHODS)
+    table = tidy_table(frame)
+    if table.empty:
+        report.summary(["No run finished."])
+    else:
+        curve_table = curves(table)
+        gap_table = gaps(curve_table)
+        report.summary(summary_lines(gap_table, curve_table))
+        report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
+        report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
+        report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
+        for dataset in sorted(table["dataset"].unique()):
+            report.section(f"{dataset}: Pareto fronts")
+            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test"), f"pareto_{dataset}",
+                          f"{dataset}: test accuracy vs reconstruction MSE, one curve per d; filled = Pareto-optimal "
+                          "within the curve; bars = seed range.")
+            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe"), f"pareto_probes_{dataset}",
+                          f"{dataset}: what the latent holds -- linear-probe accuracy vs fresh-decoder MSE, one curve per d.")
+            report.section(f"{dataset}: trade-off curves vs lam")
+            report.figure(lam_figure(curve_table, dataset, [("test_accuracy", "test accuracy"), ("recon_mse", "recon MSE")]),
+                          f"lam_{dataset}", f"{dataset}: test accuracy and reconstruction MSE vs lam (median, band = seed range).")
+            report.figure(lam_figure(curve_table, dataset, [("probe_accuracy", "linear-probe accuracy"), ("probe_mse", "fresh-decoder MSE")]),
+                          f"lam_probes_{dataset}", f"{dataset}: latent probes vs lam.")
+            report.section(f"{dataset}: reconstructions across lam")
+            originals = _originals(config, dataset)
+            for complexity, latent in config.get("grid_slices", []):
+                fig = grid_figure(frame, originals, dataset, complexity, int(latent))
+                if fig is not None:
+                    report.figure(fig, f"grid_{dataset}_{complexity}_d{latent}",
+                                  f"{dataset}, {complexity}, d={latent}: reconstructions of one test image per class (seed {config['seeds'][0]}).")
+    if failed:
+        report.table(pd.DataFrame(failed), "failures", "Failed runs (recorded, not retried)")
+    else:
+        report.text("Failed runs: none.")
+    if not frame.empty and "trial_seconds" in frame:
+        report.text(f"Run time per run: median {frame['trial_seconds'].median():.1f} s, max {frame['trial_seconds'].max():.1f} s, "
+                    f"total {frame['trial_seconds'].sum():.0f} s of CPU worker time over {len(frame)} runs.")
+    return report.write()

@@ -1,0 +1,71 @@
+"""Pareto fronts of (accuracy up, reconstruction error down) and how far a front is from its ideal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def pareto_optimal(accuracy: Sequence[float], error: Sequence[float]) -> np.ndarray:
+    """Which points no other point dominates (higher accuracy is better, lower error is better).
+
+    Point ``j`` dominates ``i`` when ``accuracy[j] >= accuracy[i]`` and ``error[j] <= error[i]``
+    with at least one strict. Points with a NaN are never optimal and dominate nothing; exact
+    duplicates of an optimal point are all optimal.
+
+    Args:
+        accuracy: ``(n,)`` accuracies; error: ``(n,)`` errors (e.g. reconstruction MSE).
+
+    Returns: ``(n,)`` boolean array.
+    """
+    acc, err = np.asarray(accuracy, dtype=float), np.asarray(error, dtype=float)
+    if acc.shape != err.shape or acc.ndim != 1:
+        raise ValueError(f"accuracy and error must be 1-d of equal length, got shapes {acc.shape} and {err.shape}")
+    valid = np.isfinite(acc) & np.isfinite(err)
+    optimal = valid.copy()
+    for i in np.flatnonzero(valid):
+        others = valid & (acc >= acc[i]) & (err <= err[i]) & ((acc > acc[i]) | (err < err[i]))
+        optimal[i] = not others.any()
+    return optimal
+
+
+def mark_pareto(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    accuracy: str = "test_accuracy",
+    error: str = "recon_mse",
+    column: str = "pareto_optimal",
+) -> pd.DataFrame:
+    """A copy of ``frame`` with boolean ``column``: Pareto-optimal within its group ``by``."""
+    for name in [*by, accuracy, error]:
+        if name not in frame.columns:
+            raise ValueError(f"mark_pareto: column {name!r} not in the table; it has {list(frame.columns)}")
+    out = frame.copy()
+    out[column] = False
+    if out.empty:
+        return out
+    for _, group in out.groupby(list(by), sort=False, dropna=False):
+        out.loc[group.index, column] = pareto_optimal(group[accuracy].to_numpy(), group[error].to_numpy())
+    return out
+
+
+def tradeoff_gap(accuracy: Sequence[float], error: Sequence[float]) -> float:
+    """How far the best compromise of a trade-off curve is from its ideal point, in [0, 1].
+
+    Each point's accuracy shortfall ``(max acc - acc) / (max acc - min acc)`` and error excess
+    ``(err - min err) / (max err - min err)`` are computed over the curve (e.g. one point per
+    ``lam``); the gap is the smallest, over the points, of the larger of the two. ``0``: one point
+    attains both the best accuracy and the best error (no trade-off); ``1``: every point is worst
+    in one of them. NaN points are ignored; NaN if fewer than two points remain.
+    """
+    acc, err = np.asarray(accuracy, dtype=float), np.asarray(error, dtype=float)
+    keep = np.isfinite(acc) & np.isfinite(err)
+    acc, err = acc[keep], err[keep]
+    if len(acc) < 2:
+        return float("nan")
+    acc_range, err_range = acc.max() - acc.min(), err.max() - err.min()
+    shortfall = (acc.max() - acc) / acc_range if acc_range > 0 else np.zeros_like(acc)
+    excess = (err - err.min()) / err_range if err_range > 0 else np.zeros_like(err)
+    return float(np.min(np.maximum(shortfall, excess)))

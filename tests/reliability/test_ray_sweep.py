@@ -1,0 +1,44 @@
+"""Sweeps on an embedded local Ray: a failing trial is recorded and the others go on; a rerun skips
+finished trials; the Optuna search runs on the same Ray. One Ray start for the module (~15 s)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pclab.sweep import load_records, run_trials, search, tune_trial
+from pclab.train import preset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = pytest.importorskip("ray")
+    from pclab.sweep import _ray_init
+
+    _ray_init(None)
+    yield ray
+    ray.shutdown()
+
+
+def test_two_trials_on_ray_one_failing_records_one_result_and_one_failure(tmp_path, local_ray):
+    base = preset("tiny")
+    trials = [{"config": base, "overrides": {"epochs": 1}}, {"config": base, "overrides": {"epochs": 1, "inference.steps": 0}}]
+    records = run_trials(tune_trial, trials, tmp_path, executor="ray")
+    assert [r["status"] for r in records] == ["ok", "failed"]
+    assert records[0]["result"]["test_accuracy"] > 0.1
+    assert "inference.steps: expected greater than or equal to 1, got 0" in records[1]["error"]
+    assert len(list((tmp_path / "trials").glob("*.json"))) == 2
+    # run again: nothing reruns (the records are untouched)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "trials").glob("*.json")}
+    run_trials(tune_trial, trials, tmp_path, executor="ray")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "trials").glob("*.json")} == stamps
+
+
+def test_optuna_search_on_ray_records_every_sample(tmp_path, local_ray):
+    found = search({**preset("tiny"), "epochs": 1}, tmp_path, samples=2, executor="ray")
+    assert found["summary"]["samples"] == 2 and len(load_records(tmp_path)) == 2
+    assert found["best"] is not None and set(found["best"]["params"]["overrides"]) == {"inference.lr", "inference.steps", "learning.lr"}

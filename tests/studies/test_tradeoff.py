@@ -1,0 +1,198 @@
+"""The trade-off study: end to end on tiny data, Pareto marking, and the pure objectives at lam = 0, 1."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from pclab import models
+from pclab.core import Backprop, BPThroughInference, Inference, SGD, TaskLoss, relax
+from pclab.studies import tradeoff
+from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
+from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
+from pclab.studies.tradeoff.training import AmortisedPCLearning, path_precisions, with_precisions
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
+    report = tradeoff.run("tiny", tmp_path, executor="serial")
+    assert report.exists()
+    html = report.read_text()
+    for needle in ("Pareto fronts", "trade-off curves vs lam", "reconstructions across lam", "Summary", "paper_lambda"):
+        assert needle in html
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
+    config = tradeoff.PRESETS["tiny"]
+    assert len(runs) == len(config["ways"]) * len(config["lams"]) * len(config["latents"]) * len(config["complexities"])
+    for column in ("test_accuracy", "recon_mse", "probe_accuracy", "probe_mse", "pareto_optimal", "way", "lam", "latent"):
+        assert column in runs.columns
+    assert runs[["test_accuracy", "recon_mse", "probe_accuracy", "probe_mse"]].notna().all().all()
+    assert runs.groupby(["way", "seed"])["pareto_optimal"].any().all()  # every front has a point
+    gaps = pd.read_csv(tmp_path / "tables" / "tradeoff_gaps.csv")
+    assert set(gaps["way"]) == {"bp", "bpti", "pc"}
+    for name in ("pareto_digits", "lam_digits", "grid_digits_small_d2"):
+        assert (tmp_path / "figures" / f"{name}.png").exists()
+    # a second call skips the finished runs and rewrites the same table
+    tradeoff.run("tiny", tmp_path, executor="serial")
+    assert len(pd.read_csv(tmp_path / "tables" / "runs.csv")) == len(runs)
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown tradeoff setting"):
+        tradeoff.study_config("tiny", {"latent_size": 3})
+    with pytest.raises(ValueError, match="lams"):
+        tradeoff.study_config("tiny", {"lams": [0.0, 1.5]})
+    with pytest.raises(ValueError, match="unknown tradeoff preset"):
+        tradeoff.study_config("huge")
+
+
+def test_presets_cover_the_issue():
+    full = tradeoff.PRESETS["full"]
+    assert len(full["lams"]) >= 11 and min(full["lams"]) == 0.0 and max(full["lams"]) == 1.0
+    assert full["latents"] == [2, 4, 8, 16, 32, 64]
+    assert set(full["complexities"]) == {"small", "medium", "large"} and len(full["seeds"]) >= 2
+    quick = tradeoff.PRESETS["quick"]
+    assert len(quick["datasets"]) == 1 and len(quick["latents"]) == 2 and len(quick["lams"]) == 5
+    assert quick["complexities"] == ["small", "medium"] and len(quick["seeds"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ Pareto
+def test_pareto_marking_on_a_hand_made_table():
+    table = pd.DataFrame({
+        "way": ["bp"] * 5 + ["pc"] * 3,
+        "test_accuracy": [0.90, 0.95, 0.80, 0.95, 0.70, 0.5, 0.6, float("nan")],
+        "recon_mse":     [0.10, 0.20, 0.05, 0.25, 0.30, 0.1, 0.1, 0.01],
+    })
+    marked = mark_pareto(table, ["way"])
+    # bp: (0.90, 0.10), (0.95, 0.20), (0.80, 0.05) form the front; (0.95, 0.25) is dominated by
+    # (0.95, 0.20) (equal accuracy, lower error); (0.70, 0.30) by everything.
+    # pc: (0.6, 0.1) dominates (0.5, 0.1); the NaN row is never optimal.
+    assert marked["pareto_optimal"].tolist() == [True, True, True, False, False, False, True, False]
+
+
+def test_pareto_keeps_exact_duplicates_of_an_optimal_point():
+    assert pareto_optimal([0.9, 0.9, 0.5], [0.1, 0.1, 0.2]).tolist() == [True, True, False]
+
+
+def test_tradeoff_gap_is_zero_without_a_trade_off_and_one_at_the_extreme():
+    assert tradeoff_gap([0.1, 0.9, 0.5], [0.5, 0.1, 0.3]) == 0.0  # one point is best in both
+    assert tradeoff_gap([0.1, 0.9], [0.1, 0.5]) == 1.0            # each point is worst in one
+    assert tradeoff_gap([0.1, 0.9, 0.8], [0.1, 0.5, 0.2]) == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------------------------------ probes
+def test_probes_read_information_the_latent_holds():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (600,), generator=g)
+    centres = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    z = centres[labels] + 0.3 * torch.randn(600, 2, generator=g)
+    noise = torch.randn(600, 2, generator=g)
+    assert linear_probe_accuracy(z[:400], labels[:400], z[400:], labels[400:]) > 0.95
+    assert linear_probe_accuracy(noise[:400], labels[:400], noise[400:], labels[400:]) < 0.6
+    images = torch.tanh(z @ torch.randn(2, 16, generator=g))  # images that are a function of z
+    good = decoder_probe_mse(z[:400], images[:400], z[400:], images[400:], features=256)
+    bad = decoder_probe_mse(noise[:400], images[:400], noise[400:], images[400:], features=256)
+    assert good < 0.1 * bad
+
+
+# ---------------------------------------------------------------- the pure objectives at lam 0 and 1
+def _batch(pixels=16, classes=3, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, pixels, generator=g) * 2 - 1
+    y = torch.randint(0, classes, (n,), generator=g)
+    return x, y
+
+
+def _grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-8, msg=f"parameter {name}")
+
+
+@pytest.mark.parametrize("way", ["bp", "bpti"])
+@pytest.mark.parametrize("lam, pure", [(0.0, TaskLoss(reconstruct={"x": 1.0})), (1.0, TaskLoss(classify={"y": 1.0}))])
+def test_backprop_ways_reduce_to_the_pure_objective_at_the_ends(way, lam, pure):
+    torch.manual_seed(0)
+    model = models.rathjens_wiskott("medium", 3, 16, 3).double()
+    x, y = _batch()
+    batch = {"x": x.double(), "y": y}
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.0)
+    if way == "bp":
+        mixed, single = Backprop(model, optimiser, TaskLoss.mix(lam), ("x",)), Backprop(model, optimiser, pure, ("x",))
+    else:
+        inference = Inference(steps=4, optimizer=SGD(0.05))
+        mixed = BPThroughInference(model, inference, optimiser, TaskLoss.mix(lam), ("x",))
+        single = BPThroughInference(model, inference, optimiser, pure, ("x",))
+    _assert_same(_grads(model, lambda: mixed.objective(batch)[0]), _grads(model, lambda: single.objective(batch)[0]))
+
+
+def _pc_update(model, batch, inference):
+    """Parameter gradients of one amortised PC step (no optimiser step)."""
+    rule = AmortisedPCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.0))
+    relaxed = relax(model, batch, inference)
+    return _grads(model, lambda: rule.weight_energy(relaxed) + rule.amortiser_energy(relaxed)), relaxed
+
+
+@pytest.mark.parametrize("balance", ["mean"])
+def test_pc_at_lam_zero_is_the_pure_generative_update(balance):
+    """lam = 0: the label energy has weight 0, so the update equals PC learning with the image alone
+    clamped (the label released), and the head learns nothing."""
+    torch.manual_seed(0)
+    base = models.rathjens_wiskott("medium", 3, 16, 3).double()
+    inference = Inference(steps=5, optimizer=SGD(0.05))
+    x, y = _batch()
+    x, onehot = x.double(), torch.nn.functional.one_hot(y, 3).double()
+    mixed = with_precisions(base, path_precisions(base, 0.0, balance))
+    grads, _ = _pc_update(mixed, {"x": x, "y": onehot}, inference)
+    reference, _ = _pc_update(mixed, {"x": x}, inference)  # label released: a read-out, no energy
+    head = [n for n in grads if "_to_c" in n or "_to_y" in n]
+    assert head and all(grads[n].abs().max() == 0 for n in head)
+    _assert_same({n: g for n, g in grads.items() if n not in head}, {n: g for n, g in reference.items() if n not in head})
+
+
+@pytest.mark.parametrize("balance", ["mean"])
+def test_pc_at_lam_one_is_the_pure_classification_update(balance):
+    """lam = 1: the image energy has weight 0: the decoder learns nothing, the relaxed latent and the
+    head/encoder updates equal those of a model with no decoder at all (latent -> label only)."""
+    torch.manual_seed(0)
+    base = models.rathjens_wiskott("medium", 3, 16, 3).double()
+    inference = Inference(steps=5, optimizer=SGD(0.05))
+    x, y = _batch()
+    x, onehot = x.double(), torch.nn.functional.one_hot(y, 3).double()
+    grads, relaxed = _pc_update(with_precisions(base, path_precisions(base, 1.0, balance)), {"x": x, "y": onehot}, inference)
+    decoder = [n for n in grads if "_to_d" in n or "_to_x" in n]
+    assert decoder and all(grads[n].abs().max() == 0 for n in decoder)
+
+    # the pure classifier: the same encoder and head, no decoder
+    from pclab.core import PCN
+    nodes = [base.nodes[n] for n in ("x", "z", "c1", "y")]
+    edges = [(e.source, e.target, base.edge_modules[e.key]) for e in base.edges if e.target in ("c1", "y")]
+    amortiser = base.amortisers["z"]
+    classifier = PCN(nodes, edges, [(amortiser.source, "z", base.amortiser_modules[amortiser.key])])
+    reference, pure_relaxed = _pc_update(classifier, {"x": x, "y": onehot}, inference)
+    torch.testing.assert_close(relaxed.values["z"], pure_relaxed.values["z"])
+    _assert_same({n: g for n, g in grads.items() if n not in decoder}, reference)
+
+
+def test_mean_balance_matches_the_backprop_loss_weights():
+    model = models.rathjens_wiskott("medium", 3, 16, 3)
+    p = path_precisions(model, 0.5, "mean")
+    # (1 - lam) * 2 / P : lam, scaled so the larger is 1
+    assert p["y"] == 1.0 and p["c1"] == 1.0
+    assert p["x"] == pytest.approx(2 / 16) and p["d1"] == pytest.approx(2 / 16)
+    s = path_precisions(model, 0.25, "sum")
+    assert s == {"d1": 1.0, "x": 0.75, "c1": 1.0, "y": 0.25}

@@ -1,0 +1,96 @@
+"""The configuration fails before any work, naming the field, the expected and the received value."""
+
+from __future__ import annotations
+
+import pytest
+
+from pclab.train import PRESETS, ConfigError, apply_overrides, preset, validate
+from pclab.train.config import load, same_run, to_dict
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name):
+    config = validate(preset(name), name)
+    assert validate(to_dict(config)) == config  # round trip
+
+
+def _error(data) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate(data, "test")
+    return str(err.value)
+
+
+def test_unknown_key_names_the_field_the_known_ones_and_a_suggestion():
+    message = _error({"inference": {"stepz": 3}})
+    assert "inference.stepz: unknown field" in message
+    assert "'steps'" in message and "got 3" in message and "did you mean 'steps'" in message
+
+
+@pytest.mark.parametrize(
+    "data, field, received",
+    [
+        ({"epochs": True}, "epochs", "True"),  # a bool is not an integer
+        ({"epochs": 2.5}, "epochs", "2.5"),
+        ({"model": {"widths": [64, 32.5, 10]}}, "model.widths[1]", "32.5"),
+        ({"learning": {"lr": "fast"}}, "learning.lr", "'fast'"),
+        ({"inference": {"optimizer": "adamx"}}, "inference.optimizer", "'adamx'"),
+        ({"inference": {"lr": float("nan")}}, "inference.lr", "nan"),
+        ({"data": {"batch_size": "64"}}, "data.batch_size", "'64'"),
+    ],
+)
+def test_wrong_type_names_field_expected_and_received(data, field, received):
+    message = _error(data)
+    assert f"{field}: expected" in message and f"got {received}" in message
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"inference": {"steps": 0}}, "inference.steps: expected greater than or equal to 1, got 0"),
+        ({"data": {"dataset": "digits"}}, "model.widths[0]: expected the 64 pixels of digits (1x8x8), got 784"),
+        ({"model": {"widths": [784, 128, 7]}}, "model.widths[-1]: expected the 10 classes of mnist, got 7"),
+        ({"model": {"kind": "generative_mlp", "widths": [8, 784], "output": "ce"}}, "model.output: a 'ce' energy needs a label node"),
+        ({"inference": {"optimizer": "momentum"}}, "inference.momentum: optimizer 'momentum' needs momentum > 0, got 0"),
+        ({"learning": {"truncate": 50}, "inference": {"steps": 5}}, "learning.truncate"),
+        ({"device": "gpu"}, "device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu'"),
+        ({"learning": {"rule": "bp", "forward_update": True}}, "learning.forward_update"),
+    ],
+)
+def test_impossible_values_are_refused(data, needle):
+    assert needle in _error(data)
+
+
+def test_a_float_written_with_an_exponent_is_a_float():
+    assert validate({"learning": {"lr": "1e-3"}}).learning.lr == 1e-3
+
+
+def test_overrides_parse_yaml_values_into_nested_fields():
+    data = apply_overrides(preset("tiny"), ["inference.steps=7", "learning.lr=1e-3", "model.widths=[64, 16, 10]", "data.test_subset=null"])
+    config = validate(data)
+    assert config.inference.steps == 7 and config.learning.lr == 1e-3
+    assert config.model.widths == [64, 16, 10] and config.data.test_subset is None
+
+
+@pytest.mark.parametrize("item, needle", [("inference.steps", "expected KEY=VALUE"), ("epochs.x=1", "epochs is a value, not a section"),
+                                          ("a..b=1", "expected a dotted key")])
+def test_bad_override_is_named(item, needle):
+    with pytest.raises(ConfigError, match=needle):
+        apply_overrides(preset("tiny"), [item])
+
+
+def test_config_files_missing_invalid_or_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+        load(tmp_path / "list.yaml")
+
+
+def test_checkpoint_settings_do_not_change_the_run():
+    a = to_dict(validate(preset("tiny")))
+    b = to_dict(validate(apply_overrides(preset("tiny"), ["checkpoint_every=3"])))
+    c = to_dict(validate(apply_overrides(preset("tiny"), ["seed=1"])))
+    assert same_run(a, b) and not same_run(a, c)
