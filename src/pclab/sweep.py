@@ -168,7 +168,7 @@ def records_frame(records: Sequence[dict[str, Any]]):
     """A tidy table: one row per finished ``ok`` trial, parameters and result columns side by side."""
     import pandas as pd
 
-    rows = [{**_flat(r["params"]), **r["result"], "seconds": r["seconds"]} for r in records if r["status"] == "ok"]
+    rows = [{**r["params"], **r["result"], "seconds": r["seconds"]} for r in records if r["status"] == "ok"]
     return pd.DataFrame(rows)
 
 

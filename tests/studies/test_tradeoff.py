@@ -11,7 +11,7 @@ from pclab.core import Backprop, BPThroughInference, Inference, SGD, TaskLoss, r
 from pclab.studies import tradeoff
 from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
-from pclab.studies.tradeoff.training import AmortisedPCLearning, path_precisions, with_precisions
+from pclab.studies.tradeoff.training import AmortisedPCLearning, bottleneck, pc_precisions
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +127,7 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("lam, pure", [(0.0, TaskLoss(reconstruct={"x": 1.0})), (1.0, TaskLoss(classify={"y": 1.0}))])
 def test_backprop_ways_reduce_to_the_pure_objective_at_the_ends(way, lam, pure):
     torch.manual_seed(0)
-    model = models.rathjens_wiskott("medium", 3, 16, 3).double()
+    model = bottleneck(models.rathjens_wiskott("medium", 3, 16, 3)).double()
     x, y = _batch()
     batch = {"x": x.double(), "y": y}
     optimiser = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -147,52 +147,62 @@ def _pc_update(model, batch, inference):
     return _grads(model, lambda: rule.weight_energy(relaxed) + rule.amortiser_energy(relaxed)), relaxed
 
 
-@pytest.mark.parametrize("balance", ["mean"])
+def _pc_setting(lam, balance):
+    torch.manual_seed(0)
+    layered = models.rathjens_wiskott("medium", 3, 16, 3)
+    model = bottleneck(layered, *pc_precisions(lam, 16, balance)).double()
+    x, y = _batch()
+    return model, x.double(), torch.nn.functional.one_hot(y, 3).double(), Inference(steps=5, optimizer=SGD(0.05))
+
+
+@pytest.mark.parametrize("balance", ["mean", "sum"])
 def test_pc_at_lam_zero_is_the_pure_generative_update(balance):
     """lam = 0: the label energy has weight 0, so the update equals PC learning with the image alone
-    clamped (the label released), and the head learns nothing."""
-    torch.manual_seed(0)
-    base = models.rathjens_wiskott("medium", 3, 16, 3).double()
-    inference = Inference(steps=5, optimizer=SGD(0.05))
-    x, y = _batch()
-    x, onehot = x.double(), torch.nn.functional.one_hot(y, 3).double()
-    mixed = with_precisions(base, path_precisions(base, 0.0, balance))
-    grads, _ = _pc_update(mixed, {"x": x, "y": onehot}, inference)
-    reference, _ = _pc_update(mixed, {"x": x}, inference)  # label released: a read-out, no energy
-    head = [n for n in grads if "_to_c" in n or "_to_y" in n]
+    clamped (the label released: a read-out without energy), and the head learns nothing."""
+    model, x, onehot, inference = _pc_setting(0.0, balance)
+    grads, _ = _pc_update(model, {"x": x, "y": onehot}, inference)
+    reference, _ = _pc_update(model, {"x": x}, inference)
+    head = [n for n in grads if "z_to_y" in n]
     assert head and all(grads[n].abs().max() == 0 for n in head)
     _assert_same({n: g for n, g in grads.items() if n not in head}, {n: g for n, g in reference.items() if n not in head})
 
 
-@pytest.mark.parametrize("balance", ["mean"])
+@pytest.mark.parametrize("balance", ["mean", "sum"])
 def test_pc_at_lam_one_is_the_pure_classification_update(balance):
-    """lam = 1: the image energy has weight 0: the decoder learns nothing, the relaxed latent and the
-    head/encoder updates equal those of a model with no decoder at all (latent -> label only)."""
-    torch.manual_seed(0)
-    base = models.rathjens_wiskott("medium", 3, 16, 3).double()
-    inference = Inference(steps=5, optimizer=SGD(0.05))
-    x, y = _batch()
-    x, onehot = x.double(), torch.nn.functional.one_hot(y, 3).double()
-    grads, relaxed = _pc_update(with_precisions(base, path_precisions(base, 1.0, balance)), {"x": x, "y": onehot}, inference)
-    decoder = [n for n in grads if "_to_d" in n or "_to_x" in n]
+    """lam = 1: the image energy has weight 0: the decoder learns nothing, and the relaxed latent and
+    the head/encoder updates equal those of a model with no decoder at all (latent -> label only)."""
+    model, x, onehot, inference = _pc_setting(1.0, balance)
+    grads, relaxed = _pc_update(model, {"x": x, "y": onehot}, inference)
+    decoder = [n for n in grads if "z_to_x" in n]
     assert decoder and all(grads[n].abs().max() == 0 for n in decoder)
 
-    # the pure classifier: the same encoder and head, no decoder
     from pclab.core import PCN
-    nodes = [base.nodes[n] for n in ("x", "z", "c1", "y")]
-    edges = [(e.source, e.target, base.edge_modules[e.key]) for e in base.edges if e.target in ("c1", "y")]
-    amortiser = base.amortisers["z"]
-    classifier = PCN(nodes, edges, [(amortiser.source, "z", base.amortiser_modules[amortiser.key])])
+    amortiser = model.amortisers["z"]
+    classifier = PCN([model.nodes[n] for n in ("x", "z", "y")], [("z", "y", model.module("z", "y"))],
+                     [("x", "z", model.amortiser_modules[amortiser.key])])
     reference, pure_relaxed = _pc_update(classifier, {"x": x, "y": onehot}, inference)
     torch.testing.assert_close(relaxed.values["z"], pure_relaxed.values["z"])
     _assert_same({n: g for n, g in grads.items() if n not in decoder}, reference)
 
 
 def test_mean_balance_matches_the_backprop_loss_weights():
-    model = models.rathjens_wiskott("medium", 3, 16, 3)
-    p = path_precisions(model, 0.5, "mean")
-    # (1 - lam) * 2 / P : lam, scaled so the larger is 1
-    assert p["y"] == 1.0 and p["c1"] == 1.0
-    assert p["x"] == pytest.approx(2 / 16) and p["d1"] == pytest.approx(2 / 16)
-    s = path_precisions(model, 0.25, "sum")
-    assert s == {"d1": 1.0, "x": 0.75, "c1": 1.0, "y": 0.25}
+    image, label = pc_precisions(0.5, 16, "mean")  # (1 - lam) * 2 / P : lam, the larger scaled to 1
+    assert label == 1.0 and image == pytest.approx(2 / 16)
+    assert pc_precisions(0.0, 16, "mean") == (1.0, 0.0) and pc_precisions(1.0, 16, "mean") == (0.0, 1.0)
+    assert pc_precisions(0.25, 16, "sum") == (0.75, 0.25)
+
+
+def test_bottleneck_keeps_the_modules_and_leaves_the_latent_as_the_only_path():
+    torch.manual_seed(0)
+    layered = models.rathjens_wiskott("large", 3, 16, 3)
+    model = bottleneck(layered)
+    assert list(model.nodes) == ["x", "z", "y"]
+    assert {id(p) for p in model.parameters()} == {id(p) for p in layered.parameters()}
+    x = torch.rand(5, 16)
+    deep = layered.initial_state({"x": x}, "forward")
+    flat = model.initial_state({"x": x}, "forward")
+    torch.testing.assert_close(model.predictions(flat)["x"], layered.predictions(deep)["x"])
+    torch.testing.assert_close(model.predictions(flat)["y"], layered.predictions(deep)["y"])
+    grads, _ = model.latent_grads(flat, ["z"], {"x"}, method="manual")
+    auto, _ = model.latent_grads(flat, ["z"], {"x"}, method="autograd")
+    torch.testing.assert_close(grads["z"], auto["z"])

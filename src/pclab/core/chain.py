@@ -4,40 +4,45 @@ Most PCNs people train are a chain ``n0 -> n1 -> ... -> nL`` with one fully-conn
 edge (an MLP). For such a network :func:`~pclab.core.relax.relax` and
 :class:`~pclab.core.learning.PCLearning` use this module instead of the general graph code. It
 computes the same quantities as the reference path (``PCN.latent_grads`` / autograd of
-``PCN.energy``), in the same order of operations where that matters, and tests in ``tests/perf``
-check equality. What makes it faster:
+``PCN.energy``) and tests in ``tests/perf`` check that they agree. What makes it faster:
 
-* no per-step dictionaries, graph walks or autograd: each step is a handful of tensor ops per layer;
+* no per-step dictionaries, graph walks or autograd: a step is a handful of tensor ops per layer;
 * **unchanged predictions are not recomputed**: ``mu_l = f(W_l z_{l-1} + b_l)`` changes only when
   ``z_{l-1}`` moves, so the prediction from a clamped input is computed once per batch;
-* **exactly-zero errors are skipped**: after a feed-forward initialisation every free node sits
-  on its prediction, so its error is exactly zero until it or the node below it moves. With
-  only the output clamped, at step ``t`` only the ``t + 1`` layers nearest the output carry error;
-  the others need neither a prediction nor a backward product. This is bookkeeping of which
-  tensors are *exactly* zero (it holds with any precision schedule, fixed predictions, momentum),
-  not an approximation;
+* **exactly-zero errors are skipped**: after a feed-forward initialisation every free node sits on
+  its prediction, so its error is exactly zero until it or the node below it moves. With only the
+  output clamped, at step ``t`` only the ``t + 1`` layers nearest the output carry error; the others
+  need neither a prediction nor a backward product. This is bookkeeping of which tensors are
+  *exactly* zero (it holds with precision schedules, fixed predictions, momentum), not an
+  approximation;
 * the PC weight gradient of a Dense layer is the outer product
-  ``dE/dW_l = -(pi_l e_l * f'(a_l))^T z_{l-1} / batch`` (a Hebbian update), computed directly at the
-  predictions the relaxation already holds.
+  ``dE/dW_l = -(pi_l e_l * f'(a_l))^T z_{l-1} / batch`` (a Hebbian update), computed directly from
+  the predictions the relaxation already holds.
 
-The fast path is chosen automatically (:func:`dense_chain`) only when it is valid: every edge
-module is exactly a pclab :class:`~pclab.core.layers.Dense` without hooks, the graph is one path,
-hidden nodes are Gaussian, no amortisers, and the latent optimiser is pclab's ``SGD`` or ``Adam``.
-Everything else (arbitrary modules, recording, early stopping, step hooks, backprop through the
-inference) takes the reference path.
+The fast path is chosen automatically (:func:`dense_chain`, :func:`supports`) only when it is
+valid: every edge module is exactly a pclab :class:`~pclab.core.layers.Dense` without hooks, the
+graph is one path of 1-d nodes, hidden nodes are Gaussian, no amortisers, and the latent optimiser
+is pclab's ``SGD`` or ``Adam``. Everything else (arbitrary modules, trajectories, early stopping,
+step hooks, backprop through the inference) takes the reference path.
+
+:mod:`pclab.core.compiled` runs the same functions under ``torch.compile``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .energy import CrossEntropy, Energy, Gaussian
-from .graph import PCN, State
+from .graph import PCN
 from .layers import Dense
 from .optim import SGD, Adam, LatentOptimizer, OptState
+
+Params = list[tuple[torch.Tensor, torch.Tensor | None]]
+"""``(weight, bias)`` of each layer, ``weight: (out, in)``."""
 
 
 @dataclass(frozen=True)
@@ -59,17 +64,19 @@ class DenseChain:
         """Number of layers ``L``."""
         return len(self.layers)
 
+    def params(self) -> Params:
+        """The current ``(weight, bias)`` of every layer."""
+        return [(layer.linear.weight, layer.linear.bias) for layer in self.layers]
+
 
 def _plain_dense(module: torch.nn.Module) -> bool:
     """``module`` is exactly a pclab Dense whose forward nobody intercepts."""
-    if type(module) is not Dense:
+    if type(module) is not Dense or type(module.linear) is not torch.nn.Linear:
         return False
     for m in (module, module.linear):
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or "forward" in m.__dict__:
             return False
-        if type(m.forward) is not type(module.forward) or "forward" in m.__dict__:
-            return False
-    return type(module.linear) is torch.nn.Linear
+    return True
 
 
 def dense_chain(model: PCN) -> DenseChain | None:
@@ -95,230 +102,255 @@ def dense_chain(model: PCN) -> DenseChain | None:
     if any(model.nodes[n].shape != (w,) for n, w in zip(names, widths)):
         return None
     energies = tuple(model.nodes[n].energy for n in names[1:])
-    if not all(isinstance(e, Gaussian) for e in energies[:-1]):
-        return None
-    if not isinstance(energies[-1], (Gaussian, CrossEntropy)):
+    if not all(type(e) is Gaussian for e in energies[:-1]) or type(energies[-1]) not in (Gaussian, CrossEntropy):
         return None
     return DenseChain(tuple(names), tuple(layers), energies)
 
 
-def supports_optimizer(optimizer: LatentOptimizer) -> bool:
-    """Latent optimisers the fast path reproduces exactly (their ``update`` is called as is)."""
+def supports(optimizer: LatentOptimizer) -> bool:
+    """Latent optimisers the fast path reproduces exactly (their own ``update`` is called)."""
     return type(optimizer) in (SGD, Adam)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything about one relaxation of a chain that does not depend on the tensors.
+
+    Node indices run ``0 .. L`` along ``chain.nodes``.
+
+    Attributes:
+        chain: the structure.
+        clamped: ``clamped[i]``: node ``i`` keeps its given value.
+        free: ``free[i]``: relaxation moves node ``i`` (not clamped, not a released read-out).
+        active: ``active[i]``: node ``i`` contributes energy (index 0: never).
+        steps: number of inference steps ``T``.
+        optimizer: latent update rule (pclab ``SGD`` or ``Adam``).
+        weights: ``weights[t][i]``: precision of node ``i`` at step ``t`` (static precision times
+            the schedule's multiplier), ``T`` rows.
+        fixed_prediction: predictions and their Jacobians stay at the initial values.
+        feed_forward: the initial values are the feed-forward pass (so free errors start at 0).
+    """
+
+    chain: DenseChain
+    clamped: tuple[bool, ...]
+    free: tuple[bool, ...]
+    active: tuple[bool, ...]
+    steps: int
+    optimizer: SGD | Adam
+    weights: tuple[tuple[float, ...], ...]
+    fixed_prediction: bool
+    feed_forward: bool
+
+    @property
+    def readout(self) -> bool:
+        """The last node is a released read-out (given ``softmax(mu_L)`` after relaxation)."""
+        return not self.active[-1] and not self.clamped[-1]
+
+
 # ---------------------------------------------------------------------------- predictions
+# f'(a) from mu = f(a), equal bit for bit to how ``layers.ACTIVATIONS`` computes it from a
 _SLOPE_FROM_OUTPUT = {
-    # f'(a) from mu = f(a), where that is how ``layers.ACTIVATIONS`` computes it bit for bit
-    "tanh": lambda a, mu: 1.0 - mu * mu,
-    "sigmoid": lambda a, mu: mu * (1.0 - mu),
+    "tanh": lambda mu: 1.0 - mu * mu,
+    "sigmoid": lambda mu: mu * (1.0 - mu),
 }
 
 
 class Predictions:
-    """The predictions ``mu_l`` (with pre-activations ``a_l`` and slopes ``f'(a_l)``) of a chain,
-    recomputed only when their input has moved.
+    """The predictions ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``, of a chain's layers, with
+    their slopes ``f'(a_l)``; an entry is recomputed only when marked stale.
 
-    Index ``l = 1 .. L`` is the layer predicting node ``l``; entries are ``None`` until computed.
+    Index ``l = 1 .. L``; index 0 is unused.
     """
 
-    def __init__(self, chain: DenseChain):
-        self.chain = chain
+    def __init__(self, chain: DenseChain, params: Params):
+        self.chain, self.params = chain, params
         n = chain.depth + 1
         self.a: list[torch.Tensor | None] = [None] * n
         self.mu: list[torch.Tensor | None] = [None] * n
-        self._slope: list[torch.Tensor | None] = [None] * n
+        self.slopes: list[torch.Tensor | None] = [None] * n
         self.stale = [True] * n
 
     def compute(self, l: int, source: torch.Tensor) -> torch.Tensor:
-        """``mu_l`` from the value ``source`` of node ``l - 1`` (always recomputed)."""
-        layer = self.chain.layers[l - 1]
-        a = layer.linear(source)
-        self.a[l], self.mu[l] = a, layer._f(a)
-        self._slope[l] = None
+        """``mu_l`` from ``source``, the value of node ``l - 1`` (always recomputed)."""
+        weight, bias = self.params[l - 1]
+        a = F.linear(source, weight, bias)
+        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.slopes[l] = None
         self.stale[l] = False
         return self.mu[l]
 
     def get(self, l: int, z: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``mu_l`` at the current values ``z`` (recomputed only when stale)."""
+        """``mu_l`` at the values ``z`` (recomputed only when stale)."""
         return self.compute(l, z[l - 1]) if self.stale[l] else self.mu[l]
 
-    def slope(self, l: int) -> torch.Tensor | None:
-        """``f'(a_l)`` (``None`` for the identity), computed once per prediction."""
+    def backward(self, l: int, eps: torch.Tensor) -> torch.Tensor:
+        """``dE/da_l = eps * f'(a_l)`` given ``eps = dE/dmu_l`` (slopes computed once per prediction)."""
         layer = self.chain.layers[l - 1]
         if layer.activation == "identity":
-            return None
-        if self._slope[l] is None:
+            return eps
+        if self.slopes[l] is None:
             from_output = _SLOPE_FROM_OUTPUT.get(layer.activation)
-            a, mu = self.a[l], self.mu[l]
-            self._slope[l] = from_output(a, mu) if from_output is not None else layer._df(a)
-        return self._slope[l]
-
-    def backward(self, l: int, eps: torch.Tensor) -> torch.Tensor:
-        """``(eps * f'(a_l))`` : ``dE/da_l`` given ``eps = dE/dmu_l``."""
-        slope = self.slope(l)
-        return eps if slope is None else eps * slope
+            self.slopes[l] = from_output(self.mu[l]) if from_output is not None else layer._df(self.a[l])
+        return eps * self.slopes[l]
 
     def copy(self) -> Predictions:
-        other = Predictions(self.chain)
-        other.a, other.mu, other._slope, other.stale = list(self.a), list(self.mu), list(self._slope), list(self.stale)
+        other = Predictions(self.chain, self.params)
+        other.a, other.mu, other.slopes, other.stale = list(self.a), list(self.mu), list(self.slopes), list(self.stale)
         return other
 
 
 # ---------------------------------------------------------------------------- relaxation
 @dataclass
 class ChainState:
-    """What the fast relaxation hands to the learning rule.
+    """A relaxed chain, as the learning rule needs it.
 
     Attributes:
-        values: node values in chain order, ``z[0] .. z[L]`` (released read-outs included).
-        initial: the values before the first step, chain order.
+        values: node values ``z[0] .. z[L]`` after relaxation (a released read-out included).
+        initial: the values before the first step.
         predictions: predictions at ``values`` (stale entries are recomputed on demand).
-        initial_predictions: predictions at ``initial`` (the feed-forward pass), or ``None``.
+        initial_predictions: predictions at ``initial``.
     """
 
     values: list[torch.Tensor]
     initial: list[torch.Tensor]
     predictions: Predictions
-    initial_predictions: Predictions | None
+    initial_predictions: Predictions
 
 
-def feed_forward(chain: DenseChain, clamp: dict[str, torch.Tensor], batch: int, like: torch.Tensor) -> tuple[list[torch.Tensor], Predictions]:
-    """``PCN.initial_state(clamp, "forward")`` for a chain (same ops), keeping the predictions."""
-    predictions = Predictions(chain)
+def feed_forward(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Predictions]:
+    """``PCN.initial_state(clamp, "forward")`` for a chain (the same ops), keeping the predictions.
+
+    ``clamp[i]`` is node ``i``'s clamped value or ``None``.
+    """
+    chain = plan.chain
+    predictions = Predictions(chain, params)
+    like = next(v for v in clamp if v is not None)
     z: list[torch.Tensor] = []
-    for l, name in enumerate(chain.nodes):
-        if name in clamp:
-            z.append(clamp[name])
+    for l in range(chain.depth + 1):
+        if clamp[l] is not None:
+            z.append(clamp[l])
         elif l == 0:  # a free root starts at zero
-            z.append(like.new_zeros((batch, chain.layers[0].linear.in_features)))
+            z.append(like.new_zeros((like.shape[0], params[0][0].shape[1])))
         else:
             z.append(chain.energies[l - 1].released(predictions.compute(l, z[l - 1])))
     return z, predictions
 
 
-def relax_chain(
-    chain: DenseChain,
-    initial: list[torch.Tensor],
-    free: Sequence[bool],
-    active: Sequence[bool],
-    steps: int,
-    optimizer: LatentOptimizer,
-    weights: Callable[[int], Sequence[float]],
-    fixed_prediction: bool,
-    predictions: Predictions | None,
-    zero_error: Sequence[bool],
-) -> ChainState:
-    """Relax the free nodes of a chain for ``steps`` steps (no autograd; in place on copies).
+def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None) -> ChainState:
+    """Relax the free nodes of a chain for ``plan.steps`` steps, without autograd.
 
     Args:
-        chain: the structure.
+        plan: what to do.
+        params: the layers' ``(weight, bias)``.
         initial: first values ``z[0] .. z[L]`` (not modified).
-        free: ``free[i]``: node ``i`` is moved by relaxation.
-        active: ``active[l]`` (``l >= 1``): node ``l`` contributes energy.
-        steps: number of steps ``T``.
-        optimizer: latent update rule (pclab SGD or Adam).
-        weights: ``weights(t)[l]``: precision of node ``l`` at step ``t`` (static precision times
-            the schedule; index 0 unused).
-        fixed_prediction: predictions and Jacobians stay at the initial values.
-        predictions: predictions already computed at ``initial`` (the feed-forward pass), or ``None``.
-        zero_error: ``zero_error[l]``: the error of node ``l`` is exactly zero at ``initial``.
-    """
-    L = chain.depth
-    z = [v.clone() if free[i] else v for i, v in enumerate(initial)]
-    initial_predictions = predictions
-    current = predictions.copy() if predictions is not None else Predictions(chain)
-    states: list[OptState | None] = [optimizer.init(v) if free[i] else None for i, v in enumerate(z)]
-    zero = list(zero_error)
-    touched = [False] * (L + 1)  # node has received a gradient that is not known to be zero
-    needs_idle_updates = not isinstance(optimizer, SGD)  # Adam counts steps even at zero gradient
-    zeros: list[torch.Tensor | None] = [None] * (L + 1)
-    sources = initial if fixed_prediction else z  # inputs of the predictions
+        predictions: predictions already computed at ``initial`` (by :func:`feed_forward`).
 
-    for t in range(steps):
-        w = weights(t)
-        # eps[l] = dE/dmu_l (precision-weighted); None when exactly zero
+    Per step: ``eps_l = pi_l dE/dmu_l`` for every layer carrying error, then for every free node
+    ``dE/dz_i = pi_i e_i - J_{i+1}^T eps_{i+1}`` with ``J^T eps = (eps * f'(a)) W``, then the
+    optimiser's update. ``zero[l]`` tracks errors known to be exactly zero.
+    """
+    chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
+    z = [v.clone() if plan.free[i] else v for i, v in enumerate(initial)]
+    if predictions is None:
+        predictions = Predictions(chain, params)
+    current = predictions.copy()
+    sources = initial if plan.fixed_prediction else z  # what the predictions are computed from
+    states: list[OptState | None] = [optimizer.init(v) if plan.free[i] else None for i, v in enumerate(z)]
+    # errors exactly zero now: free nodes of a feed-forward start
+    zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
+    touched = [False] * (L + 1)  # has had a gradient not known to be zero
+    idle_updates = type(optimizer) is not SGD  # Adam counts its steps even at zero gradient
+    zeros: list[torch.Tensor | None] = [None] * (L + 1)
+    layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
+    free_nodes = [i for i in range(L + 1) if plan.free[i]]
+
+    for t in range(plan.steps):
+        w = plan.weights[t]
+        # eps[l] = pi_l dE/dmu_l, None when exactly zero
         eps: list[torch.Tensor | None] = [None] * (L + 2)
-        for l in range(1, L + 1):
-            if not active[l] or zero[l] or w[l] == 0.0:
+        for l in layers_with_error:
+            if zero[l] or w[l] == 0.0:
                 continue
-            mu = current.get(l, sources)
-            eps[l] = w[l] * chain.energies[l - 1].grad_mu(z[l], mu)
-        # dE/dz_i = pi_i e_i - J_{i+1}^T eps_{i+1}  for every free node
-        moved = [False] * (L + 1)
-        for i in range(L + 1):
-            if not free[i]:
-                continue
+            g = chain.energies[l - 1].grad_mu(z[l], current.get(l, sources))
+            eps[l] = g if w[l] == 1.0 else w[l] * g
+        moved = []
+        for i in free_nodes:
             grad = None
-            if i >= 1 and eps[i] is not None:
-                grad = -eps[i]  # Gaussian: w * grad_z = -(w * grad_mu)
-            if i < L and eps[i + 1] is not None:
-                back = current.backward(i + 1, eps[i + 1]) @ chain.layers[i].linear.weight
+            if eps[i] is not None:  # own error (Gaussian: pi * grad_z = -eps)
+                grad = -eps[i]
+            if i < L and eps[i + 1] is not None:  # prediction error of the node above
+                back = current.backward(i + 1, eps[i + 1]) @ params[i][0]
                 grad = back if grad is None else grad + back
             if grad is None:
-                if not touched[i]:
-                    if not needs_idle_updates:
-                        continue
-                    if zeros[i] is None:
-                        zeros[i] = torch.zeros_like(z[i])
-                    z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], False)
-                    continue
+                if not touched[i] and not idle_updates:
+                    continue  # never moved, gradient exactly zero: nothing changes
                 if zeros[i] is None:
                     zeros[i] = torch.zeros_like(z[i])
                 grad = zeros[i]
+            else:
+                touched[i] = True
             z[i], states[i] = optimizer.update(z[i], grad, states[i], False)
-            touched[i] = moved[i] = True
-        for i in range(L + 1):
-            if not moved[i]:
-                continue
-            if i >= 1:
-                zero[i] = False
+            if touched[i]:
+                moved.append(i)
+        for i in moved:
+            zero[i] = False
             if i < L:
                 zero[i + 1] = False
-                if not fixed_prediction:
+                if not plan.fixed_prediction:
                     current.stale[i + 1] = True
-    if fixed_prediction:
-        # ``current`` still holds the predictions at the initial values; the state hands on
-        # predictions *at the relaxed values* (PCLearning's weight energy uses them).
-        current.stale = [True] * (L + 1)
-    return ChainState(z, list(initial), current, initial_predictions)
-
-
-def release_readout(chain: DenseChain, state: ChainState, fixed_prediction: bool) -> None:
-    """Give a released cross-entropy output its read-out value ``softmax(mu_L)`` (in ``state``)."""
-    L = chain.depth
-    sources = state.initial if fixed_prediction else state.values
-    state.values[L] = chain.energies[L - 1].released(state.predictions.get(L, sources))
+    if plan.fixed_prediction:
+        # ``current`` holds the predictions at the initial values; hand on predictions *at the
+        # relaxed values* (the PC weight energy uses those).
+        current = Predictions(chain, params)
+    state = ChainState(z, list(initial), current, predictions)
+    if plan.readout:
+        state.values[L] = chain.energies[L - 1].released(
+            (predictions if plan.fixed_prediction else current).get(L, sources)
+        )
+    return state
 
 
 # ---------------------------------------------------------------------------- learning
-def weight_grads(chain: DenseChain, state: ChainState, active: Sequence[bool], clamped: Sequence[bool], forward_update: bool) -> torch.Tensor:
-    """Set ``.grad`` of every layer's parameters to ``dE/dtheta`` of the batch-mean energy at the
-    relaxed state (static precisions), as ``PCN.energy(...).backward()`` would; return ``E``.
+def weight_gradients(plan: Plan, state: ChainState, forward_update: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
+    """``dE/dtheta`` of the batch-mean energy at the relaxed state (static precisions) and ``E``:
+    what ``PCN.energy(...).backward()`` gives.
 
     For layer ``l`` with ``delta_l = pi_l dE/dmu_l * f'(a_l) / batch``, shape ``(batch, out)``:
-    ``dE/dW_l = delta_l^T z_{l-1}`` and ``dE/db_l = sum_batch delta_l``. With ``forward_update``
-    the presynaptic values (and so the predictions) are those of the initial state. Layers whose
-    node has no energy (a released read-out) get no gradient, as with autograd.
+    ``dE/dW_l = delta_l^T z_{l-1}`` and ``dE/db_l = sum over the batch of delta_l``. With
+    ``forward_update`` the presynaptic values (and so the predictions) are the initial ones. A
+    layer whose node has no energy (a released read-out) gets ``None``, as with autograd.
+
+    Returns:
+        ``(E, [(dE/dW_l, dE/db_l) for l = 1 .. L])``.
     """
-    z = state.values
+    chain, z = plan.chain, state.values
     batch = z[0].shape[0]
     if forward_update:
-        sources = [z[i] if clamped[i] else state.initial[i] for i in range(chain.depth + 1)]
-        predictions = state.initial_predictions or Predictions(chain)
+        sources = [z[i] if plan.clamped[i] else state.initial[i] for i in range(chain.depth + 1)]
+        predictions = state.initial_predictions
     else:
         sources, predictions = z, state.predictions
-    total = z[0].new_zeros(())
+    total = None
+    grads: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
     for l in range(1, chain.depth + 1):
-        if not active[l]:
+        if not plan.active[l]:
+            grads.append((None, None))
             continue
-        energy, layer = chain.energies[l - 1], chain.layers[l - 1]
+        energy = chain.energies[l - 1]
         mu = predictions.get(l, sources)
-        total = total + energy.precision * energy.value(z[l], mu).sum()
+        value = energy.precision * energy.value(z[l], mu).sum()
+        total = value if total is None else total + value
         delta = predictions.backward(l, (energy.precision / batch) * energy.grad_mu(z[l], mu))
-        weight, bias = layer.linear.weight, layer.linear.bias
-        if weight.requires_grad:
-            weight.grad = delta.t() @ sources[l - 1]
-        if bias is not None and bias.requires_grad:
-            bias.grad = delta.sum(0)
-    return total / batch
+        has_bias = chain.layers[l - 1].linear.bias is not None
+        grads.append((delta.t() @ sources[l - 1], delta.sum(0) if has_bias else None))
+    if total is None:
+        return z[0].new_zeros(()), grads
+    return total / batch, grads
+
+
+def set_grads(chain: DenseChain, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+    """Store gradients in ``.grad`` of the parameters that require one (as ``backward`` would)."""
+    for layer, (dw, db) in zip(chain.layers, grads):
+        for param, g in ((layer.linear.weight, dw), (layer.linear.bias, db)):
+            if param is not None and g is not None and param.requires_grad:
+                param.grad = g

@@ -196,6 +196,9 @@ class PCN(nn.Module):
                 raise ValueError(f"clamped value of node {name!r} is on {value.device}; the model is on {self.device}")
             if value.dtype != self.dtype:
                 raise ValueError(f"clamped value of node {name!r} has dtype {value.dtype}; the model has {self.dtype}")
+            if not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise ValueError(f"clamped value of node {name!r} must be finite; it holds NaN/Inf in {bad} elements")
         assert batch is not None
         return batch
 

@@ -158,14 +158,12 @@ class PCLearning(LearningRule):
         return {"energy": float(energy.detach())}
 
     def _chain_grads(self, relaxed: Relaxed) -> torch.Tensor:
-        """``weight_energy(relaxed).backward()`` by :func:`pclab.core.chain.weight_grads`."""
-        structure = dense.dense_chain(self.model)
-        assert structure is not None
-        names = structure.nodes
-        active = [i >= 1 and self.model.active(n, relaxed.clamped) for i, n in enumerate(names)]
-        clamped = [n in relaxed.clamped for n in names]
+        """``weight_energy(relaxed).backward()`` by :func:`pclab.core.chain.weight_gradients`."""
+        plan, state = relaxed.chain
         with torch.no_grad():
-            return dense.weight_grads(structure, relaxed.chain, active, clamped, self.forward_update)
+            energy, grads = dense.weight_gradients(plan, state, self.forward_update)
+        dense.set_grads(plan.chain, grads)
+        return energy
 
 
 class IncrementalPC(LearningRule):

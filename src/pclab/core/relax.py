@@ -129,8 +129,8 @@ class Relaxed:
     clamped: frozenset[str]
     steps: int
     trajectory: Trajectory | None = None
-    chain: dense.ChainState | None = field(default=None, repr=False, compare=False)
-    """Set when the Dense-chain fast path relaxed: its values and cached predictions (internal)."""
+    chain: tuple[dense.Plan, dense.ChainState] | None = field(default=None, repr=False, compare=False)
+    """Set when the Dense-chain fast path relaxed: its plan, values and predictions (internal)."""
 
 
 def free_nodes(model: PCN, clamped: frozenset[str]) -> list[str]:
@@ -253,9 +253,34 @@ def relax(
 def fast_chain(model: PCN, inference: Inference) -> dense.DenseChain | None:
     """The Dense-chain structure of ``model`` when :mod:`pclab.core.chain` can relax it with
     ``inference`` (the caller also checks that nothing asks for the general loop)."""
-    if inference.method != "auto" or not dense.supports_optimizer(inference.optimizer):
+    if inference.method != "auto" or not dense.supports(inference.optimizer):
         return None
     return dense.dense_chain(model)
+
+
+def chain_plan(model: PCN, structure: dense.DenseChain, clamped: frozenset[str], inference: Inference, feed_forward: bool) -> dense.Plan:
+    """The static description of relaxing ``structure`` with ``inference`` (see :class:`~pclab.core.chain.Plan`)."""
+    names = structure.nodes
+    free = set(free_nodes(model, clamped))
+    precisions = (0.0, *(e.precision for e in structure.energies))
+    if inference.multipliers(model, 0) is None:
+        weights = (precisions,) * inference.steps
+    else:
+        weights = tuple(
+            (0.0, *(p * m.get(n, 1.0) for p, n in zip(precisions[1:], names[1:])))
+            for m in (inference.multipliers(model, t) for t in range(inference.steps))
+        )
+    return dense.Plan(
+        chain=structure,
+        clamped=tuple(n in clamped for n in names),
+        free=tuple(n in free for n in names),
+        active=tuple(i >= 1 and model.active(n, clamped) for i, n in enumerate(names)),
+        steps=inference.steps,
+        optimizer=inference.optimizer,
+        weights=weights,
+        fixed_prediction=inference.fixed_prediction,
+        feed_forward=feed_forward,
+    )
 
 
 def _relax_chain(
@@ -269,11 +294,13 @@ def _relax_chain(
     """:func:`relax` on the Dense-chain fast path (same result, see :mod:`pclab.core.chain`)."""
     clamped = frozenset(clamp)
     names = structure.nodes
+    feed_forward = initial is None and inference.init == "forward"
+    plan = chain_plan(model, structure, clamped, inference, feed_forward)
+    params = structure.params()
     with torch.no_grad():
-        if initial is None and inference.init == "forward":
-            batch = model.check_clamp(clamp)
-            start, predictions = dense.feed_forward(structure, dict(clamp), batch, next(iter(clamp.values())))
-            zero_error = [i >= 1 and n not in clamped for i, n in enumerate(names)]
+        if feed_forward:
+            model.check_clamp(clamp)
+            start, predictions = dense.feed_forward(plan, params, [clamp.get(n) for n in names])
         else:
             if initial is None:
                 values = model.initial_state(clamp, inference.init, generator)
@@ -281,24 +308,7 @@ def _relax_chain(
                 model.check_clamp(clamp)
                 values = {**initial, **clamp}
             start, predictions = [values[n].detach() for n in names], None
-            zero_error = [False] * len(names)
-        free = set(free_nodes(model, clamped))
-        active = [i >= 1 and model.active(n, clamped) for i, n in enumerate(names)]
-        precisions = [0.0] + [e.precision for e in structure.energies]
-        constant = inference.multipliers(model, 0) is None
-
-        def weights(t: int) -> list[float]:
-            if constant:
-                return precisions
-            factors = inference.multipliers(model, t)
-            return [0.0] + [p * factors.get(n, 1.0) for p, n in zip(precisions[1:], names[1:])]
-
-        state = dense.relax_chain(
-            structure, start, [n in free for n in names], active, inference.steps, inference.optimizer,
-            weights, inference.fixed_prediction, predictions, zero_error,
-        )
-        if not active[-1] and names[-1] not in clamped:
-            dense.release_readout(structure, state, inference.fixed_prediction)
+        state = dense.relax_chain(plan, params, start, predictions)
     order = [*clamp, *(n for n in names if n not in clamped)]
     index = {n: i for i, n in enumerate(names)}
     return Relaxed(
@@ -306,7 +316,7 @@ def _relax_chain(
         initial={n: state.initial[index[n]] for n in order},
         clamped=clamped,
         steps=inference.steps,
-        chain=state,
+        chain=(plan, state),
     )
 
 

@@ -24,14 +24,14 @@ from ...sweep import failures, records_frame, run_trials
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import AmortisedPCLearning, path_precisions, run_trial, with_precisions
+from .training import AmortisedPCLearning, Chain, bottleneck, pc_precisions, run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
     "lr": 1e-3,              # Adam, as the paper
     "steps": 10,             # inference steps T of ways (b) and (c), train and test
     "latent_lr": 0.005,      # SGD step size of the latent relaxation
-    "pc_balance": "mean",    # see training.path_precisions
+    "pc_balance": "mean",    # see training.pc_precisions
     "probe_subset": 5000,    # training latents the probes are fitted on
 }
 
@@ -145,6 +145,6 @@ def run(
 
 __all__ = [
     "PRESETS", "AmortisedPCLearning", "build_report", "decoder_probe_mse", "linear_probe_accuracy", "mark_pareto",
-    "pareto_optimal", "path_precisions", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
-    "with_precisions",
+    "pareto_optimal", "pc_precisions", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
+    "Chain", "bottleneck",
 ]

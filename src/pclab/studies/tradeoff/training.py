@@ -1,6 +1,7 @@
 """One run of the trade-off study: build the hybrid model, train it one of three ways, measure it.
 
-The three ways share the Rathjens-Wiskott family (:func:`pclab.models.rathjens_wiskott`):
+The three ways share the Rathjens-Wiskott family (:func:`pclab.models.rathjens_wiskott`), as a
+PCN whose only value nodes are image ``x``, latent ``z`` and label ``y`` (:func:`bottleneck`):
 
 * ``"bp"``   -- (a) their feed-forward model: ``z = enc(x)``, loss ``(1 - lam) MSE + lam CE`` on
   ``dec(z)`` and ``head(z)``, backprop (:class:`pclab.core.Backprop`).
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 
 from ... import models
-from ...core import PCN, CrossEntropy, Gaussian, Node, PCLearning, Relaxed, relax
+from torch import nn
+
+from ...core import PCN, CrossEntropy, Dense, Gaussian, Node, PCLearning, Relaxed, relax
 from ...data import Dataset, batches, load
 from ...train import DivergenceError, Run, build_inference, build_rule, evaluate, make_batch, prepare_images, validate
 from .probes import decoder_probe_mse, linear_probe_accuracy
@@ -69,60 +72,84 @@ class AmortisedPCLearning(PCLearning):
         return {"energy": float(energy.detach()), "amortiser_energy": float(amortiser.detach())}
 
 
-def path_precisions(model: PCN, lam: float, balance: str) -> dict[str, float]:
-    """Precision of every node of a Rathjens-Wiskott PCN for PC learning with weight ``lam``.
+class Chain(nn.Module):
+    """Dense layers applied in turn, with the composed hand-derived VJP (relaxation's fast path).
+
+    Shapes: input ``(batch, in_features of the first layer)``, output ``(batch, out_features of the
+    last)``.
+    """
+
+    def __init__(self, layers: list[Dense]):
+        super().__init__()
+        if not layers or not all(isinstance(layer, Dense) for layer in layers):
+            raise TypeError("Chain takes a non-empty list of pclab Dense layers")
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            z = layer(z)
+        return z
+
+    def forward_with_vjp(self, z: torch.Tensor):
+        vjps = []
+        for layer in self.layers:
+            z, vjp = layer.forward_with_vjp(z)
+            vjps.append(vjp)
+
+        def back(g: torch.Tensor) -> torch.Tensor:
+            for vjp in reversed(vjps):
+                g = vjp(g)
+            return g
+
+        return z, back
+
+
+def bottleneck(model: PCN, image_precision: float = 1.0, label_precision: float = 1.0) -> PCN:
+    """The hybrid PCN with the latent as its only value node between image and label.
+
+    :func:`pclab.models.rathjens_wiskott` makes every decoder and head layer a value node. Relaxed
+    freely, the decoder's hidden nodes (616 units and more for Medium and Large) explain the image
+    themselves and carry image information *around* the latent, so reconstructions no longer come
+    from ``z``. Here the decoder ``z -> x`` and the head ``z -> y`` are each one edge (a
+    :class:`Chain` of the same modules, parameters shared), the encoder stays the amortiser of
+    ``z``: nodes ``x`` (Gaussian, ``image_precision``), ``z``, ``y`` (cross-entropy,
+    ``label_precision``). For Small the two graphs are identical.
+    """
+    def chain(target: str) -> Chain:
+        layers, node = [], target
+        while node != "z":
+            (edge,) = model.incoming[node]
+            layers.append(model.edge_modules[edge.key])
+            node = edge.source
+        return Chain(layers[::-1])
+
+    nodes = [Node("x", model.nodes["x"].shape, Gaussian(image_precision)), model.nodes["z"],
+             Node("y", model.nodes["y"].shape, CrossEntropy(label_precision))]
+    amortiser = model.amortisers["z"]
+    return PCN(nodes, [("z", "x", chain("x")), ("z", "y", chain("y"))],
+               [(amortiser.source, "z", model.amortiser_modules[amortiser.key])])
+
+
+def pc_precisions(lam: float, pixels: int, balance: str = "mean") -> tuple[float, float]:
+    """``(image, label)`` precisions for PC learning with classification weight ``lam``.
 
     ``balance="mean"`` (the study's default): the image energy is measured per pixel, so the
     relaxation and learning see ``(1 - lam) * MSE + lam * CE`` -- the very balance of the
-    backprop loss of ways (a) and (b). Every node of the decoder path (``d*`` and ``x``) gets
-    precision ``(1 - lam) * 2 / P`` (``P`` pixels), every node of the head path (``c*`` and ``y``)
-    ``lam``, both divided by the larger of the two so the stronger path has precision 1 (a common
-    factor only sets the latent step size).
-
-    ``balance="sum"``: :mod:`pclab.train`'s convention -- image precision ``1 - lam``, label
-    precision ``lam`` on the summed image energy, hidden nodes 1; the image then outweighs the
-    label by about ``P / 2`` at the same ``lam``. The hidden nodes keep precision 1, so for
-    Medium and Large the ends are not pure: at ``lam = 0`` the head's hidden node still has an
-    energy (its edge from ``z`` still learns), at ``lam = 1`` the decoder's hidden nodes do.
+    backprop loss of ways (a) and (b): image ``(1 - lam) * 2 / P`` (``P`` pixels), label ``lam``,
+    both divided by the larger so the stronger has precision 1 (a common factor only sets the
+    latent step size). ``balance="sum"``: :mod:`pclab.train`'s convention, image ``1 - lam`` and
+    label ``lam`` on the summed image energy; the image then outweighs the label about ``P / 2``
+    to 1 at the same ``lam``.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    pixels = math.prod(model.nodes["x"].shape)
     if balance == "sum":
-        image, label, hidden_image, hidden_label = 1.0 - lam, lam, 1.0, 1.0
-    elif balance == "mean":
-        image, label = (1.0 - lam) * 2.0 / pixels, lam
-        scale = max(image, label)
-        image, label = image / scale, label / scale
-        hidden_image, hidden_label = image, label
-    else:
+        return 1.0 - lam, lam
+    if balance != "mean":
         raise ValueError(f"balance must be 'mean' or 'sum', got {balance!r}")
-    out = {}
-    for name in model.error_nodes:
-        if name == "x":
-            out[name] = image
-        elif name == "y":
-            out[name] = label
-        elif name.startswith("d"):
-            out[name] = hidden_image
-        elif name.startswith("c"):
-            out[name] = hidden_label
-        else:
-            raise ValueError(f"unexpected node {name!r} in a Rathjens-Wiskott model")
-    return out
-
-
-def with_precisions(model: PCN, precisions: dict[str, float]) -> PCN:
-    """The same modules (shared, not copied) in a PCN whose nodes have the given precisions."""
-    nodes = []
-    for name, node in model.nodes.items():
-        if name in precisions:
-            kind = CrossEntropy if isinstance(node.energy, CrossEntropy) else Gaussian
-            node = Node(name, node.shape, kind(precisions[name]))
-        nodes.append(node)
-    edges = [(e.source, e.target, model.edge_modules[e.key]) for e in model.edges]
-    amortisers = [(e.source, e.target, model.amortiser_modules[e.key]) for e in model.amortisers.values()]
-    return PCN(nodes, edges, amortisers)
+    image, label = (1.0 - lam) * 2.0 / pixels, lam
+    scale = max(image, label)
+    return image / scale, label / scale
 
 
 def run_config(params: dict[str, Any]):
@@ -145,9 +172,11 @@ def build_run(params: dict[str, Any], data: tuple[Dataset, Dataset]) -> Run:
     train, test = data
     pixels = math.prod(train.images.shape[1:])
     torch.manual_seed(config.seed)
-    model = models.rathjens_wiskott(params["complexity"], params["latent"], pixels, train.classes)
+    layered = models.rathjens_wiskott(params["complexity"], params["latent"], pixels, train.classes)
+    precisions = (1.0, 1.0)
     if params["way"] == "pc":
-        model = with_precisions(model, path_precisions(model, params["lam"], params.get("pc_balance", "mean")))
+        precisions = pc_precisions(params["lam"], pixels, params.get("pc_balance", "mean"))
+    model = bottleneck(layered, *precisions)
     steps_per_epoch = math.ceil(len(train) / config.data.batch_size)
     rule = build_rule(config, model, steps_per_epoch)
     if params["way"] == "pc":

@@ -1,0 +1,140 @@
+"""``torch.compile`` of the Dense-chain fast path (opt in with ``Inference(compile=True)``).
+
+The functions of :mod:`pclab.core.chain` are plain tensor code whose control flow depends only on
+the :class:`~pclab.core.chain.Plan` (which layers carry error at which step is known before any
+tensor is seen), so TorchDynamo traces a whole relaxation -- ``T`` steps unrolled, the
+exactly-zero errors already pruned -- plus the PC weight gradients into one graph, and Inductor
+fuses the elementwise work between the matrix products into a few C++ loops.
+
+Costs and rules:
+
+* the first call for a plan and batch size compiles (tens of seconds on a small CPU; Inductor's
+  on-disk cache, ``$TORCHINDUCTOR_CACHE_DIR``, default ``<user cache>/pclab/inductor``, makes later
+  processes start faster);
+* one compiled graph per plan serves the batch size it was first called with; any other batch
+  size (an epoch's short last batch) runs the eager fast path, which gives the same numbers up to
+  float rounding;
+* results equal the eager fast path up to float rounding (Inductor's own ``tanh`` etc.), which
+  ``tests/perf`` checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import chain as dense
+
+_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def _default_cache_dir() -> None:
+    """Point Inductor's on-disk cache at pclab's cache folder unless the user chose one."""
+    if _CACHE_ENV in os.environ:
+        return
+    try:
+        import platformdirs
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        return
+    os.environ[_CACHE_ENV] = str(platformdirs.user_cache_path("pclab", appauthor=False) / "inductor")
+
+
+def _flat(params: dense.Params) -> list[torch.Tensor]:
+    return [t for pair in params for t in pair if t is not None]
+
+
+def _unflat(plan: dense.Plan, flat: Sequence[torch.Tensor]) -> dense.Params:
+    out, k = [], 0
+    for layer in plan.chain.layers:
+        weight = flat[k]
+        k += 1
+        bias = None
+        if layer.linear.bias is not None:
+            bias = flat[k]
+            k += 1
+        out.append((weight, bias))
+    return out
+
+
+def _relax_values(plan: dense.Plan, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    params = _unflat(plan, flat)
+    start, predictions = dense.feed_forward(plan, params, clamp)
+    return dense.relax_chain(plan, params, start, predictions).values
+
+
+def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
+    params = _unflat(plan, flat)
+    start, predictions = dense.feed_forward(plan, params, clamp)
+    state = dense.relax_chain(plan, params, start, predictions)
+    return dense.weight_gradients(plan, state, forward_update)
+
+
+@dataclass
+class _Compiled:
+    """One compiled function and the batch size it serves."""
+
+    fn: Callable[..., Any]
+    batch: int | None = None
+    compile_seconds: float | None = None
+
+
+@dataclass
+class CompileCache:
+    """Compiled relaxations / PC steps by plan (a small bounded cache)."""
+
+    limit: int = 8
+    entries: dict[tuple, _Compiled] = field(default_factory=dict)
+
+    def get(self, key: tuple, make: Callable[[], Callable[..., Any]]) -> _Compiled:
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.limit:
+                self.entries.pop(next(iter(self.entries)))
+            _default_cache_dir()
+            entry = self.entries[key] = _Compiled(make())
+        return entry
+
+
+CACHE = CompileCache()
+
+
+def _call(entry: _Compiled, batch: int, *args) -> Any | None:
+    """Run the compiled function if it serves ``batch`` (the first batch size it saw)."""
+    if entry.batch is None:
+        entry.batch = batch
+        import time
+
+        start = time.perf_counter()
+        out = entry.fn(*args)
+        entry.compile_seconds = time.perf_counter() - start
+        return out
+    if entry.batch != batch:
+        return None
+    return entry.fn(*args)
+
+
+def relax_values(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None]) -> list[torch.Tensor] | None:
+    """Relaxed values ``z[0] .. z[L]`` from the compiled feed-forward start and relaxation, or
+    ``None`` when this batch size is served by the eager path."""
+    key = ("relax", plan)
+    entry = CACHE.get(key, lambda: torch.compile(lambda c, f: _relax_values(plan, c, f), fullgraph=True, dynamic=False))
+    batch = next(v for v in clamp if v is not None).shape[0]
+    return _call(entry, batch, list(clamp), _flat(params))
+
+
+def pc_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None], forward_update: bool):
+    """``(E, grads)`` of :func:`pclab.core.chain.weight_gradients` after a compiled relaxation, or
+    ``None`` when this batch size is served by the eager path."""
+    key = ("learn", plan, forward_update)
+    entry = CACHE.get(key, lambda: torch.compile(lambda c, f: _learn(plan, forward_update, c, f), fullgraph=True, dynamic=False))
+    batch = next(v for v in clamp if v is not None).shape[0]
+    return _call(entry, batch, list(clamp), _flat(params))
+
+
+def compile_seconds() -> dict[str, float]:
+    """Wall time of each compiled function's first call (compilation included), by kind."""
+    return {f"{key[0]}#{i}": e.compile_seconds for i, (key, e) in enumerate(CACHE.entries.items()) if e.compile_seconds is not None}
