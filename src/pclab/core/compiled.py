@@ -21,6 +21,7 @@ Costs and rules:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,10 +61,11 @@ def _unflat(plan: dense.Plan, flat: Sequence[torch.Tensor]) -> dense.Params:
     return out
 
 
-def _relax_values(plan: dense.Plan, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _relax_values(plan: dense.Plan, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
     params = _unflat(plan, flat)
     start, predictions = dense.feed_forward(plan, params, clamp)
-    return dense.relax_chain(plan, params, start, predictions).values
+    state = dense.relax_chain(plan, params, start, predictions)
+    return state.values, state.initial
 
 
 def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
@@ -106,8 +108,6 @@ def _call(entry: _Compiled, batch: int, *args) -> Any | None:
     """Run the compiled function if it serves ``batch`` (the first batch size it saw)."""
     if entry.batch is None:
         entry.batch = batch
-        import time
-
         start = time.perf_counter()
         out = entry.fn(*args)
         entry.compile_seconds = time.perf_counter() - start
@@ -117,9 +117,9 @@ def _call(entry: _Compiled, batch: int, *args) -> Any | None:
     return entry.fn(*args)
 
 
-def relax_values(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None]) -> list[torch.Tensor] | None:
-    """Relaxed values ``z[0] .. z[L]`` from the compiled feed-forward start and relaxation, or
-    ``None`` when this batch size is served by the eager path."""
+def relax_values(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None]):
+    """``(values, initial)``: relaxed and feed-forward values ``z[0] .. z[L]`` from the compiled
+    relaxation, or ``None`` when this batch size is served by the eager path."""
     key = ("relax", plan)
     entry = CACHE.get(key, lambda: torch.compile(lambda c, f: _relax_values(plan, c, f), fullgraph=True, dynamic=False))
     batch = next(v for v in clamp if v is not None).shape[0]

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from . import chain as dense
+from . import compiled
 from .graph import PCN, State
 from .optim import SGD
-from .relax import Inference, Relaxed, relax
+from .relax import Inference, Relaxed, chain_plan, fast_chain, relax
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -146,6 +147,10 @@ class PCLearning(LearningRule):
         return energy
 
     def step(self, batch: Batch) -> dict[str, float]:
+        if self.inference.compile:
+            energy = self._compiled_step(batch)
+            if energy is not None:
+                return {"energy": float(energy)}
         relaxed = relax(self.model, batch, self.inference)
         self.optimizer.zero_grad(set_to_none=True)
         if relaxed.chain is not None and type(self).weight_energy is PCLearning.weight_energy:
@@ -156,6 +161,26 @@ class PCLearning(LearningRule):
                 energy.backward()
         self._apply()
         return {"energy": float(energy.detach())}
+
+    def _compiled_step(self, batch: Batch) -> torch.Tensor | None:
+        """The whole step -- relaxation and weight gradients -- as one compiled graph
+        (:mod:`pclab.core.compiled`), or ``None`` where that does not apply."""
+        if type(self).weight_energy is not PCLearning.weight_energy or self.inference.init != "forward" or self.inference.tolerance is not None:
+            return None
+        structure = fast_chain(self.model, self.inference)
+        if structure is None:
+            return None
+        self.model.check_clamp(batch)
+        plan = chain_plan(self.model, structure, frozenset(batch), self.inference, feed_forward=True)
+        with torch.no_grad():
+            out = compiled.pc_step(plan, structure.params(), [batch.get(n) for n in structure.nodes], self.forward_update)
+        if out is None:
+            return None
+        energy, grads = out
+        self.optimizer.zero_grad(set_to_none=True)
+        dense.set_grads(structure, grads)
+        self._apply()
+        return energy
 
     def _chain_grads(self, relaxed: Relaxed) -> torch.Tensor:
         """``weight_energy(relaxed).backward()`` by :func:`pclab.core.chain.weight_gradients`."""

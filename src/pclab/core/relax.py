@@ -14,6 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import chain as dense
+from . import compiled
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
 from .precision import Constant, PrecisionSchedule
@@ -38,6 +39,9 @@ class Inference:
             the current ones (the fixed-prediction assumption).
         method: latent gradients by ``"auto"``, ``"manual"`` or ``"autograd"`` (see
             :meth:`PCN.latent_grads`).
+        compile: run the Dense-chain fast path under ``torch.compile`` (see
+            :mod:`pclab.core.compiled`: the first batch compiles for tens of seconds, later ones run
+            faster); other networks ignore it.
     """
 
     steps: int = 20
@@ -47,6 +51,7 @@ class Inference:
     tolerance: float | None = None
     fixed_prediction: bool = False
     method: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -57,6 +62,8 @@ class Inference:
             raise ValueError(f"inference tolerance must be > 0 or None, got {self.tolerance!r}")
         if self.method not in ("auto", "manual", "autograd"):
             raise ValueError(f"inference method must be 'auto', 'manual' or 'autograd', got {self.method!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"inference compile must be True or False, got {self.compile!r}")
 
     def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
         """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""
@@ -298,6 +305,14 @@ def _relax_chain(
     plan = chain_plan(model, structure, clamped, inference, feed_forward)
     params = structure.params()
     with torch.no_grad():
+        if feed_forward and inference.compile:
+            model.check_clamp(clamp)
+            given = [clamp.get(n) for n in names]
+            out = compiled.relax_values(plan, params, given)
+            if out is not None:
+                order = [*clamp, *(n for n in names if n not in clamped)]
+                values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
+                return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
         if feed_forward:
             model.check_clamp(clamp)
             start, predictions = dense.feed_forward(plan, params, [clamp.get(n) for n in names])

@@ -133,7 +133,6 @@ def reconstruct_layers(
     x = prepare_images(config, images)
     start = initial_input(tuple(x.shape), inversion, bounds, torch.Generator().manual_seed(seed), x.dtype)
     depths = layer_depths(model)
-    generative = has_generative_path(model)
     # a model without a feed-forward path (generative) is read at its generative layers
     routes_layers = depths or generative_layers(model)
     relaxed = represent(model, x, inference) if native is not None else None

@@ -1,5 +1,8 @@
-"""Shared settings of these tests: one torch thread (tiny tensors; fixed reduction order), and
-tiny configs on synthetic data."""
+"""Settings shared by every pclab test.
+
+Tests run tiny tensors, for which an intra-op thread pool only costs time (a lot of it on a busy
+machine); one thread also keeps every reduction order fixed, so results are repeatable.
+"""
 
 from __future__ import annotations
 
