@@ -133,7 +133,7 @@ class CountLinear(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.nn.functional.linear:
             self.linear += 1
-        elif func in (torch.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.matmul, torch.Tensor.mm):
+        elif func in (torch.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.matmul, torch.Tensor.mm, torch.addmm):
             self.matmul += 1
         return func(*args, **(kwargs or {}))
 

@@ -138,7 +138,7 @@ def test_inversion_config_names_bad_settings():
 # ---------------------------------------------------------------------------- PCN layers and routes
 def test_layers_of_a_chain_a_hybrid_and_a_generative_model():
     assert layer_depths(models.mlp([64, 32, 16, 10])) == {"h1": 1, "h2": 2, "y": 3}
-    assert layer_depths(models.rathjens_wiskott("medium", latent=4, image=64)) == {"z": 1, "c1": 2, "y": 3}
+    assert layer_depths(models.rathjens_wiskott("medium", latent=4, image=64, layered=True)) == {"z": 1, "c1": 2, "y": 3}
     assert layer_depths(models.generative_mlp([8, 32, 64])) == {}
 
 

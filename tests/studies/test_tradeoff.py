@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +12,8 @@ from pclab.core import Backprop, BPThroughInference, Inference, SGD, TaskLoss, r
 from pclab.studies import tradeoff
 from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
-from pclab.studies.tradeoff.training import AmortisedPCLearning, bottleneck, pc_precisions
+from pclab.core import PCLearning
+from pclab.train.build import hybrid_precisions
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +84,12 @@ def test_pareto_keeps_exact_duplicates_of_an_optimal_point():
     assert pareto_optimal([0.9, 0.9, 0.5], [0.1, 0.1, 0.2]).tolist() == [True, True, False]
 
 
-def test_tradeoff_gap_is_zero_without_a_trade_off_and_one_at_the_extreme():
+def test_tradeoff_gap_is_zero_without_a_trade_off_and_grows_with_it():
     assert tradeoff_gap([0.1, 0.9, 0.5], [0.5, 0.1, 0.3]) == 0.0  # one point is best in both
-    assert tradeoff_gap([0.1, 0.9], [0.1, 0.5]) == 1.0            # each point is worst in one
-    assert tradeoff_gap([0.1, 0.9, 0.8], [0.1, 0.5, 0.2]) == pytest.approx(0.25)
+    # best compromise (0.8, 0.11): 1 - 0.8/0.9 = 0.111 shortfall, 0.11/0.1 - 1 = 0.1 excess
+    assert tradeoff_gap([0.1, 0.9, 0.8], [0.1, 0.5, 0.11]) == pytest.approx(1 / 9)
+    assert tradeoff_gap([0.1, 0.9], [0.1, 0.5]) == pytest.approx(min(1 - 0.1 / 0.9, 4.0))
+    assert np.isnan(tradeoff_gap([0.5], [0.1]))
 
 
 # ------------------------------------------------------------------------------------------ probes
@@ -127,7 +131,7 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("lam, pure", [(0.0, TaskLoss(reconstruct={"x": 1.0})), (1.0, TaskLoss(classify={"y": 1.0}))])
 def test_backprop_ways_reduce_to_the_pure_objective_at_the_ends(way, lam, pure):
     torch.manual_seed(0)
-    model = bottleneck(models.rathjens_wiskott("medium", 3, 16, 3)).double()
+    model = models.rathjens_wiskott("medium", 3, 16, 3).double()
     x, y = _batch()
     batch = {"x": x.double(), "y": y}
     optimiser = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -142,24 +146,22 @@ def test_backprop_ways_reduce_to_the_pure_objective_at_the_ends(way, lam, pure):
 
 def _pc_update(model, batch, inference):
     """Parameter gradients of one amortised PC step (no optimiser step)."""
-    rule = AmortisedPCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.0))
+    rule = PCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.0))
     relaxed = relax(model, batch, inference)
-    return _grads(model, lambda: rule.weight_energy(relaxed) + rule.amortiser_energy(relaxed)), relaxed
+    return _grads(model, lambda: rule.weight_energy(relaxed)), relaxed
 
 
-def _pc_setting(lam, balance):
+def _pc_setting(lam):
     torch.manual_seed(0)
-    layered = models.rathjens_wiskott("medium", 3, 16, 3)
-    model = bottleneck(layered, *pc_precisions(lam, 16, balance)).double()
+    model = models.rathjens_wiskott("medium", 3, 16, 3, *hybrid_precisions(lam, 16)).double()
     x, y = _batch()
     return model, x.double(), torch.nn.functional.one_hot(y, 3).double(), Inference(steps=5, optimizer=SGD(0.05))
 
 
-@pytest.mark.parametrize("balance", ["mean", "sum"])
-def test_pc_at_lam_zero_is_the_pure_generative_update(balance):
+def test_pc_at_lam_zero_is_the_pure_generative_update():
     """lam = 0: the label energy has weight 0, so the update equals PC learning with the image alone
     clamped (the label released: a read-out without energy), and the head learns nothing."""
-    model, x, onehot, inference = _pc_setting(0.0, balance)
+    model, x, onehot, inference = _pc_setting(0.0)
     grads, _ = _pc_update(model, {"x": x, "y": onehot}, inference)
     reference, _ = _pc_update(model, {"x": x}, inference)
     head = [n for n in grads if "z_to_y" in n]
@@ -167,11 +169,10 @@ def test_pc_at_lam_zero_is_the_pure_generative_update(balance):
     _assert_same({n: g for n, g in grads.items() if n not in head}, {n: g for n, g in reference.items() if n not in head})
 
 
-@pytest.mark.parametrize("balance", ["mean", "sum"])
-def test_pc_at_lam_one_is_the_pure_classification_update(balance):
+def test_pc_at_lam_one_is_the_pure_classification_update():
     """lam = 1: the image energy has weight 0: the decoder learns nothing, and the relaxed latent and
     the head/encoder updates equal those of a model with no decoder at all (latent -> label only)."""
-    model, x, onehot, inference = _pc_setting(1.0, balance)
+    model, x, onehot, inference = _pc_setting(1.0)
     grads, relaxed = _pc_update(model, {"x": x, "y": onehot}, inference)
     decoder = [n for n in grads if "z_to_x" in n]
     assert decoder and all(grads[n].abs().max() == 0 for n in decoder)
@@ -185,19 +186,21 @@ def test_pc_at_lam_one_is_the_pure_classification_update(balance):
     _assert_same({n: g for n, g in grads.items() if n not in decoder}, reference)
 
 
-def test_mean_balance_matches_the_backprop_loss_weights():
-    image, label = pc_precisions(0.5, 16, "mean")  # (1 - lam) * 2 / P : lam, the larger scaled to 1
+def test_hybrid_precisions_match_the_backprop_loss_weights():
+    image, label = hybrid_precisions(0.5, 16)  # (1 - lam) * 2 / P : lam, the larger scaled to 1
     assert label == 1.0 and image == pytest.approx(2 / 16)
-    assert pc_precisions(0.0, 16, "mean") == (1.0, 0.0) and pc_precisions(1.0, 16, "mean") == (0.0, 1.0)
-    assert pc_precisions(0.25, 16, "sum") == (0.75, 0.25)
+    assert hybrid_precisions(0.0, 16) == (1.0, 0.0) and hybrid_precisions(1.0, 16) == (0.0, 1.0)
 
 
-def test_bottleneck_keeps_the_modules_and_leaves_the_latent_as_the_only_path():
+def test_default_hybrid_has_the_latent_as_its_only_path_and_the_layered_function():
+    """The default graph (x, z, y) computes the same feed-forward function as the layered one
+    built from the same seed, and its stacked edges keep the hand-derived VJP exact."""
     torch.manual_seed(0)
-    layered = models.rathjens_wiskott("large", 3, 16, 3)
-    model = bottleneck(layered)
+    layered = models.rathjens_wiskott("large", 3, 16, 3, layered=True)
+    torch.manual_seed(0)
+    model = models.rathjens_wiskott("large", 3, 16, 3)
     assert list(model.nodes) == ["x", "z", "y"]
-    assert {id(p) for p in model.parameters()} == {id(p) for p in layered.parameters()}
+    assert len(list(model.parameters())) == len(list(layered.parameters()))
     x = torch.rand(5, 16)
     deep = layered.initial_state({"x": x}, "forward")
     flat = model.initial_state({"x": x}, "forward")

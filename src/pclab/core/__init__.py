@@ -5,7 +5,7 @@ Imports nothing else of pclab.
 
 from .energy import CrossEntropy, Energy, Gaussian
 from .graph import PCN, Edge, Node, State
-from .layers import ACTIVATIONS, Dense, activation
+from .layers import ACTIVATIONS, Dense, Stack, activation
 from .learning import (
     Backprop,
     BPThroughInference,
@@ -24,6 +24,6 @@ __all__ = [
     "ACTIVATIONS", "Adam", "Backprop", "BPThroughInference", "Constant", "CrossEntropy", "Decaying",
     "Dense", "Edge", "Energy", "Gaussian", "IncrementalPC", "Inference", "LatentOptimizer",
     "LearningRule", "Node", "PCLearning", "PCN", "PrecisionSchedule", "Relaxed", "SGD", "Spiking",
-    "State", "TaskLoss", "TorchOptimizer", "Trajectory", "ZeroDivergenceIL", "activation",
+    "Stack", "State", "TaskLoss", "TorchOptimizer", "Trajectory", "ZeroDivergenceIL", "activation",
     "classify", "free_nodes", "generate", "reconstruct", "relax", "schedule",
 ]

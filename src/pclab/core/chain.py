@@ -183,15 +183,17 @@ class Predictions:
         """``mu_l`` at the values ``z`` (recomputed only when stale)."""
         return self.compute(l, z[l - 1]) if self.stale[l] else self.mu[l]
 
-    def backward(self, l: int, eps: torch.Tensor) -> torch.Tensor:
-        """``dE/da_l = eps * f'(a_l)`` given ``eps = dE/dmu_l`` (slopes computed once per prediction)."""
+    def backward(self, l: int, g: torch.Tensor) -> torch.Tensor:
+        """``g * f'(a_l)``: a gradient with respect to ``mu_l`` taken back through the activation."""
         layer = self.chain.layers[l - 1]
         if layer.activation == "identity":
-            return eps
+            return g
+        if layer.activation == "tanh":  # one fused op: g * (1 - mu^2)
+            return torch.ops.aten.tanh_backward(g, self.mu[l])
         if self.slopes[l] is None:
             from_output = _SLOPE_FROM_OUTPUT.get(layer.activation)
             self.slopes[l] = from_output(self.mu[l]) if from_output is not None else layer._df(self.a[l])
-        return eps * self.slopes[l]
+        return g * self.slopes[l]
 
     def copy(self) -> Predictions:
         other = Predictions(self.chain, self.params)
@@ -200,6 +202,13 @@ class Predictions:
 
 
 # ---------------------------------------------------------------------------- relaxation
+def _error(energy: Energy, z: torch.Tensor, mu: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * dE/dz`` of a node, as ``-weight * dE/dmu`` (equal for Gaussian and clamped
+    cross-entropy nodes, whose ``z`` gradient is not used)."""
+    g = energy.grad_z(z, mu) if type(energy) is Gaussian else -energy.grad_mu(z, mu)
+    return g if weight == 1.0 else weight * g
+
+
 @dataclass
 class ChainState:
     """A relaxed chain, as the learning rule needs it.
@@ -245,9 +254,10 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
         initial: first values ``z[0] .. z[L]`` (not modified).
         predictions: predictions already computed at ``initial`` (by :func:`feed_forward`).
 
-    Per step: ``eps_l = pi_l dE/dmu_l`` for every layer carrying error, then for every free node
-    ``dE/dz_i = pi_i e_i - J_{i+1}^T eps_{i+1}`` with ``J^T eps = (eps * f'(a)) W``, then the
-    optimiser's update. ``zero[l]`` tracks errors known to be exactly zero.
+    Per step: the precision-weighted error ``e_l = pi_l dE_l/dz_l`` of every layer carrying
+    error, then for every free node ``dE/dz_i = e_i - J_{i+1}^T e_{i+1}`` with
+    ``J^T g = (g * f'(a)) W``, then the optimiser's update. ``zero[l]`` tracks errors known to be
+    exactly zero; predictions are recomputed only when their input moved.
     """
     chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
     z = [v.clone() if plan.free[i] else v for i, v in enumerate(initial)]
@@ -266,32 +276,37 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
 
     for t in range(plan.steps):
         w = plan.weights[t]
-        # eps[l] = pi_l dE/dmu_l, None when exactly zero
-        eps: list[torch.Tensor | None] = [None] * (L + 2)
+        # e[l] = pi_l dE_l/dz_l, the precision-weighted error (Gaussian: pi (z - mu)); None when
+        # exactly zero. dE_l/dmu_l = -e[l].
+        e: list[torch.Tensor | None] = [None] * (L + 2)
         for l in layers_with_error:
-            if zero[l] or w[l] == 0.0:
-                continue
-            g = chain.energies[l - 1].grad_mu(z[l], current.get(l, sources))
-            eps[l] = g if w[l] == 1.0 else w[l] * g
+            if not zero[l] and w[l] != 0.0:
+                e[l] = _error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
         moved = []
         for i in free_nodes:
-            grad = None
-            if eps[i] is not None:  # own error (Gaussian: pi * grad_z = -eps)
-                grad = -eps[i]
-            if i < L and eps[i + 1] is not None:  # prediction error of the node above
-                back = current.backward(i + 1, eps[i + 1]) @ params[i][0]
-                grad = back if grad is None else grad + back
-            if grad is None:
+            # dE/dz_i = e_i - J_{i+1}^T e_{i+1},  J^T g = (g * f'(a)) @ W
+            own, above = e[i], e[i + 1]
+            if above is not None:
+                back = current.backward(i + 1, above)
+                if own is None:
+                    if zeros[i] is None:
+                        zeros[i] = torch.zeros_like(z[i])
+                    own = zeros[i]
+                grad = torch.addmm(own, back, params[i][0], alpha=-1)
+            elif own is not None:
+                grad = own
+            else:  # exactly zero
                 if not touched[i] and not idle_updates:
-                    continue  # never moved, gradient exactly zero: nothing changes
+                    continue  # never moved: nothing changes
                 if zeros[i] is None:
                     zeros[i] = torch.zeros_like(z[i])
-                grad = zeros[i]
-            else:
-                touched[i] = True
+                z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], False)
+                if touched[i]:  # momentum still moves it
+                    moved.append(i)
+                continue
             z[i], states[i] = optimizer.update(z[i], grad, states[i], False)
-            if touched[i]:
-                moved.append(i)
+            touched[i] = True
+            moved.append(i)
         for i in moved:
             zero[i] = False
             if i < L:
@@ -338,9 +353,15 @@ def weight_gradients(plan: Plan, state: ChainState, forward_update: bool) -> tup
             continue
         energy = chain.energies[l - 1]
         mu = predictions.get(l, sources)
-        value = energy.precision * energy.value(z[l], mu).sum()
+        if type(energy) is Gaussian:
+            error = energy.grad_z(z[l], mu)  # z - mu
+            flat = error.reshape(-1)
+            value = (0.5 * energy.precision) * torch.dot(flat, flat)
+            delta = predictions.backward(l, error) * (-energy.precision / batch)
+        else:
+            value = energy.precision * energy.value(z[l], mu).sum()
+            delta = predictions.backward(l, energy.grad_mu(z[l], mu) * (energy.precision / batch))
         total = value if total is None else total + value
-        delta = predictions.backward(l, (energy.precision / batch) * energy.grad_mu(z[l], mu))
         has_bias = chain.layers[l - 1].linear.bias is not None
         grads.append((delta.t() @ sources[l - 1], delta.sum(0) if has_bias else None))
     if total is None:

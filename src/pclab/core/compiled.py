@@ -8,9 +8,9 @@ fuses the elementwise work between the matrix products into a few C++ loops.
 
 Costs and rules:
 
-* the first call for a plan and batch size compiles (tens of seconds on a small CPU; Inductor's
-  on-disk cache, ``$TORCHINDUCTOR_CACHE_DIR``, default ``<user cache>/pclab/inductor``, makes later
-  processes start faster);
+* the first call for a plan and batch size compiles (tens of seconds on a small CPU); Inductor
+  keeps the generated code in its on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default
+  ``/tmp/torchinductor_<user>``), so later processes compiling the same graph take a few seconds;
 * one compiled graph per plan serves the batch size it was first called with; any other batch
   size (an epoch's short last batch) runs the eager fast path, which gives the same numbers up to
   float rounding;
@@ -20,7 +20,6 @@ Costs and rules:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,20 +28,6 @@ from typing import Any
 import torch
 
 from . import chain as dense
-
-_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-
-
-def _default_cache_dir() -> None:
-    """Point Inductor's on-disk cache at pclab's cache folder unless the user chose one."""
-    if _CACHE_ENV in os.environ:
-        return
-    try:
-        import platformdirs
-    except ImportError:  # pragma: no cover - platformdirs is a dependency
-        return
-    os.environ[_CACHE_ENV] = str(platformdirs.user_cache_path("pclab", appauthor=False) / "inductor")
-
 
 def _flat(params: dense.Params) -> list[torch.Tensor]:
     return [t for pair in params for t in pair if t is not None]
@@ -96,7 +81,6 @@ class CompileCache:
         if entry is None:
             if len(self.entries) >= self.limit:
                 self.entries.pop(next(iter(self.entries)))
-            _default_cache_dir()
             entry = self.entries[key] = _Compiled(make())
         return entry
 

@@ -91,3 +91,38 @@ class Dense(nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
+
+
+class Stack(nn.Module):
+    """Prediction modules applied in turn, as one edge, with the composed VJP.
+
+    Use it where several layers predict a node without value nodes between them (e.g. a decoder
+    whose hidden layers should not be inferred). Every layer must define ``forward_with_vjp``
+    (as :class:`Dense` does) so the stack keeps relaxation's fast path.
+
+    Shapes: input ``(batch, *input of the first layer)``, output ``(batch, *output of the last)``.
+    """
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        if not layers or not all(hasattr(layer, "forward_with_vjp") for layer in layers):
+            raise TypeError("Stack takes a non-empty list of modules that define forward_with_vjp (e.g. Dense)")
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            z = layer(z)
+        return z
+
+    def forward_with_vjp(self, z: torch.Tensor) -> tuple[torch.Tensor, Vjp]:
+        vjps = []
+        for layer in self.layers:
+            z, vjp = layer.forward_with_vjp(z)
+            vjps.append(vjp)
+
+        def back(g: torch.Tensor) -> torch.Tensor:
+            for vjp in reversed(vjps):
+                g = vjp(g)
+            return g
+
+        return z, back

@@ -18,7 +18,7 @@ rules clamp the nodes named in ``clamp`` and use the others as targets of their 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -147,11 +147,13 @@ class PCLearning(LearningRule):
         return energy
 
     def step(self, batch: Batch) -> dict[str, float]:
-        if self.inference.compile:
+        inference = self.inference
+        if inference.compile:
             energy = self._compiled_step(batch)
             if energy is not None:
                 return {"energy": float(energy)}
-        relaxed = relax(self.model, batch, self.inference)
+            inference = replace(inference, compile=False)  # one compiled graph per rule is enough
+        relaxed = relax(self.model, batch, inference)
         self.optimizer.zero_grad(set_to_none=True)
         if relaxed.chain is not None and type(self).weight_energy is PCLearning.weight_energy:
             energy = self._chain_grads(relaxed)  # the same gradients, written out for Dense chains

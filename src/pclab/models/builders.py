@@ -13,7 +13,7 @@ from math import prod
 import torch
 from torch import nn
 
-from ..core import PCN, CrossEntropy, Dense, Gaussian, Node
+from ..core import PCN, CrossEntropy, Dense, Gaussian, Node, Stack
 from ..core.layers import activation as activation_fn
 
 
@@ -82,22 +82,30 @@ def rathjens_wiskott(
     classes: int = 10,
     image_precision: float = 1.0,
     label_precision: float = 1.0,
+    layered: bool = False,
 ) -> PCN:
     """The hybrid image/latent/label model of Rathjens & Wiskott's fully-connected family.
 
     Graph: an amortiser (the encoder ``784 -> ... -> d``, ReLU) gives the latent ``z`` its first
-    value; the decoder chain ``z -> d1 -> ... -> x`` (ReLU, ``tanh`` on the image, which lives in
-    ``[-1, 1]``) mirrors the encoder; the head chain ``z -> c1 -> ... -> y`` (ReLU hidden) gives
-    logits. Every decoder and head layer is a value node, so the same object is trained as
-    their feed-forward model (``Backprop``), by backprop through inference, or by PC learning.
+    value; the decoder ``z -> x`` (ReLU hidden layers, ``tanh`` on the image, which lives in
+    ``[-1, 1]``) mirrors the encoder; the head ``z -> y`` (ReLU hidden layers) gives logits. The
+    same object is trained as their feed-forward model (``Backprop``), by backprop through
+    inference, or by PC learning.
+
+    By default the latent is the only value node between image and label: decoder and head are
+    each one edge (a :class:`~pclab.core.Stack`). With ``layered=True`` every hidden decoder and
+    head layer is a value node of its own (``d1..``, ``c1..``); relaxed freely, those hidden
+    nodes can explain the image themselves and carry image information *around* the latent, so
+    the shared latent is no longer the bottleneck the trade-off question is about.
 
     Args:
         complexity: ``"small"``, ``"medium"`` or ``"large"``.
         latent: size ``d`` of the shared latent.
         image: flattened image size.
         classes: number of classes.
-        image_precision: precision of the image node (``1 - lam`` for PC learning of the mix).
-        label_precision: precision of the cross-entropy label node (``lam``).
+        image_precision: precision of the image node.
+        label_precision: precision of the cross-entropy label node.
+        layered: make hidden decoder and head layers value nodes.
     """
     if complexity not in RW_ENCODER_HIDDEN:
         raise ValueError(f"complexity must be one of {sorted(RW_ENCODER_HIDDEN)}, got {complexity!r}")
@@ -110,20 +118,21 @@ def rathjens_wiskott(
         if i < len(enc) - 2:
             encoder_layers.append(nn.ReLU())
     dec = enc[::-1]
-    dec_names = ["z", *[f"d{i}" for i in range(1, len(dec) - 1)], "x"]
     head = [latent, *RW_HEAD_HIDDEN[complexity], classes]
-    head_names = ["z", *[f"c{i}" for i in range(1, len(head) - 1)], "y"]
+    decoder = [Dense(dec[i], dec[i + 1], "tanh" if i == len(dec) - 2 else "relu") for i in range(len(dec) - 1)]
+    classifier = [Dense(head[i], head[i + 1], "identity" if i == len(head) - 2 else "relu") for i in range(len(head) - 1)]
     nodes = [Node("x", (image,), Gaussian(image_precision)), Node("z", (latent,))]
-    nodes += [Node(n, (w,)) for n, w in zip(dec_names[1:-1], dec[1:-1])]
-    nodes += [Node(n, (w,)) for n, w in zip(head_names[1:-1], head[1:-1])]
+    edges: list[tuple[str, str, nn.Module]] = []
+    if layered:
+        dec_names = ["z", *[f"d{i}" for i in range(1, len(dec) - 1)], "x"]
+        head_names = ["z", *[f"c{i}" for i in range(1, len(head) - 1)], "y"]
+        nodes += [Node(n, (w,)) for n, w in zip(dec_names[1:-1], dec[1:-1])]
+        nodes += [Node(n, (w,)) for n, w in zip(head_names[1:-1], head[1:-1])]
+        edges += [(dec_names[i], dec_names[i + 1], layer) for i, layer in enumerate(decoder)]
+        edges += [(head_names[i], head_names[i + 1], layer) for i, layer in enumerate(classifier)]
+    else:
+        edges += [("z", "x", Stack(decoder)), ("z", "y", Stack(classifier))]
     nodes.append(Node("y", (classes,), CrossEntropy(label_precision)))
-    edges = []
-    for i in range(len(dec) - 1):
-        act = "tanh" if i == len(dec) - 2 else "relu"
-        edges.append((dec_names[i], dec_names[i + 1], Dense(dec[i], dec[i + 1], act)))
-    for i in range(len(head) - 1):
-        act = "identity" if i == len(head) - 2 else "relu"
-        edges.append((head_names[i], head_names[i + 1], Dense(head[i], head[i + 1], act)))
     return PCN(nodes, edges, amortisers=[("x", "z", nn.Sequential(*encoder_layers))])
 
 

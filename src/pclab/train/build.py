@@ -58,18 +58,32 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
     elif m.kind == "generative_mlp":
         model = models.generative_mlp(m.widths, m.activation)
     elif m.kind == "rathjens_wiskott":
-        lam = config.learning.lam
-        model = models.rathjens_wiskott(
-            m.complexity, m.latent, pixels, classes,
-            image_precision=1.0 - lam if config.learning.rule in ("pc", "ipc") else 1.0,
-            label_precision=lam if config.learning.rule in ("pc", "ipc") else 1.0,
-        )
+        image_precision, label_precision = 1.0, 1.0
+        if config.learning.rule in ("pc", "ipc"):  # lam enters PC learning through the energy
+            image_precision, label_precision = hybrid_precisions(config.learning.lam, pixels)
+        model = models.rathjens_wiskott(m.complexity, m.latent, pixels, classes, image_precision, label_precision, m.layered)
     elif m.kind == "vgg":
         model = models.vgg(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     return model.to(device=config.device, dtype=dtype)
+
+
+def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
+    """``(image, label)`` precisions that weight a hybrid PCN's energy like the backprop loss
+    ``(1 - lam) * MSE + lam * CE``.
+
+    The image energy ``1/2 ||x - mu||^2`` sums over ``P = pixels`` while MSE averages, so the image
+    precision is ``(1 - lam) * 2 / P`` against the label's ``lam``; both are divided by the larger,
+    so the stronger energy has precision 1 (a common factor only rescales the latent step size).
+    ``lam = 0``: no label energy; ``lam = 1``: no image energy.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+    image, label = (1.0 - lam) * 2.0 / pixels, lam
+    scale = max(image, label)
+    return image / scale, label / scale
 
 
 def build_inference(config: InferenceConfig) -> Inference:

@@ -58,6 +58,7 @@ class ModelConfig(_Strict):
     output: Literal["gaussian", "ce"] = "gaussian"
     complexity: Literal["small", "medium", "large"] = "small"
     latent: int = Field(4, ge=1)
+    layered: bool = Field(False, description="rathjens_wiskott: hidden decoder/head layers as value nodes")
     depth: int = Field(5, ge=2, description="vgg weight layers")
     width: int = Field(32, ge=1, description="vgg first-block channels / deconv channels")
 
@@ -104,7 +105,7 @@ class LearningConfig(_Strict):
     momentum: Real = Field(0.0, ge=0, lt=1)
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: Real = Field(0.0, ge=0)
-    lam: Real = Field(1.0, ge=0, le=1, description="hybrid models: weight of classification vs reconstruction")
+    lam: Real = Field(0.5, ge=0, le=1, description="hybrid models: weight of classification (lam) vs reconstruction (1 - lam)")
     truncate: int | None = Field(None, ge=1)
     checkpoint: bool = False
 

@@ -24,14 +24,13 @@ from ...sweep import failures, records_frame, run_trials
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import AmortisedPCLearning, Chain, bottleneck, pc_precisions, run_trial
+from .training import run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
     "lr": 1e-3,              # Adam, as the paper
     "steps": 10,             # inference steps T of ways (b) and (c), train and test
     "latent_lr": 0.005,      # SGD step size of the latent relaxation
-    "pc_balance": "mean",    # see training.pc_precisions
     "probe_subset": 5000,    # training latents the probes are fitted on
 }
 
@@ -73,11 +72,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Study configurations. Keys: datasets, ways, complexities, latents, lams, seeds (the grid);
-epochs, batch_size, lr, steps, latent_lr, pc_balance, train_subset, test_subset, probe_subset
+epochs, batch_size, lr, steps, latent_lr, train_subset, test_subset, probe_subset
 (every run); grid_slices ([complexity, d] pairs whose first seed stores reconstructions)."""
 
 _GRID = ("datasets", "ways", "complexities", "latents", "lams", "seeds")
-_PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "pc_balance", "train_subset", "test_subset", "probe_subset")
+_PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "train_subset", "test_subset", "probe_subset")
 
 
 def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -144,7 +143,6 @@ def run(
 
 
 __all__ = [
-    "PRESETS", "AmortisedPCLearning", "build_report", "decoder_probe_mse", "linear_probe_accuracy", "mark_pareto",
-    "pareto_optimal", "pc_precisions", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
-    "Chain", "bottleneck",
+    "PRESETS", "build_report", "decoder_probe_mse", "linear_probe_accuracy", "mark_pareto",
+    "pareto_optimal", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
 ]

@@ -101,7 +101,8 @@ def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error:
                 ax.scatter(g[error][optimal], g[accuracy][optimal], color=colour[d], edgecolor="k", s=40, zorder=3)
                 ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
             ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
-            ax.set_xlabel(f"{what} MSE (pixels in [-1, 1])")
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{what} MSE (pixels in [-1, 1], log scale)")
             ax.set_ylabel(f"{what} accuracy")
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
@@ -181,10 +182,13 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
     if gap_table.empty:
         return ["No run finished; nothing to summarise."]
     lines.append(
-        "Trade-off gap: for each curve over lam, the best compromise's distance from the ideal point "
-        "(best accuracy and best MSE of that curve at once), 0 = no trade-off, 1 = extreme. 'task' uses "
+        "Trade-off gap: for each curve over lam, how far its best compromise is from the ideal point (the "
+        "curve's best accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, "
+        "relative MSE excess); 0 = no trade-off, 0.05 = 5 % worse in one of the two. 'task' uses "
         "the model's own accuracy and reconstruction MSE; 'latent' uses the probes (linear-probe accuracy, "
-        "fresh-decoder MSE)."
+        "fresh-decoder MSE). The gap is relative to each curve's own best values: a front that moves up and "
+        "left at every lam but whose pure-reconstruction end improves most counts as harsher. Read it together "
+        "with the front movement lines and the figures."
     )
     verdicts = {}
     for factor, other in (("latent", "complexity"), ("complexity", "latent")):
@@ -252,11 +256,11 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
 # ------------------------------------------------------------------------------------------- report
 _METHODS = """Convention: lam weights classification, L = (1 - lam) * MSE + lam * CE. Rathjens & Wiskott's lambda weights reconstruction; the table's paper_lambda column is 1 - lam.
 
-Model: the Rathjens-Wiskott fully-connected family (encoder, decoder, head; Small / Medium / Large) as a PCN with three value nodes -- image x, latent z, label y: the decoder z -> x and the head z -> y are each one prediction edge (their layers chained), the encoder gives z its first value (an amortiser). pclab.models.rathjens_wiskott makes every decoder layer a value node; relaxed freely, those hidden nodes (616+ units) explain the image themselves and carry image information around the latent (measured: way (b), Medium, d = 2, lam = 0 reached a reconstruction MSE of 0.027 while a fresh decoder on its latent managed only 0.24), so here the latent is the only path. For Small both graphs are the same.
+Model: the Rathjens-Wiskott fully-connected family (encoder, decoder, head; Small / Medium / Large) as a PCN with three value nodes -- image x, latent z, label y: the decoder z -> x and the head z -> y are each one prediction edge (their layers chained), the encoder gives z its first value (an amortiser); this is pclab.models.rathjens_wiskott's default graph. With layered=True every decoder layer is a value node; relaxed freely, those hidden nodes (616+ units) explain the image themselves and carry image information around the latent (measured: way (b), Medium, d = 2, lam = 0 reached a reconstruction MSE of 0.027 while a fresh decoder on its latent managed only 0.24), so the study keeps the latent as the only path. For Small both graphs are the same.
 
 Ways: (a) bp -- z = enc(x), the loss on dec(z) and head(z), backprop (their model). (b) bpti -- z starts at enc(x) and relaxes T steps (latent SGD) on the image energy with the label released; the loss on the relaxed state is backpropagated through the unrolled relaxation (at lam = 1 the decoder still learns, through its effect on the relaxed latent). (c) pc -- image and label clamped, relaxed, then one local PC weight step; the encoder, an amortiser outside the energy, learns to predict the relaxed latent (energy 1/2 ||z* - enc(x)||^2), otherwise it would keep its random weights.
 
-Weights in (c) (pc_balance = mean): the image energy is taken per pixel: image precision (1 - lam) * 2 / P, label precision lam, both divided by the larger one, so the energy has the balance of the backprop loss of (a) and (b). lam = 0: the label energy has weight 0, the head never learns (chance accuracy) and the latent is purely generative -- the pure reconstruction objective. lam = 1: the image energy has weight 0, so relaxation and the decoder ignore the image (the decoder keeps its initial weights) and at test time, with the label released, no energy moves z, which stays at enc(x) -- the pure classification objective. Both ends are kept: they are the extremes of the front. (pc_balance = sum would use pclab.train's precisions 1 - lam and lam on the summed image energy; the image then outweighs the label about P/2 : 1 at equal lam.)
+Weights in (c): the image energy is taken per pixel: image precision (1 - lam) * 2 / P, label precision lam, both divided by the larger one, so the energy has the balance of the backprop loss of (a) and (b). lam = 0: the label energy has weight 0, the head never learns (chance accuracy) and the latent is purely generative -- the pure reconstruction objective. lam = 1: the image energy has weight 0, so relaxation and the decoder ignore the image (the decoder keeps its initial weights) and at test time, with the label released, no energy moves z, which stays at enc(x) -- the pure classification objective. Both ends are kept: they are the extremes of the front.
 
 Metrics: test_accuracy and recon_mse are the native read-outs (feed-forward for (a); relaxed with only the image clamped, label released, for (b) and (c)); MSE is per pixel on images scaled to [-1, 1]. The _feedforward / _relaxed columns give both read-outs. probe_accuracy: a least-squares linear classifier (closed-form ridge) on the frozen, standardised test-time latent. probe_mse: a fresh decoder on the frozen latent -- closed-form ridge regression of the image on [z, 1024 random ReLU features of z] (a one-hidden-layer decoder whose hidden layer is random and output layer solved exactly). Probes are fitted on up to probe_subset training latents and scored on the test latents.
 

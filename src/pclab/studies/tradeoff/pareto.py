@@ -52,20 +52,20 @@ def mark_pareto(
 
 
 def tradeoff_gap(accuracy: Sequence[float], error: Sequence[float]) -> float:
-    """How far the best compromise of a trade-off curve is from its ideal point, in [0, 1].
+    """How far the best compromise of a trade-off curve is from its ideal point (>= 0).
 
-    Each point's accuracy shortfall ``(max acc - acc) / (max acc - min acc)`` and error excess
-    ``(err - min err) / (max err - min err)`` are computed over the curve (e.g. one point per
-    ``lam``); the gap is the smallest, over the points, of the larger of the two. ``0``: one point
-    attains both the best accuracy and the best error (no trade-off); ``1``: every point is worst
-    in one of them. NaN points are ignored; NaN if fewer than two points remain.
+    For each point (e.g. one per ``lam``): its relative accuracy shortfall ``1 - acc / max acc``
+    and its relative error excess ``err / min err - 1``; the gap is the smallest, over the points,
+    of the larger of the two. ``0``: one point attains both the best accuracy and the best error
+    (no trade-off); ``0.05``: the best compromise loses 5 % of the best accuracy or has 5 % more
+    than the best error. NaN points are ignored; NaN if fewer than two remain or a best value is
+    not positive.
     """
     acc, err = np.asarray(accuracy, dtype=float), np.asarray(error, dtype=float)
     keep = np.isfinite(acc) & np.isfinite(err)
     acc, err = acc[keep], err[keep]
-    if len(acc) < 2:
+    if len(acc) < 2 or acc.max() <= 0 or err.min() <= 0:
         return float("nan")
-    acc_range, err_range = acc.max() - acc.min(), err.max() - err.min()
-    shortfall = (acc.max() - acc) / acc_range if acc_range > 0 else np.zeros_like(acc)
-    excess = (err - err.min()) / err_range if err_range > 0 else np.zeros_like(err)
+    shortfall = 1.0 - acc / acc.max()
+    excess = err / err.min() - 1.0
     return float(np.min(np.maximum(shortfall, excess)))

@@ -1,7 +1,9 @@
 """One run of the trade-off study: build the hybrid model, train it one of three ways, measure it.
 
 The three ways share the Rathjens-Wiskott family (:func:`pclab.models.rathjens_wiskott`), as a
-PCN whose only value nodes are image ``x``, latent ``z`` and label ``y`` (:func:`bottleneck`):
+PCN whose only value nodes are image ``x``, latent ``z`` and label ``y`` (the builder's default;
+``layered=True`` would make hidden decoder layers value nodes that carry image information around
+the latent):
 
 * ``"bp"``   -- (a) their feed-forward model: ``z = enc(x)``, loss ``(1 - lam) MSE + lam CE`` on
   ``dec(z)`` and ``head(z)``, backprop (:class:`pclab.core.Backprop`).
@@ -10,7 +12,7 @@ PCN whose only value nodes are image ``x``, latent ``z`` and label ``y`` (:func:
   relaxation (:class:`pclab.core.BPThroughInference`).
 * ``"pc"``   -- (c) the hybrid PCN trained by PC learning: image and label clamped, relax, one
   local weight step; the encoder (an amortiser, outside the energy) learns to predict the relaxed
-  latent (:class:`AmortisedPCLearning`).
+  latent (:meth:`pclab.core.PCN.amortiser_loss`, part of PC learning).
 
 ``lam`` weights *classification* (pclab's convention; Rathjens & Wiskott's ``lambda`` weights
 reconstruction, theirs = 1 - ours).
@@ -27,12 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ... import models
-from torch import nn
-
-from ...core import PCN, CrossEntropy, Dense, Gaussian, Node, PCLearning, Relaxed, relax
+from ...core import relax
 from ...data import Dataset, batches, load
-from ...train import DivergenceError, Run, build_inference, build_rule, evaluate, make_batch, prepare_images, validate
+from ...train import DivergenceError, Run, evaluate, make_batch, prepare, prepare_images, validate
 from .probes import decoder_probe_mse, linear_probe_accuracy
 
 WAYS = {"bp": "bp", "bpti": "bp-through-inference", "pc": "pc"}
@@ -42,116 +41,6 @@ WAY_LABELS = {"bp": "(a) feed-forward, backprop", "bpti": "(b) PCN, backprop thr
 
 
 # ---------------------------------------------------------------------------------------------- model
-class AmortisedPCLearning(PCLearning):
-    """PC learning of a hybrid PCN whose latent is initialised by an amortiser (the encoder).
-
-    The edges learn the usual local rule, ``dE/dtheta`` at the relaxed state. The amortiser is
-    outside the energy, so plain PC learning never changes it; here it descends its own local
-    energy ``1/2 ||z* - enc(x)||^2`` (batch mean), ``z*`` the relaxed latent (amortised inference
-    as in hybrid predictive coding). Without this the encoder would stay at its random
-    initialisation and only the relaxation would carry information from the image into ``z``.
-    """
-
-    def amortiser_energy(self, relaxed: Relaxed) -> torch.Tensor:
-        """``mean_batch 1/2 ||z* - amortiser(source)||^2`` summed over the amortised nodes."""
-        total = None
-        for target, edge in self.model.amortisers.items():
-            guess = self.model.amortiser_modules[edge.key](relaxed.values[edge.source].detach())
-            term = 0.5 * ((relaxed.values[target].detach() - guess) ** 2).flatten(1).sum(1).mean()
-            total = term if total is None else total + term
-        assert total is not None, "AmortisedPCLearning needs a model with an amortiser"
-        return total
-
-    def step(self, batch):
-        relaxed = relax(self.model, batch, self.inference)
-        self.optimizer.zero_grad(set_to_none=True)
-        energy = self.weight_energy(relaxed)
-        amortiser = self.amortiser_energy(relaxed)
-        (energy + amortiser).backward()  # disjoint parameters: each gets only its own term
-        self._apply()
-        return {"energy": float(energy.detach()), "amortiser_energy": float(amortiser.detach())}
-
-
-class Chain(nn.Module):
-    """Dense layers applied in turn, with the composed hand-derived VJP (relaxation's fast path).
-
-    Shapes: input ``(batch, in_features of the first layer)``, output ``(batch, out_features of the
-    last)``.
-    """
-
-    def __init__(self, layers: list[Dense]):
-        super().__init__()
-        if not layers or not all(isinstance(layer, Dense) for layer in layers):
-            raise TypeError("Chain takes a non-empty list of pclab Dense layers")
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            z = layer(z)
-        return z
-
-    def forward_with_vjp(self, z: torch.Tensor):
-        vjps = []
-        for layer in self.layers:
-            z, vjp = layer.forward_with_vjp(z)
-            vjps.append(vjp)
-
-        def back(g: torch.Tensor) -> torch.Tensor:
-            for vjp in reversed(vjps):
-                g = vjp(g)
-            return g
-
-        return z, back
-
-
-def bottleneck(model: PCN, image_precision: float = 1.0, label_precision: float = 1.0) -> PCN:
-    """The hybrid PCN with the latent as its only value node between image and label.
-
-    :func:`pclab.models.rathjens_wiskott` makes every decoder and head layer a value node. Relaxed
-    freely, the decoder's hidden nodes (616 units and more for Medium and Large) explain the image
-    themselves and carry image information *around* the latent, so reconstructions no longer come
-    from ``z``. Here the decoder ``z -> x`` and the head ``z -> y`` are each one edge (a
-    :class:`Chain` of the same modules, parameters shared), the encoder stays the amortiser of
-    ``z``: nodes ``x`` (Gaussian, ``image_precision``), ``z``, ``y`` (cross-entropy,
-    ``label_precision``). For Small the two graphs are identical.
-    """
-    def chain(target: str) -> Chain:
-        layers, node = [], target
-        while node != "z":
-            (edge,) = model.incoming[node]
-            layers.append(model.edge_modules[edge.key])
-            node = edge.source
-        return Chain(layers[::-1])
-
-    nodes = [Node("x", model.nodes["x"].shape, Gaussian(image_precision)), model.nodes["z"],
-             Node("y", model.nodes["y"].shape, CrossEntropy(label_precision))]
-    amortiser = model.amortisers["z"]
-    return PCN(nodes, [("z", "x", chain("x")), ("z", "y", chain("y"))],
-               [(amortiser.source, "z", model.amortiser_modules[amortiser.key])])
-
-
-def pc_precisions(lam: float, pixels: int, balance: str = "mean") -> tuple[float, float]:
-    """``(image, label)`` precisions for PC learning with classification weight ``lam``.
-
-    ``balance="mean"`` (the study's default): the image energy is measured per pixel, so the
-    relaxation and learning see ``(1 - lam) * MSE + lam * CE`` -- the very balance of the
-    backprop loss of ways (a) and (b): image ``(1 - lam) * 2 / P`` (``P`` pixels), label ``lam``,
-    both divided by the larger so the stronger has precision 1 (a common factor only sets the
-    latent step size). ``balance="sum"``: :mod:`pclab.train`'s convention, image ``1 - lam`` and
-    label ``lam`` on the summed image energy; the image then outweighs the label about ``P / 2``
-    to 1 at the same ``lam``.
-    """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    if balance == "sum":
-        return 1.0 - lam, lam
-    if balance != "mean":
-        raise ValueError(f"balance must be 'mean' or 'sum', got {balance!r}")
-    image, label = (1.0 - lam) * 2.0 / pixels, lam
-    scale = max(image, label)
-    return image / scale, label / scale
-
-
 def run_config(params: dict[str, Any]):
     """The :class:`pclab.train.RunConfig` of a trial (model, inference, learning, data)."""
     return validate({
@@ -167,21 +56,9 @@ def run_config(params: dict[str, Any]):
 
 
 def build_run(params: dict[str, Any], data: tuple[Dataset, Dataset]) -> Run:
-    """Model and learning rule of a trial, seeded from ``params["seed"]``."""
-    config = run_config(params)
-    train, test = data
-    pixels = math.prod(train.images.shape[1:])
-    torch.manual_seed(config.seed)
-    layered = models.rathjens_wiskott(params["complexity"], params["latent"], pixels, train.classes)
-    precisions = (1.0, 1.0)
-    if params["way"] == "pc":
-        precisions = pc_precisions(params["lam"], pixels, params.get("pc_balance", "mean"))
-    model = bottleneck(layered, *precisions)
-    steps_per_epoch = math.ceil(len(train) / config.data.batch_size)
-    rule = build_rule(config, model, steps_per_epoch)
-    if params["way"] == "pc":
-        rule = AmortisedPCLearning(model, rule.inference, rule.optimizer, rule.scheduler)
-    return Run(config, train, test, model, rule, build_inference(config.inference))
+    """Model and learning rule of a trial, seeded from ``params["seed"]`` (:func:`pclab.train.prepare`:
+    for way (c) the image and label precisions are :func:`pclab.train.build.hybrid_precisions`)."""
+    return prepare(run_config(params), data)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -281,7 +158,7 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
 
     ``params``: dataset, way (``bp``/``bpti``/``pc``), complexity, latent, lam, seed, epochs,
     batch_size, lr, steps (inference steps ``T``), latent_lr, train_subset, test_subset,
-    probe_subset, pc_balance, grid (store reconstructions of the grid images).
+    probe_subset, grid (store reconstructions of the grid images).
 
     Returns: test_accuracy, recon_mse (native read-out, pixel scale [-1, 1]), their feed-forward
     and relaxed variants, probe_accuracy (linear probe on the latent), probe_mse (fresh decoder on

@@ -1,0 +1,532 @@
+"""Speed benchmarks: PC, incremental PC, backprop through inference and backprop, side by side.
+
+:func:`run_speed_benchmark` measures, in one process and one run (so ratios compare like with
+like on a shared or noisy machine):
+
+* ``target``  -- issue 2's speed target: one epoch of PC (MLP 784-128-128-10 tanh, batch 64,
+  ``T = 20``, latent SGD 0.1, Adam 1e-3) against a minimal PyTorch backprop loop on the same MLP;
+* ``algorithms`` -- samples/s, epoch time and achieved GFLOP/s of PC (fast path, compiled,
+  reference graph code), incremental PC, bp-through-inference (with and without checkpointing) and
+  backprop on MLPs of width 128 and 512 and a small conv net;
+* ``scaling`` -- PC cost against ``T`` and against depth, with least-squares lines;
+* ``memory`` -- peak memory of one training step against ``T`` (10 .. 200) for
+  bp-through-inference with and without checkpointing, and PC (each point in a fresh process).
+
+Timing: algorithms run in interleaved chunks of batches; the per-batch time of an algorithm is
+the median over its chunks (``min`` is reported too: the least disturbed chunk). Epoch time is the
+per-batch time times ``ceil(60000 / batch)``. Data are random tensors of MNIST's shape (speed does
+not depend on the values). FLOPs are counted by ``torch.utils.flop_counter`` over one step (matrix
+products and convolutions only, 2 per multiply-add), so they are what the implementation really
+computes (the fast path skips exactly-zero work); for MLPs the nominal formula is given as well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .core import (
+    PCN, SGD, BPThroughInference, Dense, IncrementalPC, Inference, Node, PCLearning, TaskLoss, compiled,
+)
+
+MNIST_TRAIN = 60000
+
+
+# ---------------------------------------------------------------------------- machine
+def machine() -> dict[str, Any]:
+    """CPU model (``lscpu``), cores, torch version and threads."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def matmul_rate(repeats: int = 30) -> dict[str, float]:
+    """Measured float32 matmul rate (GFLOP/s) of this machine at the current thread count, for a
+    large square product (the machine's practical peak) and the shapes of the target MLP."""
+    shapes = {"1024x1024x1024": (1024, 1024, 1024), "64x784x128": (64, 784, 128), "64x128x128": (64, 128, 128)}
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        c = torch.empty(m, n)
+        for _ in range(3):
+            torch.mm(a, b, out=c)
+        best = math.inf
+        reps = max(3, repeats if m * k * n < 1e8 else 5)
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b, out=c)
+            best = min(best, time.perf_counter() - start)
+        out[name] = 2 * m * k * n / best / 1e9
+    return out
+
+
+# ---------------------------------------------------------------------------- models
+def mlp_pcn(widths: Sequence[int], activation: str = "tanh", seed: int = 0) -> PCN:
+    """Chain ``x -> h1 -> ... -> y`` of Dense layers, the last linear, Gaussian energies."""
+    names = ["x", *[f"h{i}" for i in range(1, len(widths) - 1)], "y"]
+    torch.manual_seed(seed)
+    edges = [
+        (names[i], names[i + 1], Dense(widths[i], widths[i + 1], activation if i < len(widths) - 2 else "identity"))
+        for i in range(len(widths) - 1)
+    ]
+    return PCN([Node(n, (w,)) for n, w in zip(names, widths)], edges)
+
+
+def conv_pcn(seed: int = 0) -> PCN:
+    """A small conv PCN on 1x28x28 images: conv 5x5/2 (8 ch) -> conv 5x5/2 (16 ch) -> linear 10."""
+    torch.manual_seed(seed)
+    nodes = [Node("x", (1, 28, 28)), Node("h1", (8, 12, 12)), Node("h2", (16, 4, 4)), Node("y", (10,))]
+    edges = [
+        ("x", "h1", nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.Tanh())),
+        ("h1", "h2", nn.Sequential(nn.Conv2d(8, 16, 5, stride=2), nn.Tanh())),
+        ("h2", "y", nn.Sequential(nn.Flatten(), nn.Linear(256, 10))),
+    ]
+    return PCN(nodes, edges)
+
+
+def as_sequential(model: PCN) -> nn.Sequential:
+    """A copy of a chain PCN's edge modules as one feed-forward ``nn.Sequential`` (backprop's model)."""
+    import copy
+
+    layers: list[nn.Module] = []
+    for edge in model.edges:
+        module = copy.deepcopy(model.edge_modules[edge.key])
+        if isinstance(module, Dense):  # plain torch layers, as a minimal backprop loop would use
+            layers.append(module.linear)
+            if module.activation != "identity":
+                layers.append({"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU(), "sigmoid": nn.Sigmoid()}[module.activation])
+        else:
+            layers.append(module)
+    return nn.Sequential(*layers)
+
+
+def mlp_flops(widths: Sequence[int], batch: int, steps: int) -> dict[str, Any]:
+    """Nominal matmul FLOPs of one training step on an MLP (2 per multiply-add).
+
+    ``F = 2 B sum_l n_{l-1} n_l`` (one forward pass), ``F1 = 2 B n_0 n_1`` (the input layer, whose
+    prediction is constant while the input is clamped).
+    """
+    f = 2 * batch * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    f1 = 2 * batch * widths[0] * widths[1]
+    t = steps
+    return {
+        "F": f,
+        "F1": f1,
+        "bp": {"formula": "3F - F1", "flops": 3 * f - f1},
+        "pc": {"formula": "F + 2T(F - F1) + (F - F1) + F", "flops": f + 2 * t * (f - f1) + (f - f1) + f},
+        "ipc": {"formula": "F + T(2(F - F1) + F)", "flops": f + t * (2 * (f - f1) + f)},
+        "bpti": {"formula": "3(F + 2T(F - F1) + (F - F1))", "flops": 3 * (f + 2 * t * (f - f1) + (f - f1))},
+    }
+
+
+# ---------------------------------------------------------------------------- algorithms
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def _bp_step(net: nn.Module, lr: float) -> Step:
+    optimizer = torch.optim.Adam(net.parameters(), lr)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, weight_lr: float = 1e-3) -> Step:
+    """One training step of algorithm ``name`` on ``model`` (a fresh copy of the weights):
+
+    ``bp`` minimal PyTorch backprop loop (``nn.Sequential``, Adam, MSE); ``pc`` PC rule (fast path
+    when the model is a Dense chain); ``pc-compiled`` the same under ``torch.compile``;
+    ``pc-reference`` PC on the general graph code (``method="manual"`` for Dense chains, autograd
+    otherwise); ``ipc`` incremental PC; ``bpti`` / ``bpti-ckpt`` backprop through the ``T``
+    inference steps of an MSE loss on the output prediction, without / with checkpointing.
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    if name == "bp":
+        return _bp_step(as_sequential(model), weight_lr)
+    adam = torch.optim.Adam(model.parameters(), weight_lr)
+    fast = all(isinstance(m, Dense) for m in model.edge_modules.values())
+    inference = Inference(steps=steps, optimizer=SGD(latent_lr))
+    if name == "pc":
+        rule: Any = PCLearning(model, inference, adam)
+    elif name == "pc-compiled":
+        rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), compile=True), adam)
+    elif name == "pc-reference":
+        rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
+    elif name == "ipc":
+        rule = IncrementalPC(model, inference, adam)
+    elif name in ("bpti", "bpti-ckpt"):
+        rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=("x",), checkpoint=name == "bpti-ckpt")
+    else:
+        raise ValueError(f"unknown algorithm {name!r}")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        rule.step({"x": x, "y": y})
+
+    return step
+
+
+def counted_flops(step: Step, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Matmul/conv FLOPs one call of ``step`` executes (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(x, y)
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """Per-batch seconds of one algorithm over interleaved chunks."""
+
+    chunks: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.chunks)
+
+    @property
+    def best(self) -> float:
+        return min(self.chunks)
+
+
+def data(batch: int, batches: int, shape: Sequence[int] = (784,), classes: int = 10, seed: int = 0):
+    """``batches`` random batches of MNIST-like inputs in [0, 1) and one-hot labels."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.rand(batches * batch, *shape, generator=g)
+    labels = torch.randint(0, classes, (batches * batch,), generator=g)
+    ys = nn.functional.one_hot(labels, classes).float()
+    return [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(batches)]
+
+
+def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup: int = 2) -> dict[str, Timing]:
+    """Time each step function on ``chunk`` batches per round, alternating between them."""
+    timings = {name: Timing() for name in steps}
+    k = 0
+    for name, step in steps.items():
+        for i in range(warmup):
+            step(*batches[i % len(batches)])
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for i in range(chunk):
+                step(*batches[(k + i) % len(batches)])
+            timings[name].chunks.append((time.perf_counter() - start) / chunk)
+        k += chunk
+    return timings
+
+
+def _row(name: str, timing: Timing, batch: int, flops: int | None) -> dict[str, Any]:
+    epoch_batches = math.ceil(MNIST_TRAIN / batch)
+    row = {
+        "algorithm": name,
+        "batch_ms": 1e3 * timing.median,
+        "batch_ms_best": 1e3 * timing.best,
+        "epoch_s": timing.median * epoch_batches,
+        "epoch_s_best": timing.best * epoch_batches,
+        "samples_per_s": batch / timing.median,
+    }
+    if flops is not None:
+        row["flops_per_batch"] = flops
+        row["gflops"] = flops / timing.median / 1e9
+    return row
+
+
+# ---------------------------------------------------------------------------- suites
+def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, compile: bool = True) -> dict[str, Any]:
+    """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20)."""
+    widths = [784, 128, 128, 10]
+    model = mlp_pcn(widths)
+    batches = data(batch, max(chunk * 2, 40))
+    names = ["bp", "pc"] + (["pc-compiled"] if compile else [])
+    steps_fns = {n: make_algorithm(n, model, steps) for n in names}
+    compile_s = None
+    if compile:
+        start = time.perf_counter()
+        steps_fns["pc-compiled"](*batches[0])
+        compile_s = time.perf_counter() - start
+    timings = interleaved(steps_fns, batches, chunk, rounds)
+    rows = [_row(n, timings[n], batch, None) for n in names]
+    bp = timings["bp"]
+    ratios = {n: {"median": timings[n].median / bp.median, "best": timings[n].best / bp.best} for n in names if n != "bp"}
+    return {
+        "model": "MLP 784-128-128-10 tanh", "batch": batch, "steps": steps, "rows": rows,
+        "ratio_to_bp": ratios, "compile_seconds": compile_s, "flops": mlp_flops(widths, batch, steps),
+    }
+
+
+def algorithms(
+    models: Sequence[str] = ("mlp128", "mlp512", "conv"),
+    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt"),
+    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5,
+) -> list[dict[str, Any]]:
+    """Every algorithm on every model; one interleaved timing per model."""
+    out = []
+    for kind in models:
+        model, shape = _model(kind)
+        batches = data(batch, max(2 * chunk, 10), shape)
+        chosen = [n for n in names if not (n == "pc-compiled" and kind == "conv")]
+        fns = {n: make_algorithm(n, model, steps) for n in chosen}
+        compile_s = None
+        if "pc-compiled" in fns:
+            start = time.perf_counter()
+            fns["pc-compiled"](*batches[0])
+            compile_s = time.perf_counter() - start
+        flops = {n: counted_flops(make_algorithm(n, model, steps), *batches[0]) for n in chosen if n != "pc-compiled"}
+        flops["pc-compiled"] = flops.get("pc")
+        timings = interleaved(fns, batches, chunk, rounds)
+        bp = timings["bp"].median if "bp" in timings else None
+        rows = []
+        for n in chosen:
+            row = _row(n, timings[n], batch, flops.get(n))
+            if bp:
+                row["ratio_to_bp"] = timings[n].median / bp
+            rows.append(row)
+        entry = {"model": kind, "batch": batch, "steps": steps, "rows": rows, "compile_seconds": compile_s}
+        if kind.startswith("mlp"):
+            entry["nominal_flops"] = mlp_flops(_widths(kind), batch, steps)
+        out.append(entry)
+    return out
+
+
+def _widths(kind: str, depth: int = 3) -> list[int]:
+    width = int(kind[3:])
+    return [784, *([width] * (depth - 1)), 10]
+
+
+def _model(kind: str, depth: int = 3) -> tuple[PCN, tuple[int, ...]]:
+    if kind == "conv":
+        return conv_pcn(), (1, 28, 28)
+    if kind.startswith("mlp"):
+        return mlp_pcn(_widths(kind, depth)), (784,)
+    raise ValueError(f"unknown model {kind!r}; expected mlp128, mlp512 or conv")
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
+    """Least-squares ``y = intercept + slope * x`` and its R^2."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1e-30
+    return {"slope": slope, "intercept": intercept, "r2": 1 - ss_res / ss_tot}
+
+
+def scaling(
+    ts: Sequence[int] = (5, 10, 20, 50), depths: Sequence[int] = (3, 5, 7, 10, 15), widths: Sequence[int] = (128, 512),
+    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 3,
+) -> dict[str, Any]:
+    """PC (fast path) and BP per-batch time against ``T`` (MLP 784-128-128-10) and against depth
+    (``T`` fixed), with least-squares lines (ms per step, ms per layer)."""
+    batches = data(batch, 2 * chunk)
+    by_t = []
+    model = mlp_pcn([784, 128, 128, 10])
+    fns = {f"pc-T{t}": make_algorithm("pc", model, t) for t in ts}
+    timings = interleaved(fns, batches, chunk, rounds)
+    for t in ts:
+        by_t.append({"T": t, "pc_batch_ms": 1e3 * timings[f"pc-T{t}"].median})
+    out: dict[str, Any] = {"vs_T": by_t, "fit_vs_T_ms": fit_line(list(ts), [r["pc_batch_ms"] for r in by_t])}
+    for width in widths:
+        rows = []
+        fns = {}
+        for depth in depths:
+            m = mlp_pcn([784, *([width] * (depth - 1)), 10])
+            fns[f"pc-L{depth}"] = make_algorithm("pc", m, steps)
+            fns[f"bp-L{depth}"] = make_algorithm("bp", m, steps)
+        timings = interleaved(fns, batches, chunk, rounds)
+        for depth in depths:
+            rows.append({"depth": depth, "pc_batch_ms": 1e3 * timings[f"pc-L{depth}"].median,
+                         "bp_batch_ms": 1e3 * timings[f"bp-L{depth}"].median})
+        out[f"vs_depth_w{width}"] = rows
+        out[f"fit_vs_depth_w{width}_ms"] = {
+            "pc": fit_line(list(depths), [r["pc_batch_ms"] for r in rows]),
+            "bp": fit_line(list(depths), [r["bp_batch_ms"] for r in rows]),
+        }
+    return out
+
+
+def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10)) -> float:
+    """Peak resident memory added by one training step (MiB), measured in a fresh process
+    (``ru_maxrss`` after the step minus before it)."""
+    code = (
+        "import resource, torch, json, sys\n"
+        "from pclab.bench import mlp_pcn, make_algorithm, data\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        f"model = mlp_pcn({list(widths)})\n"
+        f"(x, y), = data({batch}, 1)\n"
+        f"step = make_algorithm({algorithm!r}, model, 1)\n"
+        "step(x, y)\n"  # warm up allocator and lazy initialisation at T = 1
+        f"step = make_algorithm({algorithm!r}, model, {steps})\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "step(x, y)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps((after - before) / 1024))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src_dir(), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _src_dir() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def memory(ts: Sequence[int] = (10, 20, 50, 100, 200), algorithms_: Sequence[str] = ("bpti", "bpti-ckpt", "pc")) -> dict[str, Any]:
+    """Peak memory of one step against ``T`` (MiB), with a least-squares line per algorithm."""
+    rows = [{"T": t, **{a: peak_memory_mib(a, t) for a in algorithms_}} for t in ts]
+    fits = {a: fit_line(list(ts), [r[a] for r in rows]) for a in algorithms_}
+    return {"model": "MLP 784-128-128-10 tanh, batch 64", "rows": rows, "fit_MiB_vs_T": fits}
+
+
+# ---------------------------------------------------------------------------- entry point
+@dataclass
+class SpeedConfig:
+    """What :func:`run_speed_benchmark` runs.
+
+    Args:
+        suites: any of ``target``, ``algorithms``, ``scaling``, ``memory``.
+        threads: torch intra-op threads.
+        rounds: interleaved timing rounds of the target (more: steadier medians).
+        chunk: batches per timing chunk of the target.
+        compile: include the ``torch.compile`` path.
+        quick: smaller sweeps (for a smoke run).
+    """
+
+    suites: tuple[str, ...] = ("target",)
+    threads: int = 2
+    rounds: int = 10
+    chunk: int = 20
+    compile: bool = True
+    quick: bool = False
+
+
+def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run the chosen suites and return every number as a JSON-ready dict."""
+    config = config or SpeedConfig()
+    if overrides:
+        config = SpeedConfig(**{**asdict(config), **overrides})
+    unknown = set(config.suites) - {"target", "algorithms", "scaling", "memory"}
+    if unknown:
+        raise ValueError(f"unknown benchmark suites {sorted(unknown)}; expected target, algorithms, scaling, memory")
+    torch.set_num_threads(config.threads)
+    result: dict[str, Any] = {"config": asdict(config), "machine": machine(), "matmul_gflops": matmul_rate()}
+    started = time.perf_counter()
+    if "target" in config.suites:
+        result["target"] = target(chunk=config.chunk if not config.quick else 5,
+                                  rounds=config.rounds if not config.quick else 3, compile=config.compile)
+    if "algorithms" in config.suites:
+        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt")
+        if not config.compile:
+            names = tuple(n for n in names if n != "pc-compiled")
+        models = ("mlp128", "conv") if config.quick else ("mlp128", "mlp512", "conv")
+        result["algorithms"] = algorithms(models, names, rounds=2 if config.quick else 5)
+    if "scaling" in config.suites:
+        if config.quick:
+            result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), rounds=2)
+        else:
+            result["scaling"] = scaling()
+    if "memory" in config.suites:
+        result["memory"] = memory(ts=(10, 50) if config.quick else (10, 20, 50, 100, 200))
+    result["compile_seconds"] = compiled.compile_seconds()
+    result["wall_seconds"] = time.perf_counter() - started
+    result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A plain-text summary of :func:`run_speed_benchmark`'s result."""
+    lines = [f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
+             f"{result['machine']['torch_threads']} threads; matmul GFLOP/s: "
+             + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_gflops"].items())]
+    if "target" in result:
+        t = result["target"]
+        lines.append(f"target ({t['model']}, batch {t['batch']}, T={t['steps']}):")
+        for row in t["rows"]:
+            lines.append(f"  {row['algorithm']:12s} epoch {row['epoch_s']:6.2f} s (best chunk {row['epoch_s_best']:6.2f} s)")
+        for name, r in t["ratio_to_bp"].items():
+            lines.append(f"  {name}/bp epoch ratio: {r['median']:.2f} (best chunks {r['best']:.2f}); target <= 1.5")
+        if t["compile_seconds"] is not None:
+            lines.append(f"  compile (first pc-compiled batch): {t['compile_seconds']:.1f} s")
+    for entry in result.get("algorithms", []):
+        lines.append(f"algorithms on {entry['model']} (batch {entry['batch']}, T={entry['steps']}):")
+        for row in entry["rows"]:
+            lines.append(
+                f"  {row['algorithm']:12s} {row['batch_ms']:8.2f} ms/batch {row['samples_per_s']:9.0f} samples/s "
+                f"epoch {row['epoch_s']:7.1f} s  {row.get('gflops', float('nan')):6.1f} GFLOP/s"
+                + (f"  x{row['ratio_to_bp']:.2f} bp" if "ratio_to_bp" in row else "")
+            )
+    if "scaling" in result:
+        s = result["scaling"]
+        f = s["fit_vs_T_ms"]
+        lines.append(f"scaling: PC ms/batch = {f['intercept']:.2f} + {f['slope']:.3f} * T (R^2 {f['r2']:.3f})")
+        for key, fits in s.items():
+            if key.startswith("fit_vs_depth"):
+                lines.append(f"  {key}: PC {fits['pc']['intercept']:.2f} + {fits['pc']['slope']:.3f} * depth; "
+                             f"BP {fits['bp']['intercept']:.2f} + {fits['bp']['slope']:.3f} * depth")
+    if "memory" in result:
+        lines.append("peak memory of one step (MiB) vs T:")
+        for row in result["memory"]["rows"]:
+            lines.append("  T=%-4d " % row["T"] + "  ".join(f"{k} {v:7.1f}" for k, v in row.items() if k != "T"))
+        for a, f in result["memory"]["fit_MiB_vs_T"].items():
+            lines.append(f"  {a}: {f['intercept']:.1f} + {f['slope']:.3f} * T MiB")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pclab.bench [suites...] [--threads N] [--quick] [--no-compile] [--json PATH]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks")
+    parser.add_argument("suites", nargs="*", default=["target"], help="target, algorithms, scaling, memory")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=20)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    result = run_speed_benchmark(SpeedConfig(tuple(args.suites), args.threads, args.rounds, args.chunk, not args.no_compile, args.quick))
+    print(summary(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

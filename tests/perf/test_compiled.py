@@ -1,0 +1,44 @@
+"""``Inference(compile=True)``: the compiled Dense-chain path gives the eager fast path's numbers.
+
+Compiling takes seconds (tens on a cold Inductor cache), so this file is marked slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pclab.core import SGD, Inference, PCLearning, relax
+from pclab.core import compiled
+
+from perf_chains import chain, max_rel, randn, twin
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
+
+
+def test_compiled_pc_steps_equal_the_eager_fast_path_and_serve_only_their_batch_size():
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    other = twin(model)
+    eager = PCLearning(other, Inference(steps=2, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05))
+    fast = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.05))
+    before = len(compiled.CACHE.entries)
+    for k, batch in enumerate([6, 6, 3, 6]):  # batch 3 runs on the eager path
+        data = {"x": randn(batch, 12, seed=k, dtype=torch.float32), "y": randn(batch, 4, seed=50 + k, dtype=torch.float32)}
+        a, b = fast.step(data), eager.step(data)
+        assert a["energy"] == pytest.approx(b["energy"], rel=1e-5)
+        for p, q in zip(model.parameters(), other.parameters()):
+            assert float((p - q).detach().norm()) <= 1e-5 * float(q.detach().norm())
+    assert len(compiled.CACHE.entries) == before + 1
+    entry = list(compiled.CACHE.entries.values())[-1]
+    assert entry.batch == 6 and entry.compile_seconds is not None
+
+
+def test_compiled_relaxation_equals_the_eager_fast_path():
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    x = randn(5, 12, seed=1, dtype=torch.float32)
+    inference = Inference(steps=3, optimizer=SGD(0.1))
+    eager = relax(model, {"x": x}, inference)
+    fast = relax(model, {"x": x}, Inference(steps=3, optimizer=SGD(0.1), compile=True))
+    assert fast.chain is None and eager.chain is not None
+    assert max_rel(fast.values, eager.values) < 1e-5
+    assert max_rel(fast.initial, eager.initial) < 1e-6
