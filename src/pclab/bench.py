@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -414,26 +415,79 @@ def memory(ts: Sequence[int] = (10, 20, 50, 100, 200), algorithms_: Sequence[str
     return {"model": "MLP 784-128-128-10 tanh, batch 64", "rows": rows, "fit_MiB_vs_T": fits}
 
 
+# ---------------------------------------------------------------------------- PCX
+PCX_REQUIREMENT = "pcx>=0.6,<0.7"
+
+
+def default_pcx_venv() -> Path:
+    """Where the PCX comparison keeps its own virtual environment: ``$PCLAB_PCX_VENV`` or
+    ``<user cache>/pclab/pcx-venv`` (outside any repository)."""
+    env = os.environ.get("PCLAB_PCX_VENV")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return platformdirs.user_cache_path("pclab", appauthor=False) / "pcx-venv"
+
+
+def ensure_pcx_venv(venv: Path) -> Path:
+    """The Python of a virtual environment with PCX 0.6 (JAX CPU), created with ``venv`` and
+    ``pip install pcx`` if it does not exist yet."""
+    python = venv / "bin" / "python"
+    if python.exists():
+        check = subprocess.run([str(python), "-c", "import pcx, jax, optax"], capture_output=True, text=True)
+        if check.returncode == 0:
+            return python
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", PCX_REQUIREMENT], check=True)
+    return python
+
+
+def pcx_comparison(venv: Path | None = None, batches: int = 200, chunk: int = 20, steps: int = 20, batch: int = 64,
+                   threads: int | None = None) -> dict[str, Any]:
+    """Time PCX on the target problem (``bench_pcx.py`` in the PCX environment): PC and a plain
+    JAX backprop loop, per batch, compile time apart."""
+    python = ensure_pcx_venv(Path(venv) if venv is not None else default_pcx_venv())
+    script = Path(__file__).with_name("bench_pcx.py")
+    cmd = [str(python), str(script), "--batches", str(batches), "--chunk", str(chunk), "--steps", str(steps), "--batch", str(batch)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"PCX benchmark failed ({' '.join(cmd)}):\n{out.stderr[-3000:]}")
+    return {"command": " ".join(cmd), **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
 # ---------------------------------------------------------------------------- entry point
 @dataclass
 class SpeedConfig:
     """What :func:`run_speed_benchmark` runs.
 
     Args:
-        suites: any of ``target``, ``algorithms``, ``scaling``, ``memory``.
+        suites: any of ``target``, ``algorithms``, ``scaling``, ``memory``, ``pcx``.
         threads: torch intra-op threads.
         rounds: interleaved timing rounds of the target (more: steadier medians).
         chunk: batches per timing chunk of the target.
+        batch: batch size of the target and the PCX comparison.
+        steps: inference steps ``T`` of the target and the PCX comparison.
         compile: include the ``torch.compile`` path.
-        quick: smaller sweeps (for a smoke run).
+        quick: smaller sweeps (a smoke run).
+        pcx_venv: where the PCX environment lives (default :func:`default_pcx_venv`).
     """
 
     suites: tuple[str, ...] = ("target",)
     threads: int = 2
     rounds: int = 10
     chunk: int = 20
+    batch: int = 64
+    steps: int = 20
     compile: bool = True
     quick: bool = False
+    pcx_venv: str | None = None
+
+
+SUITES = ("target", "algorithms", "scaling", "memory", "pcx")
 
 
 def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -441,28 +495,36 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
     config = config or SpeedConfig()
     if overrides:
         config = SpeedConfig(**{**asdict(config), **overrides})
-    unknown = set(config.suites) - {"target", "algorithms", "scaling", "memory"}
+    unknown = set(config.suites) - set(SUITES)
     if unknown:
-        raise ValueError(f"unknown benchmark suites {sorted(unknown)}; expected target, algorithms, scaling, memory")
+        raise ValueError(f"unknown benchmark suites {sorted(unknown)}; expected some of {', '.join(SUITES)}")
     torch.set_num_threads(config.threads)
     result: dict[str, Any] = {"config": asdict(config), "machine": machine(), "matmul_gflops": matmul_rate()}
     started = time.perf_counter()
+    quick = config.quick
     if "target" in config.suites:
-        result["target"] = target(chunk=config.chunk if not config.quick else 5,
-                                  rounds=config.rounds if not config.quick else 3, compile=config.compile)
+        result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
+                                  rounds=3 if quick else config.rounds, compile=config.compile)
+    if "pcx" in config.suites:
+        result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
+                                       chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,
+                                       threads=config.threads if config.threads == 1 else None)
+        if "target" in result:
+            pc = next(r for r in result["target"]["rows"] if r["algorithm"] == "pc")
+            result["pcx"]["pclab_pc_over_pcx_pc"] = pc["batch_ms"] / result["pcx"]["pc_batch_ms"]
     if "algorithms" in config.suites:
         names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt")
         if not config.compile:
             names = tuple(n for n in names if n != "pc-compiled")
-        models = ("mlp128", "conv") if config.quick else ("mlp128", "mlp512", "conv")
-        result["algorithms"] = algorithms(models, names, rounds=2 if config.quick else 5)
+        models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")
+        result["algorithms"] = algorithms(models, names, batch=config.batch, steps=config.steps, rounds=2 if quick else 5)
     if "scaling" in config.suites:
-        if config.quick:
-            result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), rounds=2)
+        if quick:
+            result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), batch=config.batch, rounds=2)
         else:
-            result["scaling"] = scaling()
+            result["scaling"] = scaling(batch=config.batch, steps=config.steps)
     if "memory" in config.suites:
-        result["memory"] = memory(ts=(10, 50) if config.quick else (10, 20, 50, 100, 200))
+        result["memory"] = memory(ts=(10, 50) if quick else (10, 20, 50, 100, 200))
     result["compile_seconds"] = compiled.compile_seconds()
     result["wall_seconds"] = time.perf_counter() - started
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -471,18 +533,25 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
 
 def summary(result: dict[str, Any]) -> str:
     """A plain-text summary of :func:`run_speed_benchmark`'s result."""
-    lines = [f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
-             f"{result['machine']['torch_threads']} threads; matmul GFLOP/s: "
-             + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_gflops"].items())]
+    m = result["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
+             f"load average {m.get('load_average')} -> {m.get('load_average_end')}",
+             "matmul GFLOP/s (measured now): " + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_gflops"].items())]
     if "target" in result:
         t = result["target"]
-        lines.append(f"target ({t['model']}, batch {t['batch']}, T={t['steps']}):")
+        lines.append(f"target ({t['model']}, batch {t['batch']}, T={t['steps']}), epoch = {math.ceil(MNIST_TRAIN / t['batch'])} batches:")
         for row in t["rows"]:
-            lines.append(f"  {row['algorithm']:12s} epoch {row['epoch_s']:6.2f} s (best chunk {row['epoch_s_best']:6.2f} s)")
+            lines.append(f"  {row['algorithm']:12s} epoch {row['epoch_s']:6.2f} s (least disturbed chunk {row['epoch_s_best']:6.2f} s)")
         for name, r in t["ratio_to_bp"].items():
-            lines.append(f"  {name}/bp epoch ratio: {r['median']:.2f} (best chunks {r['best']:.2f}); target <= 1.5")
+            lines.append(f"  {name}/bp epoch ratio: {r['median']:.2f} (least disturbed chunks {r['best']:.2f}); target <= 1.5")
         if t["compile_seconds"] is not None:
-            lines.append(f"  compile (first pc-compiled batch): {t['compile_seconds']:.1f} s")
+            lines.append(f"  compile (first pc-compiled batch, not in the epoch times): {t['compile_seconds']:.1f} s")
+    if "pcx" in result:
+        p = result["pcx"]
+        lines.append(f"PCX {p['pcx_version']} (JAX {p['jax_version']}): PC epoch {p['pc_epoch_s']:.2f} s, JAX BP epoch {p['bp_epoch_s']:.2f} s, "
+                     f"PC/BP {p['pc_over_bp']:.2f}; compile PC {p['pc_compile_s']:.1f} s")
+        if "pclab_pc_over_pcx_pc" in p:
+            lines.append(f"  pclab PC / PCX PC per batch: {p['pclab_pc_over_pcx_pc']:.2f}")
     for entry in result.get("algorithms", []):
         lines.append(f"algorithms on {entry['model']} (batch {entry['batch']}, T={entry['steps']}):")
         for row in entry["rows"]:
@@ -513,17 +582,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks")
-    parser.add_argument("suites", nargs="*", default=["target"], help="target, algorithms, scaling, memory")
+    parser.add_argument("suites", nargs="*", default=["target"], help=f"any of {', '.join(SUITES)} (default: target)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--chunk", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--with-pcx", action="store_true", help="also time PCX in its own virtual environment")
+    parser.add_argument("--pcx-venv", default=None, help="PCX virtual environment (created if missing)")
     parser.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
-    result = run_speed_benchmark(SpeedConfig(tuple(args.suites), args.threads, args.rounds, args.chunk, not args.no_compile, args.quick))
+    suites = tuple(args.suites) + (("pcx",) if args.with_pcx and "pcx" not in args.suites else ())
+    result = run_speed_benchmark(SpeedConfig(suites, args.threads, args.rounds, args.chunk, args.batch, args.steps,
+                                             not args.no_compile, args.quick, args.pcx_venv))
+    result["command"] = " ".join(["python -m pclab.bench", *(argv if argv is not None else sys.argv[1:])])
     print(summary(result))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
 

@@ -66,7 +66,7 @@ class DenseChain:
 
     def params(self) -> Params:
         """The current ``(weight, bias)`` of every layer."""
-        return [(layer.linear.weight, layer.linear.bias) for layer in self.layers]
+        return [(layer.linear._parameters["weight"], layer.linear._parameters["bias"]) for layer in self.layers]
 
 
 def _plain_dense(module: torch.nn.Module) -> bool:
@@ -179,6 +179,12 @@ class Predictions:
         self.stale[l] = False
         return self.mu[l]
 
+    def set(self, l: int, a: torch.Tensor) -> None:
+        """Take ``a_l`` as given (tracked elsewhere) and ``mu_l = f(a_l)``."""
+        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.slopes[l] = None
+        self.stale[l] = False
+
     def get(self, l: int, z: Sequence[torch.Tensor]) -> torch.Tensor:
         """``mu_l`` at the values ``z`` (recomputed only when stale)."""
         return self.compute(l, z[l - 1]) if self.stale[l] else self.mu[l]
@@ -218,12 +224,14 @@ class ChainState:
         initial: the values before the first step.
         predictions: predictions at ``values`` (stale entries are recomputed on demand).
         initial_predictions: predictions at ``initial``.
+        anchored: the nodes relaxed through the next layer's pre-activation (:class:`Anchored`).
     """
 
     values: list[torch.Tensor]
     initial: list[torch.Tensor]
     predictions: Predictions
     initial_predictions: Predictions
+    anchored: tuple[int, ...] = ()
 
 
 def feed_forward(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Predictions]:
@@ -243,6 +251,80 @@ def feed_forward(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None
         else:
             z.append(chain.energies[l - 1].released(predictions.compute(l, z[l - 1])))
     return z, predictions
+
+
+class Anchored:
+    """A free node ``i`` whose own prediction is constant (the node below is clamped), relaxed by
+    plain SGD (step ``lr``), carried through the next layer's pre-activation instead of its value.
+
+    ``z_i`` enters relaxation only through its error ``E = z_i - mu_i`` and through
+    ``a_{i+1} = W z_i + b = a_ff + W E`` (``W = W_{i+1}``, ``a_ff`` the feed-forward value), both
+    linear in ``z_i``. With ``g = e_{i+1} * f'(a_{i+1})`` (the error above, taken back through the
+    activation) and ``c = 1 - lr pi_i(t)``, one SGD step is ``E <- c E + lr g W``, hence
+
+        a_{i+1} <- a_ff + c (a_{i+1} - a_ff) + lr g (W W^T)
+        D <- c D + g,   E = lr D W  (needed only at the end: z_i = mu_i + E).
+
+    That is one product with the ``(n_{i+1}, n_{i+1})`` matrix ``W W^T`` per step instead of two
+    with ``W`` (the backward product, then the next forward one): the same arithmetic reordered,
+    equal to the direct updates up to float rounding (``tests/perf``).
+    """
+
+    def __init__(self, i: int, weight: torch.Tensor, a_ff: torch.Tensor, lr: float):
+        self.i, self.weight, self.a_ff, self.lr = i, weight, a_ff, lr
+        self.a = a_ff
+        self.gram: torch.Tensor | None = None
+        self.d: torch.Tensor | None = None  # D; None while E is exactly zero
+
+    @staticmethod
+    def pays(batch: int, n_in: int, n_out: int, steps: int) -> bool:
+        """Whether the saved products (``steps`` x batch x n_out x (2 n_in - n_out)) outweigh the
+        extra ones (``W W^T``, the final ``D W`` and the exact re-prediction at the end)."""
+        saved = steps * batch * n_out * (2 * n_in - n_out)
+        return saved > n_in * n_out * n_out + 2 * batch * n_in * n_out
+
+    def step(self, g: torch.Tensor | None, c: float) -> torch.Tensor | None:
+        """One SGD step given ``g`` (``None``: exactly zero); the new ``a_{i+1}`` or ``None`` if unchanged."""
+        if g is None:
+            if self.d is None or c == 1.0:
+                return None
+            self.d = self.d * c
+            self.a = torch.lerp(self.a_ff, self.a, c)
+            return self.a
+        if self.gram is None:
+            self.gram = self.weight @ self.weight.t()
+        if self.d is None:
+            self.d, base = g, self.a_ff
+        else:
+            self.d = torch.add(g, self.d, alpha=c)
+            base = torch.lerp(self.a_ff, self.a, c)
+        self.a = torch.addmm(base, g, self.gram, alpha=self.lr)
+        return self.a
+
+    def value(self, mu: torch.Tensor) -> torch.Tensor:
+        """``z_i = mu_i + lr D W``."""
+        return mu.clone() if self.d is None else torch.addmm(mu, self.d, self.weight, alpha=self.lr)
+
+
+def _anchored(plan: Plan, params: Params, predictions: Predictions, z: list[torch.Tensor]) -> dict[int, Anchored]:
+    """The free nodes relaxation carries through the next layer (see :class:`Anchored`)."""
+    optimizer, L = plan.optimizer, plan.chain.depth
+    if type(optimizer) is not SGD or optimizer.momentum != 0.0 or not plan.feed_forward or plan.fixed_prediction:
+        return {}
+    out = {}
+    for i in range(1, L):
+        if not (plan.free[i] and plan.clamped[i - 1] and plan.active[i + 1] and plan.active[i]):
+            continue
+        weight = params[i][0]
+        n_out, n_in = weight.shape
+        if not Anchored.pays(z[i].shape[0], n_in, n_out, plan.steps - (L - i - 1)):
+            continue
+        a = predictions.a[i + 1] if not predictions.stale[i + 1] else None
+        if a is None:
+            predictions.compute(i + 1, z[i])
+            a = predictions.a[i + 1]
+        out[i] = Anchored(i, weight, a, optimizer.lr)
+    return out
 
 
 def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None) -> ChainState:
@@ -271,7 +353,8 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
     touched = [False] * (L + 1)  # has had a gradient not known to be zero
     idle_updates = type(optimizer) is not SGD  # Adam counts its steps even at zero gradient
     zeros: list[torch.Tensor | None] = [None] * (L + 1)
-    layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
+    anchored = _anchored(plan, params, current, z)
+    layers_with_error = [l for l in range(1, L + 1) if plan.active[l] and l not in anchored]
     free_nodes = [i for i in range(L + 1) if plan.free[i]]
 
     for t in range(plan.steps):
@@ -282,10 +365,16 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
         for l in layers_with_error:
             if not zero[l] and w[l] != 0.0:
                 e[l] = _error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
-        moved = []
+        moved, tracked = [], []
         for i in free_nodes:
             # dE/dz_i = e_i - J_{i+1}^T e_{i+1},  J^T g = (g * f'(a)) @ W
             own, above = e[i], e[i + 1]
+            if i in anchored:
+                a = anchored[i].step(None if above is None else current.backward(i + 1, above), 1.0 - optimizer.lr * w[i])
+                if a is not None:
+                    tracked.append((i + 1, a))
+                    zero[i] = zero[i + 1] = False
+                continue
             if above is not None:
                 back = current.backward(i + 1, above)
                 if own is None:
@@ -313,11 +402,16 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
                 zero[i + 1] = False
                 if not plan.fixed_prediction:
                     current.stale[i + 1] = True
+        for l, a in tracked:  # after every backward product of this step used the old slopes
+            current.set(l, a)
+    for i, node in anchored.items():
+        z[i] = node.value(current.mu[i])
+        current.stale[i + 1] = True  # predict exactly from the relaxed value (weight update, read-out)
     if plan.fixed_prediction:
         # ``current`` holds the predictions at the initial values; hand on predictions *at the
         # relaxed values* (the PC weight energy uses those).
         current = Predictions(chain, params)
-    state = ChainState(z, list(initial), current, predictions)
+    state = ChainState(z, list(initial), current, predictions, tuple(anchored))
     if plan.readout:
         state.values[L] = chain.energies[L - 1].released(
             (predictions if plan.fixed_prediction else current).get(L, sources)

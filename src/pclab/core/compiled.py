@@ -60,6 +60,12 @@ def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor 
     return dense.weight_gradients(plan, state, forward_update)
 
 
+def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` with one whole graph, static shapes and a C++ wrapper (kernels are launched
+    from C++, not Python: a relaxation is hundreds of small kernels)."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+
+
 @dataclass
 class _Compiled:
     """One compiled function and the batch size it serves."""
@@ -105,7 +111,7 @@ def relax_values(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.T
     """``(values, initial)``: relaxed and feed-forward values ``z[0] .. z[L]`` from the compiled
     relaxation, or ``None`` when this batch size is served by the eager path."""
     key = ("relax", plan)
-    entry = CACHE.get(key, lambda: torch.compile(lambda c, f: _relax_values(plan, c, f), fullgraph=True, dynamic=False))
+    entry = CACHE.get(key, lambda: _compile(lambda c, f: _relax_values(plan, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
     return _call(entry, batch, list(clamp), _flat(params))
 
@@ -114,7 +120,7 @@ def pc_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor
     """``(E, grads)`` of :func:`pclab.core.chain.weight_gradients` after a compiled relaxation, or
     ``None`` when this batch size is served by the eager path."""
     key = ("learn", plan, forward_update)
-    entry = CACHE.get(key, lambda: torch.compile(lambda c, f: _learn(plan, forward_update, c, f), fullgraph=True, dynamic=False))
+    entry = CACHE.get(key, lambda: _compile(lambda c, f: _learn(plan, forward_update, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
     return _call(entry, batch, list(clamp), _flat(params))
 

@@ -18,6 +18,8 @@ Conventions (used by every piece of pclab):
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -178,6 +180,7 @@ class PCN(nn.Module):
         if not clamp:
             raise ValueError("at least one node must be clamped to give the batch size")
         batch = None
+        device, dtype = self.device, self.dtype  # each walks the parameters: look up once
         for name, value in clamp.items():
             if name not in self.nodes:
                 raise ValueError(f"cannot clamp unknown node {name!r}; nodes are {list(self.nodes)}")
@@ -192,11 +195,12 @@ class PCN(nn.Module):
                 batch = value.shape[0]
             elif value.shape[0] != batch:
                 raise ValueError(f"clamped values disagree on the batch size: node {name!r} has {value.shape[0]}, others {batch}")
-            if value.device != self.device:
-                raise ValueError(f"clamped value of node {name!r} is on {value.device}; the model is on {self.device}")
-            if value.dtype != self.dtype:
-                raise ValueError(f"clamped value of node {name!r} has dtype {value.dtype}; the model has {self.dtype}")
-            if not bool(torch.isfinite(value).all()):
+            if value.device != device:
+                raise ValueError(f"clamped value of node {name!r} is on {value.device}; the model is on {device}")
+            if value.dtype != dtype:
+                raise ValueError(f"clamped value of node {name!r} has dtype {value.dtype}; the model has {dtype}")
+            # a finite sum proves every element finite (one reduction); else count exactly
+            if not math.isfinite(value.sum().item()) and not bool(torch.isfinite(value).all()):
                 bad = int((~torch.isfinite(value)).sum())
                 raise ValueError(f"clamped value of node {name!r} must be finite; it holds NaN/Inf in {bad} elements")
         assert batch is not None

@@ -45,13 +45,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         **_COMMON,
         "description": (
-            "the main-job slice, under 10 minutes on 2 CPU cores: MNIST, 8000 stratified training images, 3 epochs, "
-            "batch 64, Adam lr 3e-3 (1e-3 learns too little in 375 steps), d in {2, 16}, Small and Medium, "
+            "the main-job slice, under 10 minutes on 2 CPU cores: MNIST, 4000 stratified training images, 2 epochs, "
+            "batch 64, Adam lr 3e-3 (1e-3 learns too little in 126 steps), 1000 test images, probes fitted on 2000 latents, d in {2, 16}, Small and Medium, "
             "lam in {0, .25, .5, .75, 1}, seed 0, T = 10; 60 runs"
         ),
         "datasets": ["mnist"], "complexities": ["small", "medium"], "latents": [2, 16],
         "lams": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0],
-        "epochs": 3, "batch_size": 64, "lr": 3e-3, "train_subset": 8000, "test_subset": 2000,
+        "epochs": 2, "batch_size": 64, "lr": 3e-3, "train_subset": 4000, "test_subset": 1000, "probe_subset": 2000,
         "grid_slices": [["small", 2], ["small", 16], ["medium", 2], ["medium", 16]],
     },
     "full": {

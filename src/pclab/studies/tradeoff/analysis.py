@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -102,6 +103,7 @@ def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error:
                 ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
             ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
             ax.set_xlabel(f"{what} MSE (pixels in [-1, 1], log scale)")
             ax.set_ylabel(f"{what} accuracy")
             ax.grid(alpha=0.3)

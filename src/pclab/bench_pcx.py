@@ -1,7 +1,8 @@
-"""PCX (JAX) timing of the same PC problem as pclab's speed target; runs in the PCX venv.
+"""PCX (JAX) timing of the same PC problem as pclab's speed target: a standalone script.
 
-Not part of pclab: ``bench/speed.py --with-pcx`` creates a separate virtual environment with
-``pcx`` 0.6 (JAX CPU) and runs this file there. Printed result: one JSON object.
+It imports only JAX, optax and PCX, never pclab: :func:`pclab.bench.pcx_comparison` creates a
+separate virtual environment with ``pcx`` 0.6 (JAX CPU) and runs this file there with that
+environment's Python. Printed result: one JSON object.
 
 Problem (as pclab's ``target``): MLP 784-128-128-10 tanh, Gaussian (squared-error) energies,
 batch 64, ``T`` latent SGD steps (lr 0.1) from a feed-forward initialisation with the label
@@ -9,9 +10,9 @@ clamped, then one Adam step (lr 1e-3) on the batch-mean weight gradient; random 
 shape. Also a plain JAX backprop loop (MSE, Adam) on the same MLP, for PCX's own PC/BP ratio.
 Compilation (the first call of each jitted function) is timed apart.
 
-Usage (inside the PCX venv)::
+Usage (with the PCX environment's Python)::
 
-    python bench/pcx_speed.py --batches 200 --steps 20 --batch 64
+    python src/pclab/bench_pcx.py --batches 200 --steps 20 --batch 64
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--widths", default="784,128,128,10")
+    parser.add_argument("--threads", type=int, default=None, help="1: single-threaded XLA (default: all cores)")
     args = parser.parse_args()
+    if args.threads == 1:
+        import os
+
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 
     import jax
     import jax.numpy as jnp
@@ -154,7 +160,7 @@ def main() -> None:
         "pcx_version": getattr(px, "__version__", None) or _version("pcx"),
         "jax_version": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
-        "widths": widths, "batch": args.batch, "steps": args.steps, "batches_timed": n,
+        "widths": widths, "batch": args.batch, "steps": args.steps, "batches_timed": n, "threads": args.threads,
         "pc_compile_s": pc_compile, "bp_compile_s": bp_compile,
         "pc_batch_ms": 1e3 * pc, "pc_batch_ms_best": 1e3 * min(pc_chunks),
         "bp_batch_ms": 1e3 * bp, "bp_batch_ms_best": 1e3 * min(bp_chunks),
