@@ -299,3 +299,47 @@ def test_subclassed_weight_energy_is_respected():
 
 def test_names_helper_matches_chain():
     assert list(chain([3, 3, 3]).nodes) == names(2)
+
+
+# ---------------------------------------------------------------------------- anchored nodes
+@pytest.mark.parametrize("schedule", ["constant", "spiking-off", "scaled"])
+@pytest.mark.parametrize("pattern", ["io", "mid"])
+@pytest.mark.parametrize("output", ["gaussian", "ce"])
+def test_anchored_first_hidden_node_relaxes_like_the_reference(schedule, pattern, output):
+    """A free node above a clamped one, relaxed by plain SGD, is carried through the next layer's
+    pre-activation (one product with W W^T per step): the same values as the direct updates."""
+    model = chain([7, 6, 6, 5, 3], "tanh", output=CrossEntropy() if output == "ce" else None, precisions=[0.8, 1.0, 1.3, 1.0])
+    clamp = clamp_for(model, pattern)
+    precision = {"constant": Constant(), "spiking-off": Spiking(0.0), "scaled": Decaying(0.3)}[schedule]
+    inference = Inference(steps=10, optimizer=SGD(0.1), precision=precision)
+    fast = relax(model, clamp, inference)
+    assert 1 in fast.chain[1].anchored
+    slow = relax(model, clamp, reference(inference))
+    assert max_rel(fast.values, slow.values) < 1e-12
+
+
+def test_anchored_node_in_float32_matches_reference_to_single_precision():
+    model = chain([784, 128, 128, 10], "tanh", dtype=torch.float32)
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(1))
+    y = torch.nn.functional.one_hot(torch.arange(64) % 10, 10).float()
+    inference = Inference(steps=20, optimizer=SGD(0.1))
+    fast = relax(model, {"x": x, "y": y}, inference)
+    assert fast.chain[1].anchored == (1,)
+    slow = relax(model, {"x": x, "y": y}, reference(inference))
+    assert max_rel(fast.values, slow.values) < 1e-6
+
+
+@pytest.mark.parametrize("case", ["momentum", "adam", "zeros-init", "fixed-prediction", "few-steps"])
+def test_nodes_are_anchored_only_where_the_algebra_holds(case):
+    model = chain([7, 6, 6, 3], "tanh")
+    clamp = clamp_for(model, "io")
+    inference = {
+        "momentum": Inference(steps=10, optimizer=SGD(0.1, momentum=0.5)),
+        "adam": Inference(steps=10, optimizer=Adam(0.1)),
+        "zeros-init": Inference(steps=10, optimizer=SGD(0.1), init="zeros"),
+        "fixed-prediction": Inference(steps=10, optimizer=SGD(0.1), fixed_prediction=True),
+        "few-steps": Inference(steps=1, optimizer=SGD(0.1)),
+    }[case]
+    fast = relax(model, clamp, inference)
+    assert fast.chain[1].anchored == ()
+    assert max_rel(fast.values, relax(model, clamp, reference(inference)).values) < 1e-12

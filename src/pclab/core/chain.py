@@ -15,6 +15,10 @@ computes the same quantities as the reference path (``PCN.latent_grads`` / autog
   need neither a prediction nor a backward product. This is bookkeeping of which tensors are
   *exactly* zero (it holds with precision schedules, fixed predictions, momentum), not an
   approximation;
+* **a free node right above a clamped one** (the first hidden layer of a discriminative MLP), when
+  relaxed by plain SGD, is carried through the next layer's pre-activation: its value enters
+  only linearly, so one product with ``W W^T`` per step replaces the backward product and the
+  next forward product through ``W`` (:class:`Anchored`; the same arithmetic reordered);
 * the PC weight gradient of a Dense layer is the outer product
   ``dE/dW_l = -(pi_l e_l * f'(a_l))^T z_{l-1} / batch`` (a Hebbian update), computed directly from
   the predictions the relaxation already holds.
@@ -149,8 +153,8 @@ class Plan:
 
 # ---------------------------------------------------------------------------- predictions
 # f'(a) from mu = f(a), equal bit for bit to how ``layers.ACTIVATIONS`` computes it from a
+# (tanh has its own fused op in ``Predictions.backward``)
 _SLOPE_FROM_OUTPUT = {
-    "tanh": lambda mu: 1.0 - mu * mu,
     "sigmoid": lambda mu: mu * (1.0 - mu),
 }
 

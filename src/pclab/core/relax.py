@@ -301,21 +301,19 @@ def _relax_chain(
     """:func:`relax` on the Dense-chain fast path (same result, see :mod:`pclab.core.chain`)."""
     clamped = frozenset(clamp)
     names = structure.nodes
+    order = [*clamp, *(n for n in names if n not in clamped)]  # the general loop's key order
     feed_forward = initial is None and inference.init == "forward"
     plan = chain_plan(model, structure, clamped, inference, feed_forward)
     params = structure.params()
     with torch.no_grad():
-        if feed_forward and inference.compile:
-            model.check_clamp(clamp)
-            given = [clamp.get(n) for n in names]
-            out = compiled.relax_values(plan, params, given)
-            if out is not None:
-                order = [*clamp, *(n for n in names if n not in clamped)]
-                values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
-                return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
         if feed_forward:
             model.check_clamp(clamp)
-            start, predictions = dense.feed_forward(plan, params, [clamp.get(n) for n in names])
+            given = [clamp.get(n) for n in names]
+            out = compiled.relax_values(plan, params, given) if inference.compile else None
+            if out is not None:  # compiled: the values only, no predictions to hand on
+                values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
+                return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
+            start, predictions = dense.feed_forward(plan, params, given)
         else:
             if initial is None:
                 values = model.initial_state(clamp, inference.init, generator)
@@ -324,7 +322,6 @@ def _relax_chain(
                 values = {**initial, **clamp}
             start, predictions = [values[n].detach() for n in names], None
         state = dense.relax_chain(plan, params, start, predictions)
-    order = [*clamp, *(n for n in names if n not in clamped)]
     index = {n: i for i, n in enumerate(names)}
     return Relaxed(
         values={n: state.values[index[n]] for n in order},
