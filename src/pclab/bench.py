@@ -41,6 +41,7 @@ from torch import nn
 from .core import (
     PCN, SGD, BPThroughInference, Dense, IncrementalPC, Inference, Node, PCLearning, TaskLoss, compiled,
 )
+from .io import write_json
 
 MNIST_TRAIN = 60000
 
@@ -198,13 +199,26 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
 
 
 def counted_flops(step: Step, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Matmul/conv FLOPs one call of ``step`` executes (``torch.utils.flop_counter``)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Matmul/conv FLOPs one call of ``step`` executes, counted at the ATen dispatch level with
+    ``torch.utils.flop_counter``'s formulas (its ``FlopCounterMode`` cannot watch
+    ``autograd.grad`` inside a step, which the general relaxation uses)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with Count():
         step(x, y)
-    return int(counter.get_total_flops())
+    return Count.total
 
 
 # ---------------------------------------------------------------------------- timing
@@ -380,28 +394,61 @@ def scaling(
     return out
 
 
-def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10)) -> float:
-    """Peak resident memory added by one training step (MiB), measured in a fresh process
-    (``ru_maxrss`` after the step minus before it)."""
-    code = (
-        "import resource, torch, json, sys\n"
-        "from pclab.bench import mlp_pcn, make_algorithm, data\n"
-        f"torch.set_num_threads({torch.get_num_threads()})\n"
-        f"model = mlp_pcn({list(widths)})\n"
-        f"(x, y), = data({batch}, 1)\n"
-        f"step = make_algorithm({algorithm!r}, model, 1)\n"
-        "step(x, y)\n"  # warm up allocator and lazy initialisation at T = 1
-        f"step = make_algorithm({algorithm!r}, model, {steps})\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "step(x, y)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps((after - before) / 1024))\n"
-    )
+_MEMORY_PROBE = """
+import ctypes, json, sys, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from pclab.bench import data, make_algorithm, mlp_pcn
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+def live():  # bytes in use on the heap (small blocks) plus mmapped blocks
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+def rss_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+
+class Peak(TorchDispatchMode):  # sample the heap after every tensor operation
+    peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        Peak.peak = max(Peak.peak, live())
+        return out
+
+algorithm, steps, batch, widths = json.loads(sys.argv[1])
+torch.set_num_threads(1)  # one thread: one malloc arena, which mallinfo2 sees
+model = mlp_pcn(widths)
+(x, y), = data(batch, 1)
+step = make_algorithm(algorithm, model, steps)
+step(x, y)  # warm up: optimiser state, lazy initialisation
+open("/proc/self/clear_refs", "w").write("5")  # reset the resident peak (VmHWM) to the current size
+rss_before, heap_before = rss_kib("VmRSS:"), live()
+Peak.peak = heap_before
+with Peak():
+    step(x, y)
+print(json.dumps({"heap": (Peak.peak - heap_before) / 2**20, "rss": (rss_kib("VmHWM:") - rss_before) / 1024}))
+"""
+
+
+def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10)) -> dict[str, float]:
+    """Peak memory one training step adds (MiB), in a fresh single-threaded process (Linux, glibc):
+    ``heap``, the peak of live heap bytes (``mallinfo2``, sampled after every tensor operation)
+    over their level before the step, and ``rss``, the peak resident size (``VmHWM``, reset before
+    the step) over the size before it (includes allocator slack)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src_dir(), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    arg = json.dumps([algorithm, steps, batch, list(widths)])
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, arg], capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe failed: {out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _src_dir() -> str:
@@ -409,10 +456,17 @@ def _src_dir() -> str:
 
 
 def memory(ts: Sequence[int] = (10, 20, 50, 100, 200), algorithms_: Sequence[str] = ("bpti", "bpti-ckpt", "pc")) -> dict[str, Any]:
-    """Peak memory of one step against ``T`` (MiB), with a least-squares line per algorithm."""
-    rows = [{"T": t, **{a: peak_memory_mib(a, t) for a in algorithms_}} for t in ts]
+    """Peak memory of one training step against ``T`` (MiB; see :func:`peak_memory_mib`), with a
+    least-squares line of the heap peak per algorithm (MiB per inference step)."""
+    rows = []
+    for t in ts:
+        row: dict[str, Any] = {"T": t}
+        for a in algorithms_:
+            m = peak_memory_mib(a, t)
+            row[a], row[f"{a}_rss"] = m["heap"], m["rss"]
+        rows.append(row)
     fits = {a: fit_line(list(ts), [r[a] for r in rows]) for a in algorithms_}
-    return {"model": "MLP 784-128-128-10 tanh, batch 64", "rows": rows, "fit_MiB_vs_T": fits}
+    return {"model": "MLP 784-128-128-10 tanh, batch 64, one thread", "rows": rows, "fit_heap_MiB_vs_T": fits}
 
 
 # ---------------------------------------------------------------------------- PCX
@@ -509,9 +563,10 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
         result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
                                        chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,
                                        threads=config.threads if config.threads == 1 else None)
-        if "target" in result:
-            pc = next(r for r in result["target"]["rows"] if r["algorithm"] == "pc")
-            result["pcx"]["pclab_pc_over_pcx_pc"] = pc["batch_ms"] / result["pcx"]["pc_batch_ms"]
+        if "target" in result:  # pclab's PC (eager fast path, compiled) per batch over PCX's
+            for row in result["target"]["rows"]:
+                if row["algorithm"].startswith("pc"):
+                    result["pcx"][f"pclab_{row['algorithm']}_over_pcx_pc"] = row["batch_ms"] / result["pcx"]["pc_batch_ms"]
     if "algorithms" in config.suites:
         names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt")
         if not config.compile:
@@ -550,8 +605,9 @@ def summary(result: dict[str, Any]) -> str:
         p = result["pcx"]
         lines.append(f"PCX {p['pcx_version']} (JAX {p['jax_version']}): PC epoch {p['pc_epoch_s']:.2f} s, JAX BP epoch {p['bp_epoch_s']:.2f} s, "
                      f"PC/BP {p['pc_over_bp']:.2f}; compile PC {p['pc_compile_s']:.1f} s")
-        if "pclab_pc_over_pcx_pc" in p:
-            lines.append(f"  pclab PC / PCX PC per batch: {p['pclab_pc_over_pcx_pc']:.2f}")
+        for key, value in p.items():
+            if key.startswith("pclab_") and key.endswith("_over_pcx_pc"):
+                lines.append(f"  pclab {key[6:-12]} / PCX PC per batch: {value:.2f}")
     for entry in result.get("algorithms", []):
         lines.append(f"algorithms on {entry['model']} (batch {entry['batch']}, T={entry['steps']}):")
         for row in entry["rows"]:
@@ -569,11 +625,12 @@ def summary(result: dict[str, Any]) -> str:
                 lines.append(f"  {key}: PC {fits['pc']['intercept']:.2f} + {fits['pc']['slope']:.3f} * depth; "
                              f"BP {fits['bp']['intercept']:.2f} + {fits['bp']['slope']:.3f} * depth")
     if "memory" in result:
-        lines.append("peak memory of one step (MiB) vs T:")
+        lines.append("peak memory of one step, MiB (live heap / resident) vs T:")
         for row in result["memory"]["rows"]:
-            lines.append("  T=%-4d " % row["T"] + "  ".join(f"{k} {v:7.1f}" for k, v in row.items() if k != "T"))
-        for a, f in result["memory"]["fit_MiB_vs_T"].items():
-            lines.append(f"  {a}: {f['intercept']:.1f} + {f['slope']:.3f} * T MiB")
+            names = [k for k in row if k != "T" and not k.endswith("_rss")]
+            lines.append("  T=%-4d " % row["T"] + "  ".join(f"{k} {row[k]:6.1f}/{row[k + '_rss']:6.1f}" for k in names))
+        for a, f in result["memory"]["fit_heap_MiB_vs_T"].items():
+            lines.append(f"  {a}: heap {f['intercept']:.2f} + {f['slope']:.4f} * T MiB")
     return "\n".join(lines)
 
 
@@ -600,9 +657,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result["command"] = " ".join(["python -m pclab.bench", *(argv if argv is not None else sys.argv[1:])])
     print(summary(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -308,6 +308,16 @@ def tune(
         typer.echo(f"summary: {out / 'best.json'}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Speed benchmarks: PC, iPC, bp-through-inference and bp against the machine's matmul rate
+    (and PCX with --with-pcx). Arguments go to ``python -m pclab.bench``; ``pclab bench --help``
+    lists them (suites: target, algorithms, scaling, memory, pcx)."""
+    from .bench import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

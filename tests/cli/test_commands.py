@@ -157,3 +157,15 @@ def test_tune_searches_latent_lr_steps_and_weight_lr(tmp_path):
     assert best["samples"] == 3 and set(best["best"]["overrides"]) == {"inference.lr", "inference.steps", "learning.lr"}
     rerun = pclab("tune", "--preset", "tiny", "--set", "epochs=1", "--samples", "3", "--executor", "serial", "--out", tmp_path)
     assert rerun.exit_code == 0 and len(list((tmp_path / "trials").glob("*.json"))) == 3  # nothing redone
+
+
+def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch):
+    from pclab import bench
+
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30: {"64x128x128": 1.0})
+    out = tmp_path / "speed.json"
+    result = pclab("bench", "target", "--quick", "--no-compile", "--threads", "1", "--rounds", "1", "--chunk", "2",
+                   "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "pc/bp epoch ratio" in result.output
+    assert read_json(out)["target"]["ratio_to_bp"]["pc"]["median"] > 0

@@ -42,3 +42,14 @@ def test_compiled_relaxation_equals_the_eager_fast_path():
     assert fast.chain is None and eager.chain is not None
     assert max_rel(fast.values, eager.values) < 1e-5
     assert max_rel(fast.initial, eager.initial) < 1e-6
+
+
+def test_a_hook_added_after_compiling_sends_the_step_back_to_the_general_path():
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    rule = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.0))
+    data = {"x": randn(6, 12, seed=3, dtype=torch.float32), "y": randn(6, 4, seed=4, dtype=torch.float32)}
+    rule.step(data)
+    model.module("x", "h1").register_forward_hook(lambda module, inputs, out: 2.0 * out)
+    other = twin(model)  # the hook comes along
+    expected = PCLearning(other, Inference(steps=2, optimizer=SGD(0.1), method="manual"), torch.optim.SGD(other.parameters(), 0.0))
+    assert rule.step(data)["energy"] == pytest.approx(expected.step(data)["energy"], rel=1e-6)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .energy import CrossEntropy, Energy, Gaussian
-from .graph import PCN
+from .graph import PCN, _edge_key
 from .layers import Dense
 from .optim import SGD, Adam, LatentOptimizer, OptState
 
@@ -111,6 +111,16 @@ def dense_chain(model: PCN) -> DenseChain | None:
     return DenseChain(tuple(names), tuple(layers), energies)
 
 
+def still_valid(chain: DenseChain, model: PCN) -> bool:
+    """``chain`` still describes ``model``: the same plain Dense modules on its edges (a cheaper
+    check than :func:`dense_chain`, for a structure found before)."""
+    modules = model.edge_modules._modules
+    return len(modules) == chain.depth and all(
+        modules.get(_edge_key(source, target)) is layer and _plain_dense(layer)
+        for source, target, layer in zip(chain.nodes, chain.nodes[1:], chain.layers)
+    )
+
+
 def supports(optimizer: LatentOptimizer) -> bool:
     """Latent optimisers the fast path reproduces exactly (their own ``update`` is called)."""
     return type(optimizer) in (SGD, Adam)
@@ -159,6 +169,9 @@ _SLOPE_FROM_OUTPUT = {
 }
 
 
+_NARROW = 16  # compiled: products through layers this narrow become fused reductions
+
+
 class Predictions:
     """The predictions ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``, of a chain's layers, with
     their slopes ``f'(a_l)``; an entry is recomputed only when marked stale.
@@ -177,7 +190,11 @@ class Predictions:
     def compute(self, l: int, source: torch.Tensor) -> torch.Tensor:
         """``mu_l`` from ``source``, the value of node ``l - 1`` (always recomputed)."""
         weight, bias = self.params[l - 1]
-        a = F.linear(source, weight, bias)
+        if torch.compiler.is_compiling() and weight.shape[0] <= _NARROW:  # a fused reduction
+            a = (source[:, None, :] * weight[None]).sum(-1)
+            a = a if bias is None else a + bias
+        else:
+            a = F.linear(source, weight, bias)
         self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
         self.slopes[l] = None
         self.stale[l] = False
@@ -385,7 +402,11 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
                     if zeros[i] is None:
                         zeros[i] = torch.zeros_like(z[i])
                     own = zeros[i]
-                grad = torch.addmm(own, back, params[i][0], alpha=-1)
+                weight = params[i][0]
+                if torch.compiler.is_compiling() and weight.shape[0] <= _NARROW:
+                    grad = own - (back[:, :, None] * weight[None]).sum(1)
+                else:
+                    grad = torch.addmm(own, back, weight, alpha=-1)
             elif own is not None:
                 grad = own
             else:  # exactly zero

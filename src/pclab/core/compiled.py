@@ -4,7 +4,9 @@ The functions of :mod:`pclab.core.chain` are plain tensor code whose control flo
 the :class:`~pclab.core.chain.Plan` (which layers carry error at which step is known before any
 tensor is seen), so TorchDynamo traces a whole relaxation -- ``T`` steps unrolled, the
 exactly-zero errors already pruned -- plus the PC weight gradients into one graph, and Inductor
-fuses the elementwise work between the matrix products into a few C++ loops.
+fuses the elementwise work between the matrix products into a few C++ loops. (Under compilation
+products through very narrow layers, e.g. a 10-class output, are written as reductions that
+Inductor fuses into those loops: BLAS is slow for such shapes.)
 
 Costs and rules:
 
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from . import chain as dense
+
 
 def _flat(params: dense.Params) -> list[torch.Tensor]:
     return [t for pair in params for t in pair if t is not None]
@@ -60,10 +63,14 @@ def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor 
     return dense.weight_gradients(plan, state, forward_update)
 
 
+INDUCTOR_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
+"""Inductor options of every compiled relaxation. ``cpp_wrapper``: kernels are launched from C++,
+not Python (a relaxation is hundreds of small kernels)."""
+
+
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` with one whole graph, static shapes and a C++ wrapper (kernels are launched
-    from C++, not Python: a relaxation is hundreds of small kernels)."""
-    return torch.compile(fn, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    """``torch.compile`` into one whole graph with static shapes."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=dict(INDUCTOR_OPTIONS))
 
 
 @dataclass

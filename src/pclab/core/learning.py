@@ -122,6 +122,10 @@ class PCLearning(LearningRule):
     (feed-forward) pass instead of the relaxed ones (Qi et al. 2025). Amortisers (encoders giving
     a latent its first value) learn to predict the relaxed latent
     (:meth:`~pclab.core.graph.PCN.amortiser_loss`).
+
+    For a chain of :class:`~pclab.core.layers.Dense` layers the relaxation and the gradient are the
+    hand-derived fast path of :mod:`pclab.core.chain` (the same numbers; with
+    ``Inference(compile=True)`` both run as one compiled graph, :mod:`pclab.core.compiled`).
     """
 
     def __init__(
@@ -167,13 +171,23 @@ class PCLearning(LearningRule):
     def _compiled_step(self, batch: Batch) -> torch.Tensor | None:
         """The whole step -- relaxation and weight gradients -- as one compiled graph
         (:mod:`pclab.core.compiled`), or ``None`` where that does not apply."""
-        if type(self).weight_energy is not PCLearning.weight_energy or self.inference.init != "forward" or self.inference.tolerance is not None:
+        inference = self.inference
+        if type(self).weight_energy is not PCLearning.weight_energy:  # a subclass's own energy
             return None
-        structure = fast_chain(self.model, self.inference)
-        if structure is None:
+        if inference.init != "forward" or inference.tolerance is not None:
             return None
+        clamped = frozenset(batch)
+        memo = self.__dict__.get("_plan_memo")  # (inference, clamped, plan): rebuilt on any change
+        if memo is not None and memo[0] is inference and memo[1] == clamped and dense.still_valid(memo[2].chain, self.model):
+            plan = memo[2]
+        else:
+            structure = fast_chain(self.model, inference)
+            if structure is None:
+                return None
+            plan = chain_plan(self.model, structure, clamped, inference, feed_forward=True)
+            self._plan_memo = (inference, clamped, plan)
+        structure = plan.chain
         self.model.check_clamp(batch)
-        plan = chain_plan(self.model, structure, frozenset(batch), self.inference, feed_forward=True)
         with torch.no_grad():
             out = compiled.pc_step(plan, structure.params(), [batch.get(n) for n in structure.nodes], self.forward_update)
         if out is None:

@@ -1,0 +1,46 @@
+"""The speed benchmark harness runs and counts arithmetic correctly (no timing assertions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pclab import bench
+
+
+def test_fit_line_recovers_a_line():
+    fit = bench.fit_line([1, 2, 3, 4], [3.0, 5.0, 7.0, 9.0])
+    assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)
+
+
+def test_backprop_flop_count_matches_the_formula():
+    widths = [20, 8, 8, 3]
+    model = bench.mlp_pcn(widths)
+    (x, y), = bench.data(4, 1, (20,), classes=3)
+    counted = bench.counted_flops(bench.make_algorithm("bp", model, 2), x, y)
+    assert counted == bench.mlp_flops(widths, 4, 2)["bp"]["flops"]
+
+
+def test_fast_pc_does_no_more_arithmetic_than_the_nominal_algorithm():
+    widths = [20, 8, 8, 3]
+    model = bench.mlp_pcn(widths)
+    (x, y), = bench.data(4, 1, (20,), classes=3)
+    counted = bench.counted_flops(bench.make_algorithm("pc", model, 5), x, y)
+    assert 0 < counted <= bench.mlp_flops(widths, 4, 5)["pc"]["flops"]
+
+
+def test_every_algorithm_steps_on_mlp_and_conv():
+    for kind in ("mlp128", "conv"):
+        model, shape = bench._model(kind)
+        (x, y), = bench.data(2, 1, shape)
+        for name in ("bp", "pc", "pc-reference", "ipc", "bpti", "bpti-ckpt"):
+            bench.make_algorithm(name, model, 2)(x, y)
+
+
+def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30: {"64x128x128": 1.0})
+    result = bench.run_speed_benchmark(suites=("target",), quick=True, compile=False, threads=1)
+    assert set(result["target"]["ratio_to_bp"]) == {"pc"}
+    assert result["target"]["ratio_to_bp"]["pc"]["median"] > 0
+    assert "target" in bench.summary(result)
+    with pytest.raises(ValueError, match="unknown benchmark suites"):
+        bench.run_speed_benchmark(suites=("nope",))
