@@ -267,7 +267,21 @@ class ZeroDivergenceIL(LearningRule):
         return {}
 
 
-class BPThroughInference(LearningRule):
+class _TaskLossRule(LearningRule):
+    """A rule that descends a task loss by backprop: one optimiser step on ``objective(batch)``."""
+
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.objective(batch)
+        loss.backward()
+        self._apply()
+        return {"loss": float(loss.detach()), **parts}
+
+
+class BPThroughInference(_TaskLossRule):
     """Backprop of a task loss on the state after ``T`` relaxation steps, through every step.
 
     Args:
@@ -307,15 +321,8 @@ class BPThroughInference(LearningRule):
         )
         return self.loss(self.model, relaxed.values, batch)
 
-    def step(self, batch: Batch) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.objective(batch)
-        loss.backward()
-        self._apply()
-        return {"loss": float(loss.detach()), **parts}
 
-
-class Backprop(LearningRule):
+class Backprop(_TaskLossRule):
     """Plain backprop: the task loss on the feed-forward pass of the same modules (``T = 0``)."""
 
     def __init__(
@@ -334,13 +341,6 @@ class Backprop(LearningRule):
         _check_batch(batch, self.clamp, self.loss)
         values = self.model.initial_state({n: batch[n] for n in self.clamp}, "forward")
         return self.loss(self.model, values, batch)
-
-    def step(self, batch: Batch) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.objective(batch)
-        loss.backward()
-        self._apply()
-        return {"loss": float(loss.detach()), **parts}
 
 
 def _check_clamp_names(model: PCN, clamp: Sequence[str], loss: TaskLoss) -> None:

@@ -1,7 +1,5 @@
 """Studies: sets of runs that end in a report.
 
-(Engineers writing a study now: read /work/main/STUDY_ENGINEERS.md first -- "the common context".)
-
 Each study is a module ``pclab.studies.<name>`` exposing
 
 * ``PRESETS: dict[str, dict]`` -- at least ``"tiny"`` (seconds, synthetic data; for tests),
