@@ -169,7 +169,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     when the model is a Dense chain); ``pc-compiled`` the same under ``torch.compile``;
     ``pc-reference`` PC on the general graph code (``method="manual"`` for Dense chains, autograd
     otherwise); ``ipc`` incremental PC; ``bpti`` / ``bpti-ckpt`` backprop through the ``T``
-    inference steps of an MSE loss on the output prediction, without / with checkpointing.
+    inference steps of PC's relaxation (input and label clamped) of an MSE loss on the output
+    prediction, without / with checkpointing; ``bpti-x`` the same with only the input clamped (from a
+    feed-forward start no latent moves then: the fast path has no relaxation work left).
     """
     import copy
 
@@ -187,8 +189,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
     elif name == "ipc":
         rule = IncrementalPC(model, inference, adam)
-    elif name in ("bpti", "bpti-ckpt"):
-        rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=("x",), checkpoint=name == "bpti-ckpt")
+    elif name in ("bpti", "bpti-ckpt", "bpti-x"):
+        clamp = ("x",) if name == "bpti-x" else ("x", "y")
+        rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=name == "bpti-ckpt")
     else:
         raise ValueError(f"unknown algorithm {name!r}")
 
@@ -304,7 +307,7 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
 
 def algorithms(
     models: Sequence[str] = ("mlp128", "mlp512", "conv"),
-    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt"),
+    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x"),
     batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5,
 ) -> list[dict[str, Any]]:
     """Every algorithm on every model; one interleaved timing per model."""
@@ -568,7 +571,7 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
                 if row["algorithm"].startswith("pc"):
                     result["pcx"][f"pclab_{row['algorithm']}_over_pcx_pc"] = row["batch_ms"] / result["pcx"]["pc_batch_ms"]
     if "algorithms" in config.suites:
-        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt")
+        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x")
         if not config.compile:
             names = tuple(n for n in names if n != "pc-compiled")
         models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")

@@ -32,7 +32,7 @@ def test_every_algorithm_steps_on_mlp_and_conv():
     for kind in ("mlp128", "conv"):
         model, shape = bench._model(kind)
         (x, y), = bench.data(2, 1, shape)
-        for name in ("bp", "pc", "pc-reference", "ipc", "bpti", "bpti-ckpt"):
+        for name in ("bp", "pc", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x"):
             bench.make_algorithm(name, model, 2)(x, y)
 
 

@@ -27,7 +27,9 @@ The fast path is chosen automatically (:func:`dense_chain`, :func:`supports`) on
 valid: every edge module is exactly a pclab :class:`~pclab.core.layers.Dense` without hooks, the
 graph is one path of 1-d nodes, hidden nodes are Gaussian, no amortisers, and the latent optimiser
 is pclab's ``SGD`` or ``Adam``. Everything else (arbitrary modules, trajectories, early stopping,
-step hooks, backprop through the inference) takes the reference path.
+step hooks, truncated or checkpointed backprop through the inference) takes the reference path.
+Backprop through the inference otherwise runs autograd through these same ops
+(``relax_chain(..., differentiable=True)``).
 
 :mod:`pclab.core.compiled` runs the same functions under ``torch.compile``.
 """
@@ -348,14 +350,21 @@ def _anchored(plan: Plan, params: Params, predictions: Predictions, z: list[torc
     return out
 
 
-def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None) -> ChainState:
-    """Relax the free nodes of a chain for ``plan.steps`` steps, without autograd.
+def relax_chain(
+    plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None, differentiable: bool = False,
+) -> ChainState:
+    """Relax the free nodes of a chain for ``plan.steps`` steps.
 
     Args:
         plan: what to do.
         params: the layers' ``(weight, bias)``.
         initial: first values ``z[0] .. z[L]`` (not modified).
         predictions: predictions already computed at ``initial`` (by :func:`feed_forward`).
+        differentiable: update out of place, so that autograd can backpropagate a loss on the
+            result through every step (bp-through-inference); otherwise the caller runs this under
+            ``no_grad`` and the latents are updated in place. Skipping exactly-zero errors stays
+            exact for the gradients: such an error is zero *as a function of the parameters* (a
+            node still at its feed-forward value minus the same prediction), so its derivative is 0.
 
     Per step: the precision-weighted error ``e_l = pi_l dE_l/dz_l`` of every layer carrying
     error, then for every free node ``dE/dz_i = e_i - J_{i+1}^T e_{i+1}`` with
@@ -414,11 +423,11 @@ def relax_chain(plan: Plan, params: Params, initial: list[torch.Tensor], predict
                     continue  # never moved: nothing changes
                 if zeros[i] is None:
                     zeros[i] = torch.zeros_like(z[i])
-                z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], False)
+                z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], differentiable)
                 if touched[i]:  # momentum still moves it
                     moved.append(i)
                 continue
-            z[i], states[i] = optimizer.update(z[i], grad, states[i], False)
+            z[i], states[i] = optimizer.update(z[i], grad, states[i], differentiable)
             touched[i] = True
             moved.append(i)
         for i in moved:

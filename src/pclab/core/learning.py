@@ -66,7 +66,7 @@ class TaskLoss:
 
     def __call__(self, model: PCN, values: State, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """``(loss, parts)`` for the predictions at ``values``; parts are per-term floats."""
-        mu = model.predictions(values)
+        mu = {node: model._prediction(node, values) for node in self.targets}  # only those the loss uses
         loss = None
         parts: dict[str, float] = {}
         for node, weight in self.reconstruct.items():

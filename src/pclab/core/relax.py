@@ -176,16 +176,22 @@ def relax(
             PC takes its weight step here). Disables the cache of clamped-input predictions.
         initial: start from these values instead of ``inference.init``.
         generator: random source for ``init="random"``.
+
+    A chain of :class:`~pclab.core.layers.Dense` layers relaxed with pclab's ``SGD`` or ``Adam`` takes
+    the hand-derived fast path of :mod:`pclab.core.chain` (the same values; under
+    ``inference.compile`` a compiled graph) unless ``record``, ``on_step``, a tolerance,
+    ``truncate`` or ``checkpoint_steps`` ask for this general loop.
     """
     if truncate is not None and not (isinstance(truncate, int) and truncate >= 0):
         raise ValueError(f"truncate must be an integer >= 0 or None, got {truncate!r}")
     if (truncate is not None or checkpoint_steps) and not differentiable:
         raise ValueError("truncate and checkpoint_steps only apply with differentiable=True")
     clamped = frozenset(clamp)
-    if not (differentiable or record or on_step is not None or inference.tolerance is not None):
+    general = record or on_step is not None or inference.tolerance is not None or truncate is not None or checkpoint_steps
+    if not general:  # the Dense-chain fast path (differentiable too: autograd through its ops)
         structure = fast_chain(model, inference)
         if structure is not None:
-            return _relax_chain(model, structure, clamp, inference, initial, generator)
+            return _relax_chain(model, structure, clamp, inference, initial, generator, differentiable)
     with torch.set_grad_enabled(differentiable):
         if initial is None:
             initial = model.initial_state(clamp, inference.init, generator)
@@ -297,6 +303,7 @@ def _relax_chain(
     inference: Inference,
     initial: State | None,
     generator: torch.Generator | None,
+    differentiable: bool = False,
 ) -> Relaxed:
     """:func:`relax` on the Dense-chain fast path (same result, see :mod:`pclab.core.chain`)."""
     clamped = frozenset(clamp)
@@ -305,11 +312,11 @@ def _relax_chain(
     feed_forward = initial is None and inference.init == "forward"
     plan = chain_plan(model, structure, clamped, inference, feed_forward)
     params = structure.params()
-    with torch.no_grad():
+    with torch.set_grad_enabled(differentiable):
         if feed_forward:
             model.check_clamp(clamp)
             given = [clamp.get(n) for n in names]
-            out = compiled.relax_values(plan, params, given) if inference.compile else None
+            out = compiled.relax_values(plan, params, given) if inference.compile and not differentiable else None
             if out is not None:  # compiled: the values only, no predictions to hand on
                 values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
                 return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
@@ -320,8 +327,9 @@ def _relax_chain(
             else:
                 model.check_clamp(clamp)
                 values = {**initial, **clamp}
-            start, predictions = [values[n].detach() for n in names], None
-        state = dense.relax_chain(plan, params, start, predictions)
+            start = [values[n] if differentiable else values[n].detach() for n in names]
+            predictions = None
+        state = dense.relax_chain(plan, params, start, predictions, differentiable)
     index = {n: i for i, n in enumerate(names)}
     return Relaxed(
         values={n: state.values[index[n]] for n in order},
