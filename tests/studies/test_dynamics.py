@@ -19,14 +19,6 @@ from pclab.studies.dynamics.presets import resolve, trials
 from pclab.studies.dynamics.trial import build, run_config
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def linear_generative(latent: int = 3, pixels: int = 8, seed: int = 0) -> PCN:
     """``z -> x`` with ``mu_x = W z + b``: energy ``1/2 ||x - W z - b||^2``, a quadratic in ``z``."""
     torch.manual_seed(seed)

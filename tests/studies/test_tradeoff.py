@@ -16,14 +16,6 @@ from pclab.core import PCLearning
 from pclab.train.build import hybrid_precisions
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------ end to end
 def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     report = tradeoff.run("tiny", tmp_path, executor="serial")
