@@ -100,6 +100,14 @@ class CompileCache:
 
 CACHE = CompileCache()
 
+_compile_seconds = 0.0
+
+
+def total_compile_seconds() -> float:
+    """Wall seconds this process has spent in first (compiling) calls of compiled relaxations and
+    PC steps so far; training loops subtract it to report epoch times without compilation."""
+    return _compile_seconds
+
 
 def _call(entry: _Compiled, batch: int, *args) -> Any | None:
     """Run the compiled function if it serves ``batch`` (the first batch size it saw)."""
@@ -108,6 +116,8 @@ def _call(entry: _Compiled, batch: int, *args) -> Any | None:
         start = time.perf_counter()
         out = entry.fn(*args)
         entry.compile_seconds = time.perf_counter() - start
+        global _compile_seconds
+        _compile_seconds += entry.compile_seconds
         return out
     if entry.batch != batch:
         return None

@@ -97,7 +97,7 @@ def build_inference(config: InferenceConfig) -> Inference:
         "spiking": Spiking(config.alpha),
         "decaying": Decaying(config.decay),
     }[config.precision]
-    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method)
+    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile)
 
 
 def _optimizer(config: RunConfig, model: PCN) -> torch.optim.Optimizer:

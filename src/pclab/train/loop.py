@@ -7,7 +7,8 @@ A run directory holds::
     checkpoint.pt      model, learning-rule state, metrics and the position in the epoch
     telemetry/         per-step, per-node energies of sampled training batches (Parquet), if asked
     results.json       final metrics: test_accuracy, recon_mse (where the model reconstructs),
-                       epoch_seconds, ...  (present only once the run has finished)
+                       epoch_seconds (compilation excluded; compile_seconds apart), ...
+                       (present only once the run has finished)
     failure.json       what went wrong, if the run failed or diverged (the last good checkpoint is kept)
 
 Every file is written atomically (temporary name, then rename). Checkpoints are written after each
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..core import PCN, Inference, LearningRule, relax
+from ..core import PCN, Inference, LearningRule, compiled, relax
 from ..data import DataError, Dataset, batches, load
 from ..io import append_line, atomic_write, load_torch, read_json_lines, remove_stale_temporaries, save_torch, write_json
 from .build import build_inference, build_model, build_rule, data_shape, make_batch, prepare_images, task
@@ -432,6 +433,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
         if resuming and position.rng is not None:
             torch.set_rng_state(position.rng.cpu())
         started = last_saved = time.perf_counter()
+        compiled_before = compiled.total_compile_seconds()
         correct = counted = 0.0
         bar = tqdm(total=per_epoch, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False, dynamic_ncols=True)
@@ -466,8 +468,12 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
                 last_checkpoint = _save_checkpoint(out, run, history, here)
                 last_saved = time.perf_counter()
         bar.close()
-        seconds = seconds_before + time.perf_counter() - started
+        # compilation (first batch under inference.compile) is reported apart, not as training time
+        compiling = compiled.total_compile_seconds() - compiled_before
+        seconds = seconds_before + time.perf_counter() - started - compiling
         record = {"epoch": epoch + 1, "epoch_seconds": seconds, **{f"train_{k}": v / max(seen, 1) for k, v in totals.items()}}
+        if config.inference.compile:
+            record["compile_seconds"] = compiling
         record.update(evaluate(run))
         bad = {k: v for k, v in record.items() if isinstance(v, float) and _bad(v, config.max_energy)}
         if bad or not _parameters_ok(run.model, config.max_energy):
