@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .core import (
-    PCN, SGD, BPThroughInference, Dense, IncrementalPC, Inference, Node, PCLearning, TaskLoss, compiled,
+    PCN, SGD, BPThroughInference, Dense, IncrementalPC, Inference, Node, PCLearning, TaskLoss, chain_adjoint, compiled,
 )
 from .io import write_json
 
@@ -171,7 +171,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     otherwise); ``ipc`` incremental PC; ``bpti`` / ``bpti-ckpt`` backprop through the ``T``
     inference steps of PC's relaxation (input and label clamped) of an MSE loss on the output
     prediction, without / with checkpointing; ``bpti-x`` the same with only the input clamped (from a
-    feed-forward start no latent moves then: the fast path has no relaxation work left).
+    feed-forward start no latent moves then: the fast path has no relaxation work left);
+    ``bpti-autograd`` ``bpti`` with autograd through the fast relaxation instead of the
+    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains).
     """
     import copy
 
@@ -189,11 +191,18 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
     elif name == "ipc":
         rule = IncrementalPC(model, inference, adam)
-    elif name in ("bpti", "bpti-ckpt", "bpti-x"):
+    elif name in ("bpti", "bpti-ckpt", "bpti-x", "bpti-autograd"):
         clamp = ("x",) if name == "bpti-x" else ("x", "y")
         rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=name == "bpti-ckpt")
     else:
         raise ValueError(f"unknown algorithm {name!r}")
+
+    if name == "bpti-autograd":  # the same rule, differentiated by autograd instead of the hand-derived pass
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            with chain_adjoint.autograd_only():
+                rule.step({"x": x, "y": y})
+
+        return step
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         rule.step({"x": x, "y": y})

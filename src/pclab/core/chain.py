@@ -28,8 +28,9 @@ valid: every edge module is exactly a pclab :class:`~pclab.core.layers.Dense` wi
 graph is one path of 1-d nodes, hidden nodes are Gaussian, no amortisers, and the latent optimiser
 is pclab's ``SGD`` or ``Adam``. Everything else (arbitrary modules, trajectories, early stopping,
 step hooks, truncated or checkpointed backprop through the inference) takes the reference path.
-Backprop through the inference otherwise runs autograd through these same ops
-(``relax_chain(..., differentiable=True)``).
+Backprop through the inference otherwise uses the hand-derived reverse pass of
+:mod:`pclab.core.chain_adjoint` (latent SGD), or autograd through these same ops
+(``relax_chain(..., differentiable=True)``) where that does not apply.
 
 :mod:`pclab.core.compiled` runs the same functions under ``torch.compile``.
 """

@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import chain as dense
-from . import compiled
+from . import chain_adjoint, compiled
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
 from .precision import Constant, PrecisionSchedule
@@ -320,7 +320,10 @@ def _relax_chain(
             if out is not None:  # compiled: the values only, no predictions to hand on
                 values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
                 return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
-            start, predictions = dense.feed_forward(plan, params, given)
+            # bp-through-inference: the hand-derived reverse pass where it applies, else autograd
+            state = chain_adjoint.relax(plan, params, given) if differentiable else None
+            if state is None:
+                start, predictions = dense.feed_forward(plan, params, given)
         else:
             if initial is None:
                 values = model.initial_state(clamp, inference.init, generator)
@@ -329,7 +332,9 @@ def _relax_chain(
                 values = {**initial, **clamp}
             start = [values[n] if differentiable else values[n].detach() for n in names]
             predictions = None
-        state = dense.relax_chain(plan, params, start, predictions, differentiable)
+            state = chain_adjoint.relax(plan, params, [clamp.get(n) for n in names], start) if differentiable else None
+        if state is None:
+            state = dense.relax_chain(plan, params, start, predictions, differentiable)
     index = {n: i for i, n in enumerate(names)}
     return Relaxed(
         values={n: state.values[index[n]] for n in order},
