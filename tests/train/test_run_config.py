@@ -94,3 +94,12 @@ def test_checkpoint_settings_do_not_change_the_run():
     b = to_dict(validate(apply_overrides(preset("tiny"), ["checkpoint_every=3"])))
     c = to_dict(validate(apply_overrides(preset("tiny"), ["seed=1"])))
     assert same_run(a, b) and not same_run(a, c)
+
+
+def test_a_run_written_before_a_field_existed_still_matches_its_config():
+    today = to_dict(validate(preset("tiny")))
+    older = {**today, "model": {k: v for k, v in today["model"].items() if k != "init"},
+             "inference": {k: v for k, v in today["inference"].items() if k != "compile"}}
+    assert same_run(older, today)
+    changed = {**older, "model": {**older["model"], "activation": "relu"}}
+    assert not same_run(changed, today)

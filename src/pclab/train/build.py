@@ -23,12 +23,15 @@ from ..core import (
     Spiking,
     TaskLoss,
 )
+from ..core.batchnorm import WeightPhasePCLearning, weight_phase
 from ..data import DataError, Dataset, normalise, one_hot
+from ..models.deep import lecun_init, vgg_bn
 from .config import ConfigError, InferenceConfig, RunConfig
 
 TASKS = {
     "mlp": "classify",
     "vgg": "classify",
+    "vgg_bn": "classify",
     "generative_mlp": "generate",
     "deconv_generator": "generate",
     "rathjens_wiskott": "hybrid",
@@ -55,6 +58,8 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
     if m.kind == "mlp":
         model = models.mlp(m.widths, m.activation, m.output)
+        if m.init == "lecun":
+            lecun_init(model)
     elif m.kind == "generative_mlp":
         model = models.generative_mlp(m.widths, m.activation)
     elif m.kind == "rathjens_wiskott":
@@ -64,6 +69,8 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
         model = models.rathjens_wiskott(m.complexity, m.latent, pixels, classes, image_precision, label_precision, m.layered)
     elif m.kind == "vgg":
         model = models.vgg(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
+    elif m.kind == "vgg_bn":
+        model = vgg_bn(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
@@ -153,12 +160,25 @@ def build_rule(config: RunConfig, model: PCN, steps_per_epoch: int) -> LearningR
     if lc.rule == "bp" and task(config) == "generate":
         raise ConfigError("learning.rule: 'bp' needs a feed-forward path from the image; a generative model has none (use 'pc' or 'bp-through-inference')")
     if lc.rule == "pc":
-        return PCLearning(model, inference, optimizer, scheduler, forward_update=lc.forward_update)
+        # a vgg_bn's running statistics must move in the weight phase only, never during relaxation
+        pc = WeightPhasePCLearning if config.model.kind == "vgg_bn" else PCLearning
+        return pc(model, inference, optimizer, scheduler, forward_update=lc.forward_update)
     if lc.rule == "ipc":
         return IncrementalPC(model, inference, optimizer, scheduler)
     if lc.rule == "bp-through-inference":
         return BPThroughInference(model, inference, optimizer, task_loss(config), inputs(config), scheduler, lc.truncate, lc.checkpoint)
-    return Backprop(model, optimizer, task_loss(config), inputs(config), scheduler)
+    bp = _WeightPhaseBackprop if config.model.kind == "vgg_bn" else Backprop
+    return bp(model, optimizer, task_loss(config), inputs(config), scheduler)
+
+
+class _WeightPhaseBackprop(Backprop):
+    """:class:`Backprop` on a network with :class:`~pclab.core.batchnorm.PhasedBatchNorm`: its one
+    training forward pass is the weight phase, so running statistics move once per batch, as an
+    ordinary BatchNorm's would (otherwise they would never move and evaluation would use the initial ones)."""
+
+    def objective(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        with weight_phase(self.model):
+            return super().objective(batch)
 
 
 def prepare_images(config: RunConfig, images: torch.Tensor) -> torch.Tensor:

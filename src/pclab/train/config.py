@@ -52,15 +52,16 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which network to build (see :mod:`pclab.models`)."""
 
-    kind: Literal["mlp", "generative_mlp", "rathjens_wiskott", "vgg", "deconv_generator"] = "mlp"
+    kind: Literal["mlp", "generative_mlp", "rathjens_wiskott", "vgg", "vgg_bn", "deconv_generator"] = "mlp"
     widths: list[int] = Field(default_factory=lambda: [784, 128, 128, 10], description="mlp / generative_mlp widths")
     activation: str = "tanh"
     output: Literal["gaussian", "ce"] = "gaussian"
     complexity: Literal["small", "medium", "large"] = "small"
     latent: int = Field(4, ge=1)
     layered: bool = Field(False, description="rathjens_wiskott: hidden decoder/head layers as value nodes")
-    depth: int = Field(5, ge=2, description="vgg weight layers")
-    width: int = Field(32, ge=1, description="vgg first-block channels / deconv channels")
+    depth: int = Field(5, ge=2, description="vgg / vgg_bn weight layers")
+    width: int = Field(32, ge=1, description="vgg / vgg_bn first-block channels / deconv channels")
+    init: Literal["default", "lecun"] = Field("default", description="mlp weights: PyTorch's default or N(0, 1/fan_in), zero biases")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -68,6 +69,8 @@ class ModelConfig(_Strict):
 
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.init != "default" and self.kind != "mlp":
+            raise ValueError(f"model.init: only an 'mlp' has an init choice (expected 'default'), got {self.init!r} with kind {self.kind!r}")
         if self.kind in ("mlp", "generative_mlp") and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ValueError(f"model.widths: expected at least 2 positive widths, got {self.widths}")
         return self
@@ -171,6 +174,8 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
         problems.append(f"model.kind: deconv_generator expects image height and width divisible by 4, got {height}x{width} ({c.data.dataset})")
     if m.kind in ("generative_mlp", "deconv_generator") and lc.rule == "bp":
         problems.append(f"learning.rule: 'bp' needs a feed-forward path from the image; a {m.kind} has none (expected 'pc', 'ipc' or 'bp-through-inference'), got 'bp'")
+    if m.kind == "vgg_bn" and lc.rule not in ("pc", "bp"):
+        problems.append(f"learning.rule: a vgg_bn's BatchNorm statistics move only in the weight phase of 'pc' or the forward pass of 'bp' (expected one of those), got {lc.rule!r}")
     if lc.forward_update and lc.rule != "pc":
         problems.append(f"learning.forward_update: only the 'pc' rule has a forward update (expected false), got true with rule {lc.rule!r}")
     if lc.rule != "bp-through-inference" and (lc.truncate is not None or lc.checkpoint):
@@ -280,6 +285,16 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """True if two config dicts give the same numbers (they may differ in :data:`OPERATIONAL` fields)."""
-    strip = lambda d: {k: v for k, v in d.items() if k not in OPERATIONAL}  # noqa: E731
+    """True if two config dicts give the same numbers (they may differ in :data:`OPERATIONAL` fields).
+
+    Both are first completed with today's defaults, so a run written before a field was added
+    (with that field's default meaning) still matches."""
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        try:
+            d = to_dict(RunConfig.model_validate(d))
+        except ValidationError:
+            pass  # not a valid config today: compare as stored
+        return {k: v for k, v in d.items() if k not in OPERATIONAL}
+
     return strip(a) == strip(b)
