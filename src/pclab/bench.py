@@ -10,7 +10,8 @@ like on a shared or noisy machine):
   backprop on MLPs of width 128 and 512 and a small conv net;
 * ``scaling`` -- PC cost against ``T`` and against depth, with least-squares lines;
 * ``memory`` -- peak memory of one training step against ``T`` (10 .. 200) for
-  bp-through-inference with and without checkpointing, and PC (each point in a fresh process).
+  bp-through-inference without checkpointing, with per-step checkpointing and with binomial
+  checkpointing (``bpti-flat``), and PC (each point in a fresh process).
 
 Timing: algorithms run in interleaved chunks of batches; the per-batch time of an algorithm is
 the median over its chunks (``min`` is reported too: the least disturbed chunk). Epoch time is the
@@ -18,6 +19,14 @@ per-batch time times ``ceil(60000 / batch)``. Data are random tensors of MNIST's
 not depend on the values). FLOPs are counted by ``torch.utils.flop_counter`` over one step (matrix
 products and convolutions only, 2 per multiply-add), so they are what the implementation really
 computes (the fast path skips exactly-zero work); for MLPs the nominal formula is given as well.
+
+Device (``--device``, default ``cpu``): ``target``, ``algorithms``, ``scaling`` and ``memory``
+build their models and data on it, and the matmul rate is measured on it. On CUDA the clock is read
+after ``torch.cuda.synchronize`` (kernels run asynchronously), the compiled path is Inductor's
+Triton code, compile time is reported apart as on the CPU, and ``memory`` reads the caching
+allocator's peak counters in this process instead of the glibc heap probe. PCX runs on the CPU
+only. There is no CUDA-graph path: a PC step reads values back to the host (the finiteness check
+of clamped values, the energy it returns), which a graph capture does not allow.
 """
 
 from __future__ import annotations
@@ -46,9 +55,78 @@ from .io import write_json
 MNIST_TRAIN = 60000
 
 
+# ---------------------------------------------------------------------------- device
+class BenchError(ValueError):
+    """A benchmark argument that cannot be used (the ``pclab`` command reports it in one line,
+    exit code 2)."""
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device ``--device`` names: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (CUDA when
+    ``torch.cuda.is_available()``, else the CPU). Raises :class:`BenchError` for anything else and
+    for a CUDA device this machine does not have."""
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device: expected cpu, cuda, cuda:N or auto, got {str(name)!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {text}: CUDA is not available on this machine "
+                             f"(torch {torch.__version__} finds no usable GPU); use --device cpu or --device auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BenchError(f"--device {text}: this machine has CUDA devices cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA kernels run asynchronously, so a clock read
+    without this would time the launches, not the work); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` has finished."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+def _gpu_driver(index: int) -> str | None:
+    """The NVIDIA driver version (``nvidia-smi``; torch does not report it), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", str(index)],
+                             check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def gpu(device: torch.device) -> dict[str, Any]:
+    """Name, memory (GiB), compute capability, CUDA version and driver of a CUDA ``device``."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "gpu": props.name,
+        "gpu_memory_gib": props.total_memory / 2**30,
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_multiprocessors": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "driver": _gpu_driver(index),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # "high" would allow TF32
+    }
+
+
 # ---------------------------------------------------------------------------- machine
-def machine() -> dict[str, Any]:
-    """CPU model (``lscpu``), cores, torch version and threads."""
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """CPU model (``lscpu``), cores, torch version and threads, the device the benchmark runs on,
+    and for a CUDA device its GPU (:func:`gpu`)."""
+    device = device or torch.device("cpu")
     model = platform.processor() or platform.machine()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -57,50 +135,61 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {
+    record = {
         "cpu": model,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device": str(device),
     }
+    if device.type == "cuda":
+        record.update(gpu(device))
+    return record
 
 
-def matmul_rate(repeats: int = 30) -> dict[str, float]:
-    """Measured float32 matmul rate (GFLOP/s) of this machine at the current thread count, for a
-    large square product (the machine's practical peak) and the shapes of the target MLP."""
+def matmul_rate(repeats: int = 30, device: torch.device | None = None) -> dict[str, float]:
+    """Measured float32 matmul rate (GFLOP/s) of ``device`` (default the CPU, at the current thread
+    count), for a large square product (the practical peak) and the shapes of the target MLP."""
+    device = device or torch.device("cpu")
     shapes = {"1024x1024x1024": (1024, 1024, 1024), "64x784x128": (64, 784, 128), "64x128x128": (64, 128, 128)}
     out = {}
     for name, (m, k, n) in shapes.items():
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        c = torch.empty(m, n)
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        c = torch.empty(m, n, device=device)
+        # A GPU finishes one small product in microseconds, less than a synchronise costs: time a
+        # run of products between two synchronisations there; one product per reading on the CPU.
+        inner = 1 if device.type == "cpu" else (20 if m * k * n >= 1e8 else 200)
         for _ in range(3):
             torch.mm(a, b, out=c)
         best = math.inf
         reps = max(3, repeats if m * k * n < 1e8 else 5)
         for _ in range(reps):
-            start = time.perf_counter()
-            torch.mm(a, b, out=c)
-            best = min(best, time.perf_counter() - start)
+            start = clock(device)
+            for _ in range(inner):
+                torch.mm(a, b, out=c)
+            best = min(best, (clock(device) - start) / inner)
         out[name] = 2 * m * k * n / best / 1e9
     return out
 
 
 # ---------------------------------------------------------------------------- models
-def mlp_pcn(widths: Sequence[int], activation: str = "tanh", seed: int = 0) -> PCN:
-    """Chain ``x -> h1 -> ... -> y`` of Dense layers, the last linear, Gaussian energies."""
+def mlp_pcn(widths: Sequence[int], activation: str = "tanh", seed: int = 0, device: torch.device | str = "cpu") -> PCN:
+    """Chain ``x -> h1 -> ... -> y`` of Dense layers, the last linear, Gaussian energies, on
+    ``device`` (initialised on the CPU: the same weights on every device)."""
     names = ["x", *[f"h{i}" for i in range(1, len(widths) - 1)], "y"]
     torch.manual_seed(seed)
     edges = [
         (names[i], names[i + 1], Dense(widths[i], widths[i + 1], activation if i < len(widths) - 2 else "identity"))
         for i in range(len(widths) - 1)
     ]
-    return PCN([Node(n, (w,)) for n, w in zip(names, widths)], edges)
+    return PCN([Node(n, (w,)) for n, w in zip(names, widths)], edges).to(device)
 
 
-def conv_pcn(seed: int = 0) -> PCN:
-    """A small conv PCN on 1x28x28 images: conv 5x5/2 (8 ch) -> conv 5x5/2 (16 ch) -> linear 10."""
+def conv_pcn(seed: int = 0, device: torch.device | str = "cpu") -> PCN:
+    """A small conv PCN on 1x28x28 images: conv 5x5/2 (8 ch) -> conv 5x5/2 (16 ch) -> linear 10,
+    on ``device`` (initialised on the CPU)."""
     torch.manual_seed(seed)
     nodes = [Node("x", (1, 28, 28)), Node("h1", (8, 12, 12)), Node("h2", (16, 4, 4)), Node("y", (10,))]
     edges = [
@@ -108,7 +197,7 @@ def conv_pcn(seed: int = 0) -> PCN:
         ("h1", "h2", nn.Sequential(nn.Conv2d(8, 16, 5, stride=2), nn.Tanh())),
         ("h2", "y", nn.Sequential(nn.Flatten(), nn.Linear(256, 10))),
     ]
-    return PCN(nodes, edges)
+    return PCN(nodes, edges).to(device)
 
 
 def as_sequential(model: PCN) -> nn.Sequential:
@@ -162,6 +251,10 @@ def _bp_step(net: nn.Module, lr: float) -> Step:
     return step
 
 
+BPTI_FLAT_SLOTS = 8
+"""Stored states of ``bpti-flat`` (binomial checkpointing)."""
+
+
 def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, weight_lr: float = 1e-3) -> Step:
     """One training step of algorithm ``name`` on ``model`` (a fresh copy of the weights):
 
@@ -173,7 +266,8 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     prediction, without / with checkpointing; ``bpti-x`` the same with only the input clamped (from a
     feed-forward start no latent moves then: the fast path has no relaxation work left);
     ``bpti-autograd`` ``bpti`` with autograd through the fast relaxation instead of the
-    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains).
+    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains); ``bpti-flat``
+    ``bpti`` with binomial checkpointing in :data:`BPTI_FLAT_SLOTS` slots (:mod:`pclab.core.binomial`).
     """
     import copy
 
@@ -191,9 +285,10 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
     elif name == "ipc":
         rule = IncrementalPC(model, inference, adam)
-    elif name in ("bpti", "bpti-ckpt", "bpti-x", "bpti-autograd"):
+    elif name in ("bpti", "bpti-ckpt", "bpti-flat", "bpti-x", "bpti-autograd"):
         clamp = ("x",) if name == "bpti-x" else ("x", "y")
-        rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=name == "bpti-ckpt")
+        checkpoint = {"bpti-ckpt": True, "bpti-flat": BPTI_FLAT_SLOTS}.get(name, False)
+        rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=checkpoint)
     else:
         raise ValueError(f"unknown algorithm {name!r}")
 
@@ -249,17 +344,23 @@ class Timing:
         return min(self.chunks)
 
 
-def data(batch: int, batches: int, shape: Sequence[int] = (784,), classes: int = 10, seed: int = 0):
-    """``batches`` random batches of MNIST-like inputs in [0, 1) and one-hot labels."""
+def data(batch: int, batches: int, shape: Sequence[int] = (784,), classes: int = 10, seed: int = 0,
+         device: torch.device | str = "cpu"):
+    """``batches`` random batches of MNIST-like inputs in [0, 1) and one-hot labels, on ``device``
+    (drawn on the CPU: the same values on every device)."""
     g = torch.Generator().manual_seed(seed)
-    xs = torch.rand(batches * batch, *shape, generator=g)
+    xs = torch.rand(batches * batch, *shape, generator=g).to(device)
     labels = torch.randint(0, classes, (batches * batch,), generator=g)
-    ys = nn.functional.one_hot(labels, classes).float()
+    ys = nn.functional.one_hot(labels, classes).float().to(device)
     return [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(batches)]
 
 
-def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup: int = 2) -> dict[str, Timing]:
-    """Time each step function on ``chunk`` batches per round, alternating between them."""
+def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup: int = 2,
+                device: torch.device | None = None) -> dict[str, Timing]:
+    """Time each step function on ``chunk`` batches per round, alternating between them. The clock
+    is read once ``device``'s queued work has finished (default: the device of the batches), so
+    on CUDA a chunk's time is its kernels' time, not the launches'."""
+    device = device or batches[0][0].device
     timings = {name: Timing() for name in steps}
     k = 0
     for name, step in steps.items():
@@ -267,10 +368,10 @@ def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup
             step(*batches[i % len(batches)])
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock(device)  # also keeps the previous chunk's kernels out of this one
             for i in range(chunk):
                 step(*batches[(k + i) % len(batches)])
-            timings[name].chunks.append((time.perf_counter() - start) / chunk)
+            timings[name].chunks.append((clock(device) - start) / chunk)
         k += chunk
     return timings
 
@@ -292,24 +393,27 @@ def _row(name: str, timing: Timing, batch: int, flops: int | None) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------- suites
-def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, compile: bool = True) -> dict[str, Any]:
-    """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20)."""
+def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, compile: bool = True,
+           device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20), model
+    and data on ``device``."""
+    device = torch.device(device)
     widths = [784, 128, 128, 10]
-    model = mlp_pcn(widths)
-    batches = data(batch, max(chunk * 2, 40))
+    model = mlp_pcn(widths, device=device)
+    batches = data(batch, max(chunk * 2, 40), device=device)
     names = ["bp", "pc"] + (["pc-compiled"] if compile else [])
     steps_fns = {n: make_algorithm(n, model, steps) for n in names}
     compile_s = None
     if compile:
-        start = time.perf_counter()
+        start = clock(device)
         steps_fns["pc-compiled"](*batches[0])
-        compile_s = time.perf_counter() - start
-    timings = interleaved(steps_fns, batches, chunk, rounds)
+        compile_s = clock(device) - start
+    timings = interleaved(steps_fns, batches, chunk, rounds, device=device)
     rows = [_row(n, timings[n], batch, None) for n in names]
     bp = timings["bp"]
     ratios = {n: {"median": timings[n].median / bp.median, "best": timings[n].best / bp.best} for n in names if n != "bp"}
     return {
-        "model": "MLP 784-128-128-10 tanh", "batch": batch, "steps": steps, "rows": rows,
+        "model": "MLP 784-128-128-10 tanh", "device": str(device), "batch": batch, "steps": steps, "rows": rows,
         "ratio_to_bp": ratios, "compile_seconds": compile_s, "flops": mlp_flops(widths, batch, steps),
     }
 
@@ -317,23 +421,24 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
 def algorithms(
     models: Sequence[str] = ("mlp128", "mlp512", "conv"),
     names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x"),
-    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5,
+    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5, device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
-    """Every algorithm on every model; one interleaved timing per model."""
+    """Every algorithm on every model (model and data on ``device``); one interleaved timing per model."""
+    device = torch.device(device)
     out = []
     for kind in models:
-        model, shape = _model(kind)
-        batches = data(batch, max(2 * chunk, 10), shape)
+        model, shape = _model(kind, device=device)
+        batches = data(batch, max(2 * chunk, 10), shape, device=device)
         chosen = [n for n in names if not (n == "pc-compiled" and kind == "conv")]
         fns = {n: make_algorithm(n, model, steps) for n in chosen}
         compile_s = None
         if "pc-compiled" in fns:
-            start = time.perf_counter()
+            start = clock(device)
             fns["pc-compiled"](*batches[0])
-            compile_s = time.perf_counter() - start
+            compile_s = clock(device) - start
         flops = {n: counted_flops(make_algorithm(n, model, steps), *batches[0]) for n in chosen if n != "pc-compiled"}
         flops["pc-compiled"] = flops.get("pc")
-        timings = interleaved(fns, batches, chunk, rounds)
+        timings = interleaved(fns, batches, chunk, rounds, device=device)
         bp = timings["bp"].median if "bp" in timings else None
         rows = []
         for n in chosen:
@@ -341,7 +446,8 @@ def algorithms(
             if bp:
                 row["ratio_to_bp"] = timings[n].median / bp
             rows.append(row)
-        entry = {"model": kind, "batch": batch, "steps": steps, "rows": rows, "compile_seconds": compile_s}
+        entry = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
+                 "compile_seconds": compile_s}
         if kind.startswith("mlp"):
             entry["nominal_flops"] = mlp_flops(_widths(kind), batch, steps)
         out.append(entry)
@@ -353,11 +459,11 @@ def _widths(kind: str, depth: int = 3) -> list[int]:
     return [784, *([width] * (depth - 1)), 10]
 
 
-def _model(kind: str, depth: int = 3) -> tuple[PCN, tuple[int, ...]]:
+def _model(kind: str, depth: int = 3, device: torch.device | str = "cpu") -> tuple[PCN, tuple[int, ...]]:
     if kind == "conv":
-        return conv_pcn(), (1, 28, 28)
+        return conv_pcn(device=device), (1, 28, 28)
     if kind.startswith("mlp"):
-        return mlp_pcn(_widths(kind, depth)), (784,)
+        return mlp_pcn(_widths(kind, depth), device=device), (784,)
     raise ValueError(f"unknown model {kind!r}; expected mlp128, mlp512 or conv")
 
 
@@ -375,26 +481,28 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
 
 def scaling(
     ts: Sequence[int] = (5, 10, 20, 50), depths: Sequence[int] = (3, 5, 7, 10, 15), widths: Sequence[int] = (128, 512),
-    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 3,
+    batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 3, device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """PC (fast path) and BP per-batch time against ``T`` (MLP 784-128-128-10) and against depth
-    (``T`` fixed), with least-squares lines (ms per step, ms per layer)."""
-    batches = data(batch, 2 * chunk)
+    (``T`` fixed), with least-squares lines (ms per step, ms per layer); models and data on ``device``."""
+    device = torch.device(device)
+    batches = data(batch, 2 * chunk, device=device)
     by_t = []
-    model = mlp_pcn([784, 128, 128, 10])
+    model = mlp_pcn([784, 128, 128, 10], device=device)
     fns = {f"pc-T{t}": make_algorithm("pc", model, t) for t in ts}
-    timings = interleaved(fns, batches, chunk, rounds)
+    timings = interleaved(fns, batches, chunk, rounds, device=device)
     for t in ts:
         by_t.append({"T": t, "pc_batch_ms": 1e3 * timings[f"pc-T{t}"].median})
-    out: dict[str, Any] = {"vs_T": by_t, "fit_vs_T_ms": fit_line(list(ts), [r["pc_batch_ms"] for r in by_t])}
+    out: dict[str, Any] = {"device": str(device), "vs_T": by_t,
+                           "fit_vs_T_ms": fit_line(list(ts), [r["pc_batch_ms"] for r in by_t])}
     for width in widths:
         rows = []
         fns = {}
         for depth in depths:
-            m = mlp_pcn([784, *([width] * (depth - 1)), 10])
+            m = mlp_pcn([784, *([width] * (depth - 1)), 10], device=device)
             fns[f"pc-L{depth}"] = make_algorithm("pc", m, steps)
             fns[f"bp-L{depth}"] = make_algorithm("bp", m, steps)
-        timings = interleaved(fns, batches, chunk, rounds)
+        timings = interleaved(fns, batches, chunk, rounds, device=device)
         for depth in depths:
             rows.append({"depth": depth, "pc_batch_ms": 1e3 * timings[f"pc-L{depth}"].median,
                          "bp_batch_ms": 1e3 * timings[f"bp-L{depth}"].median})
@@ -450,11 +558,15 @@ print(json.dumps({"heap": (Peak.peak - heap_before) / 2**20, "rss": (rss_kib("Vm
 """
 
 
-def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10)) -> dict[str, float]:
+def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10),
+                    device: torch.device | str = "cpu") -> dict[str, float]:
     """Peak memory one training step adds (MiB), in a fresh single-threaded process (Linux, glibc):
     ``heap``, the peak of live heap bytes (``mallinfo2``, sampled after every tensor operation)
     over their level before the step, and ``rss``, the peak resident size (``VmHWM``, reset before
-    the step) over the size before it (includes allocator slack)."""
+    the step) over the size before it (includes allocator slack). On a CUDA ``device``: device
+    memory, in this process (:func:`cuda_peak_memory_mib`)."""
+    if torch.device(device).type == "cuda":
+        return cuda_peak_memory_mib(algorithm, steps, batch, widths, device)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src_dir(), os.environ.get("PYTHONPATH")]))}
     arg = json.dumps([algorithm, steps, batch, list(widths)])
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, arg], capture_output=True, text=True, env=env, timeout=600)
@@ -463,22 +575,47 @@ def peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequenc
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cuda_peak_memory_mib(algorithm: str, steps: int, batch: int = 64, widths: Sequence[int] = (784, 128, 128, 10),
+                         device: torch.device | str = "cuda") -> dict[str, float]:
+    """Peak CUDA memory one training step adds (MiB), from the caching allocator's own counters
+    (exact, so no fresh process is needed): ``heap``, the peak of bytes held by tensors
+    (``max_memory_allocated``, reset before the step) over their level before it, and ``rss``, the
+    peak the allocator reserved from the driver (``max_memory_reserved``) over its level before it
+    (includes allocator slack)."""
+    device = torch.device(device)
+    model = mlp_pcn(widths, device=device)
+    (x, y), = data(batch, 1, (widths[0],), classes=widths[-1], device=device)
+    step = make_algorithm(algorithm, model, steps)
+    step(x, y)  # warm up: optimiser state, lazy initialisation, cuBLAS workspace
+    synchronize(device)
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(x, y)
+    synchronize(device)
+    return {"heap": (torch.cuda.max_memory_allocated(device) - allocated) / 2**20,
+            "rss": (torch.cuda.max_memory_reserved(device) - reserved) / 2**20}
+
+
 def _src_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def memory(ts: Sequence[int] = (10, 20, 50, 100, 200), algorithms_: Sequence[str] = ("bpti", "bpti-ckpt", "pc")) -> dict[str, Any]:
+def memory(ts: Sequence[int] = (10, 20, 50, 100, 200), algorithms_: Sequence[str] = ("bpti", "bpti-ckpt", "bpti-flat", "pc"),
+           device: torch.device | str = "cpu") -> dict[str, Any]:
     """Peak memory of one training step against ``T`` (MiB; see :func:`peak_memory_mib`), with a
     least-squares line of the heap peak per algorithm (MiB per inference step)."""
+    device = torch.device(device)
     rows = []
     for t in ts:
         row: dict[str, Any] = {"T": t}
         for a in algorithms_:
-            m = peak_memory_mib(a, t)
+            m = peak_memory_mib(a, t, device=device)
             row[a], row[f"{a}_rss"] = m["heap"], m["rss"]
         rows.append(row)
     fits = {a: fit_line(list(ts), [r[a] for r in rows]) for a in algorithms_}
-    return {"model": "MLP 784-128-128-10 tanh, batch 64, one thread", "rows": rows, "fit_heap_MiB_vs_T": fits}
+    where = "one thread" if device.type == "cpu" else f"{device}, CUDA allocator: heap = allocated, rss = reserved"
+    return {"model": f"MLP 784-128-128-10 tanh, batch 64, {where}", "device": str(device), "rows": rows,
+            "fit_heap_MiB_vs_T": fits}
 
 
 # ---------------------------------------------------------------------------- PCX
@@ -540,6 +677,9 @@ class SpeedConfig:
         compile: include the ``torch.compile`` path.
         quick: smaller sweeps (a smoke run).
         pcx_venv: where the PCX environment lives (default :func:`default_pcx_venv`).
+        device: where models and data live and the clock runs: ``cpu``, ``cuda``, ``cuda:N`` or
+            ``auto`` (see :func:`resolve_device`). The ``pcx`` suite always runs on the CPU (its
+            environment holds a CPU build of JAX); pclab/PCX ratios are reported only on the CPU.
     """
 
     suites: tuple[str, ...] = ("target",)
@@ -551,6 +691,7 @@ class SpeedConfig:
     compile: bool = True
     quick: bool = False
     pcx_venv: str | None = None
+    device: str = "cpu"
 
 
 SUITES = ("target", "algorithms", "scaling", "memory", "pcx")
@@ -563,19 +704,23 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
         config = SpeedConfig(**{**asdict(config), **overrides})
     unknown = set(config.suites) - set(SUITES)
     if unknown:
-        raise ValueError(f"unknown benchmark suites {sorted(unknown)}; expected some of {', '.join(SUITES)}")
+        raise BenchError(f"unknown benchmark suites {sorted(unknown)}; expected some of {', '.join(SUITES)}")
+    device = resolve_device(config.device)  # before any work: a bad --device fails at once
     torch.set_num_threads(config.threads)
-    result: dict[str, Any] = {"config": asdict(config), "machine": machine(), "matmul_gflops": matmul_rate()}
+    result: dict[str, Any] = {"config": asdict(config), "machine": machine(device),
+                              "matmul_gflops": matmul_rate(device=device)}
     started = time.perf_counter()
     quick = config.quick
     if "target" in config.suites:
         result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
-                                  rounds=3 if quick else config.rounds, compile=config.compile)
+                                  rounds=3 if quick else config.rounds, compile=config.compile, device=device)
     if "pcx" in config.suites:
         result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
                                        chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,
                                        threads=config.threads if config.threads == 1 else None)
-        if "target" in result:  # pclab's PC (eager fast path, compiled) per batch over PCX's
+        result["pcx"]["device"] = "cpu"
+        # pclab's PC (eager fast path, compiled) per batch over PCX's: like for like on the CPU only
+        if "target" in result and device.type == "cpu":
             for row in result["target"]["rows"]:
                 if row["algorithm"].startswith("pc"):
                     result["pcx"][f"pclab_{row['algorithm']}_over_pcx_pc"] = row["batch_ms"] / result["pcx"]["pc_batch_ms"]
@@ -584,14 +729,16 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
         if not config.compile:
             names = tuple(n for n in names if n != "pc-compiled")
         models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")
-        result["algorithms"] = algorithms(models, names, batch=config.batch, steps=config.steps, rounds=2 if quick else 5)
+        result["algorithms"] = algorithms(models, names, batch=config.batch, steps=config.steps, rounds=2 if quick else 5,
+                                          device=device)
     if "scaling" in config.suites:
         if quick:
-            result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), batch=config.batch, rounds=2)
+            result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), batch=config.batch, rounds=2,
+                                        device=device)
         else:
-            result["scaling"] = scaling(batch=config.batch, steps=config.steps)
+            result["scaling"] = scaling(batch=config.batch, steps=config.steps, device=device)
     if "memory" in config.suites:
-        result["memory"] = memory(ts=(10, 50) if quick else (10, 20, 50, 100, 200))
+        result["memory"] = memory(ts=(10, 50) if quick else (10, 20, 50, 100, 200), device=device)
     result["compile_seconds"] = compiled.compile_seconds()
     result["wall_seconds"] = time.perf_counter() - started
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -604,6 +751,9 @@ def summary(result: dict[str, Any]) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
              f"load average {m.get('load_average')} -> {m.get('load_average_end')}",
              "matmul GFLOP/s (measured now): " + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_gflops"].items())]
+    if m.get("gpu"):  # the matmul rate above and every time below are the GPU's
+        lines.insert(1, f"device: {m['device']}, {m['gpu']}, {m['gpu_memory_gib']:.1f} GiB, CUDA {m['cuda']}, "
+                        f"driver {m['driver']}")
     if "target" in result:
         t = result["target"]
         lines.append(f"target ({t['model']}, batch {t['batch']}, T={t['steps']}), epoch = {math.ceil(MNIST_TRAIN / t['batch'])} batches:")
@@ -620,6 +770,8 @@ def summary(result: dict[str, Any]) -> str:
         for key, value in p.items():
             if key.startswith("pclab_") and key.endswith("_over_pcx_pc"):
                 lines.append(f"  pclab {key[6:-12]} / PCX PC per batch: {value:.2f}")
+        if m.get("device", "cpu") != "cpu":
+            lines.append(f"  PCX ran on the CPU, pclab on {m['device']}: no pclab/PCX ratio")
     for entry in result.get("algorithms", []):
         lines.append(f"algorithms on {entry['model']} (batch {entry['batch']}, T={entry['steps']}):")
         for row in entry["rows"]:
@@ -647,7 +799,9 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pclab.bench [suites...] [--threads N] [--quick] [--no-compile] [--json PATH]``."""
+    """``python -m pclab.bench [suites...] [--threads N] [--quick] [--no-compile] [--device D] [--json PATH]``.
+
+    Raises :class:`BenchError` for an unknown suite or an unusable ``--device``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks")
@@ -662,15 +816,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--with-pcx", action="store_true", help="also time PCX in its own virtual environment")
     parser.add_argument("--pcx-venv", default=None, help="PCX virtual environment (created if missing)")
     parser.add_argument("--json", default=None, help="write the result here")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda, cuda:N, or auto (cuda if available); PCX always runs on the CPU")
     args = parser.parse_args(argv)
     suites = tuple(args.suites) + (("pcx",) if args.with_pcx and "pcx" not in args.suites else ())
     result = run_speed_benchmark(SpeedConfig(suites, args.threads, args.rounds, args.chunk, args.batch, args.steps,
-                                             not args.no_compile, args.quick, args.pcx_venv))
+                                             not args.no_compile, args.quick, args.pcx_venv, args.device))
     result["command"] = " ".join(["python -m pclab.bench", *(argv if argv is not None else sys.argv[1:])])
     print(summary(result))
     if args.json:
         write_json(args.json, result)
 
 
+def script_main(argv: Sequence[str] | None = None) -> None:
+    """:func:`main` for ``python -m pclab.bench`` and ``bench/speed.py``: a :class:`BenchError`
+    becomes one ``error:`` line and exit code 2, as the ``pclab`` command reports bad arguments."""
+    try:
+        main(argv)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    script_main()

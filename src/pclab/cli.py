@@ -308,14 +308,20 @@ def tune(
         typer.echo(f"summary: {out / 'best.json'}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --help goes through to the benchmark's own parser, which knows its options
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context) -> None:
     """Speed benchmarks: PC, iPC, bp-through-inference and bp against the machine's matmul rate
     (and PCX with --with-pcx). Arguments go to ``python -m pclab.bench``; ``pclab bench --help``
-    lists them (suites: target, algorithms, scaling, memory, pcx)."""
-    from .bench import main as bench_main
+    lists them (suites: target, algorithms, scaling, memory, pcx; ``--device cpu|cuda|auto``)."""
+    with _errors():
+        from .bench import BenchError
+        from .bench import main as bench_main
 
-    bench_main(list(ctx.args))
+        try:
+            bench_main(list(ctx.args))
+        except BenchError as err:  # an unknown suite, an unusable --device
+            raise CommandError(str(err)) from err
 
 
 def _terminate(signum: int, frame: Any) -> None:

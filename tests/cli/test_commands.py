@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -162,10 +163,25 @@ def test_tune_searches_latent_lr_steps_and_weight_lr(tmp_path):
 def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch):
     from pclab import bench
 
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30: {"64x128x128": 1.0})
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None: {"64x128x128": 1.0})
     out = tmp_path / "speed.json"
     result = pclab("bench", "target", "--quick", "--no-compile", "--threads", "1", "--rounds", "1", "--chunk", "2",
                    "--json", out)
     assert result.exit_code == 0, result.output
     assert "pc/bp epoch ratio" in result.output
     assert read_json(out)["target"]["ratio_to_bp"]["pc"]["median"] > 0
+
+
+def test_bench_help_lists_the_benchmark_options():
+    result = pclab("bench", "--help")
+    assert result.exit_code == 0, result.output
+    assert "target, algorithms, scaling, memory, pcx" in result.output and "--device" in result.output
+
+
+def test_bench_rejects_an_unknown_suite_in_one_line():
+    one_line_error(pclab("bench", "nope"), 2, "unknown benchmark suites", "nope")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bench_on_cuda_without_cuda_is_a_one_line_error():
+    one_line_error(pclab("bench", "target", "--device", "cuda"), 2, "--device cuda", "CUDA is not available")

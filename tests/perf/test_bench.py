@@ -37,7 +37,7 @@ def test_every_algorithm_steps_on_mlp_and_conv():
 
 
 def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30: {"64x128x128": 1.0})
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None: {"64x128x128": 1.0})
     result = bench.run_speed_benchmark(suites=("target",), quick=True, compile=False, threads=1)
     assert set(result["target"]["ratio_to_bp"]) == {"pc"}
     assert result["target"]["ratio_to_bp"]["pc"]["median"] > 0

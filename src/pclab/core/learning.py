@@ -292,7 +292,11 @@ class BPThroughInference(_TaskLossRule):
         loss: the task loss on the final state's predictions.
         clamp: batch entries clamped during inference; the rest are targets only.
         truncate: backpropagate through the last ``truncate`` steps only.
-        checkpoint: recompute each step in the backward pass (memory per step: the state only).
+        checkpoint: ``True``: recompute each step in the backward pass (memory per step: the state
+            only); an integer ``s >= 1`` (not a bool): binomial checkpointing with ``s`` stored
+            states (:mod:`pclab.core.binomial`; memory independent of ``T``, at most
+            ``(r + 1) T`` steps rerun without a graph, ``r`` the least integer with
+            ``binom(s + 1 + r, s + 1) >= T``); ``False``: keep the whole unrolled graph.
     """
 
     def __init__(
@@ -304,10 +308,12 @@ class BPThroughInference(_TaskLossRule):
         clamp: Sequence[str],
         scheduler: Any | None = None,
         truncate: int | None = None,
-        checkpoint: bool = False,
+        checkpoint: bool | int = False,
     ):
         super().__init__(model, optimizer, scheduler)
         _check_clamp_names(model, clamp, loss)
+        if not isinstance(checkpoint, int) or (not isinstance(checkpoint, bool) and checkpoint < 1):
+            raise ValueError(f"checkpoint must be True, False or a number of slots >= 1, got {checkpoint!r}")
         self.inference, self.loss, self.clamp = inference, loss, tuple(clamp)
         self.truncate, self.checkpoint = truncate, checkpoint
 
@@ -315,9 +321,11 @@ class BPThroughInference(_TaskLossRule):
         """The task loss after the unrolled relaxation (differentiable in the parameters)."""
         _check_batch(batch, self.clamp, self.loss)
         clamp = {n: batch[n] for n in self.clamp}
+        per_step = isinstance(self.checkpoint, bool) and self.checkpoint
+        slots = None if isinstance(self.checkpoint, bool) else self.checkpoint
         relaxed = relax(
             self.model, clamp, self.inference, differentiable=True,
-            truncate=self.truncate, checkpoint_steps=self.checkpoint,
+            truncate=self.truncate, checkpoint_steps=per_step, checkpoint_slots=slots,
         )
         return self.loss(self.model, relaxed.values, batch)
 

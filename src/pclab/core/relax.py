@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import chain as dense
 from . import chain_adjoint, compiled
+from .binomial import checkpointed_loop
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
 from .precision import Constant, PrecisionSchedule
@@ -155,6 +156,7 @@ def relax(
     differentiable: bool = False,
     truncate: int | None = None,
     checkpoint_steps: bool = False,
+    checkpoint_slots: int | None = None,
     on_step: StepHook | None = None,
     initial: State | None = None,
     generator: torch.Generator | None = None,
@@ -171,6 +173,12 @@ def relax(
         truncate: with ``differentiable``, backpropagate through the last ``truncate`` steps only.
         checkpoint_steps: with ``differentiable``, recompute each step in the backward pass instead of
             storing its intermediate tensors (memory per step: the state only).
+        checkpoint_slots: with ``differentiable``, binomial checkpointing instead: keep at most this
+            many intermediate states (latents and latent-optimiser state) and recompute the rest in
+            the backward pass (:mod:`pclab.core.binomial`): memory independent of ``steps``, at the
+            cost of :func:`~pclab.core.binomial.schedule_cost` extra graph-free steps. Not with
+            ``record`` or ``on_step``; with a tolerance, a graph-free first pass finds the number of
+            steps.
         on_step: called as ``on_step(t, values)`` at each step ``t = 0 .. steps-1``, after the
             latent gradients of step ``t`` are computed and before they are applied (incremental
             PC takes its weight step here). Disables the cache of clamped-input predictions.
@@ -180,12 +188,20 @@ def relax(
     A chain of :class:`~pclab.core.layers.Dense` layers relaxed with pclab's ``SGD`` or ``Adam`` takes
     the hand-derived fast path of :mod:`pclab.core.chain` (the same values; under
     ``inference.compile`` a compiled graph) unless ``record``, ``on_step``, a tolerance,
-    ``truncate`` or ``checkpoint_steps`` ask for this general loop.
+    ``truncate``, ``checkpoint_steps`` or ``checkpoint_slots`` ask for the general code.
     """
     if truncate is not None and not (isinstance(truncate, int) and truncate >= 0):
         raise ValueError(f"truncate must be an integer >= 0 or None, got {truncate!r}")
-    if (truncate is not None or checkpoint_steps) and not differentiable:
-        raise ValueError("truncate and checkpoint_steps only apply with differentiable=True")
+    if (truncate is not None or checkpoint_steps or checkpoint_slots is not None) and not differentiable:
+        raise ValueError("truncate, checkpoint_steps and checkpoint_slots only apply with differentiable=True")
+    if checkpoint_slots is not None:
+        if not isinstance(checkpoint_slots, int) or isinstance(checkpoint_slots, bool) or checkpoint_slots < 1:
+            raise ValueError(f"checkpoint_slots must be an integer >= 1 or None, got {checkpoint_slots!r}")
+        if checkpoint_steps:
+            raise ValueError("checkpoint_steps and checkpoint_slots are two checkpointing schemes; choose one")
+        if record or on_step is not None:
+            raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
+        return _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator)
     clamped = frozenset(clamp)
     general = record or on_step is not None or inference.tolerance is not None or truncate is not None or checkpoint_steps
     if not general:  # the Dense-chain fast path (differentiable too: autograd through its ops)
@@ -261,6 +277,83 @@ def relax(
         values = _release_readouts(model, values, clamped, sources)
     result = Relaxed(values, initial, clamped, taken, trajectory)
     return result
+
+
+def _relax_binomial(
+    model: PCN,
+    clamp: Mapping[str, torch.Tensor],
+    inference: Inference,
+    truncate: int | None,
+    slots: int,
+    initial: State | None,
+    generator: torch.Generator | None,
+) -> Relaxed:
+    """:func:`relax` with ``differentiable`` and binomial checkpointing (``checkpoint_slots``): the
+    same values and, up to round-off, the same gradients as the unrolled general loop."""
+    clamped = frozenset(clamp)
+    with torch.enable_grad():
+        if initial is None:
+            initial = model.initial_state(clamp, inference.init, generator)
+        else:
+            model.check_clamp(clamp)
+            initial = {**initial, **clamp}
+        free = free_nodes(model, clamped)
+        sources = {n: initial[n] for n in free} if inference.fixed_prediction else None
+        cached = None
+        if not inference.fixed_prediction and model.fast:  # as in the general loop
+            cached = {e.key: model.edge_modules[e.key](initial[e.source]) for e in model.edges if e.source in clamped}
+    # everything a step reads but does not move; tensors in here that carry a graph (cached
+    # predictions, fixed-prediction sources, amortised read-outs) get their gradient summed over steps
+    constants = {"fixed": {n: v for n, v in initial.items() if n not in free}, "sources": sources, "cached": cached}
+    opt = inference.optimizer
+
+    def advance(t: int, state, const) -> tuple[tuple[State, dict], dict[str, torch.Tensor]]:
+        values, opt_states = state
+        grads, energies = model.latent_grads(
+            {**const["fixed"], **values}, free, clamped, inference.multipliers(model, t), const["sources"],
+            const["cached"], differentiable=torch.is_grad_enabled(), method=inference.method,
+        )
+        new_values, new_states = {}, {}
+        for n in free:  # the functional update even without a graph: stored states are reused
+            new_values[n], new_states[n] = opt.update(values[n], grads[n], opt_states[n], True)
+        return (new_values, new_states), energies
+
+    start = ({n: initial[n] for n in free}, {n: opt.init(initial[n]) for n in free})
+    taken = inference.steps
+    if inference.tolerance is not None:  # a graph-free pass decides where the general loop would stop
+        state, previous = start, None
+        with torch.no_grad():
+            for t in range(inference.steps):
+                state, energies = advance(t, state, constants)
+                total = float(sum(e.sum() for e in energies.values())) if energies else 0.0
+                if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
+                    taken = t + 1
+                    break
+                previous = total
+    # where the general loop detaches (truncate): at step steps - truncate if it gets there, and
+    # at the end for truncate = 0
+    cut = None
+    if truncate is not None:
+        if 0 <= inference.steps - truncate < taken:
+            cut = inference.steps - truncate
+        elif truncate == 0:
+            cut = taken
+    state = start
+    if cut is not None:
+        with torch.no_grad():
+            state = (
+                {n: v.detach() for n, v in state[0].items()},
+                {n: _detach(s) for n, s in state[1].items()},
+            )
+            for t in range(cut):
+                state, _ = advance(t, state, constants)
+    first = cut or 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = checkpointed_loop(lambda t, s, c: advance(t, s, c)[0], state, constants, taken - first, slots, params, start=first)
+    values = {n: state[0][n] if n in free else v for n, v in initial.items()}
+    with torch.enable_grad():
+        values = _release_readouts(model, values, clamped, sources)
+    return Relaxed(values, initial, clamped, taken)
 
 
 def fast_chain(model: PCN, inference: Inference) -> dense.DenseChain | None:

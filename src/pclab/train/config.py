@@ -111,7 +111,9 @@ class LearningConfig(_Strict):
     warmup_epochs: Real = Field(0.0, ge=0)
     lam: Real = Field(0.5, ge=0, le=1, description="hybrid models: weight of classification (lam) vs reconstruction (1 - lam)")
     truncate: int | None = Field(None, ge=1)
-    checkpoint: bool = False
+    checkpoint: bool | Annotated[int, Field(ge=1)] = Field(
+        False, description="bp-through-inference: true recomputes each step in the backward pass; "
+        "an integer is binomial checkpointing with that many stored states (memory independent of the steps)")
 
 
 class DataConfig(_Strict):
