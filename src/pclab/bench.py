@@ -48,7 +48,17 @@ import torch
 from torch import nn
 
 from .core import (
-    PCN, SGD, BPThroughInference, Dense, IncrementalPC, Inference, Node, PCLearning, TaskLoss, chain_adjoint, compiled,
+    PCN,
+    SGD,
+    BPThroughInference,
+    Dense,
+    IncrementalPC,
+    Inference,
+    Node,
+    PCLearning,
+    TaskLoss,
+    chain_adjoint,
+    compiled,
 )
 from .io import write_json
 
@@ -363,7 +373,7 @@ def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup
     device = device or batches[0][0].device
     timings = {name: Timing() for name in steps}
     k = 0
-    for name, step in steps.items():
+    for step in steps.values():
         for i in range(warmup):
             step(*batches[i % len(batches)])
     for _ in range(rounds):
@@ -792,7 +802,7 @@ def summary(result: dict[str, Any]) -> str:
         lines.append("peak memory of one step, MiB (live heap / resident) vs T:")
         for row in result["memory"]["rows"]:
             names = [k for k in row if k != "T" and not k.endswith("_rss")]
-            lines.append("  T=%-4d " % row["T"] + "  ".join(f"{k} {row[k]:6.1f}/{row[k + '_rss']:6.1f}" for k in names))
+            lines.append(f"  T={row['T']:<4d} " + "  ".join(f"{k} {row[k]:6.1f}/{row[k + '_rss']:6.1f}" for k in names))
         for a, f in result["memory"]["fit_heap_MiB_vs_T"].items():
             lines.append(f"  {a}: heap {f['intercept']:.2f} + {f['slope']:.4f} * T MiB")
     return "\n".join(lines)

@@ -42,7 +42,6 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     import optax
-
     import pcx as px
     import pcx.functional as pxf
     import pcx.nn as pxnn

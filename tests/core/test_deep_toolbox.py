@@ -14,7 +14,6 @@ from pclab.core.residual import Identity, ResidualDense, ScaledDense
 from pclab.models.deep import deep_mlp, mupc_scalings, residual_mlp, vgg_bn
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """Exact comparisons in double precision, restored afterwards (other test files use float32)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from pc_testnets import (
     ALL_ACTIVATIONS,
     F64,
@@ -24,6 +22,8 @@ from pc_testnets import (
     seeded,
     some_indices,
 )
+from torch import nn
+
 from pclab.core import PCN, CrossEntropy, Decaying, Dense, Gaussian, Inference, Node, Spiking, free_nodes
 
 FD_TOL = 1e-6

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pclab.data import DataError, MissingDataError, data_dir, load, synthetic
-from pclab.data import loaders
+from pclab.data import DataError, MissingDataError, data_dir, load, loaders, synthetic
 
 
 def test_data_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -99,7 +98,8 @@ def test_cifar_loads_user_batches_from_the_env_folder(tmp_path: Path, monkeypatc
 def test_cifar_batch_with_wrong_shape_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_cifar(tmp_path / "batches", per_batch=2, data_shape=(2, 1024))
     monkeypatch.setenv("PCLAB_CIFAR10", str(tmp_path / "batches"))
-    with pytest.raises(DataError, match=r"data_batch_1: field 'data' expected a uint8 array of shape \(n, 3072\), got uint8 array of shape \(2, 1024\)"):
+    expected = r"data_batch_1: field 'data' expected a uint8 array of shape \(n, 3072\), got uint8 array of shape \(2, 1024\)"
+    with pytest.raises(DataError, match=expected):
         load("cifar10", "train")
 
 

@@ -12,11 +12,10 @@ import torch
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from perf_chains import chain, names, randn, reference
 
 from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, chain_adjoint, relax
 from pclab.core.chain_adjoint import CURVATURE
-
-from perf_chains import chain, names, randn, reference
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -116,6 +115,20 @@ def test_every_activation_and_output_energy_on_a_training_chain(activation, outp
     _, _, used, relaxed = _grads(model, clamp, inference, randn(6, 3, seed=3))
     assert used and relaxed.chain[1].anchored == (1,)
     _compare(model, clamp, inference, randn(6, 3, seed=3))
+
+
+def test_the_graph_can_be_differentiated_again_with_retain_graph():
+    """autograd.grad(..., retain_graph=True) twice (one call per layer, as the dynamics study's
+    alignment does) gives the same gradients as one call for all parameters."""
+    model = chain([9, 8, 8, 3], "tanh")
+    clamp = _clamp(model, "io", batch=6, ce=False)
+    relaxed = relax(model, clamp, Inference(steps=6, optimizer=SGD(0.1)), differentiable=True)
+    loss = _loss(model, relaxed.values, relaxed.clamped, randn(6, 3, seed=3))
+    params = list(model.parameters())
+    together = torch.autograd.grad(loss, params, retain_graph=True)
+    one_by_one = [torch.autograd.grad(loss, [p], retain_graph=True)[0] for p in params]
+    for a, b in zip(together, one_by_one):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("init", ["zeros", "given"])

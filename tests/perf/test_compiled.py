@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pclab.core import SGD, Inference, PCLearning, relax
-from pclab.core import compiled
-
 from perf_chains import chain, max_rel, randn, twin
+
+from pclab.core import SGD, Inference, PCLearning, compiled, relax
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 

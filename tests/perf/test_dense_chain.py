@@ -11,13 +11,23 @@ import torch
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from perf_chains import F64, autograd, chain, max_rel, names, randn, reference, twin
 
 from pclab.core import (
-    PCN, SGD, Adam, Constant, CrossEntropy, Decaying, Dense, Inference, Node, PCLearning, Spiking,
-    TorchOptimizer, relax,
+    PCN,
+    SGD,
+    Adam,
+    Constant,
+    CrossEntropy,
+    Decaying,
+    Dense,
+    Inference,
+    Node,
+    PCLearning,
+    Spiking,
+    TorchOptimizer,
+    relax,
 )
-
-from perf_chains import F64, autograd, chain, max_rel, names, randn, reference, twin
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),

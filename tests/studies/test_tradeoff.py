@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from pclab import models
-from pclab.core import Backprop, BPThroughInference, Inference, SGD, TaskLoss, relax
+from pclab.core import SGD, Backprop, BPThroughInference, Inference, PCLearning, TaskLoss, relax
 from pclab.studies import tradeoff
 from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
-from pclab.core import PCLearning
 from pclab.train.build import hybrid_precisions
 
 

@@ -455,7 +455,9 @@ def relax_chain(
 
 
 # ---------------------------------------------------------------------------- learning
-def weight_gradients(plan: Plan, state: ChainState, forward_update: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
+def weight_gradients(
+    plan: Plan, state: ChainState, forward_update: bool
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """``dE/dtheta`` of the batch-mean energy at the relaxed state (static precisions) and ``E``:
     what ``PCN.energy(...).backward()`` gives.
 

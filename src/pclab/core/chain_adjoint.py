@@ -196,7 +196,9 @@ class _Step:
     """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
 
 
-def _relax(plan: dense.Plan, params: dense.Params, z: list[torch.Tensor], predictions: dense.Predictions) -> tuple[list[_Step], dict[int, dense.Anchored]]:
+def _relax(
+    plan: dense.Plan, params: dense.Params, z: list[torch.Tensor], predictions: dense.Predictions
+) -> tuple[list[_Step], dict[int, dense.Anchored]]:
     """Relax ``z`` in place of its list entries (tensors are never written), recording every step.
 
     The same computation as :func:`pclab.core.chain.relax_chain`: exactly-zero errors skipped,
@@ -471,7 +473,10 @@ def _reverse(
                 q_steps[l].append(q)
                 beta[l] = q if bp is None else torch.add(q, bp, alpha=carried_c[l])
                 if bp is not None:
-                    gram_adj[l] = torch.mm(rec.delta.t(), bp).mul_(lr * lr) if gram_adj[l] is None else gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
+                    if gram_adj[l] is None:
+                        gram_adj[l] = torch.mm(rec.delta.t(), bp).mul_(lr * lr)
+                    else:
+                        gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
                 continue
             new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
             acc.add(l, q, rec.source, rec.delta if below is not None else None, below)
@@ -543,7 +548,7 @@ class _ChainRelaxation(torch.autograd.Function):
         n_params = len(job.flat)
         needs = ctx.needs_input_grad[1:]
         need, k = [], 0
-        for weight, bias in job.params:
+        for _weight, bias in job.params:
             nw = needs[k]
             k += 1
             nb = False
@@ -556,7 +561,7 @@ class _ChainRelaxation(torch.autograd.Function):
             lam[i] = g
         with torch.no_grad():
             lam0, pgrads = _reverse(plan, job.params, job.tape, lam, job.z0, job.ff, need, job.anchored)
-        ctx.job = None  # release the tape
+        # the tape is kept (released with the graph): autograd.grad(..., retain_graph=True) may call backward again
         flat = [g for (dw, db), (_, bias) in zip(pgrads, job.params) for g in ((dw, db) if bias is not None else (dw,))]
         assert len(flat) == n_params
         starts = [lam0[i] for i in job.free] if job.start is not None else []

@@ -19,7 +19,6 @@ Conventions (used by every piece of pclab):
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -158,7 +158,8 @@ def build_rule(config: RunConfig, model: PCN, steps_per_epoch: int) -> LearningR
     scheduler = _scheduler(config, optimizer, steps_per_epoch)
     inference = build_inference(config.inference)
     if lc.rule == "bp" and task(config) == "generate":
-        raise ConfigError("learning.rule: 'bp' needs a feed-forward path from the image; a generative model has none (use 'pc' or 'bp-through-inference')")
+        raise ConfigError("learning.rule: 'bp' needs a feed-forward path from the image; a generative model has none "
+                          "(use 'pc' or 'bp-through-inference')")
     if lc.rule == "pc":
         # a vgg_bn's running statistics must move in the weight phase only, never during relaxation
         pc = WeightPhasePCLearning if config.model.kind == "vgg_bn" else PCLearning

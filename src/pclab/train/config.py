@@ -175,9 +175,11 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
     if m.kind == "deconv_generator" and (height % 4 or width % 4):
         problems.append(f"model.kind: deconv_generator expects image height and width divisible by 4, got {height}x{width} ({c.data.dataset})")
     if m.kind in ("generative_mlp", "deconv_generator") and lc.rule == "bp":
-        problems.append(f"learning.rule: 'bp' needs a feed-forward path from the image; a {m.kind} has none (expected 'pc', 'ipc' or 'bp-through-inference'), got 'bp'")
+        problems.append(f"learning.rule: 'bp' needs a feed-forward path from the image; a {m.kind} has none "
+                        "(expected 'pc', 'ipc' or 'bp-through-inference'), got 'bp'")
     if m.kind == "vgg_bn" and lc.rule not in ("pc", "bp"):
-        problems.append(f"learning.rule: a vgg_bn's BatchNorm statistics move only in the weight phase of 'pc' or the forward pass of 'bp' (expected one of those), got {lc.rule!r}")
+        problems.append(f"learning.rule: a vgg_bn's BatchNorm statistics move only in the weight phase of 'pc' or the forward pass "
+                        f"of 'bp' (expected one of those), got {lc.rule!r}")
     if lc.forward_update and lc.rule != "pc":
         problems.append(f"learning.forward_update: only the 'pc' rule has a forward update (expected false), got true with rule {lc.rule!r}")
     if lc.rule != "bp-through-inference" and (lc.truncate is not None or lc.checkpoint):

@@ -154,7 +154,7 @@ def evaluate(run: Run, dataset: Dataset | None = None, batch_size: int = 1000) -
             n = len(labels)
             count += n
 
-            def add(key: str, value: torch.Tensor) -> None:
+            def add(key: str, value: torch.Tensor) -> None:  # called within this iteration only
                 sums[key] = sums.get(key, 0.0) + float(value) * n
 
             if kind in ("classify", "hybrid"):
@@ -518,7 +518,8 @@ def load_run(out: str | Path) -> tuple[RunConfig, Run]:
 
     out = Path(out)
     if not (out / "config.yaml").is_file():
-        raise RunDirError(f"{out}: expected a pclab run directory (with config.yaml), got {'a folder without one' if out.is_dir() else 'no such folder'}")
+        found = "a folder without one" if out.is_dir() else "no such folder"
+        raise RunDirError(f"{out}: expected a pclab run directory (with config.yaml), got {found}")
     try:
         data = yaml.safe_load((out / "config.yaml").read_text())
     except yaml.YAMLError as err:

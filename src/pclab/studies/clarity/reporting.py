@@ -110,7 +110,7 @@ def image_grid(records: list[dict[str, Any]], out: Path, route: str, count: int,
     cell_w, cell_h = count * w + (count - 1), h
     mosaic = np.full(((max_depth + 1) * (cell_h + gap), len(columns) * (cell_w + gap)), 0.5, dtype=np.float32)
     labels = []
-    for j, (name, pictures, layers) in enumerate(columns):
+    for j, (_name, pictures, layers) in enumerate(columns):
         rows = {0: ("target", pictures["targets"])}
         rows.update({d: (n, pictures[route][n]) for n, d in layers.items()})
         for d, (layer, images) in rows.items():

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from ... import models
+from ...core import PCN, Inference
 from ...data import Dataset, load
 from ...io import save_torch
 from ...sweep import trial_id
-from ...core import PCN, Inference
 from ...train import Run, build_inference, load_run, prepare, prepare_images, train, validate
 from ...train.config import InferenceConfig, RunConfig, to_dict
 from .inversion import Clarity, InversionConfig, clarity_metrics, initial_input, invert
@@ -143,7 +143,7 @@ def reconstruct_layers(
         width = math.prod(model.nodes[layer].shape)
         base = {"layer": layer, "depth": depth, "width": width, "input_size": math.prod(x.shape[1:])}
 
-        def measure(recon: torch.Tensor, route: str, seconds: float) -> None:
+        def measure(recon: torch.Tensor, route: str, seconds: float) -> None:  # called within this iteration only
             metrics = clarity_metrics(embed, x, recon, to_unit, perturbation_std, bounds, torch.Generator().manual_seed(seed + 1))
             rows.append({**base, "route": route, "seconds": round(seconds, 3), **_summary(metrics)})
             pictures[route][layer] = to_unit(recon).clamp(0, 1).to(torch.float16)
