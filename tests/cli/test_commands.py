@@ -185,3 +185,8 @@ def test_bench_rejects_an_unknown_suite_in_one_line():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_bench_on_cuda_without_cuda_is_a_one_line_error():
     one_line_error(pclab("bench", "target", "--device", "cuda"), 2, "--device cuda", "CUDA is not available")
+
+
+@pytest.mark.parametrize("study", ["depth", "dynamics", "tradeoff"])
+def test_study_rejects_an_unknown_setting_in_one_line(study, tmp_path):
+    one_line_error(pclab("study", study, "--preset", "tiny", "--set", "epoch_count=3", "--out", tmp_path), 2, "epoch_count")

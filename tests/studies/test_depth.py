@@ -160,3 +160,12 @@ def test_summary_states_failure_gaps_targets_and_mupc_from_the_numbers():
     assert "depth 15: spiking+fu -1.40" in text and "Target (within 1.0 points of bp): NOT met at depth 15 (run: 3, 15)" in text
     assert "Target (within 2.0 points of bp): met at depths 3, 15" in text
     assert "after 900 iterations" in text and "-1.26 points from it" in text
+
+
+def test_a_misspelt_study_setting_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="'epoch': unknown"):
+        depth._resolve("quick", {"epoch": 3})
+    with pytest.raises(ValueError, match="mupc.iteration: unknown"):
+        depth._resolve("quick", {"mupc": {"iteration": 10}})
+    config = depth._resolve("targets", {"vgg_variants": ["bp"], "mupc": {"iterations": 10}})
+    assert config["vgg_variants"] == ["bp"] and config["mupc"]["iterations"] == 10 and config["mupc"]["width"] == 128

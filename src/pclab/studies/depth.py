@@ -37,7 +37,7 @@ from ..core import SGD, Backprop, Inference, PCLearning, TaskLoss, relax
 from ..io import load_torch
 from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
-from ..train import RunConfig, load_data, make_batch, prepare, train, validate
+from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
 from .report import Report, plt
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -104,11 +104,11 @@ per trial for loading data and testing). Wall-time estimates assume 2 quiet core
 
 ``tiny``: digits, for tests; includes one VGG-BN depth.
 ``quick``: MNIST, all 60k training / 10k test images, 2 epochs at batch 128, depths 3-15, 4 variants,
-one seed; muPC 200 iterations tested on 1k images. About 400 CPU s, so about 3.5 minutes wall.
+one seed; muPC 200 iterations tested on 1k images. Measured: 4 min 31 s wall on 2 quiet cores.
 ``targets``: the issue's targets as far as 2 cores allow: MNIST and Fashion-MNIST, all images, 5 epochs at
 batch 128 (warm-up + cosine), depths 3 / 7 / 11 / 15, pc, spiking+fu, decaying+fu and bp, plus the separate
 fixes pc+fu, spiking and decaying at depth 15, seeds 0 and 1 (paired); muPC and the standard
-parameterisation for jpc's full 900 iterations (one seed). About 4,300 CPU s, so about 36-40 minutes wall.
+parameterisation for jpc's full 900 iterations (one seed). Measured: 48.9 minutes wall on 2 cores (shared with other jobs for part of the run).
 ``full``: everything, including the phase-BN VGG on Fashion-MNIST (see BENCHMARKS.md for the measured
 per-trial times and the expected total)."""
 
@@ -480,12 +480,22 @@ def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValueError(f"unknown depth preset {preset!r}; expected one of {sorted(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
+    known = set().union(*PRESETS.values()) | _OPTIONAL_KEYS
     for key, value in (overrides or {}).items():
+        if key not in known:  # a typo would otherwise be ignored silently
+            raise ConfigError(f"depth study setting {key!r}: unknown; expected one of {sorted(known)}")
         if isinstance(value, dict) and isinstance(config.get(key), dict):
+            unknown = sorted(set(value) - set(config[key]))
+            if unknown:
+                raise ConfigError(f"depth study setting {key}.{unknown[0]}: unknown; expected one of {sorted(config[key])}")
             config[key] = {**config[key], **value}
         else:
             config[key] = value
     return config
+
+
+_OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
+"""Settings a preset may leave out (their defaults live in :func:`trials`)."""
 
 
 def run(preset: str, out: Path, address: str | None = None, executor: str = "ray", overrides: dict | None = None) -> Path:

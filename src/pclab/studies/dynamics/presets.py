@@ -27,6 +27,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ...train.config import ConfigError
+
 _GEN = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _HYB = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _DISC = [
@@ -110,7 +112,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def resolve(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A copy of preset ``preset`` with ``overrides`` merged in (nested dicts merge key by key)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown dynamics preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown dynamics preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = copy.deepcopy(PRESETS[preset])
     _merge(spec, overrides or {}, "overrides")
     return spec
@@ -119,7 +121,7 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, A
 def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> None:
     for key, value in extra.items():
         if key not in base:
-            raise ValueError(f"{where}: unknown key {key!r}; expected one of {sorted(base)}")
+            raise ConfigError(f"{where}: unknown key {key!r}; expected one of {sorted(base)}")
         if isinstance(value, dict) and isinstance(base[key], dict):
             _merge(base[key], value, f"{where}.{key}")
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, records_frame, run_trials
+from ...train.config import ConfigError
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
@@ -82,17 +83,17 @@ _PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "train_subset", 
 def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The resolved configuration of ``preset`` with ``overrides`` (keys must exist in the preset)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown tradeoff preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown tradeoff preset {preset!r}; expected one of {sorted(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ValueError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
+            raise ConfigError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
         config[key] = value
     unknown = set(config["ways"]) - {"bp", "bpti", "pc"}
     if unknown:
-        raise ValueError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
+        raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
-        raise ValueError(f"lams: every value must be in [0, 1], got {config['lams']}")
+        raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
     config["preset"] = preset
     return config
 
