@@ -46,6 +46,14 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     assert not (tmp_path / "tables" / "failures.csv").exists()
 
 
+def test_a_vgg_only_run_writes_its_report(tmp_path):
+    overrides = {"datasets": [], "vgg_variants": ["pc", "bp"], "mupc": {"runs": []}}
+    report = depth.run("tiny", tmp_path, executor="serial", overrides=overrides)
+    accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
+    assert set(accuracy.model) == {"vgg-bn"} and set(accuracy.variant) == {"pc", "bp"}
+    assert "vgg-bn" in report.read_text()
+
+
 def test_rerun_skips_finished_trials(tmp_path):
     overrides = {"depths": [3], "variants": ["pc", "bp"], "vgg_dataset": None, "mupc": {"runs": [["mupc", "pc"]]}}
     depth.run("tiny", tmp_path, executor="serial", overrides=overrides)

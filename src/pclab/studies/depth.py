@@ -514,7 +514,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     if len(acc):
         for r in acc[acc.diagnostics.map(bool)].itertuples():
             diag.setdefault(r.dataset, {})[r.variant] = r.diagnostics
-    main_diag = diag.get(config["datasets"][0], {})
+    main_diag = diag.get(config["datasets"][0], {}) if config["datasets"] else {}  # a VGG-only run has no MLP diagnostics
     failed = failures(records)
     report.summary(_summary(config, table, gaps, mupc, main_diag, failed))
     t = config["training"]
