@@ -276,7 +276,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     prediction, without / with checkpointing; ``bpti-x`` the same with only the input clamped (from a
     feed-forward start no latent moves then: the fast path has no relaxation work left);
     ``bpti-autograd`` ``bpti`` with autograd through the fast relaxation instead of the
-    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains); ``bpti-flat``
+    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains); ``bpti-compiled``
+    ``bpti`` with that reverse pass and the relaxation under ``torch.compile``
+    (:mod:`pclab.core.compiled_adjoint`); ``bpti-flat``
     ``bpti`` with binomial checkpointing in :data:`BPTI_FLAT_SLOTS` slots (:mod:`pclab.core.binomial`).
     """
     import copy
@@ -299,6 +301,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         clamp = ("x",) if name == "bpti-x" else ("x", "y")
         checkpoint = {"bpti-ckpt": True, "bpti-flat": BPTI_FLAT_SLOTS}.get(name, False)
         rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=checkpoint)
+    elif name == "bpti-compiled":
+        rule = BPThroughInference(model, Inference(steps=steps, optimizer=SGD(latent_lr), compile=True), adam,
+                                  TaskLoss(reconstruct={"y": 1.0}), clamp=("x", "y"))
     else:
         raise ValueError(f"unknown algorithm {name!r}")
 
@@ -428,9 +433,27 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
     }
 
 
+def ratio_floor(target_result: dict[str, Any], rate_gflops: float) -> dict[str, float]:
+    """A lower bound on the target's PC/BP epoch ratio from the sequential products alone.
+
+    Each of PC's ``T`` inference steps must take the 128-wide hidden error through the dense
+    128 x 128 coupling before the next step can start: at least one ``(batch, 128) @ (128, 128)``
+    product per step, ``T`` of them one after the other. Everything else PC does (feed-forward
+    pass, weight gradients, optimiser step) BP does too, except that BP's backward pass has one
+    such product of its own. So ``PC >= BP + (T - 1) t_p`` with ``t_p`` the product's time at
+    ``rate_gflops`` (measured in the same run for this shape), whatever the implementation; the
+    elementwise work of each step (tanh, errors, the narrow output layer) comes on top.
+    """
+    batch, steps = target_result["batch"], target_result["steps"]
+    bp = next(r for r in target_result["rows"] if r["algorithm"] == "bp")["batch_ms"] / 1e3
+    product = 2 * batch * 128 * 128 / (rate_gflops * 1e9)
+    return {"product_us": product * 1e6, "rate_gflops": rate_gflops, "bp_batch_us": bp * 1e6,
+            "ratio_floor": 1 + (steps - 1) * product / bp}
+
+
 def algorithms(
     models: Sequence[str] = ("mlp128", "mlp512", "conv"),
-    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x"),
+    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-compiled", "bpti-ckpt", "bpti-x"),
     batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5, device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
     """Every algorithm on every model (model and data on ``device``); one interleaved timing per model."""
@@ -439,15 +462,17 @@ def algorithms(
     for kind in models:
         model, shape = _model(kind, device=device)
         batches = data(batch, max(2 * chunk, 10), shape, device=device)
-        chosen = [n for n in names if not (n == "pc-compiled" and kind == "conv")]
+        chosen = [n for n in names if not (n.endswith("-compiled") and kind == "conv")]  # Dense chains only
         fns = {n: make_algorithm(n, model, steps) for n in chosen}
-        compile_s = None
-        if "pc-compiled" in fns:
-            start = clock(device)
-            fns["pc-compiled"](*batches[0])
-            compile_s = clock(device) - start
-        flops = {n: counted_flops(make_algorithm(n, model, steps), *batches[0]) for n in chosen if n != "pc-compiled"}
-        flops["pc-compiled"] = flops.get("pc")
+        compile_s: dict[str, float] = {}
+        for n in chosen:
+            if n.endswith("-compiled"):  # the first (compiling) call, kept out of the timings
+                start = clock(device)
+                fns[n](*batches[0])
+                compile_s[n] = clock(device) - start
+        flops = {n: counted_flops(make_algorithm(n, model, steps), *batches[0]) for n in chosen if not n.endswith("-compiled")}
+        for n in compile_s:  # the same arithmetic as the eager algorithm
+            flops[n] = flops.get(n.removesuffix("-compiled"))
         timings = interleaved(fns, batches, chunk, rounds, device=device)
         bp = timings["bp"].median if "bp" in timings else None
         rows = []
@@ -457,7 +482,7 @@ def algorithms(
                 row["ratio_to_bp"] = timings[n].median / bp
             rows.append(row)
         entry = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
-                 "compile_seconds": compile_s}
+                 "compile_seconds": compile_s or None}
         if kind.startswith("mlp"):
             entry["nominal_flops"] = mlp_flops(_widths(kind), batch, steps)
         out.append(entry)
@@ -724,6 +749,7 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
     if "target" in config.suites:
         result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
                                   rounds=3 if quick else config.rounds, compile=config.compile, device=device)
+        result["target"]["floor"] = ratio_floor(result["target"], result["matmul_gflops"]["64x128x128"])
     if "pcx" in config.suites:
         result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
                                        chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,
@@ -735,9 +761,9 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
                 if row["algorithm"].startswith("pc"):
                     result["pcx"][f"pclab_{row['algorithm']}_over_pcx_pc"] = row["batch_ms"] / result["pcx"]["pc_batch_ms"]
     if "algorithms" in config.suites:
-        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x")
+        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-compiled", "bpti-ckpt", "bpti-x")
         if not config.compile:
-            names = tuple(n for n in names if n != "pc-compiled")
+            names = tuple(n for n in names if not n.endswith("-compiled"))
         models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")
         result["algorithms"] = algorithms(models, names, batch=config.batch, steps=config.steps, rounds=2 if quick else 5,
                                           device=device)
@@ -773,6 +799,10 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"  {name}/bp epoch ratio: {r['median']:.2f} (least disturbed chunks {r['best']:.2f}); target <= 1.5")
         if t["compile_seconds"] is not None:
             lines.append(f"  compile (first pc-compiled batch, not in the epoch times): {t['compile_seconds']:.1f} s")
+        if "floor" in t:
+            f = t["floor"]
+            lines.append(f"  floor: T sequential {t['batch']}x128x128 products at the rate measured now ({f['rate_gflops']:.0f} GFLOP/s, "
+                         f"{f['product_us']:.1f} us each) alone make pc/bp >= {f['ratio_floor']:.2f}")
     if "pcx" in result:
         p = result["pcx"]
         lines.append(f"PCX {p['pcx_version']} (JAX {p['jax_version']}): PC epoch {p['pc_epoch_s']:.2f} s, JAX BP epoch {p['bp_epoch_s']:.2f} s, "

@@ -42,5 +42,16 @@ def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
     assert set(result["target"]["ratio_to_bp"]) == {"pc"}
     assert result["target"]["ratio_to_bp"]["pc"]["median"] > 0
     assert "target" in bench.summary(result)
+    # at 1 GFLOP/s one 64x128x128 product takes 2.1 ms: the sequential products dominate the bound
+    assert result["target"]["floor"]["ratio_floor"] > 1 + 2 * 2.0e-3 / (result["target"]["floor"]["bp_batch_us"] * 1e-6)
+    assert "pc/bp >=" in bench.summary(result)
     with pytest.raises(ValueError, match="unknown benchmark suites"):
         bench.run_speed_benchmark(suites=("nope",))
+
+
+def test_ratio_floor_is_one_plus_the_sequential_products_over_bp():
+    target = {"batch": 64, "steps": 20, "rows": [{"algorithm": "bp", "batch_ms": 1.0}, {"algorithm": "pc", "batch_ms": 3.0}]}
+    rate = 2 * 64 * 128 * 128 / 1e-3 / 1e9  # GFLOP/s at which one 64x128x128 product takes 1 ms
+    floor = bench.ratio_floor(target, rate_gflops=rate)
+    assert floor["product_us"] == pytest.approx(1000.0)
+    assert floor["ratio_floor"] == pytest.approx(1 + 19 * 1.0 / 1.0)  # bp takes 1 ms, 19 extra products

@@ -103,3 +103,19 @@ def test_a_run_written_before_a_field_existed_still_matches_its_config():
     assert same_run(older, today)
     changed = {**older, "model": {**older["model"], "activation": "relu"}}
     assert not same_run(changed, today)
+
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules")
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_runs_use_the_fused_optimiser_where_it_applies(name):
+    import torch
+
+    from pclab.train.build import _optimizer, build_model
+
+    config = validate(apply_overrides(preset("tiny"), [f"learning.optimizer={name}"]))
+    model = build_model(config, (1, 8, 8), 10)
+    assert _optimizer(config, model).defaults["fused"] is True
+    assert _optimizer(config, model.to(torch.float64)).defaults["fused"] is True
+    complex_model = build_model(config, (1, 8, 8), 10).to(torch.complex64)  # no fused kernel: PyTorch's default
+    assert not _optimizer(config, complex_model).defaults["fused"]

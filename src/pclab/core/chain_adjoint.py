@@ -56,6 +56,7 @@ Applies (:func:`relax`; otherwise the caller differentiates with autograd) to la
 initial values, no fixed predictions, activations with a hand-written second derivative
 (:data:`CURVATURE`), clamped values that do not require a gradient, and a relaxation with
 something to move (a feed-forward start with no clamped target is plain backprop, left to autograd).
+With ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.compiled_adjoint`).
 """
 
 from __future__ import annotations
@@ -285,6 +286,10 @@ def _add(x: torch.Tensor | None, y: torch.Tensor, alpha: float = 1.0) -> torch.T
     """``x + alpha y`` with ``None`` as an exact zero."""
     if x is None:
         return y if alpha == 1.0 else y * alpha
+    if alpha != 1.0 and torch.compiler.is_compiling():
+        # Inductor (torch 2.13) rewrites add(mm(a, b), y, alpha=k) into addmm(y, a, b), losing
+        # alpha (x is such a product in the anchored branch of _reverse)
+        return x + y * alpha
     return torch.add(x, y, alpha=alpha)
 
 
@@ -355,7 +360,8 @@ def _reverse(
         ff: the feed-forward predictions when the relaxation started from them (its adjoint is
             backpropagated to the parameters too), else ``None``.
         need: ``(weight, bias)`` gradient wanted, per layer.
-        anchored: the anchored nodes of the forward (plain SGD, feed-forward start).
+        anchored: the anchored nodes of the forward (plain SGD, feed-forward start; only their
+            ``gram`` and ``d`` are read).
 
     An anchored node ``i`` (:class:`~pclab.core.chain.Anchored`) is differentiated in the variables
     the forward used: ``a = a_{i+1}`` and ``D`` with ``a' = a_ff + c (a - a_ff) + lr g G``,
@@ -520,26 +526,47 @@ def _reverse(
 
 
 # ---------------------------------------------------------------------------- autograd
+def _run(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
+    """The forward of :class:`_ChainRelaxation` (also traced by :mod:`pclab.core.compiled_adjoint`):
+    ``(final values of the free nodes, z0, ff, tape, anchored)``; ``start`` detached, or ``None``
+    for a feed-forward start."""
+    ff = None
+    if start is None:
+        z, predictions = dense.feed_forward(plan, params, given)
+        ff = predictions.copy()
+    else:
+        z = [v.clone() if plan.free[i] else v for i, v in enumerate(start)]
+        predictions = dense.Predictions(plan.chain, params)
+    z0 = list(z)
+    tape, anchored = _relax(plan, params, z, predictions)
+    # a node that never moved is still its initial tensor: hand out a copy, so that the
+    # initial state stays a plain tensor
+    out = [z[i].clone() if z[i] is z0[i] else z[i] for i in range(len(z)) if plan.free[i]]
+    return out, z0, ff, tape, anchored
+
+
 class _ChainRelaxation(torch.autograd.Function):
-    """``(params..., free initial values...) -> final values of the free nodes``."""
+    """``(params..., free initial values...) -> final values of the free nodes``.
+
+    With ``job.compile`` forward and backward run compiled (:mod:`pclab.core.compiled_adjoint`)
+    where a compiled graph serves the batch size; the forward then keeps the tape flattened
+    (``job.saved``, ``job.spec``) and the backward hands it to the compiled reverse pass.
+    """
 
     @staticmethod
     def forward(ctx, job: _Job, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         plan, params = job.plan, job.params
-        z = list(job.given)
-        if job.start is None:
-            z, predictions = dense.feed_forward(plan, params, job.given)
-            job.ff = predictions.copy()
-        else:
-            z = [v.detach().clone() if plan.free[i] else v for i, v in enumerate(job.start)]
-            predictions = dense.Predictions(plan.chain, params)
-        job.z0 = list(z)
-        job.tape, job.anchored = _relax(plan, params, z, predictions)
+        start = None if job.start is None else [v.detach() for v in job.start]
+        out = None
+        if job.compile:
+            from . import compiled_adjoint  # (it imports this module)
+
+            out = compiled_adjoint.forward(job, start)
+        if out is None:
+            out, job.z0, job.ff, job.tape, job.anchored = _run(plan, params, job.given, start)
         ctx.job = job
         ctx.set_materialize_grads(False)
-        # a node that never moved is still its initial tensor: hand out a copy, so that the
-        # initial state stays a plain tensor
-        return tuple(z[i].clone() if z[i] is job.z0[i] else z[i] for i in job.free)
+        return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
@@ -560,7 +587,12 @@ class _ChainRelaxation(torch.autograd.Function):
         for i, g in zip(job.free, grads):
             lam[i] = g
         with torch.no_grad():
-            lam0, pgrads = _reverse(plan, job.params, job.tape, lam, job.z0, job.ff, need, job.anchored)
+            if job.spec is not None:
+                from . import compiled_adjoint
+
+                lam0, pgrads = compiled_adjoint.reverse(job, lam, tuple(need))
+            else:
+                lam0, pgrads = _reverse(plan, job.params, job.tape, lam, job.z0, job.ff, need, job.anchored)
         # the tape is kept (released with the graph): autograd.grad(..., retain_graph=True) may call backward again
         flat = [g for (dw, db), (_, bias) in zip(pgrads, job.params) for g in ((dw, db) if bias is not None else (dw,))]
         assert len(flat) == n_params
@@ -578,14 +610,17 @@ class _Job:
     given: list[torch.Tensor | None]
     start: list[torch.Tensor] | None
     free: list[int]
+    compile: bool = False
     ff: dense.Predictions | None = None
     z0: list[torch.Tensor] | None = None
     tape: list[_Step] | None = None
     anchored: dict[int, dense.Anchored] | None = None
+    saved: list[torch.Tensor] | None = None  # compiled forward: z0, ff, anchored and tape, flattened
+    spec: tuple | None = None  # ... and their structure (see compiled_adjoint)
 
 
 def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
-          start: Sequence[torch.Tensor] | None = None) -> dense.ChainState | None:
+          start: Sequence[torch.Tensor] | None = None, compile: bool = False) -> dense.ChainState | None:
     """:func:`pclab.core.chain.relax_chain` ``(differentiable=True)`` with the hand-derived reverse
     pass, or ``None`` when it does not apply (:func:`applies`; the caller then uses autograd).
 
@@ -595,6 +630,8 @@ def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor |
         given: ``given[i]`` node ``i``'s clamped value (``(batch, width_i)``) or ``None``.
         start: initial values of every node when not starting from the feed-forward pass (their
             free entries may require grad and get ``dL/dz_0``).
+        compile: run the relaxation and the reverse pass under ``torch.compile``
+            (:mod:`pclab.core.compiled_adjoint`; batch sizes no compiled graph serves run eagerly).
 
     Returns:
         The relaxed state: ``values`` carry the gradient to the parameters (a released read-out
@@ -610,7 +647,7 @@ def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor |
     detached = [(w.detach(), None if b is None else b.detach()) for w, b in params]
     free = [i for i in range(L + 1) if plan.free[i]]
     job = _Job(plan, detached, flat, [None if v is None else v.detach() for v in given],
-               None if plan.feed_forward else list(start), free)
+               None if plan.feed_forward else list(start), free, compile)
     starts = [] if plan.feed_forward else [start[i] for i in free]
     out = _ChainRelaxation.apply(job, *flat, *starts)
     values: list[torch.Tensor] = list(job.z0)

@@ -414,7 +414,7 @@ def _relax_chain(
                 values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
                 return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
             # bp-through-inference: the hand-derived reverse pass where it applies, else autograd
-            state = chain_adjoint.relax(plan, params, given) if differentiable else None
+            state = chain_adjoint.relax(plan, params, given, compile=inference.compile) if differentiable else None
             if state is None:
                 start, predictions = dense.feed_forward(plan, params, given)
         else:
@@ -425,7 +425,7 @@ def _relax_chain(
                 values = {**initial, **clamp}
             start = [values[n] if differentiable else values[n].detach() for n in names]
             predictions = None
-            state = chain_adjoint.relax(plan, params, [clamp.get(n) for n in names], start) if differentiable else None
+            state = chain_adjoint.relax(plan, params, [clamp.get(n) for n in names], start, compile=inference.compile) if differentiable else None
         if state is None:
             state = dense.relax_chain(plan, params, start, predictions, differentiable)
     index = {n: i for i, n in enumerate(names)}

@@ -107,13 +107,22 @@ def build_inference(config: InferenceConfig) -> Inference:
     return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile)
 
 
+def _fusable(params: list[torch.nn.Parameter]) -> bool:
+    """PyTorch's fused (one kernel per step) optimisers apply: floating-point parameters on the CPU
+    or CUDA. On the project's 2-core CPU, fused Adam's step on MLP 784-128-128-10 measured 54 us
+    against 169 us for the default per-tensor loop, about a tenth of a T = 20 PC step."""
+    return bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def _optimizer(config: RunConfig, model: PCN) -> torch.optim.Optimizer:
     lc = config.learning
+    params = list(model.parameters())
+    fused = _fusable(params) or None  # None: PyTorch's default implementation
     if lc.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lc.lr, weight_decay=lc.weight_decay)
+        return torch.optim.Adam(params, lc.lr, weight_decay=lc.weight_decay, fused=fused)
     if lc.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lc.lr, weight_decay=lc.weight_decay)
-    return torch.optim.SGD(model.parameters(), lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
+        return torch.optim.AdamW(params, lc.lr, weight_decay=lc.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay, fused=fused)
 
 
 def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
