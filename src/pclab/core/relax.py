@@ -40,9 +40,10 @@ class Inference:
             the current ones (the fixed-prediction assumption).
         method: latent gradients by ``"auto"``, ``"manual"`` or ``"autograd"`` (see
             :meth:`PCN.latent_grads`).
-        compile: run the Dense-chain fast path under ``torch.compile`` (see
-            :mod:`pclab.core.compiled`: the first batch compiles for tens of seconds, later ones run
-            faster); other networks ignore it.
+        compile: run the Dense-chain fast path under ``torch.compile``: relaxation, PC step
+            (:mod:`pclab.core.compiled`) and bp-through-inference's relaxation and hand-derived
+            reverse pass (:mod:`pclab.core.compiled_adjoint`). The first batch compiles for seconds
+            to tens of seconds, later ones run faster; other networks ignore it.
     """
 
     steps: int = 20
