@@ -30,8 +30,8 @@ def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "pcx-mnist-pc": ("MLP 784-128x3-10 GELU, MNIST, PC T=8, PCX's tuned settings, 25 epochs (PCX: 98.42 %)", _PCX_MLP),
     "pcx-mnist-bp": (
-        "the same MLP trained by backprop, 25 epochs (PCX: 98.46 %)",
-        _with(_PCX_MLP, learning={"rule": "bp", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 3.55e-4}),
+        "the same MLP trained by backprop, PCX's BP-SE settings, 25 epochs (PCX: 98.46 %)",
+        _with(_PCX_MLP, learning={"rule": "bp", "optimizer": "adamw", "lr": 2.749e-4, "weight_decay": 5.121e-3}),
     ),
     "pcx-fmnist-pc": (
         "the same MLP on Fashion-MNIST, PC T=5, PCX's Fashion-MNIST settings (PCX: 89.88 %)",
