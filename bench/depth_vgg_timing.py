@@ -9,11 +9,11 @@ One thread (as a study trial runs), batch and width of the preset, Fashion-MNIST
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
+from pclab.io import write_json
 from pclab.studies import depth as study
 from pclab.train import load_data, make_batch, prepare
 
@@ -50,8 +50,7 @@ def main() -> None:
             out[f"vgg{depth}/{variant}"] = batch_ms(depth, variant, args.batches)
             print(f"VGG-BN depth {depth} {variant}: {out[f'vgg{depth}/{variant}']:.1f} ms per batch", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

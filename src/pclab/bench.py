@@ -288,22 +288,17 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         return _bp_step(as_sequential(model), weight_lr)
     adam = torch.optim.Adam(model.parameters(), weight_lr)
     fast = all(isinstance(m, Dense) for m in model.edge_modules.values())
-    inference = Inference(steps=steps, optimizer=SGD(latent_lr))
-    if name == "pc":
+    inference = Inference(steps=steps, optimizer=SGD(latent_lr), compile=name.endswith("-compiled"))
+    if name in ("pc", "pc-compiled"):
         rule: Any = PCLearning(model, inference, adam)
-    elif name == "pc-compiled":
-        rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), compile=True), adam)
     elif name == "pc-reference":
         rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
     elif name == "ipc":
         rule = IncrementalPC(model, inference, adam)
-    elif name in ("bpti", "bpti-ckpt", "bpti-flat", "bpti-x", "bpti-autograd"):
+    elif name in ("bpti", "bpti-compiled", "bpti-ckpt", "bpti-flat", "bpti-x", "bpti-autograd"):
         clamp = ("x",) if name == "bpti-x" else ("x", "y")
         checkpoint = {"bpti-ckpt": True, "bpti-flat": BPTI_FLAT_SLOTS}.get(name, False)
         rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=checkpoint)
-    elif name == "bpti-compiled":
-        rule = BPThroughInference(model, Inference(steps=steps, optimizer=SGD(latent_lr), compile=True), adam,
-                                  TaskLoss(reconstruct={"y": 1.0}), clamp=("x", "y"))
     else:
         raise ValueError(f"unknown algorithm {name!r}")
 

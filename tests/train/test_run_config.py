@@ -105,7 +105,6 @@ def test_a_run_written_before_a_field_existed_still_matches_its_config():
     assert not same_run(changed, today)
 
 
-
 @pytest.mark.filterwarnings("ignore:Complex modules")
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_runs_use_the_fused_optimiser_where_it_applies(name):
