@@ -5,6 +5,8 @@ Compiling takes seconds (tens on a cold Inductor cache), so this file is marked 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from perf_chains import chain, max_rel, randn, twin
@@ -64,3 +66,72 @@ def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_comp
     assert fast["test_accuracy"] == pytest.approx(eager["test_accuracy"], abs=1 / 128 + 1e-9)
     assert record["compile_seconds"] > 0 and record["epoch_seconds"] > 0
     assert "compile_seconds" not in eager["history"][0]
+
+
+def _twins(optimizer, scheduler: bool = False):
+    """An eager and a compiled PC rule on twin chains, each with its own ``optimizer(params)``."""
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    other = twin(model)
+    rules = []
+    for m, compile in ((other, False), (model, True)):
+        opt = optimizer(m.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k) if scheduler else None
+        rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, sched))
+    return rules
+
+
+def _batch(k: int) -> dict[str, torch.Tensor]:
+    return {"x": randn(6, 12, seed=k, dtype=torch.float32), "y": randn(6, 4, seed=50 + k, dtype=torch.float32)}
+
+
+def _assert_same(eager: PCLearning, fast: PCLearning, rel: float = 1e-5) -> None:
+    for p, q in zip(fast.model.parameters(), eager.model.parameters()):
+        assert float((p - q).detach().norm()) <= rel * float(q.detach().norm())
+        assert float((p.grad - q.grad).norm()) <= rel * float(q.grad.norm())  # left in .grad, as backward would
+
+
+def _kinds(before: set) -> list[str]:
+    """The kinds of compiled functions made since the cache held ``before`` (it evicts the oldest)."""
+    return [key[0] for key in compiled.CACHE.entries if key not in before]
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: torch.optim.Adam(ps, 0.01),
+    lambda ps: torch.optim.AdamW(ps, 0.01, weight_decay=0.1, fused=True),
+    lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.9, nesterov=True),
+], ids=["adam", "adamw-fused", "sgd-nesterov"])
+def test_the_optimiser_step_joins_the_compiled_frame_and_steps_eagerly_once_its_rate_changes(optimizer):
+    eager, fast = _twins(optimizer)
+    since = set(compiled.CACHE.entries)
+    for k in range(3):
+        assert fast.step(_batch(k))["energy"] == pytest.approx(eager.step(_batch(k))["energy"], rel=1e-5)
+        _assert_same(eager, fast)
+    assert _kinds(since) == ["train"]  # relaxation, gradients and optimiser step from one compiled frame
+    for rule in (eager, fast):
+        rule.optimizer.param_groups[0]["lr"] /= 4
+    for k in range(3, 5):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+    assert _kinds(since) == ["train", "learn"]  # compiled gradients, eager step at the new rate
+
+
+def test_with_a_scheduler_the_gradients_are_compiled_and_the_optimiser_steps_eagerly():
+    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, 0.01), scheduler=True)
+    since = set(compiled.CACHE.entries)
+    for k in range(3):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+    assert _kinds(since) == ["learn"]
+    assert fast.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 3)
+
+
+def test_a_compiled_rule_resumed_from_its_state_dict_makes_the_next_update_of_the_uninterrupted_one():
+    _, first = _twins(lambda ps: torch.optim.Adam(ps, 0.01))
+    for k in range(2):
+        first.step(_batch(k))
+    model, state = twin(first.model), copy.deepcopy(first.state_dict())  # as a checkpoint file holds it
+    resumed = PCLearning(model, Inference(steps=3, optimizer=SGD(0.1), compile=True), torch.optim.Adam(model.parameters(), 0.01))
+    resumed.load_state_dict(state)
+    first.step(_batch(2)), resumed.step(_batch(2))
+    for p, q in zip(resumed.model.parameters(), first.model.parameters()):
+        assert torch.equal(p, q)

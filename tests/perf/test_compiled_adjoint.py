@@ -65,7 +65,7 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
     inference = Inference(steps=steps, optimizer=SGD(0.1), compile=True)
     fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.05), loss, ("x", "y"))
     before = compiled.total_compile_seconds()
-    graphs = None
+    graphs, breaks = None, sum(counters["graph_break"].values())  # (other tests' breaks: e.g. torch.optim's own)
     for k, batch in enumerate([6, 6, 3, 6, 6]):  # batch 3 runs on the eager path
         data = {"x": randn(batch, 12, seed=k, dtype=F32), "y": randn(batch, widths[-1], seed=50 + k, dtype=F32)}
         calls = dict(eager_calls)
@@ -79,7 +79,7 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         for p, q in zip(model.parameters(), other.parameters()):
             assert _rel(p, q) <= 1e-5
-    assert counters["stats"]["unique_graphs"] == graphs and not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == graphs and sum(counters["graph_break"].values()) == breaks
     entries = _entries(model)
     assert set(entries) == {"adjoint-forward", "adjoint-reverse"}
     assert all(e.batch == 6 and e.compile_seconds > 0 for e in entries.values())

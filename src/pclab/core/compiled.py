@@ -17,11 +17,17 @@ Costs and rules:
   size (an epoch's short last batch) runs the eager fast path, which gives the same numbers up to
   float rounding;
 * results equal the eager fast path up to float rounding (Inductor's own ``tanh`` etc.), which
-  ``tests/perf`` checks.
+  ``tests/perf`` checks;
+* the PC rule's weight update joins the compiled call (:func:`pc_train_step`): ``torch.optim``'s
+  ``step`` breaks the graph on purpose, so it becomes a second, fused graph run from the same
+  compiled frame -- what PCX gets from jitting optax's update into its train step. That holds
+  while the optimiser's hyperparameters stay those of the first call; a changed learning rate
+  would recompile, so after a change (or with a scheduler) the step runs eagerly instead.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,14 +69,34 @@ def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor 
     return dense.weight_gradients(plan, state, forward_update)
 
 
+def _train(plan: dense.Plan, forward_update: bool, optimizer: torch.optim.Optimizer,
+           clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]) -> torch.Tensor:
+    energy, grads = _learn(plan, forward_update, clamp, flat)
+    optimizer.zero_grad(set_to_none=True)
+    dense.set_grads(plan.chain, grads)
+    optimizer.step()
+    return energy
+
+
+class _ProfilerNote(logging.Filter):
+    """Drops Dynamo's note that it ignores ``record_function`` while tracing ``torch.optim``'s
+    ``step``: said once per process on every compiled optimiser step, and nothing for a user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Profiler record function")
+
+
+logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_ProfilerNote())
+
+
 INDUCTOR_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
 """Inductor options of every compiled relaxation. ``cpp_wrapper``: kernels are launched from C++,
 not Python (a relaxation is hundreds of small kernels)."""
 
 
-def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` into one whole graph with static shapes."""
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=dict(INDUCTOR_OPTIONS))
+def _compile(fn: Callable[..., Any], fullgraph: bool = True) -> Callable[..., Any]:
+    """``torch.compile`` with static shapes, into one whole graph unless ``fullgraph=False``."""
+    return torch.compile(fn, fullgraph=fullgraph, dynamic=False, options=dict(INDUCTOR_OPTIONS))
 
 
 @dataclass
@@ -80,6 +106,7 @@ class _Compiled:
     fn: Callable[..., Any]
     batch: int | None = None
     compile_seconds: float | None = None
+    hyperparameters: tuple | None = None  # an optimiser's, when its step is compiled in
 
 
 @dataclass
@@ -139,6 +166,44 @@ def pc_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor
     key = ("learn", plan, forward_update)
     entry = CACHE.get(key, lambda: _compile(lambda c, f: _learn(plan, forward_update, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
+    return _call(entry, batch, list(clamp), _flat(params))
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple:
+    """Everything of ``optimizer.param_groups`` but the parameters (tensors by identity), to tell
+    whether a compiled optimiser step still applies."""
+    return tuple(
+        tuple((k, ("tensor", id(v)) if isinstance(v, torch.Tensor) else v) for k, v in group.items() if k != "params")
+        for group in optimizer.param_groups
+    )
+
+
+def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None], forward_update: bool,
+                  optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """One whole PC training step -- relaxation, weight gradients (left in ``.grad``, as
+    ``backward`` would) and ``optimizer.step()`` -- from one compiled frame; the batch-mean energy,
+    or ``None`` (nothing done) when this batch size is served by the eager path.
+
+    Once ``optimizer``'s hyperparameters differ from those of the first call, the gradients still
+    come from a compiled graph (:func:`pc_step`) but the optimiser steps eagerly: compiled, every
+    new learning rate would be a recompilation."""
+    key = ("train", plan, forward_update, optimizer)
+    entry = CACHE.get(key, lambda: _compile(lambda c, f: _train(plan, forward_update, optimizer, c, f), fullgraph=False))
+    batch = next(v for v in clamp if v is not None).shape[0]
+    if entry.batch is not None and entry.batch != batch:
+        return None
+    now = hyperparameters(optimizer)
+    if entry.hyperparameters is None:
+        entry.hyperparameters = now
+    if now != entry.hyperparameters:
+        out = pc_step(plan, params, clamp, forward_update)
+        if out is None:
+            return None
+        energy, grads = out
+        optimizer.zero_grad(set_to_none=True)
+        dense.set_grads(plan.chain, grads)
+        optimizer.step()
+        return energy
     return _call(entry, batch, list(clamp), _flat(params))
 
 

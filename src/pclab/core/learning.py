@@ -125,7 +125,8 @@ class PCLearning(LearningRule):
 
     For a chain of :class:`~pclab.core.layers.Dense` layers the relaxation and the gradient are the
     hand-derived fast path of :mod:`pclab.core.chain` (the same numbers; with
-    ``Inference(compile=True)`` both run as one compiled graph, :mod:`pclab.core.compiled`).
+    ``Inference(compile=True)`` both run as one compiled graph, :mod:`pclab.core.compiled`, and
+    so does the optimiser's step while there is no scheduler and its hyperparameters stay put).
     """
 
     def __init__(
@@ -169,8 +170,9 @@ class PCLearning(LearningRule):
         return {"energy": float(energy.detach())}
 
     def _compiled_step(self, batch: Batch) -> torch.Tensor | None:
-        """The whole step -- relaxation and weight gradients -- as one compiled graph
-        (:mod:`pclab.core.compiled`), or ``None`` where that does not apply."""
+        """The whole step -- relaxation, weight gradients and, without a scheduler, the optimiser's
+        step -- from a compiled frame (:mod:`pclab.core.compiled`), or ``None`` where that does not
+        apply."""
         inference = self.inference
         if type(self).weight_energy is not PCLearning.weight_energy:  # a subclass's own energy
             return None
@@ -188,8 +190,12 @@ class PCLearning(LearningRule):
             self._plan_memo = (inference, clamped, plan)
         structure = plan.chain
         self.model.check_clamp(batch)
+        clamp, params = [batch.get(n) for n in structure.nodes], structure.params()
+        if self.scheduler is None:  # (a schedule's new rates would recompile a compiled optimiser step)
+            with torch.no_grad():
+                return compiled.pc_train_step(plan, params, clamp, self.forward_update, self.optimizer)
         with torch.no_grad():
-            out = compiled.pc_step(plan, structure.params(), [batch.get(n) for n in structure.nodes], self.forward_update)
+            out = compiled.pc_step(plan, params, clamp, self.forward_update)
         if out is None:
             return None
         energy, grads = out
