@@ -179,7 +179,9 @@ class PCN(nn.Module):
         if not clamp:
             raise ValueError("at least one node must be clamped to give the batch size")
         batch = None
-        device, dtype = self.device, self.dtype  # each walks the parameters: look up once
+        first = next(self.parameters(), None)  # walking the parameters costs microseconds: once
+        device = first.device if first is not None else self.device
+        dtype = first.dtype if first is not None else self.dtype
         for name, value in clamp.items():
             if name not in self.nodes:
                 raise ValueError(f"cannot clamp unknown node {name!r}; nodes are {list(self.nodes)}")
