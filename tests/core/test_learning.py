@@ -175,7 +175,7 @@ def test_task_loss_mix_weights_reconstruction_and_classification():
     mse = torch.nn.functional.mse_loss(model.predictions(values)["x"], batch["x"])
     ce = torch.nn.functional.cross_entropy(model.predictions(values)["y"], batch["y"])
     loss, parts = TaskLoss.mix(0.25)(model, values, batch)
-    assert float(loss) == pytest.approx(float(0.75 * mse + 0.25 * ce), rel=1e-14)
+    assert float(loss.detach()) == pytest.approx(float((0.75 * mse + 0.25 * ce).detach()), rel=1e-14)
     assert set(parts) == {"mse_x", "ce_y"}
     with pytest.raises(ValueError, match="lam"):
         TaskLoss.mix(1.5)

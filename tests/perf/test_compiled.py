@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 from perf_chains import chain, max_rel, randn, twin
+from torch._dynamo.utils import counters
 
 from pclab.core import SGD, Inference, PCLearning, compiled, relax
 
@@ -55,11 +56,12 @@ def test_a_hook_added_after_compiling_sends_the_step_back_to_the_general_path():
     assert rule.step(data)["energy"] == pytest.approx(expected.step(data)["energy"], rel=1e-6)
 
 
-def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_compile_time_apart(tmp_path, tiny):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_compile_time_apart(tmp_path, tiny, schedule):
     from pclab.train import train
 
-    eager = train(tiny("epochs=1"), tmp_path / "eager", progress=False)
-    fast = train(tiny("epochs=1", "inference.compile=true"), tmp_path / "compiled", progress=False)
+    eager = train(tiny("epochs=1", f"learning.schedule={schedule}"), tmp_path / "eager", progress=False)
+    fast = train(tiny("epochs=1", "inference.compile=true", f"learning.schedule={schedule}"), tmp_path / "compiled", progress=False)
     record = fast["history"][0]
     # float32 kernels differ in rounding only: the same energies, at most one of 128 test images flips
     assert record["train_energy"] == pytest.approx(eager["history"][0]["train_energy"], rel=1e-4)
@@ -75,7 +77,7 @@ def _twins(optimizer, scheduler: bool = False):
     rules = []
     for m, compile in ((other, False), (model, True)):
         opt = optimizer(m.parameters())
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k) if scheduler else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5**k) if scheduler else None
         rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, sched))
     return rules
 
@@ -115,14 +117,22 @@ def test_the_optimiser_step_joins_the_compiled_frame_and_steps_eagerly_once_its_
     assert _kinds(since) == ["train", "learn"]  # compiled gradients, eager step at the new rate
 
 
-def test_with_a_scheduler_the_gradients_are_compiled_and_the_optimiser_steps_eagerly():
-    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, 0.01), scheduler=True)
+@pytest.mark.parametrize("rate", ["float", "tensor"])
+def test_with_a_scheduler_a_tensor_rate_keeps_the_optimiser_step_compiled_and_a_float_rate_steps_eagerly(rate):
+    lr = 0.01 if rate == "float" else torch.tensor(0.01, dtype=torch.float64)
+    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, lr if rate == "float" else lr.clone()), scheduler=True)
     since = set(compiled.CACHE.entries)
-    for k in range(3):
+    graphs = None
+    for k in range(4):
         fast.step(_batch(k)), eager.step(_batch(k))
         _assert_same(eager, fast)
-    assert _kinds(since) == ["learn"]
-    assert fast.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 3)
+        if k == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    # a float rate would recompile at every new value: compiled gradients, eager step; a tensor
+    # rate is an input of the compiled step, updated in place by the scheduler: nothing recompiles
+    assert _kinds(since) == (["learn"] if rate == "float" else ["train"])
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert float(fast.optimizer.param_groups[0]["lr"]) == pytest.approx(0.01 * 0.5**4)
 
 
 def test_a_compiled_rule_resumed_from_its_state_dict_makes_the_next_update_of_the_uninterrupted_one():

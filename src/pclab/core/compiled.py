@@ -178,6 +178,13 @@ def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple:
     )
 
 
+def rates_are_tensors(optimizer: torch.optim.Optimizer) -> bool:
+    """Every parameter group's learning rate is a tensor (``torch.optim.Adam(params, lr=torch.tensor(1e-3))``):
+    a scheduler then updates it in place, and a compiled optimiser step reads the new value
+    instead of recompiling."""
+    return all(isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups)
+
+
 def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None], forward_update: bool,
                   optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """One whole PC training step -- relaxation, weight gradients (left in ``.grad``, as

@@ -191,9 +191,14 @@ class PCLearning(LearningRule):
         structure = plan.chain
         self.model.check_clamp(batch)
         clamp, params = [batch.get(n) for n in structure.nodes], structure.params()
-        if self.scheduler is None:  # (a schedule's new rates would recompile a compiled optimiser step)
+        if self.scheduler is None or compiled.rates_are_tensors(self.optimizer):
+            # (a schedule's new float rates would recompile a compiled optimiser step; tensor rates
+            # are updated in place and read by the compiled step)
             with torch.no_grad():
-                return compiled.pc_train_step(plan, params, clamp, self.forward_update, self.optimizer)
+                energy = compiled.pc_train_step(plan, params, clamp, self.forward_update, self.optimizer)
+            if energy is not None and self.scheduler is not None:
+                self.scheduler.step()
+            return energy
         with torch.no_grad():
             out = compiled.pc_step(plan, params, clamp, self.forward_update)
         if out is None:

@@ -114,20 +114,29 @@ def _fusable(params: list[torch.nn.Parameter]) -> bool:
     return bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
 
 
+def _scheduled(config: RunConfig) -> bool:
+    return not (config.learning.schedule == "constant" and config.learning.warmup_epochs == 0)
+
+
 def _optimizer(config: RunConfig, model: PCN) -> torch.optim.Optimizer:
     lc = config.learning
     params = list(model.parameters())
     fused = _fusable(params) or None  # None: PyTorch's default implementation
+    lr: float | torch.Tensor = lc.lr
+    if config.inference.compile and _scheduled(config):
+        # a tensor rate, which the scheduler updates in place: a compiled PC step can then
+        # include the optimiser's step without recompiling for every new rate
+        lr = torch.tensor(lc.lr, dtype=torch.float64)
     if lc.optimizer == "adam":
-        return torch.optim.Adam(params, lc.lr, weight_decay=lc.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr, weight_decay=lc.weight_decay, fused=fused)
     if lc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lc.lr, weight_decay=lc.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr, weight_decay=lc.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr, momentum=lc.momentum, weight_decay=lc.weight_decay, fused=fused)
 
 
 def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
     lc = config.learning
-    if lc.schedule == "constant" and lc.warmup_epochs == 0:
+    if not _scheduled(config):
         return None
     total = max(1, config.epochs * steps_per_epoch)
     warmup = int(lc.warmup_epochs * steps_per_epoch)
