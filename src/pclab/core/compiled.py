@@ -72,8 +72,7 @@ def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor 
 def _train(plan: dense.Plan, forward_update: bool, optimizer: torch.optim.Optimizer,
            clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]) -> torch.Tensor:
     energy, grads = _learn(plan, forward_update, clamp, flat)
-    optimizer.zero_grad(set_to_none=True)
-    dense.set_grads(plan.chain, grads)
+    dense.set_grads(plan.chain, grads)  # (the caller cleared every .grad: zero_grad breaks the graph)
     optimizer.step()
     return energy
 
@@ -214,6 +213,7 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
         dense.set_grads(plan.chain, grads)
         optimizer.step()
         return energy
+    optimizer.zero_grad(set_to_none=True)
     return _call(entry, batch, list(clamp), _flat(params))
 
 
