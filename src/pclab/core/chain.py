@@ -175,6 +175,18 @@ _SLOPE_FROM_OUTPUT = {
 _NARROW = 16  # compiled: products through layers this narrow become fused reductions
 
 
+def narrow(weight: torch.Tensor) -> bool:
+    """Under compilation, products with ``weight`` (``(n_out, n_in)``) go as fused reductions:
+    BLAS is slow for a 10-class layer's shapes, and Inductor fuses the reduction into the step's
+    elementwise loop."""
+    return torch.compiler.is_compiling() and weight.shape[0] <= _NARROW
+
+
+def back_through(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ weight``: ``(batch, n_out) @ (n_out, n_in)``, a reduction where :func:`narrow`."""
+    return (g[:, :, None] * weight[None]).sum(1) if narrow(weight) else torch.mm(g, weight)
+
+
 class Predictions:
     """The predictions ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``, of a chain's layers, with
     their slopes ``f'(a_l)``; an entry is recomputed only when marked stale.
@@ -193,7 +205,7 @@ class Predictions:
     def compute(self, l: int, source: torch.Tensor) -> torch.Tensor:
         """``mu_l`` from ``source``, the value of node ``l - 1`` (always recomputed)."""
         weight, bias = self.params[l - 1]
-        if torch.compiler.is_compiling() and weight.shape[0] <= _NARROW:  # a fused reduction
+        if narrow(weight):  # a fused reduction
             a = (source[:, None, :] * weight[None]).sum(-1)
             a = a if bias is None else a + bias
         else:
@@ -413,8 +425,8 @@ def relax_chain(
                         zeros[i] = torch.zeros_like(z[i])
                     own = zeros[i]
                 weight = params[i][0]
-                if torch.compiler.is_compiling() and weight.shape[0] <= _NARROW:
-                    grad = own - (back[:, :, None] * weight[None]).sum(1)
+                if narrow(weight):
+                    grad = own - back_through(back, weight)
                 else:
                     grad = torch.addmm(own, back, weight, alpha=-1)
             elif own is not None:

@@ -242,10 +242,14 @@ def _relax(
             if above is not None:
                 back = predictions.backward(i + 1, above)
                 records[i + 1].delta = back
-                if own is None:
-                    grad = torch.mm(back, params[i][0]).neg_()
+                weight = params[i][0]
+                if dense.narrow(weight):
+                    through = dense.back_through(back, weight)
+                    grad = -through if own is None else own - through
+                elif own is None:
+                    grad = torch.mm(back, weight).neg_()
                 else:
-                    grad = torch.addmm(own, back, params[i][0], alpha=-1)
+                    grad = torch.addmm(own, back, weight, alpha=-1)
             elif own is not None:
                 grad = own
             else:  # exactly-zero gradient: only momentum still moves a node that moved before
@@ -313,6 +317,12 @@ class _Reverse:
     def add(self, l: int, q: torch.Tensor, source: torch.Tensor, delta: torch.Tensor | None = None, below: torch.Tensor | None = None) -> None:
         """Add ``q^T source (+ delta^T below)`` to layer ``l``'s weight term, ``sum q`` to its bias term."""
         self.q[l].append(q)
+        if dense.narrow(q.t()):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
+            term = (q[:, :, None] * source[:, None, :]).sum(0)
+            if delta is not None:
+                term = term + (delta[:, :, None] * below[:, None, :]).sum(0)
+            self.dw[l] = term if self.dw[l] is None else self.dw[l] + term
+            return
         if self.dw[l] is None:
             self.dw[l] = torch.mm(q.t(), source)
         else:
@@ -484,7 +494,11 @@ def _reverse(
                     else:
                         gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
                 continue
-            new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
+            if dense.narrow(weight):
+                through = dense.back_through(q, weight)
+                new[l - 1] = through * -c if new[l - 1] is None else new[l - 1] - c * through
+            else:
+                new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
             acc.add(l, q, rec.source, rec.delta if below is not None else None, below)
         lam = new
     for i in anchored:
