@@ -145,3 +145,25 @@ def test_a_compiled_rule_resumed_from_its_state_dict_makes_the_next_update_of_th
     first.step(_batch(2)), resumed.step(_batch(2))
     for p, q in zip(resumed.model.parameters(), first.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_compiled_optimiser_step_keeps_frozen_layers_parameter_groups_forward_update_and_later_hooks():
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    other = twin(model)
+    rules = []
+    for m, compile in ((other, False), (model, True)):
+        m.module("h1", "h2").linear.weight.requires_grad_(False)
+        params = list(m.parameters())
+        opt = torch.optim.Adam([{"params": params[:2], "lr": 0.02}, {"params": params[2:]}], 0.01)
+        rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, forward_update=True))
+    eager, fast = rules
+    frozen = model.module("h1", "h2").linear.weight.detach().clone()
+    fast.step(_batch(0)), eager.step(_batch(0))
+    calls = []
+    fast.optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append(1))  # after compiling
+    for k in range(1, 4):
+        fast.step(_batch(k)), eager.step(_batch(k))
+    assert len(calls) == 3
+    assert torch.equal(model.module("h1", "h2").linear.weight, frozen) and model.module("h1", "h2").linear.weight.grad is None
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert float((p - q).detach().norm()) <= 1e-5 * float(q.detach().norm())
