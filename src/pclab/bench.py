@@ -159,11 +159,12 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
     return record
 
 
-def matmul_rate(repeats: int = 30, device: torch.device | None = None) -> dict[str, float]:
+def matmul_rate(repeats: int = 30, device: torch.device | None = None, batch: int = 64) -> dict[str, float]:
     """Measured float32 matmul rate (GFLOP/s) of ``device`` (default the CPU, at the current thread
-    count), for a large square product (the practical peak) and the shapes of the target MLP."""
+    count), for a large square product (the practical peak) and the shapes of the target MLP at
+    ``batch`` (keys ``"{m}x{k}x{n}"``)."""
     device = device or torch.device("cpu")
-    shapes = {"1024x1024x1024": (1024, 1024, 1024), "64x784x128": (64, 784, 128), "64x128x128": (64, 128, 128)}
+    shapes = {"1024x1024x1024": (1024, 1024, 1024), f"{batch}x784x128": (batch, 784, 128), f"{batch}x128x128": (batch, 128, 128)}
     out = {}
     for name, (m, k, n) in shapes.items():
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
@@ -423,7 +424,7 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
     bp = timings["bp"]
     ratios = {n: {"median": timings[n].median / bp.median, "best": timings[n].best / bp.best} for n in names if n != "bp"}
     return {
-        "model": "MLP 784-128-128-10 tanh", "device": str(device), "batch": batch, "steps": steps, "rows": rows,
+        "model": "MLP 784-128-128-10 tanh", "widths": widths, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
         "ratio_to_bp": ratios, "compile_seconds": compile_s, "flops": mlp_flops(widths, batch, steps),
     }
 
@@ -431,17 +432,18 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
 def ratio_floor(target_result: dict[str, Any], rate_gflops: float) -> dict[str, float]:
     """A lower bound on the target's PC/BP epoch ratio from the sequential products alone.
 
-    Each of PC's ``T`` inference steps must take the 128-wide hidden error through the dense
-    128 x 128 coupling before the next step can start: at least one ``(batch, 128) @ (128, 128)``
-    product per step, ``T`` of them one after the other. Everything else PC does (feed-forward
+    Each of PC's ``T`` inference steps must take the ``n``-wide hidden error (``n`` the first
+    hidden width of ``target_result["widths"]``) through the dense ``n x n`` coupling before the
+    next step can start: at least one ``(batch, n) @ (n, n)`` product per step, ``T`` of them one
+    after the other. Everything else PC does (feed-forward
     pass, weight gradients, optimiser step) BP does too, except that BP's backward pass has one
     such product of its own. So ``PC >= BP + (T - 1) t_p`` with ``t_p`` the product's time at
     ``rate_gflops`` (measured in the same run for this shape), whatever the implementation; the
     elementwise work of each step (tanh, errors, the narrow output layer) comes on top.
     """
-    batch, steps = target_result["batch"], target_result["steps"]
+    batch, steps, hidden = target_result["batch"], target_result["steps"], target_result["widths"][1]
     bp = next(r for r in target_result["rows"] if r["algorithm"] == "bp")["batch_ms"] / 1e3
-    product = 2 * batch * 128 * 128 / (rate_gflops * 1e9)
+    product = 2 * batch * hidden * hidden / (rate_gflops * 1e9)
     return {"product_us": product * 1e6, "rate_gflops": rate_gflops, "bp_batch_us": bp * 1e6,
             "ratio_floor": 1 + (steps - 1) * product / bp}
 
@@ -738,13 +740,13 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
     device = resolve_device(config.device)  # before any work: a bad --device fails at once
     torch.set_num_threads(config.threads)
     result: dict[str, Any] = {"config": asdict(config), "machine": machine(device),
-                              "matmul_gflops": matmul_rate(device=device)}
+                              "matmul_gflops": matmul_rate(device=device, batch=config.batch)}
     started = time.perf_counter()
     quick = config.quick
     if "target" in config.suites:
         result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
                                   rounds=3 if quick else config.rounds, compile=config.compile, device=device)
-        result["target"]["floor"] = ratio_floor(result["target"], result["matmul_gflops"]["64x128x128"])
+        result["target"]["floor"] = ratio_floor(result["target"], result["matmul_gflops"][f"{config.batch}x128x128"])
     if "pcx" in config.suites:
         result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
                                        chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,

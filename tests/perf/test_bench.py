@@ -37,7 +37,7 @@ def test_every_algorithm_steps_on_mlp_and_conv():
 
 
 def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None: {"64x128x128": 1.0})
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     result = bench.run_speed_benchmark(suites=("target",), quick=True, compile=False, threads=1)
     assert set(result["target"]["ratio_to_bp"]) == {"pc"}
     assert result["target"]["ratio_to_bp"]["pc"]["median"] > 0
@@ -50,7 +50,8 @@ def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
 
 
 def test_ratio_floor_is_one_plus_the_sequential_products_over_bp():
-    target = {"batch": 64, "steps": 20, "rows": [{"algorithm": "bp", "batch_ms": 1.0}, {"algorithm": "pc", "batch_ms": 3.0}]}
+    target = {"batch": 64, "steps": 20, "widths": [784, 128, 128, 10],
+              "rows": [{"algorithm": "bp", "batch_ms": 1.0}, {"algorithm": "pc", "batch_ms": 3.0}]}
     rate = 2 * 64 * 128 * 128 / 1e-3 / 1e9  # GFLOP/s at which one 64x128x128 product takes 1 ms
     floor = bench.ratio_floor(target, rate_gflops=rate)
     assert floor["product_us"] == pytest.approx(1000.0)

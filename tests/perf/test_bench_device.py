@@ -56,7 +56,7 @@ def test_every_timing_suite_builds_on_the_device_and_synchronises_it(fake_cuda):
 def test_cpu_run_records_the_device_and_keeps_everything_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rated = []
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None: rated.append(device) or {"64x128x128": 1.0})
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: rated.append(device) or {f"{batch}x128x128": 1.0})
     made = []
     real_make = bench.make_algorithm
 
