@@ -21,8 +21,10 @@ Costs and rules:
 * the PC rule's weight update joins the compiled call (:func:`pc_train_step`): ``torch.optim``'s
   ``step`` breaks the graph on purpose, so it becomes a second, fused graph run from the same
   compiled frame -- what PCX gets from jitting optax's update into its train step. That holds
-  while the optimiser's hyperparameters stay those of the first call; a changed learning rate
-  would recompile, so after a change (or with a scheduler) the step runs eagerly instead.
+  while the optimiser's hyperparameters stay those of the first call; a changed float learning
+  rate would recompile, so after a change (or with a scheduler over float rates) the step runs
+  eagerly instead. A tensor rate (:func:`rates_are_tensors`) is an input of the compiled step: a
+  scheduler updates it in place and nothing recompiles.
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ class PCLearning(LearningRule):
     For a chain of :class:`~pclab.core.layers.Dense` layers the relaxation and the gradient are the
     hand-derived fast path of :mod:`pclab.core.chain` (the same numbers; with
     ``Inference(compile=True)`` both run as one compiled graph, :mod:`pclab.core.compiled`, and
-    so does the optimiser's step while there is no scheduler and its hyperparameters stay put).
+    the optimiser's step from the same compiled frame while its hyperparameters stay put: without
+    a scheduler, or with one over tensor learning rates).
     """
 
     def __init__(
