@@ -73,10 +73,43 @@ def test_incremental_pc_weight_steps_use_the_current_latents():
         states.append({n: v.clone() for n, v in values.items()})
         return original(values, clamped, sources)
 
-    model.energy = spy
-    IncrementalPC(model, Inference(steps=2, optimizer=SGD(lr=0.2)), optimizer).step(batch)
+    model.energy = spy  # the general loop calls it (the Dense-chain path has its own, tested below)
+    IncrementalPC(model, Inference(steps=2, optimizer=SGD(lr=0.2), method="manual"), optimizer).step(batch)
     assert len(states) == 2
     assert not torch.equal(states[0]["h1"], states[1]["h1"])
+
+
+@pytest.mark.parametrize("case", ["sgd", "momentum-spiking", "adam-ce-decaying"])
+def test_incremental_pc_on_the_chain_path_equals_the_general_loop(case, monkeypatch):
+    """:func:`pclab.core.chain.incremental` (hand-derived, no autograd) against the general loop
+    (``relax(..., on_step=...)``, autograd weight gradients) over three batches: latent SGD,
+    heavy-ball SGD with the spiking schedule, latent Adam with a cross-entropy label and the
+    decaying schedule; parameter Adam throughout."""
+    from pclab.core import Decaying, Spiking
+    from pclab.core import chain as dense
+
+    runs = []
+    incremental = dense.incremental
+    monkeypatch.setattr(dense, "incremental", lambda *args: runs.append(1) or incremental(*args))
+    latent, precision, output = {
+        "sgd": (SGD(lr=0.1), None, None),
+        "momentum-spiking": (SGD(lr=0.1, momentum=0.5), Spiking(0.05), None),
+        "adam-ce-decaying": (Adam(lr=0.05), Decaying(0.3), CrossEntropy()),
+    }[case]
+    rules = []
+    for method in ("auto", "manual"):
+        model = chain([5, 6, 4, 3], ["tanh", "gelu", "identity"], output=output, seed=21)
+        extra = {} if precision is None else {"precision": precision}
+        inference = Inference(steps=4, optimizer=latent, method=method, **extra)
+        rules.append(IncrementalPC(model, inference, torch.optim.Adam(model.parameters(), lr=0.01)))
+    fast, general = rules
+    for k in range(3):
+        y = one_hot(torch.tensor([0, 2, 1, 1]), 3) if output is not None else randn(4, 3, seed=30 + k)
+        batch = {"x": randn(4, 5, seed=20 + k), "y": y}
+        assert fast.step(batch)["energy"] == pytest.approx(general.step(batch)["energy"], rel=1e-10)
+        for p, q in zip(fast.model.parameters(), general.model.parameters()):
+            assert rel_err(p.detach(), q.detach()) < 1e-10
+    assert len(runs) == 3  # every batch of the "auto" rule took the chain path
 
 
 @pytest.mark.parametrize("forward_update", [False, True], ids=["relaxed_presynaptic", "forward_update"])

@@ -37,7 +37,7 @@ Backprop through the inference otherwise uses the hand-derived reverse pass of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -510,6 +510,51 @@ def weight_gradients(
     if total is None:
         return z[0].new_zeros(()), grads
     return total / batch, grads
+
+
+def incremental(
+    plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None],
+    learn: Callable[[list[tuple[torch.Tensor | None, torch.Tensor | None]]], None],
+) -> torch.Tensor:
+    """Incremental PC on a chain from its feed-forward pass: at every step the latent gradients at
+    the current values and weights, then ``learn(dE/dtheta)`` (which takes a weight step, changing
+    ``params`` in place), then the latent step with the gradients from before it -- what
+    ``relax(..., on_step=...)`` does for :class:`~pclab.core.learning.IncrementalPC`, without
+    autograd. Run under ``no_grad``; returns the batch-mean energy of the last step (static
+    precisions, before its weight step).
+
+    Nothing is cached across steps (every weight step moves every prediction), and a free node with
+    no error anywhere near it still gets its (zero-gradient) update, as in the general loop.
+    """
+    if plan.readout or plan.fixed_prediction or not plan.feed_forward:
+        raise ValueError("the incremental chain path relaxes from the feed-forward pass, with no released read-out "
+                         "and no fixed prediction")
+    chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
+    start, predictions = feed_forward(plan, params, clamp)
+    z = [v.clone() if plan.free[i] else v for i, v in enumerate(start)]
+    states = [optimizer.init(v) if plan.free[i] else None for i, v in enumerate(z)]
+    state = ChainState(z, start, predictions, predictions)
+    energy = z[0].new_zeros(())
+    for t in range(plan.steps):
+        w = plan.weights[t]
+        e: list[torch.Tensor | None] = [None] * (L + 2)
+        for l in range(1, L + 1):
+            if plan.active[l] and w[l] != 0.0:
+                e[l] = _error(chain.energies[l - 1], z[l], predictions.get(l, z), w[l])
+        grads: dict[int, torch.Tensor] = {}
+        for i in range(L + 1):
+            if not plan.free[i]:
+                continue
+            grad = e[i] if e[i] is not None else torch.zeros_like(z[i])
+            if e[i + 1] is not None:  # dE/dz_i = e_i - J_{i+1}^T e_{i+1}
+                grad = torch.addmm(grad, predictions.backward(i + 1, e[i + 1]), params[i][0], alpha=-1)
+            grads[i] = grad
+        energy, weight_grads = weight_gradients(plan, state, forward_update=False)
+        learn(weight_grads)
+        for i, grad in grads.items():
+            z[i], states[i] = optimizer.update(z[i], grad, states[i], False)
+        predictions.stale = [True] * (L + 1)  # new weights and new values
+    return energy
 
 
 def set_grads(chain: DenseChain, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:

@@ -220,13 +220,45 @@ class PCLearning(LearningRule):
 
 
 class IncrementalPC(LearningRule):
-    """Incremental PC: a weight step at every inference step, from the same errors as the latent step."""
+    """Incremental PC: a weight step at every inference step, from the same errors as the latent step.
+
+    A chain of :class:`~pclab.core.layers.Dense` layers relaxed from its feed-forward pass takes the
+    hand-derived path :func:`pclab.core.chain.incremental` (the same numbers, no autograd)."""
 
     def __init__(self, model: PCN, inference: Inference, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
         super().__init__(model, optimizer, scheduler)
         self.inference = inference
 
     def step(self, batch: Batch) -> dict[str, float]:
+        energy = self._chain_step(batch)
+        if energy is None:
+            energy = self._general_step(batch)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"energy": energy}
+
+    def _chain_step(self, batch: Batch) -> float | None:
+        """:func:`pclab.core.chain.incremental` where it applies, else ``None``."""
+        inference = self.inference
+        if inference.init != "forward" or inference.tolerance is not None or inference.fixed_prediction:
+            return None
+        structure = fast_chain(self.model, inference)
+        if structure is None:
+            return None
+        plan = chain_plan(self.model, structure, frozenset(batch), inference, feed_forward=True)
+        if plan.readout:
+            return None
+        self.model.check_clamp(batch)
+
+        def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            dense.set_grads(structure, grads)
+            self.optimizer.step()
+
+        with torch.no_grad():
+            return float(dense.incremental(plan, structure.params(), [batch.get(n) for n in structure.nodes], learn))
+
+    def _general_step(self, batch: Batch) -> float:
         clamped = frozenset(batch)
         last = {}
 
@@ -243,9 +275,7 @@ class IncrementalPC(LearningRule):
             last["energy"] = energy.detach()
 
         relax(self.model, batch, self.inference, on_step=learn)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return {"energy": float(last["energy"]) if last else 0.0}
+        return float(last["energy"]) if last else 0.0
 
 
 class ZeroDivergenceIL(LearningRule):
