@@ -167,3 +167,17 @@ def test_the_compiled_optimiser_step_keeps_frozen_layers_parameter_groups_forwar
     assert torch.equal(model.module("h1", "h2").linear.weight, frozen) and model.module("h1", "h2").linear.weight.grad is None
     for p, q in zip(model.parameters(), other.parameters()):
         assert float((p - q).detach().norm()) <= 1e-5 * float(q.detach().norm())
+
+
+def test_the_ninth_compiled_model_of_a_process_is_compiled_too():
+    """TorchDynamo keeps at most 8 compiled versions per code object and then runs it eagerly;
+    every compiled function here has a code object of its own, so model after model compiles."""
+    for seed in range(9):
+        model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32, seed=seed)
+        other = twin(model)
+        fast = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.05))
+        eager = PCLearning(other, Inference(steps=2, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05))
+        graphs = counters["stats"]["unique_graphs"]
+        fast.step(_batch(seed)), eager.step(_batch(seed))
+        assert counters["stats"]["unique_graphs"] > graphs  # compiled, not run eagerly
+        _assert_same(eager, fast)

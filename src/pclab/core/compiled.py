@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,14 +91,27 @@ class _ProfilerNote(logging.Filter):
 logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_ProfilerNote())
 
 
+RECOMPILE_LIMIT = 64
+"""TorchDynamo's ``recompile_limit`` while a compiled function is first called (compiled): how many
+optimisers of one process get a compiled ``step``; later ones step eagerly (same numbers)."""
+
 INDUCTOR_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
 """Inductor options of every compiled relaxation. ``cpp_wrapper``: kernels are launched from C++,
 not Python (a relaxation is hundreds of small kernels)."""
 
 
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own. TorchDynamo keeps compiled versions per code object,
+    at most ``recompile_limit`` (8) of them, and then runs that code eagerly; each function compiled
+    here serves one plan (and optimiser), so sharing one lambda's (or ``_train``'s) code object
+    across them would leave the ninth model of a process uncompiled."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 def _compile(fn: Callable[..., Any], fullgraph: bool = True) -> Callable[..., Any]:
-    """``torch.compile`` with static shapes, into one whole graph unless ``fullgraph=False``."""
-    return torch.compile(fn, fullgraph=fullgraph, dynamic=False, options=dict(INDUCTOR_OPTIONS))
+    """``torch.compile`` of (a copy of, :func:`_own_code`) ``fn`` with static shapes, into one whole
+    graph unless ``fullgraph=False``."""
+    return torch.compile(_own_code(fn), fullgraph=fullgraph, dynamic=False, options=dict(INDUCTOR_OPTIONS))
 
 
 @dataclass
@@ -145,7 +159,10 @@ def _call(entry: _Compiled, batch: int, *args) -> Any | None:
     if entry.batch is None:
         entry.batch = batch
         start = time.perf_counter()
-        out = entry.fn(*args)
+        # torch.optim's step functions are code shared by every optimiser of a process, compiled
+        # once per optimiser (see _own_code): let more than the default 8 optimisers have one
+        with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)):
+            out = entry.fn(*args)
         entry.compile_seconds = time.perf_counter() - start + entry.setup_seconds
         global _compile_seconds
         _compile_seconds += entry.compile_seconds
@@ -199,7 +216,12 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     come from a compiled graph (:func:`pc_step`) but the optimiser steps eagerly: compiled, every
     new learning rate would be a recompilation."""
     key = ("train", plan, forward_update, optimizer)
-    entry = CACHE.get(key, lambda: _compile(lambda c, f: _train(plan, forward_update, optimizer, c, f), fullgraph=False))
+
+    def make() -> Callable[..., Any]:
+        train = _own_code(_train)  # its own resume functions after torch.optim's graph breaks, too
+        return _compile(lambda c, f: train(plan, forward_update, optimizer, c, f), fullgraph=False)
+
+    entry = CACHE.get(key, make)
     batch = next(v for v in clamp if v is not None).shape[0]
     if entry.batch is not None and entry.batch != batch:
         return None
