@@ -798,7 +798,8 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"  compile (first pc-compiled batch, not in the epoch times): {t['compile_seconds']:.1f} s")
         if "floor" in t:
             f = t["floor"]
-            lines.append(f"  floor: T sequential {t['batch']}x128x128 products at the rate measured now ({f['rate_gflops']:.0f} GFLOP/s, "
+            n = t["widths"][1]
+            lines.append(f"  floor: T sequential {t['batch']}x{n}x{n} products at the rate measured now ({f['rate_gflops']:.0f} GFLOP/s, "
                          f"{f['product_us']:.1f} us each) alone make pc/bp >= {f['ratio_floor']:.2f}")
     if "pcx" in result:
         p = result["pcx"]

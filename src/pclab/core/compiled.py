@@ -122,7 +122,6 @@ class _Compiled:
     setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor: ~1 s)
     batch: int | None = None
     compile_seconds: float | None = None
-    hyperparameters: tuple | None = None  # an optimiser's, when its step is compiled in
 
 
 @dataclass
@@ -212,9 +211,8 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     ``backward`` would) and ``optimizer.step()`` -- from one compiled frame; the batch-mean energy,
     or ``None`` (nothing done) when this batch size is served by the eager path.
 
-    Once ``optimizer``'s hyperparameters differ from those of the first call, the gradients still
-    come from a compiled graph (:func:`pc_step`) but the optimiser steps eagerly: compiled, every
-    new learning rate would be a recompilation."""
+    The step is compiled with ``optimizer``'s hyperparameters of the first call: the caller keeps
+    them (:func:`hyperparameters`) and steps eagerly after a change, which would recompile."""
     key = ("train", plan, forward_update, optimizer)
 
     def make() -> Callable[..., Any]:
@@ -225,18 +223,6 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     batch = next(v for v in clamp if v is not None).shape[0]
     if entry.batch is not None and entry.batch != batch:
         return None
-    now = hyperparameters(optimizer)
-    if entry.hyperparameters is None:
-        entry.hyperparameters = now
-    if now != entry.hyperparameters:
-        out = pc_step(plan, params, clamp, forward_update)
-        if out is None:
-            return None
-        energy, grads = out
-        optimizer.zero_grad(set_to_none=True)
-        dense.set_grads(plan.chain, grads)
-        optimizer.step()
-        return energy
     optimizer.zero_grad(set_to_none=True)
     return _call(entry, batch, list(clamp), _flat(params))
 

@@ -95,6 +95,21 @@ class LearningRule:
         """Learn from one batch; return scalar metrics (energies, losses)."""
         raise NotImplementedError
 
+    def _chain_plan(self, inference: Inference, batch: Batch) -> dense.Plan | None:
+        """The Dense-chain plan of relaxing ``batch`` from the feed-forward pass, or ``None`` when
+        the model is not such a chain; kept until the inference, the clamped nodes or the
+        model's modules change."""
+        clamped = frozenset(batch)
+        memo = self.__dict__.get("_plan_memo")  # (inference, clamped, plan)
+        if memo is not None and memo[0] is inference and memo[1] == clamped and dense.still_valid(memo[2].chain, self.model):
+            return memo[2]
+        structure = fast_chain(self.model, inference)
+        if structure is None:
+            return None
+        plan = chain_plan(self.model, structure, clamped, inference, feed_forward=True)
+        self._plan_memo = (inference, clamped, plan)
+        return plan
+
     def _apply(self) -> None:
         self.optimizer.step()
         if self.scheduler is not None:
@@ -171,30 +186,27 @@ class PCLearning(LearningRule):
         return {"energy": float(energy.detach())}
 
     def _compiled_step(self, batch: Batch) -> torch.Tensor | None:
-        """The whole step -- relaxation, weight gradients and, without a scheduler, the optimiser's
-        step -- from a compiled frame (:mod:`pclab.core.compiled`), or ``None`` where that does not
-        apply."""
+        """The whole step -- relaxation, weight gradients and the optimiser's step while its
+        hyperparameters stay those of the first compiled step -- from a compiled frame
+        (:mod:`pclab.core.compiled`), or ``None`` where that does not apply."""
         inference = self.inference
         if type(self).weight_energy is not PCLearning.weight_energy:  # a subclass's own energy
             return None
         if inference.init != "forward" or inference.tolerance is not None:
             return None
-        clamped = frozenset(batch)
-        memo = self.__dict__.get("_plan_memo")  # (inference, clamped, plan): rebuilt on any change
-        if memo is not None and memo[0] is inference and memo[1] == clamped and dense.still_valid(memo[2].chain, self.model):
-            plan = memo[2]
-        else:
-            structure = fast_chain(self.model, inference)
-            if structure is None:
-                return None
-            plan = chain_plan(self.model, structure, clamped, inference, feed_forward=True)
-            self._plan_memo = (inference, clamped, plan)
+        plan = self._chain_plan(inference, batch)
+        if plan is None:
+            return None
         structure = plan.chain
         self.model.check_clamp(batch)
         clamp, params = [batch.get(n) for n in structure.nodes], structure.params()
-        if self.scheduler is None or compiled.rates_are_tensors(self.optimizer):
-            # (a schedule's new float rates would recompile a compiled optimiser step; tensor rates
-            # are updated in place and read by the compiled step)
+        # a new float learning rate (a scheduler's, a manual edit) would recompile a compiled
+        # optimiser step; tensor rates are updated in place and read by it
+        compiled_step = self.scheduler is None or compiled.rates_are_tensors(self.optimizer)
+        if compiled_step:
+            now = compiled.hyperparameters(self.optimizer)
+            compiled_step = self.__dict__.setdefault("_compiled_hyperparameters", now) == now
+        if compiled_step:
             with torch.no_grad():
                 energy = compiled.pc_train_step(plan, params, clamp, self.forward_update, self.optimizer)
             if energy is not None and self.scheduler is not None:
@@ -242,12 +254,10 @@ class IncrementalPC(LearningRule):
         inference = self.inference
         if inference.init != "forward" or inference.tolerance is not None or inference.fixed_prediction:
             return None
-        structure = fast_chain(self.model, inference)
-        if structure is None:
+        plan = self._chain_plan(inference, batch)
+        if plan is None or plan.readout:
             return None
-        plan = chain_plan(self.model, structure, frozenset(batch), inference, feed_forward=True)
-        if plan.readout:
-            return None
+        structure = plan.chain
         self.model.check_clamp(batch)
 
         def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
