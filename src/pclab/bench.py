@@ -370,20 +370,27 @@ def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup
                 device: torch.device | None = None) -> dict[str, Timing]:
     """Time each step function on ``chunk`` batches per round, alternating between them. The clock
     is read once ``device``'s queued work has finished (default: the device of the batches), so
-    on CUDA a chunk's time is its kernels' time, not the launches'."""
+    on CUDA a chunk's time is its kernels' time, not the launches'.
+
+    Every chunk takes the next ``chunk`` of ``batches`` (cyclically), so no function runs on
+    batches another one has just brought into the cache, and each round starts with the next
+    function in turn: the first steps after a switch are slower (measured here: the minimal BP
+    loop's first step after a chunk of compiled PC took 0.86-1.02 ms against 0.50 ms), and a
+    fixed order would put that cost, and the coldest data, on the same function every round."""
     device = device or batches[0][0].device
     timings = {name: Timing() for name in steps}
     k = 0
     for step in steps.values():
         for i in range(warmup):
             step(*batches[i % len(batches)])
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = clock(device)  # also keeps the previous chunk's kernels out of this one
             for i in range(chunk):
-                step(*batches[(k + i) % len(batches)])
+                steps[name](*batches[(k + i) % len(batches)])
             timings[name].chunks.append((clock(device) - start) / chunk)
-        k += chunk
+            k += chunk
     return timings
 
 
@@ -396,6 +403,7 @@ def _row(name: str, timing: Timing, batch: int, flops: int | None) -> dict[str, 
         "epoch_s": timing.median * epoch_batches,
         "epoch_s_best": timing.best * epoch_batches,
         "samples_per_s": batch / timing.median,
+        "chunks_ms": [1e3 * c for c in timing.chunks],
     }
     if flops is not None:
         row["flops_per_batch"] = flops
@@ -403,22 +411,34 @@ def _row(name: str, timing: Timing, batch: int, flops: int | None) -> dict[str, 
     return row
 
 
+def _compile(step: Step, batches) -> float:
+    """Seconds ``step`` (a compiled algorithm) spends compiling, from :func:`pclab.core.compiled.total_compile_seconds`:
+    its first two calls (a PC rule's first step runs eagerly, creating the optimiser's state; the next compiles)."""
+    before = compiled.total_compile_seconds()
+    for x, y in batches[:2]:
+        step(x, y)
+    return compiled.total_compile_seconds() - before
+
+
 # ---------------------------------------------------------------------------- suites
-def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, compile: bool = True,
+def target(batch: int = 64, steps: int = 20, chunk: int | None = None, rounds: int = 10, compile: bool = True,
            device: torch.device | str = "cpu") -> dict[str, Any]:
     """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20), model
-    and data on ``device``."""
+    and data on ``device``.
+
+    ``chunk``: batches per timed chunk; default an epoch (938 at batch 64), run over an epoch of
+    distinct batches (MNIST's 60,000 samples' worth, 188 MB), so that every step reads its batch
+    from memory, as in training, not from a cache warmed by the function timed before it.
+    """
     device = torch.device(device)
     widths = [784, 128, 128, 10]
     model = mlp_pcn(widths, device=device)
-    batches = data(batch, max(chunk * 2, 40), device=device)
+    epoch = math.ceil(MNIST_TRAIN / batch)
+    chunk = chunk or epoch
     names = ["bp", "pc"] + (["pc-compiled"] if compile else [])
+    batches = data(batch, min(epoch, max(40, 2 * chunk * len(names))), device=device)
     steps_fns = {n: make_algorithm(n, model, steps) for n in names}
-    compile_s = None
-    if compile:
-        start = clock(device)
-        steps_fns["pc-compiled"](*batches[0])
-        compile_s = clock(device) - start
+    compile_s = _compile(steps_fns["pc-compiled"], batches) if compile else None
     timings = interleaved(steps_fns, batches, chunk, rounds, device=device)
     rows = [_row(n, timings[n], batch, None) for n in names]
     bp = timings["bp"]
@@ -426,6 +446,7 @@ def target(batch: int = 64, steps: int = 20, chunk: int = 20, rounds: int = 10, 
     return {
         "model": "MLP 784-128-128-10 tanh", "widths": widths, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
         "ratio_to_bp": ratios, "compile_seconds": compile_s, "flops": mlp_flops(widths, batch, steps),
+        "chunk": chunk, "rounds": rounds, "distinct_batches": len(batches),
     }
 
 
@@ -463,10 +484,8 @@ def algorithms(
         fns = {n: make_algorithm(n, model, steps) for n in chosen}
         compile_s: dict[str, float] = {}
         for n in chosen:
-            if n.endswith("-compiled"):  # the first (compiling) call, kept out of the timings
-                start = clock(device)
-                fns[n](*batches[0])
-                compile_s[n] = clock(device) - start
+            if n.endswith("-compiled"):  # the compiling calls, kept out of the timings
+                compile_s[n] = _compile(fns[n], batches)
         flops = {n: counted_flops(make_algorithm(n, model, steps), *batches[0]) for n in chosen if not n.endswith("-compiled")}
         for n in compile_s:  # the same arithmetic as the eager algorithm
             flops[n] = flops.get(n.removesuffix("-compiled"))
@@ -703,7 +722,7 @@ class SpeedConfig:
         suites: any of ``target``, ``algorithms``, ``scaling``, ``memory``, ``pcx``.
         threads: torch intra-op threads.
         rounds: interleaved timing rounds of the target (more: steadier medians).
-        chunk: batches per timing chunk of the target.
+        chunk: batches per timing chunk of the target and the PCX comparison; ``None``: an epoch.
         batch: batch size of the target and the PCX comparison.
         steps: inference steps ``T`` of the target and the PCX comparison.
         compile: include the ``torch.compile`` path.
@@ -717,7 +736,7 @@ class SpeedConfig:
     suites: tuple[str, ...] = ("target",)
     threads: int = 2
     rounds: int = 10
-    chunk: int = 20
+    chunk: int | None = None
     batch: int = 64
     steps: int = 20
     compile: bool = True
@@ -748,8 +767,11 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
                                   rounds=3 if quick else config.rounds, compile=config.compile, device=device)
         result["target"]["floor"] = ratio_floor(result["target"], result["matmul_gflops"][f"{config.batch}x128x128"])
     if "pcx" in config.suites:
-        result["pcx"] = pcx_comparison(config.pcx_venv, batches=40 if quick else 10 * config.chunk,
-                                       chunk=10 if quick else config.chunk, steps=config.steps, batch=config.batch,
+        epoch = math.ceil(MNIST_TRAIN / config.batch)
+        pcx_chunk = 10 if quick else config.chunk or epoch  # PC and BP alternate by chunks over distinct batches
+        pcx_batches = 40 if quick else (3 * epoch if config.chunk is None else 10 * config.chunk)
+        result["pcx"] = pcx_comparison(config.pcx_venv, batches=pcx_batches,
+                                       chunk=pcx_chunk, steps=config.steps, batch=config.batch,
                                        threads=config.threads if config.threads == 1 else None)
         result["pcx"]["device"] = "cpu"
         # pclab's PC (eager fast path, compiled) per batch over PCX's: like for like on the CPU only
@@ -795,7 +817,7 @@ def summary(result: dict[str, Any]) -> str:
         for name, r in t["ratio_to_bp"].items():
             lines.append(f"  {name}/bp epoch ratio: {r['median']:.2f} (least disturbed chunks {r['best']:.2f}); target <= 1.5")
         if t["compile_seconds"] is not None:
-            lines.append(f"  compile (first pc-compiled batch, not in the epoch times): {t['compile_seconds']:.1f} s")
+            lines.append(f"  compile (first pc-compiled batches, not in the epoch times): {t['compile_seconds']:.1f} s")
         if "floor" in t:
             f = t["floor"]
             n = t["widths"][1]
@@ -845,8 +867,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks")
     parser.add_argument("suites", nargs="*", default=["target"], help=f"any of {', '.join(SUITES)} (default: target)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--chunk", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10, help="timed chunks per algorithm, in rotating order (default 10)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="batches per timed chunk of the target and PCX (default: an epoch, each over distinct batches)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quick", action="store_true")

@@ -100,8 +100,11 @@ def _kinds(before: set) -> list[str]:
 @pytest.mark.parametrize("optimizer", [
     lambda ps: torch.optim.Adam(ps, 0.01),
     lambda ps: torch.optim.AdamW(ps, 0.01, weight_decay=0.1, fused=True),
+    lambda ps: torch.optim.Adam(ps, 0.01, weight_decay=0.01, amsgrad=True, maximize=True),
     lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.9, nesterov=True),
-], ids=["adam", "adamw-fused", "sgd-nesterov"])
+    lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.5, dampening=0.2, weight_decay=0.01),
+    lambda ps: torch.optim.SGD(ps, 0.05),
+], ids=["adam", "adamw-fused", "adam-amsgrad", "sgd-nesterov", "sgd-dampening", "sgd"])
 def test_the_optimiser_step_joins_the_compiled_frame_and_steps_eagerly_once_its_rate_changes(optimizer):
     eager, fast = _twins(optimizer)
     since = set(compiled.CACHE.entries)
@@ -117,6 +120,41 @@ def test_the_optimiser_step_joins_the_compiled_frame_and_steps_eagerly_once_its_
     assert _kinds(since) == ["train", "learn"]  # compiled gradients, eager step at the new rate
 
 
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: torch.optim.Adam(ps, 0.01),
+    lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.9),
+    lambda ps: torch.optim.SGD(ps, 0.05),
+], ids=["adam", "sgd-momentum", "sgd"])
+def test_the_update_of_torch_optims_adam_and_sgd_is_traced_into_the_relaxations_graph(optimizer):
+    eager, fast = _twins(optimizer)
+    stateless = fast.optimizer.defaults.get("momentum") == 0  # plain SGD keeps no state
+    graphs = counters["stats"]["unique_graphs"]
+    for k in range(4):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+        if k == 0:  # stateful optimisers step eagerly first: torch.optim creates their state
+            assert counters["stats"]["unique_graphs"] == graphs + (1 if stateless else 0)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # one graph: no second one for the optimiser
+    entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
+    assert entry.groups is not None and entry.groups[0].index == (0, 1, 2, 3, 4, 5)
+
+
+def test_an_optimiser_with_step_hooks_or_of_another_class_steps_from_the_frame_by_its_own_step():
+    class Halved(torch.optim.SGD):  # a subclass may change step: torch.optim's own step runs
+        pass
+
+    for make in (lambda ps: Halved(ps, 0.05), lambda ps: torch.optim.RMSprop(ps, 0.01), lambda ps: torch.optim.SGD(ps, 0.05)):
+        eager, fast = _twins(make)
+        calls: list[int] = []
+        fast.optimizer.register_step_post_hook(lambda opt, args, kwargs, calls=calls: calls.append(1))
+        for k in range(3):
+            fast.step(_batch(k)), eager.step(_batch(k))
+            _assert_same(eager, fast)
+        assert len(calls) == 3
+        entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
+        assert entry.groups is None and entry.compile_seconds is not None
+
+
 @pytest.mark.parametrize("rate", ["float", "tensor"])
 def test_with_a_scheduler_a_tensor_rate_keeps_the_optimiser_step_compiled_and_a_float_rate_steps_eagerly(rate):
     lr = 0.01 if rate == "float" else torch.tensor(0.01, dtype=torch.float64)
@@ -126,7 +164,7 @@ def test_with_a_scheduler_a_tensor_rate_keeps_the_optimiser_step_compiled_and_a_
     for k in range(4):
         fast.step(_batch(k)), eager.step(_batch(k))
         _assert_same(eager, fast)
-        if k == 0:
+        if k == 1:  # step 0 ran eagerly (torch.optim creates Adam's state), step 1 compiled
             graphs = counters["stats"]["unique_graphs"]
     # a float rate would recompile at every new value: compiled gradients, eager step; a tensor
     # rate is an input of the compiled step, updated in place by the scheduler: nothing recompiles

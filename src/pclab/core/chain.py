@@ -38,7 +38,8 @@ Backprop through the inference otherwise uses the hand-derived reverse pass of
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,14 +74,16 @@ class DenseChain:
 
     def params(self) -> Params:
         """The current ``(weight, bias)`` of every layer."""
-        return [(layer.linear._parameters["weight"], layer.linear._parameters["bias"]) for layer in self.layers]
+        linears = [layer._modules["linear"] for layer in self.layers]  # (nn.Module's __getattr__ is slow)
+        return [(linear._parameters["weight"], linear._parameters["bias"]) for linear in linears]
 
 
 def _plain_dense(module: torch.nn.Module) -> bool:
     """``module`` is exactly a pclab Dense whose forward nobody intercepts."""
-    if type(module) is not Dense or type(module.linear) is not torch.nn.Linear:
+    linear = module._modules.get("linear")  # (not module.linear: nn.Module's __getattr__ is slow)
+    if type(module) is not Dense or type(linear) is not torch.nn.Linear:
         return False
-    for m in (module, module.linear):
+    for m in (module, linear):
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or "forward" in m.__dict__:
             return False
     return True
@@ -162,6 +165,17 @@ class Plan:
     def readout(self) -> bool:
         """The last node is a released read-out (given ``softmax(mu_L)`` after relaxation)."""
         return not self.active[-1] and not self.clamped[-1]
+
+    def __hash__(self) -> int:
+        # a plan keys compiled graphs and is hashed on every training step: hash its fields once
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}  # a copy hashes its own fields
 
 
 # ---------------------------------------------------------------------------- predictions

@@ -174,12 +174,16 @@ class PCN(nn.Module):
         return p.dtype if p is not None else torch.get_default_dtype()
 
     # ------------------------------------------------------------------ validation
-    def check_clamp(self, clamp: Mapping[str, torch.Tensor]) -> int:
-        """Validate clamped values against the nodes; return the batch size."""
+    def check_clamp(self, clamp: Mapping[str, torch.Tensor], like: torch.Tensor | None = None) -> int:
+        """Validate clamped values against the nodes; return the batch size.
+
+        ``like``: one of the model's parameters, whose device and dtype the values must have
+        (default: the first parameter's; walking the modules for it costs ~10 us a call).
+        """
         if not clamp:
             raise ValueError("at least one node must be clamped to give the batch size")
         batch = None
-        first = next(self.parameters(), None)  # walking the parameters costs microseconds: once
+        first = like if like is not None else next(self.parameters(), None)
         device = first.device if first is not None else self.device
         dtype = first.dtype if first is not None else self.dtype
         for name, value in clamp.items():

@@ -198,8 +198,9 @@ class PCLearning(LearningRule):
         if plan is None:
             return None
         structure = plan.chain
-        self.model.check_clamp(batch)
-        clamp, params = [batch.get(n) for n in structure.nodes], structure.params()
+        params = structure.params()
+        self.model.check_clamp(batch, like=params[0][0])
+        clamp = [batch.get(n) for n in structure.nodes]
         # a new float learning rate (a scheduler's, a manual edit) would recompile a compiled
         # optimiser step; tensor rates are updated in place and read by it
         compiled_step = self.scheduler is None or compiled.rates_are_tensors(self.optimizer)

@@ -403,6 +403,11 @@ def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any
     return history, position, last
 
 
+PROGRESS_ACCURACY_EVERY = 10
+"""The progress bar's running training accuracy is the feed-forward accuracy of every 10th batch:
+on every batch it made a compiled ``speed-mlp`` epoch 1.28-1.39 s instead of 1.06-1.09 s."""
+
+
 def _batch_accuracy(run: Run, batch: dict[str, torch.Tensor]) -> float | None:
     """Feed-forward accuracy on a training batch (for the progress bar only)."""
     if task(run.config) == "generate" or "y" not in batch:
@@ -441,7 +446,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
             batch = make_batch(config, images, labels, run.classes)
             if config.telemetry and index % config.telemetry_every == 0 and config.learning.rule != "bp":
                 telemetry.extend(_telemetry_rows(run, batch, epoch, index))
-            if progress:
+            if progress and index % PROGRESS_ACCURACY_EVERY == 0:
                 accuracy = _batch_accuracy(run, batch)
                 if accuracy is not None:
                     correct, counted = correct + accuracy * len(labels), counted + len(labels)
@@ -459,7 +464,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
             shown = {k: f"{v / seen:.4g}" for k, v in totals.items()}
             if counted:
                 shown["acc"] = f"{correct / counted:.3f}"
-            bar.set_postfix(shown)
+            bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (a redraw per batch cost ~0.1 ms)
             now = time.perf_counter()
             due = (config.checkpoint_every and (index + 1) % config.checkpoint_every == 0) or (
                 config.checkpoint_seconds is not None and now - last_saved >= config.checkpoint_seconds)
