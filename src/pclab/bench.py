@@ -270,7 +270,7 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     """One training step of algorithm ``name`` on ``model`` (a fresh copy of the weights):
 
     ``bp`` minimal PyTorch backprop loop (``nn.Sequential``, Adam, MSE); ``pc`` PC rule (fast path
-    when the model is a Dense chain); ``pc-compiled`` the same under ``torch.compile``;
+    when the model is a Dense chain); ``pc-compiled`` / ``ipc-compiled`` the same under ``torch.compile``;
     ``pc-reference`` PC on the general graph code (``method="manual"`` for Dense chains, autograd
     otherwise); ``ipc`` incremental PC; ``bpti`` / ``bpti-ckpt`` backprop through the ``T``
     inference steps of PC's relaxation (input and label clamped) of an MSE loss on the output
@@ -294,7 +294,7 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         rule: Any = PCLearning(model, inference, adam)
     elif name == "pc-reference":
         rule = PCLearning(model, Inference(steps=steps, optimizer=SGD(latent_lr), method="manual" if fast else "autograd"), adam)
-    elif name == "ipc":
+    elif name in ("ipc", "ipc-compiled"):
         rule = IncrementalPC(model, inference, adam)
     elif name in ("bpti", "bpti-compiled", "bpti-ckpt", "bpti-flat", "bpti-x", "bpti-autograd"):
         clamp = ("x",) if name == "bpti-x" else ("x", "y")
@@ -471,7 +471,8 @@ def ratio_floor(target_result: dict[str, Any], rate_gflops: float) -> dict[str, 
 
 def algorithms(
     models: Sequence[str] = ("mlp128", "mlp512", "conv"),
-    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-compiled", "bpti-ckpt", "bpti-x"),
+    names: Sequence[str] = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "ipc-compiled", "bpti", "bpti-compiled", "bpti-ckpt",
+                            "bpti-x"),
     batch: int = 64, steps: int = 20, chunk: int = 5, rounds: int = 5, device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
     """Every algorithm on every model (model and data on ``device``); one interleaved timing per model."""
@@ -780,7 +781,7 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
                 if row["algorithm"].startswith("pc"):
                     result["pcx"][f"pclab_{row['algorithm']}_over_pcx_pc"] = row["batch_ms"] / result["pcx"]["pc_batch_ms"]
     if "algorithms" in config.suites:
-        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "bpti", "bpti-compiled", "bpti-ckpt", "bpti-x")
+        names = ("bp", "pc", "pc-compiled", "pc-reference", "ipc", "ipc-compiled", "bpti", "bpti-compiled", "bpti-ckpt", "bpti-x")
         if not config.compile:
             names = tuple(n for n in names if not n.endswith("-compiled"))
         models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")

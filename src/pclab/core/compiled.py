@@ -89,15 +89,33 @@ def _train(plan: dense.Plan, forward_update: bool, optimizer: torch.optim.Optimi
     return energy
 
 
+def _flat_grads(plan: dense.Plan, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> list[torch.Tensor | None]:
+    """Per-layer ``(dW, db)`` in :func:`_flat`'s order of the parameters."""
+    return [g for (dw, db), layer in zip(grads, plan.chain.layers) for g in ((dw, db) if layer.linear.bias is not None else (dw,))]
+
+
 def _train_functional(plan: dense.Plan, forward_update: bool, groups: Sequence[FunctionalGroup],
                       clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor],
                       state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     energy, grads = _learn(plan, forward_update, clamp, flat)
-    flat_grads = [g for (dw, db), layer in zip(grads, plan.chain.layers)
-                  for g in ((dw, db) if layer.linear.bias is not None else (dw,))]
+    flat_grads = _flat_grads(plan, grads)
     for group, tensors in zip(groups, state):
         group.step(flat, flat_grads, tensors)
     return energy, flat_grads
+
+
+def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup], clamp: Sequence[torch.Tensor | None],
+                            flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    last: list[list[torch.Tensor | None]] = []
+
+    def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+        flat_grads = _flat_grads(plan, grads)
+        for group, tensors in zip(groups, state):
+            group.step(flat, flat_grads, tensors)  # in place: the next inference step predicts with the new weights
+        last[:] = [flat_grads]
+
+    energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
+    return energy, last[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,18 +353,40 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     batch = next(v for v in clamp if v is not None).shape[0]
     if _functional_kind(optimizer) is None:
         return _optimizer_train_step(plan, flat, clamp, forward_update, optimizer, batch)
+    return _functional_step(("train", plan, forward_update), plan, flat, clamp, optimizer, batch,
+                            lambda groups: lambda c, f, s: _train_functional(plan, forward_update, groups, c, f, s))
+
+
+def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None],
+                           optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """Incremental PC (:func:`pclab.core.chain.incremental`) on one batch as one compiled graph: the
+    ``T`` latent steps, each with its weight gradients and ``optimizer``'s functional update
+    (:func:`functional_groups`), the last gradients left in ``.grad``; the energy of the last step,
+    or ``None`` where this does not apply (another optimiser class or step hooks, no optimiser
+    state yet, another batch size): the caller then takes the eager path. Hyperparameters as in
+    :func:`pc_train_step`."""
+    if _functional_kind(optimizer) is None:
+        return None
+    flat = _flat(params)
+    batch = next(v for v in clamp if v is not None).shape[0]
+    return _functional_step(("incremental", plan), plan, flat, clamp, optimizer, batch,
+                            lambda groups: lambda c, f, s: _incremental_functional(plan, groups, c, f, s))
+
+
+def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
+                     optimizer: torch.optim.Optimizer, batch: int,
+                     traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]]) -> torch.Tensor | None:
+    """Run (compiling at first) ``traced(groups)(clamp, flat, state) -> (energy, flat grads)``, a
+    function that updates ``flat`` and the optimiser's state in place, then leave the gradients in
+    ``.grad``; ``None`` if the optimiser has no state yet or the graph serves another batch size."""
     layout = (tuple(p.requires_grad for p in flat), tuple(len(group["params"]) for group in optimizer.param_groups))
-    key = ("train", plan, forward_update, optimizer, layout)
+    key = (*kind, optimizer, layout)
     entry = CACHE.entries.get(key)
     groups = entry.groups if entry is not None else functional_groups(plan, flat, optimizer)
     state = _state(optimizer, flat, groups)
     if state is None or (entry is not None and entry.batch not in (None, batch)):
         return None
-
-    def make() -> Callable[..., Any]:
-        return _compile(lambda c, f, s: _train_functional(plan, forward_update, groups, c, f, s))
-
-    entry = CACHE.get(key, make)
+    entry = CACHE.get(key, lambda: _compile(traced(groups)))
     entry.groups = groups
     energy, grads = _call(entry, batch, list(clamp), flat, state)
     for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch

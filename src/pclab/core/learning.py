@@ -110,6 +110,15 @@ class LearningRule:
         self._plan_memo = (inference, clamped, plan)
         return plan
 
+    def _optimizer_compiles(self) -> bool:
+        """Whether the optimiser's step may run compiled: its hyperparameters are those of the first
+        time this was asked. A new float learning rate (a scheduler's, a manual edit) would
+        recompile a compiled step; tensor rates are updated in place and read by it."""
+        if self.scheduler is not None and not compiled.rates_are_tensors(self.optimizer):
+            return False
+        now = compiled.hyperparameters(self.optimizer)
+        return self.__dict__.setdefault("_compiled_hyperparameters", now) == now
+
     def _apply(self) -> None:
         self.optimizer.step()
         if self.scheduler is not None:
@@ -201,13 +210,7 @@ class PCLearning(LearningRule):
         params = structure.params()
         self.model.check_clamp(batch, like=params[0][0])
         clamp = [batch.get(n) for n in structure.nodes]
-        # a new float learning rate (a scheduler's, a manual edit) would recompile a compiled
-        # optimiser step; tensor rates are updated in place and read by it
-        compiled_step = self.scheduler is None or compiled.rates_are_tensors(self.optimizer)
-        if compiled_step:
-            now = compiled.hyperparameters(self.optimizer)
-            compiled_step = self.__dict__.setdefault("_compiled_hyperparameters", now) == now
-        if compiled_step:
+        if self._optimizer_compiles():
             with torch.no_grad():
                 energy = compiled.pc_train_step(plan, params, clamp, self.forward_update, self.optimizer)
             if energy is not None and self.scheduler is not None:
@@ -236,7 +239,10 @@ class IncrementalPC(LearningRule):
     """Incremental PC: a weight step at every inference step, from the same errors as the latent step.
 
     A chain of :class:`~pclab.core.layers.Dense` layers relaxed from its feed-forward pass takes the
-    hand-derived path :func:`pclab.core.chain.incremental` (the same numbers, no autograd)."""
+    hand-derived path :func:`pclab.core.chain.incremental` (the same numbers, no autograd); with
+    ``Inference(compile=True)`` and a ``torch.optim`` Adam, AdamW or SGD, the whole batch -- every
+    latent step with its weight step -- runs as one compiled graph
+    (:func:`pclab.core.compiled.incremental_train_step`)."""
 
     def __init__(self, model: PCN, inference: Inference, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
         super().__init__(model, optimizer, scheduler)
@@ -259,7 +265,14 @@ class IncrementalPC(LearningRule):
         if plan is None or plan.readout:
             return None
         structure = plan.chain
-        self.model.check_clamp(batch)
+        params = structure.params()
+        self.model.check_clamp(batch, like=params[0][0])
+        clamp = [batch.get(n) for n in structure.nodes]
+        if inference.compile and self._optimizer_compiles():
+            with torch.no_grad():
+                energy = compiled.incremental_train_step(plan, params, clamp, self.optimizer)
+            if energy is not None:
+                return float(energy)
 
         def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -267,7 +280,7 @@ class IncrementalPC(LearningRule):
             self.optimizer.step()
 
         with torch.no_grad():
-            return float(dense.incremental(plan, structure.params(), [batch.get(n) for n in structure.nodes], learn))
+            return float(dense.incremental(plan, params, clamp, learn))
 
     def _general_step(self, batch: Batch) -> float:
         clamped = frozenset(batch)
