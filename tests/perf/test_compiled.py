@@ -242,3 +242,18 @@ def test_compiled_incremental_pc_takes_every_weight_step_in_one_graph_as_the_eag
     state = fast.optimizer.state[model.module("x", "h1").linear.weight]
     if "step" in state:  # Adam: one weight step per inference step
         assert float(state["step"]) == 9
+
+
+def test_the_compiled_adam_update_late_in_training_equals_torch_optims():
+    """At step t ~ 5000, 0.9^t is far below float32's range: the compiled update takes its bias
+    corrections from a float64 count, as eager torch.optim does from a Python float."""
+    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, 0.01))
+    for k in range(2):
+        fast.step(_batch(k)), eager.step(_batch(k))
+    for rule in (eager, fast):
+        for state in rule.optimizer.state.values():
+            state["step"].fill_(5000.0)
+    for k in range(2, 4):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+    assert all(float(s["step"]) == 5002 and s["step"].dtype == torch.float32 for s in fast.optimizer.state.values())
