@@ -56,12 +56,13 @@ def test_a_hook_added_after_compiling_sends_the_step_back_to_the_general_path():
     assert rule.step(data)["energy"] == pytest.approx(expected.step(data)["energy"], rel=1e-6)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_compile_time_apart(tmp_path, tiny, schedule):
+@pytest.mark.parametrize("schedule,rule", [("constant", "pc"), ("cosine", "pc"), ("cosine", "ipc")])
+def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_compile_time_apart(tmp_path, tiny, schedule, rule):
     from pclab.train import train
 
-    eager = train(tiny("epochs=1", f"learning.schedule={schedule}"), tmp_path / "eager", progress=False)
-    fast = train(tiny("epochs=1", "inference.compile=true", f"learning.schedule={schedule}"), tmp_path / "compiled", progress=False)
+    settings = ("epochs=1", f"learning.schedule={schedule}", f"learning.rule={rule}")
+    eager = train(tiny(*settings), tmp_path / "eager", progress=False)
+    fast = train(tiny(*settings, "inference.compile=true"), tmp_path / "compiled", progress=False)
     record = fast["history"][0]
     # float32 kernels differ in rounding only: the same energies, at most one of 128 test images flips
     assert record["train_energy"] == pytest.approx(eager["history"][0]["train_energy"], rel=1e-4)
