@@ -258,3 +258,23 @@ def test_the_compiled_adam_update_late_in_training_equals_torch_optims():
         fast.step(_batch(k)), eager.step(_batch(k))
         _assert_same(eager, fast)
     assert all(float(s["step"]) == 5002 and s["step"].dtype == torch.float32 for s in fast.optimizer.state.values())
+
+
+def test_the_traced_update_keeps_frozen_layers_and_parameter_groups():
+    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    other = twin(model)
+    rules = []
+    for m, compile in ((other, False), (model, True)):
+        m.module("h1", "h2").linear.weight.requires_grad_(False)
+        params = list(m.parameters())
+        opt = torch.optim.Adam([{"params": params[:2], "lr": 0.02}, {"params": params[2:], "weight_decay": 0.1}], 0.01)
+        rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, forward_update=True))
+    eager, fast = rules
+    frozen = model.module("h1", "h2").linear.weight.detach().clone()
+    for k in range(4):
+        fast.step(_batch(k)), eager.step(_batch(k))
+    entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
+    assert entry.groups is not None and [g.index for g in entry.groups] == [(0, 1), (3, 4, 5)]  # no frozen weight (2)
+    assert torch.equal(model.module("h1", "h2").linear.weight, frozen) and model.module("h1", "h2").linear.weight.grad is None
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert float((p - q).detach().norm()) <= 1e-5 * float(q.detach().norm())
