@@ -40,10 +40,12 @@ class Inference:
             the current ones (the fixed-prediction assumption).
         method: latent gradients by ``"auto"``, ``"manual"`` or ``"autograd"`` (see
             :meth:`PCN.latent_grads`).
-        compile: run the Dense-chain fast path under ``torch.compile``: relaxation, PC step
-            (:mod:`pclab.core.compiled`) and bp-through-inference's relaxation and hand-derived
-            reverse pass (:mod:`pclab.core.compiled_adjoint`). The first batch compiles for seconds
-            to tens of seconds, later ones run faster; other networks ignore it.
+        compile: run the Dense-chain fast path under ``torch.compile``: relaxation, PC and
+            incremental-PC steps with their optimiser update (:mod:`pclab.core.compiled`) and
+            bp-through-inference's relaxation and hand-derived reverse pass
+            (:mod:`pclab.core.compiled_adjoint`). The first compiled batch (the second, with an
+            optimiser that first has to create its state) compiles for seconds to tens of
+            seconds, later ones run faster; other networks ignore it.
     """
 
     steps: int = 20

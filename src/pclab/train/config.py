@@ -89,7 +89,8 @@ class InferenceConfig(_Strict):
     decay: Real = Field(1.0, ge=0, description="decaying: rate k")
     tolerance: Real | None = Field(None, gt=0)
     method: Literal["auto", "manual", "autograd"] = "auto"
-    compile: bool = Field(False, description="run the Dense-chain fast path (PC and bp-through-inference) under torch.compile (first batch compiles)")
+    compile: bool = Field(False, description=("run the Dense-chain fast path (PC, iPC, bp-through-inference) under torch.compile"
+                                              " (compiles at batch 1 or 2)"))
 
     @model_validator(mode="after")
     def _check(self) -> InferenceConfig:
