@@ -186,17 +186,24 @@ def test_a_compiled_rule_resumed_from_its_state_dict_makes_the_next_update_of_th
         assert torch.equal(p, q)
 
 
-def test_the_compiled_optimiser_step_keeps_frozen_layers_parameter_groups_forward_update_and_later_hooks():
+def _frozen_twins(**second_group: float) -> tuple[PCLearning, PCLearning, torch.Tensor]:
+    """Eager and compiled forward-update PC rules on twin chains whose h1 -> h2 weight is frozen,
+    with two Adam parameter groups (the first at lr 0.02, the second with ``second_group``'s
+    settings); and the frozen weight's value."""
     model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
     other = twin(model)
     rules = []
     for m, compile in ((other, False), (model, True)):
         m.module("h1", "h2").linear.weight.requires_grad_(False)
         params = list(m.parameters())
-        opt = torch.optim.Adam([{"params": params[:2], "lr": 0.02}, {"params": params[2:]}], 0.01)
+        opt = torch.optim.Adam([{"params": params[:2], "lr": 0.02}, {"params": params[2:], **second_group}], 0.01)
         rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, forward_update=True))
-    eager, fast = rules
-    frozen = model.module("h1", "h2").linear.weight.detach().clone()
+    return rules[0], rules[1], model.module("h1", "h2").linear.weight.detach().clone()
+
+
+def test_the_compiled_optimiser_step_keeps_frozen_layers_parameter_groups_forward_update_and_later_hooks():
+    eager, fast, frozen = _frozen_twins()
+    model, other = fast.model, eager.model
     fast.step(_batch(0)), eager.step(_batch(0))
     calls = []
     fast.optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append(1))  # after compiling
@@ -261,16 +268,8 @@ def test_the_compiled_adam_update_late_in_training_equals_torch_optims():
 
 
 def test_the_traced_update_keeps_frozen_layers_and_parameter_groups():
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
-    other = twin(model)
-    rules = []
-    for m, compile in ((other, False), (model, True)):
-        m.module("h1", "h2").linear.weight.requires_grad_(False)
-        params = list(m.parameters())
-        opt = torch.optim.Adam([{"params": params[:2], "lr": 0.02}, {"params": params[2:], "weight_decay": 0.1}], 0.01)
-        rules.append(PCLearning(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), opt, forward_update=True))
-    eager, fast = rules
-    frozen = model.module("h1", "h2").linear.weight.detach().clone()
+    eager, fast, frozen = _frozen_twins(weight_decay=0.1)
+    model, other = fast.model, eager.model
     for k in range(4):
         fast.step(_batch(k)), eager.step(_batch(k))
     entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
