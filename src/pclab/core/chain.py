@@ -197,8 +197,8 @@ def narrow(weight: torch.Tensor) -> bool:
 
 
 def back_through(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``g @ weight``: ``(batch, n_out) @ (n_out, n_in)``, a reduction where :func:`narrow`."""
-    return (g[:, :, None] * weight[None]).sum(1) if narrow(weight) else torch.mm(g, weight)
+    """``g @ weight``, ``(batch, n_out) @ (n_out, n_in)``, as the reduction used for a :func:`narrow` weight."""
+    return (g[:, :, None] * weight[None]).sum(1)
 
 
 class Predictions:
@@ -573,7 +573,7 @@ def incremental(
 
 def set_grads(chain: DenseChain, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
     """Store gradients in ``.grad`` of the parameters that require one (as ``backward`` would)."""
-    for layer, (dw, db) in zip(chain.layers, grads):
-        for param, g in ((layer.linear.weight, dw), (layer.linear.bias, db)):
+    for (weight, bias), (dw, db) in zip(chain.params(), grads):
+        for param, g in ((weight, dw), (bias, db)):
             if param is not None and g is not None and param.requires_grad:
                 param.grad = g

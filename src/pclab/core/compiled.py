@@ -96,23 +96,23 @@ def _flat_grads(plan: dense.Plan, grads: Sequence[tuple[torch.Tensor | None, tor
 
 def _train_functional(plan: dense.Plan, forward_update: bool, groups: Sequence[FunctionalGroup],
                       clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor],
-                      state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+                      state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, dense.Params]:
     energy, grads = _learn(plan, forward_update, clamp, flat)
     flat_grads = _flat_grads(plan, grads)
     for group, tensors in zip(groups, state):
         group.step(flat, flat_grads, tensors)
-    return energy, flat_grads
+    return energy, grads
 
 
 def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup], clamp: Sequence[torch.Tensor | None],
-                            flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    last: list[list[torch.Tensor | None]] = []
+                            flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, dense.Params]:
+    last: list[dense.Params] = []
 
     def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
         flat_grads = _flat_grads(plan, grads)
         for group, tensors in zip(groups, state):
             group.step(flat, flat_grads, tensors)  # in place: the next inference step predicts with the new weights
-        last[:] = [flat_grads]
+        last[:] = [grads]
 
     energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
     return energy, last[0]
@@ -204,13 +204,9 @@ def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor],
     if kind is None:
         return None
     position = {id(p): i for i, p in enumerate(flat)}
-    gets, i = set(), 0  # flat positions that get a gradient, as dense.set_grads gives them
-    for l, layer in enumerate(plan.chain.layers, start=1):
-        for param in (layer.linear.weight, layer.linear.bias):
-            if param is not None:
-                if plan.active[l] and param.requires_grad:
-                    gets.add(i)
-                i += 1
+    # flat positions that get a gradient, as dense.set_grads gives them: an active layer's, requiring grad
+    active = _flat_grads(plan, [(True, True) if plan.active[l] else (None, None) for l in range(1, plan.chain.depth + 1)])
+    gets = {i for i, (param, has) in enumerate(zip(flat, active)) if has and param.requires_grad}
     groups = []
     for group in optimizer.param_groups:
         index = tuple(position[id(p)] for p in group["params"] if position.get(id(p)) in gets)
@@ -261,7 +257,7 @@ class _Compiled:
     setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor: ~1 s)
     batch: int | None = None
     compile_seconds: float | None = None
-    groups: Any = None  # a functional optimiser step's FunctionalGroups
+    groups: tuple[FunctionalGroup, ...] | None = None  # a functional optimiser step's
 
 
 @dataclass
@@ -382,7 +378,7 @@ def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequen
 def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
                      optimizer: torch.optim.Optimizer, batch: int,
                      traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]]) -> torch.Tensor | None:
-    """Run (compiling at first) ``traced(groups)(clamp, flat, state) -> (energy, flat grads)``, a
+    """Run (compiling at first) ``traced(groups)(clamp, flat, state) -> (energy, per-layer grads)``, a
     function that updates ``flat`` and the optimiser's state in place, then leave the gradients in
     ``.grad``; ``None`` if the optimiser has no state yet or the graph serves another batch size."""
     layout = (tuple(p.requires_grad for p in flat), tuple(len(group["params"]) for group in optimizer.param_groups))
@@ -398,9 +394,7 @@ def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], cl
     for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch
         for param in group["params"]:
             param.grad = None
-    for param, grad in zip(flat, grads):
-        if grad is not None and param.requires_grad:
-            param.grad = grad
+    dense.set_grads(plan.chain, grads)
     optimizer._opt_called = True  # what torch.optim's step tells a learning-rate scheduler
     return energy
 
