@@ -267,6 +267,34 @@ def test_the_compiled_adam_update_late_in_training_equals_torch_optims():
     assert all(float(s["step"]) == 5002 and s["step"].dtype == torch.float32 for s in fast.optimizer.state.values())
 
 
+def test_adams_bias_corrections_are_computed_once_per_step_outside_the_graph():
+    """Traced, ``1 - beta^t`` from the state's step count would be evaluated inside the update's
+    element loop; the compiled step takes them as an input, computed as eager torch.optim does."""
+    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, 0.01, betas=(0.8, 0.99)))
+    for k in range(2):  # the first step eager (torch.optim creates the state), the second compiled
+        fast.step(_batch(k)), eager.step(_batch(k))
+    entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
+    group = entry.groups[0]
+    state = [[fast.optimizer.state[p][key] for p in fast.optimizer.param_groups[0]["params"]] for key in group.state_keys]
+    corrections = group.corrections(state, updates=3)  # the next three steps, t = 3, 4, 5
+    assert corrections.shape == (3, 6, 2) and corrections.dtype == torch.float64
+    assert corrections[:, 0, 0].tolist() == [1 - 0.8**t for t in (3, 4, 5)]
+    assert corrections[:, 5, 1].tolist() == [(1 - 0.99**t) ** 0.5 for t in (3, 4, 5)]
+    for k in range(2, 4):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+
+
+def test_adam_with_tensor_betas_steps_from_the_frame_by_its_own_step():
+    betas = lambda: (torch.tensor(0.9), torch.tensor(0.999))  # noqa: E731
+    eager, fast = _twins(lambda ps: torch.optim.Adam(ps, 0.01, betas=betas()))
+    for k in range(3):
+        fast.step(_batch(k)), eager.step(_batch(k))
+        _assert_same(eager, fast)
+    entry = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "train" and key[3] is fast.optimizer)
+    assert entry.groups is None
+
+
 def test_the_traced_update_keeps_frozen_layers_and_parameter_groups():
     eager, fast, frozen = _frozen_twins(weight_decay=0.1)
     model, other = fast.model, eager.model

@@ -20,10 +20,11 @@ Costs and rules:
   ``tests/perf`` checks;
 * the PC rule's weight update joins the compiled call (:func:`pc_train_step`), what PCX gets from
   jitting optax's update into its train step. For ``torch.optim.Adam``, ``AdamW`` and ``SGD``
-  the update is ``torch.optim``'s own functional form (``torch.optim.adam.adam``,
-  ``torch.optim.sgd.sgd``, single-tensor variant) traced into the same graph as the relaxation
-  (:func:`functional_groups`; a stateful optimiser's first step runs eagerly, so that
-  ``torch.optim`` creates its state, and the next one compiles); any other optimiser, or one
+  the update is traced into the same graph as the relaxation (:func:`functional_groups`): SGD
+  as ``torch.optim``'s own functional form (``torch.optim.sgd.sgd``, single-tensor variant), Adam
+  as the arithmetic of its single-tensor form with the bias corrections computed once per step
+  outside the graph (:func:`_adam_update`); a stateful optimiser's first step runs eagerly, so that
+  ``torch.optim`` creates its state, and the next one compiles; any other optimiser, or one
   with step hooks, runs its ``step`` from the compiled frame, as a second graph (``torch.optim``
   breaks the graph there on purpose). Against that second graph, the one-graph step saved
   7 % of a step on the issue-2 target MLP (the optimiser's frames, guards and launch). All this
@@ -44,7 +45,6 @@ from typing import Any
 
 import torch
 from torch.optim import optimizer as _optim_base
-from torch.optim.adam import adam as _adam
 from torch.optim.sgd import sgd as _sgd
 
 from . import chain as dense
@@ -96,37 +96,41 @@ def _flat_grads(plan: dense.Plan, grads: Sequence[tuple[torch.Tensor | None, tor
 
 def _train_functional(plan: dense.Plan, forward_update: bool, groups: Sequence[FunctionalGroup],
                       clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor],
-                      state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, dense.Params]:
+                      state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
     energy, grads = _learn(plan, forward_update, clamp, flat)
     flat_grads = _flat_grads(plan, grads)
-    for group, tensors in zip(groups, state):
-        group.step(flat, flat_grads, tensors)
+    for group, tensors, c in zip(groups, state, corrections):
+        group.step(flat, flat_grads, tensors, None if c is None else c[0])
     return energy, grads
 
 
 def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup], clamp: Sequence[torch.Tensor | None],
-                            flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, dense.Params]:
+                            flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]],
+                            corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
     last: list[dense.Params] = []
 
     def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
         flat_grads = _flat_grads(plan, grads)
-        for group, tensors in zip(groups, state):
-            group.step(flat, flat_grads, tensors)  # in place: the next inference step predicts with the new weights
-        last[:] = [grads]
+        k = len(last)  # this batch's k-th weight step
+        for group, tensors, c in zip(groups, state, corrections):
+            # in place: the next inference step predicts with the new weights
+            group.step(flat, flat_grads, tensors, None if c is None else c[k])
+        last.append(grads)
 
     energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
-    return energy, last[0]
+    return energy, last[-1]
 
 
 @dataclass(frozen=True, eq=False)
 class FunctionalGroup:
-    """One parameter group's update in ``torch.optim``'s functional form, for a compiled graph.
+    """One parameter group's ``torch.optim`` update in functional form, for a compiled graph.
 
     Attributes:
-        kind: ``"adam"`` (``torch.optim.Adam`` and ``AdamW``) or ``"sgd"``.
+        kind: ``"adam"`` (``torch.optim.Adam`` and ``AdamW``: :func:`_adam_update`) or ``"sgd"``
+            (``torch.optim.sgd.sgd``).
         index: positions, in the chain's flat parameter list, of the parameters this group steps
             (those with a gradient: an active layer's, requiring grad).
-        options: the group's hyperparameters as the functional call takes them; float values
+        options: the group's hyperparameters as the update takes them; float values
             are constants of the graph, tensor values (a scheduled rate) are read when called.
         state_keys: the per-parameter state tensors the call reads and updates, in its order.
     """
@@ -136,22 +140,62 @@ class FunctionalGroup:
     options: dict[str, Any]
     state_keys: tuple[str, ...]
 
-    def step(self, flat: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], state: Sequence[list[torch.Tensor]]) -> None:
-        """The update of ``flat[index]`` (in place) from ``grads[index]`` and the state lists."""
+    def step(self, flat: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], state: Sequence[list[torch.Tensor]],
+             corrections: torch.Tensor | None = None) -> None:
+        """The update of ``flat[index]`` (in place) from ``grads[index]`` and the state lists;
+        ``corrections``: Adam's ``(1 - beta1^t, sqrt(1 - beta2^t))`` of each stepped parameter,
+        shape ``(len(index), 2)``, float64 (:meth:`corrections`)."""
         params = [flat[i] for i in self.index]
         g = [grads[i] for i in self.index]
         if self.kind == "adam":
             exp_avgs, exp_avg_sqs, *rest = state
-            max_exp_avg_sqs, steps = (rest[0], rest[1]) if len(rest) == 2 else ([], rest[0])
-            # The bias corrections 1 - beta^t from a float64 step count, as eager torch.optim takes
-            # them from a Python float: Inductor evaluates beta^t inside the update's loop, and in
-            # float32 0.9^t is subnormal from t ~ 830 on, which slowed every later step by ~6 %.
-            steps64 = [step.to(torch.float64) for step in steps]
-            _adam(params, g, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps64, **self.options)
-            for step, step64 in zip(steps, steps64):
-                step.copy_(step64)
+            max_exp_avg_sqs, steps = (rest[0], rest[1]) if len(rest) == 2 else ([None] * len(params), rest[0])
+            assert corrections is not None
+            for k, (param, grad) in enumerate(zip(params, g)):
+                _adam_update(param, grad, exp_avgs[k], exp_avg_sqs[k], max_exp_avg_sqs[k], steps[k], corrections[k, 0],
+                             corrections[k, 1], **self.options)
         else:
             _sgd(params, g, state[0] if state else [None] * len(params), **self.options)
+
+    def corrections(self, state: Sequence[list[torch.Tensor]], updates: int) -> torch.Tensor | None:
+        """Adam's bias corrections for the next ``updates`` steps of each stepped parameter:
+        ``(updates, len(index), 2)`` float64, ``[..., 0] = 1 - beta1^t`` and ``[..., 1] =
+        sqrt(1 - beta2^t)`` at the counts ``t`` those steps reach, computed as eager ``torch.optim``
+        computes them (Python floats); ``None`` for SGD."""
+        if self.kind != "adam":
+            return None
+        beta1, beta2 = self.options["beta1"], self.options["beta2"]
+        counts = [float(step) for step in state[-1]]
+        return torch.tensor([[(1 - beta1 ** (t + k), (1 - beta2 ** (t + k)) ** 0.5) for t in counts] for k in range(1, updates + 1)],
+                            dtype=torch.float64)
+
+
+def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                 max_exp_avg_sq: torch.Tensor | None, step: torch.Tensor, bias_correction1: torch.Tensor,
+                 bias_correction2_sqrt: torch.Tensor, *, beta1: float, beta2: float, lr: float | torch.Tensor,
+                 weight_decay: float, eps: float, maximize: bool, amsgrad: bool, decoupled_weight_decay: bool) -> None:
+    """One step of ``torch.optim.Adam``/``AdamW`` on one parameter, in place: the arithmetic of its
+    single-tensor form (``torch.optim.adam._single_tensor_adam``, not capturable), but with the bias
+    corrections given. Traced, ``1 - beta^t`` from the step count in the state would be
+    recomputed by Inductor inside the update's element loop, two ``pow`` calls per 16 values:
+    measured, a compiled update of the issue-2 MLP's parameters took 113-188 us with them and
+    43 us with the corrections as inputs."""
+    if maximize:
+        grad = -grad
+    step += 1
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    second = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second = max_exp_avg_sq
+    denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.add_(exp_avg / denom * (-lr / bias_correction1))
 
 
 _FUNCTIONAL_KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
@@ -161,7 +205,7 @@ def _functional_kind(optimizer: torch.optim.Optimizer) -> str | None:
     """``"adam"``/``"sgd"`` where :func:`functional_groups` may replace ``optimizer.step()``: one of
     PyTorch's Adam, AdamW or SGD exactly (a subclass may change ``step``), its ``step`` not replaced
     (a learning-rate scheduler's wrapper excepted), no step hooks (they run around ``step``), no
-    AMP gradient scaling and no differentiable groups."""
+    AMP gradient scaling, no differentiable groups and no tensor betas."""
     kind = _FUNCTIONAL_KINDS.get(type(optimizer))
     if kind is None:
         return None
@@ -175,6 +219,8 @@ def _functional_kind(optimizer: torch.optim.Optimizer) -> str | None:
         return None
     if any(group["differentiable"] for group in optimizer.param_groups):
         return None
+    if kind == "adam" and any(isinstance(beta, torch.Tensor) for group in optimizer.param_groups for beta in group["betas"]):
+        return None  # (the bias corrections are computed from float betas, FunctionalGroup.corrections)
     return kind
 
 
@@ -184,10 +230,8 @@ def _options(kind: str, group: dict[str, Any]) -> tuple[dict[str, Any], tuple[st
     the state keys it reads."""
     if kind == "adam":
         beta1, beta2 = group["betas"]
-        options = dict(amsgrad=group["amsgrad"], has_complex=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                       weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-                       foreach=False, fused=False, capturable=group["capturable"], differentiable=False,
-                       decoupled_weight_decay=group["decoupled_weight_decay"])
+        options = dict(amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                       eps=group["eps"], maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"])
         keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()) + ("step",)
         return options, keys
     options = dict(weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
@@ -355,8 +399,8 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     batch = next(v for v in clamp if v is not None).shape[0]
     if _functional_kind(optimizer) is None:
         return _optimizer_train_step(plan, flat, clamp, forward_update, optimizer, batch)
-    return _functional_step(("train", plan, forward_update), plan, flat, clamp, optimizer, batch,
-                            lambda groups: lambda c, f, s: _train_functional(plan, forward_update, groups, c, f, s))
+    return _functional_step(("train", plan, forward_update), plan, flat, clamp, optimizer, batch, 1,
+                            lambda groups: lambda c, f, s, k: _train_functional(plan, forward_update, groups, c, f, s, k))
 
 
 def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None],
@@ -371,16 +415,17 @@ def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequen
         return None
     flat = _flat(params)
     batch = next(v for v in clamp if v is not None).shape[0]
-    return _functional_step(("incremental", plan), plan, flat, clamp, optimizer, batch,
-                            lambda groups: lambda c, f, s: _incremental_functional(plan, groups, c, f, s))
+    return _functional_step(("incremental", plan), plan, flat, clamp, optimizer, batch, plan.steps,
+                            lambda groups: lambda c, f, s, k: _incremental_functional(plan, groups, c, f, s, k))
 
 
 def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
-                     optimizer: torch.optim.Optimizer, batch: int,
+                     optimizer: torch.optim.Optimizer, batch: int, updates: int,
                      traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]]) -> torch.Tensor | None:
-    """Run (compiling at first) ``traced(groups)(clamp, flat, state) -> (energy, per-layer grads)``, a
-    function that updates ``flat`` and the optimiser's state in place, then leave the gradients in
-    ``.grad``; ``None`` if the optimiser has no state yet or the graph serves another batch size."""
+    """Run (compiling at first) ``traced(groups)(clamp, flat, state, corrections) -> (energy, per-layer
+    grads)``, a function that takes ``updates`` optimiser steps, updating ``flat`` and the
+    optimiser's state in place, then leave the gradients in ``.grad``; ``None`` if the optimiser
+    has no state yet or the graph serves another batch size."""
     layout = (tuple(p.requires_grad for p in flat), tuple(len(group["params"]) for group in optimizer.param_groups))
     key = (*kind, optimizer, layout)
     entry = CACHE.entries.get(key)
@@ -390,7 +435,8 @@ def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], cl
         return None
     entry = CACHE.get(key, lambda: _compile(traced(groups)))
     entry.groups = groups
-    energy, grads = _call(entry, batch, list(clamp), flat, state)
+    corrections = [group.corrections(tensors, updates) for group, tensors in zip(groups, state)]
+    energy, grads = _call(entry, batch, list(clamp), flat, state, corrections)
     for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch
         for param in group["params"]:
             param.grad = None
