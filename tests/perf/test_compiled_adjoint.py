@@ -83,7 +83,11 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
     entries = _entries(model)
     assert set(entries) == {"adjoint-forward", "adjoint-reverse"}
     assert all(e.batch == 6 and e.compile_seconds > 0 for e in entries.values())
-    assert compiled.total_compile_seconds() - before == pytest.approx(sum(e.compile_seconds for e in entries.values()))
+    # the optimiser's step after backward compiles too (compiled.optimizer_update), for any batch size
+    update = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "update" and key[1] is fast.optimizer)
+    assert update.groups is not None and update.compile_seconds > 0
+    total = sum(e.compile_seconds for e in entries.values()) + update.compile_seconds
+    assert compiled.total_compile_seconds() - before == pytest.approx(total)
     relaxed = relax(model, {"x": data["x"], "y": data["y"]}, fast.inference, differentiable=True)
     assert relaxed.chain[1].anchored == ((1,) if case == "anchored" else ())
 
@@ -128,3 +132,28 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
         assert max(_rel(relaxed.values[n], reference.values[n]) for n in relaxed.values) <= 1e-5
     entries = _entries(model)
     assert set(entries) == {"adjoint-forward", "adjoint-reverse"} and all(e.batch == 6 for e in entries.values())
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: torch.optim.Adam(ps, 0.01, weight_decay=0.01),
+    lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.9, nesterov=True),
+    lambda ps: torch.optim.RMSprop(ps, 0.01),  # not traceable here: torch.optim's own step
+], ids=["adam", "sgd-nesterov", "rmsprop"])
+def test_the_optimiser_step_after_the_compiled_reverse_pass_compiles_and_matches_torch_optim(optimizer):
+    widths = CHAINS["anchored"]
+    model = chain(widths, "tanh", dtype=F32)
+    other = twin(model)
+    loss = TaskLoss(reconstruct={"y": 1.0})
+    rules = [BPThroughInference(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), optimizer(m.parameters()), loss, ("x", "y"))
+             for m, compile in ((other, False), (model, True))]
+    for k in range(4):  # a stateful optimiser's first step runs eagerly: torch.optim creates its state
+        data = {"x": randn(6, 12, seed=k, dtype=F32), "y": randn(6, widths[-1], seed=50 + k, dtype=F32)}
+        b, a = (rule.step(data) for rule in rules)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        for p, q in zip(model.parameters(), other.parameters()):
+            assert _rel(p, q) <= 1e-5
+    fast = rules[1]
+    update = [e for key, e in compiled.CACHE.entries.items() if key[0] == "update" and key[1] is fast.optimizer]
+    assert len(update) == (0 if isinstance(fast.optimizer, torch.optim.RMSprop) else 1)
+    if isinstance(fast.optimizer, torch.optim.Adam):
+        assert all(float(state["step"]) == 4 for state in fast.optimizer.state.values())

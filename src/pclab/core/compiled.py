@@ -251,12 +251,55 @@ def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor],
     # flat positions that get a gradient, as dense.set_grads gives them: an active layer's, requiring grad
     active = _flat_grads(plan, [(True, True) if plan.active[l] else (None, None) for l in range(1, plan.chain.depth + 1)])
     gets = {i for i, (param, has) in enumerate(zip(flat, active)) if has and param.requires_grad}
+    return _groups(kind, optimizer, position, gets)
+
+
+def _groups(kind: str, optimizer: torch.optim.Optimizer, position: dict[int, int], gets: set[int]) -> tuple[FunctionalGroup, ...]:
+    """One :class:`FunctionalGroup` per parameter group, stepping the parameters whose flat
+    position (``position[id(param)]``) is in ``gets``."""
     groups = []
     for group in optimizer.param_groups:
         index = tuple(position[id(p)] for p in group["params"] if position.get(id(p)) in gets)
         options, keys = _options(kind, group)
         groups.append(FunctionalGroup(kind, index, options, keys))
     return tuple(groups)
+
+
+def _update(groups: Sequence[FunctionalGroup], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
+            state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> None:
+    for group, tensors, c in zip(groups, state, corrections):
+        group.step(params, grads, tensors, None if c is None else c[0])
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer) -> bool:
+    """``optimizer.step()`` on the gradients in ``.grad`` as one compiled graph (the update of
+    :func:`functional_groups`), for rules whose gradients come from ``backward``
+    (bp-through-inference); ``False``, nothing done, where ``torch.optim``'s own ``step`` must run:
+    another optimiser class or step hooks (:func:`_functional_kind`), a parameter that is not a
+    real floating tensor, a sparse gradient, or no optimiser state yet (the first step creates it
+    in ``torch.optim``'s format). Compiled with the hyperparameters of the first call, as
+    :func:`pc_train_step`; one graph per set of parameters that have a gradient."""
+    kind = _functional_kind(optimizer)
+    if kind is None:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads = [p.grad for p in params]
+    if any(p.is_complex() or not p.is_floating_point() or (g is not None and g.is_sparse) for p, g in zip(params, grads)):
+        return False
+    key = ("update", optimizer, tuple(g is not None for g in grads))
+    entry = CACHE.entries.get(key)
+    groups = entry.groups if entry is not None else _groups(kind, optimizer, {id(p): i for i, p in enumerate(params)},
+                                                            {i for i, g in enumerate(grads) if g is not None})
+    state = _state(optimizer, params, groups)
+    if state is None:
+        return False
+    entry = CACHE.get(key, lambda: _compile(lambda p, g, s, k: _update(groups, p, g, s, k)))
+    entry.groups = groups
+    corrections = [group.corrections(tensors, 1) for group, tensors in zip(groups, state)]
+    with torch.no_grad():
+        _call(entry, 0, params, grads, state, corrections)  # (any batch size: 0 stands for all)
+    optimizer._opt_called = True  # what torch.optim's step tells a learning-rate scheduler
+    return True
 
 
 class _ProfilerNote(logging.Filter):

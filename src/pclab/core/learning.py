@@ -343,8 +343,17 @@ class _TaskLossRule(LearningRule):
         self.optimizer.zero_grad(set_to_none=True)
         loss, parts = self.objective(batch)
         loss.backward()
-        self._apply()
+        if self._compiles() and self._optimizer_compiles() and compiled.optimizer_update(self.optimizer):
+            if self.scheduler is not None:
+                self.scheduler.step()
+        else:
+            self._apply()
         return {"loss": float(loss.detach()), **parts}
+
+    def _compiles(self) -> bool:
+        """Whether this rule runs compiled (``Inference(compile=True)``): its optimiser step then
+        does too, where :func:`pclab.core.compiled.optimizer_update` applies."""
+        return False
 
 
 class BPThroughInference(_TaskLossRule):
@@ -382,6 +391,9 @@ class BPThroughInference(_TaskLossRule):
             raise ValueError(f"checkpoint must be True, False or a number of slots >= 1, got {checkpoint!r}")
         self.inference, self.loss, self.clamp = inference, loss, tuple(clamp)
         self.truncate, self.checkpoint = truncate, checkpoint
+
+    def _compiles(self) -> bool:
+        return self.inference.compile
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The task loss after the unrolled relaxation (differentiable in the parameters)."""
