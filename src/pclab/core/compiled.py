@@ -31,7 +31,10 @@ Costs and rules:
   holds while the optimiser's hyperparameters stay those of the first call; a changed float
   learning rate would recompile, so after a change (or with a scheduler over float rates) the
   step runs eagerly instead. A tensor rate (:func:`rates_are_tensors`) is an
-  input of the compiled step: a scheduler updates it in place and nothing recompiles.
+  input of the compiled step: a scheduler updates it in place and nothing recompiles;
+* bp-through-inference takes its gradients from ``backward`` (through the compiled passes of
+  :mod:`pclab.core.compiled_adjoint`); its optimiser step then runs as a graph of its own, the
+  same update under the same rules (:func:`optimizer_update`).
 """
 
 from __future__ import annotations
