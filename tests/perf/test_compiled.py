@@ -305,3 +305,16 @@ def test_the_traced_update_keeps_frozen_layers_and_parameter_groups():
     assert torch.equal(model.module("h1", "h2").linear.weight, frozen) and model.module("h1", "h2").linear.weight.grad is None
     for p, q in zip(model.parameters(), other.parameters()):
         assert float((p - q).detach().norm()) <= 1e-5 * float(q.detach().norm())
+
+
+def test_only_guards_that_a_module_reached_under_two_names_is_one_object_are_dropped():
+    from torch._dynamo.types import GuardFilterEntry
+
+    def entry(guard_type: str, value: object) -> GuardFilterEntry:
+        return GuardFilterEntry(name="x", has_value=True, value=value, guard_type=guard_type, derived_guard_types=(),
+                                is_global=True, orig_guard=None)
+
+    tensor = torch.zeros(2)
+    entries = [entry("DUPLICATE_INPUT", compiled.dense), entry("DUPLICATE_INPUT", tensor), entry("TENSOR_MATCH", tensor),
+               entry("ID_MATCH", compiled.dense)]
+    assert compiled._guard_filter(entries) == [False, True, True, True]
