@@ -164,13 +164,13 @@ class FunctionalGroup:
         """Adam's bias corrections for the next ``updates`` steps of each stepped parameter:
         ``(updates, len(index), 2)`` float64, ``[..., 0] = 1 - beta1^t`` and ``[..., 1] =
         sqrt(1 - beta2^t)`` at the counts ``t`` those steps reach, computed as eager ``torch.optim``
-        computes them (Python floats); ``None`` for SGD."""
+        computes them (Python floats), on the parameters' device; ``None`` for SGD."""
         if self.kind != "adam":
             return None
         beta1, beta2 = self.options["beta1"], self.options["beta2"]
         counts = [float(step) for step in state[-1]]
         return torch.tensor([[(1 - beta1 ** (t + k), (1 - beta2 ** (t + k)) ** 0.5) for t in counts] for k in range(1, updates + 1)],
-                            dtype=torch.float64)
+                            dtype=torch.float64, device=state[0][0].device if self.index else None)
 
 
 def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
