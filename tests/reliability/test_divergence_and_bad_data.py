@@ -73,3 +73,14 @@ def test_nan_or_inf_in_data_is_refused_naming_the_sample(tmp_path, tiny, bad):
     config = tiny()
     with pytest.raises(DataError, match="make_batch: images must be finite"):
         make_batch(config, images[:32], train_set.labels[:32], 10)
+
+
+def test_the_per_batch_parameter_check_bounds_the_largest_entry_not_the_norm():
+    ok = loop._parameters_ok
+    many_fives = torch.full((100,), 5.0)  # L2 norm 50 > limit 10, every entry below it: the exact maxima decide
+    assert ok([torch.ones(3, 3), many_fives, torch.empty(0)], 10.0)
+    assert ok([], 10.0)
+    assert not ok([torch.ones(3), torch.tensor([1.0, 11.0])], 10.0)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not ok([torch.ones(3), torch.tensor([0.0, bad])], 1e30)
+    assert ok([torch.full((4,), 1e20)], 1e30)  # the norm overflows float32; the exact maxima are 1e20

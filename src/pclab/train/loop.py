@@ -25,6 +25,7 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,12 +189,18 @@ def _bad(value: float, limit: float) -> bool:
     return not math.isfinite(value) or abs(value) > limit
 
 
-def _parameters_ok(model: PCN, limit: float) -> bool:
-    """One synchronisation: the largest |parameter| is finite and at most ``limit``."""
-    peaks = [p.detach().abs().max() for p in model.parameters() if p.numel()]
-    if not peaks:
+def _parameters_ok(parameters: Sequence[torch.Tensor], limit: float) -> bool:
+    """The largest |parameter| is finite and at most ``limit``. Checked on every batch, so by one
+    foreach L2 norm per parameter (at least its largest |entry|; non-finite if an entry is) and one
+    synchronisation, 16 us on the issue-2 MLP against 29 us for the exact maxima, which are
+    taken only when a norm is not below ``limit``."""
+    parameters = [p for p in parameters if p.numel()]
+    if not parameters:
         return True
-    peak = float(torch.stack(peaks).max())
+    with torch.no_grad():
+        if not _bad(float(torch.stack(torch._foreach_norm(parameters)).max()), limit):
+            return True
+        peak = float(torch.stack([p.abs().max() for p in parameters]).max())
     return not _bad(peak, limit)
 
 
@@ -424,7 +431,8 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
     config = run.config
     history, position, last_checkpoint = _start(run, out, resume)
     per_epoch = math.ceil(len(run.train) / config.data.batch_size)
-    before = [p.detach().clone() for p in run.model.parameters()]
+    parameters = list(run.model.parameters())
+    before = [p.detach().clone() for p in parameters]
     for epoch in range(position.epoch, config.epochs):
         resuming = position.epoch == epoch and position.batch > 0
         first = position.batch if resuming else 0
@@ -451,11 +459,10 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
                 if accuracy is not None:
                     correct, counted = correct + accuracy * len(labels), counted + len(labels)
             with torch.no_grad():  # the parameters before this step, for a diagnosis should it diverge
-                for saved, parameter in zip(before, run.model.parameters()):
-                    saved.copy_(parameter)
+                torch._foreach_copy_(before, parameters)
             metrics = run.rule.step(batch)
             bad = {k: v for k, v in metrics.items() if _bad(v, config.max_energy)}
-            if bad or not _parameters_ok(run.model, config.max_energy):
+            if bad or not _parameters_ok(parameters, config.max_energy):
                 raise _diverged(run, {"epoch": epoch + 1, "batch": index}, bad, batch, out, last_checkpoint, before)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * len(labels)
@@ -481,7 +488,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
             record["compile_seconds"] = compiling
         record.update(evaluate(run))
         bad = {k: v for k, v in record.items() if isinstance(v, float) and _bad(v, config.max_energy)}
-        if bad or not _parameters_ok(run.model, config.max_energy):
+        if bad or not _parameters_ok(parameters, config.max_energy):
             raise _diverged(run, {"epoch": epoch + 1, "batch": None}, bad, None, out, last_checkpoint)
         history.append(record)
         if progress:
