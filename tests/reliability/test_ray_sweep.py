@@ -42,3 +42,16 @@ def test_optuna_search_on_ray_records_every_sample(tmp_path, local_ray):
     found = search({**preset("tiny"), "epochs": 1}, tmp_path, samples=2, executor="ray")
     assert found["summary"]["samples"] == 2 and len(load_records(tmp_path)) == 2
     assert found["best"] is not None and set(found["best"]["params"]["overrides"]) == {"inference.lr", "inference.steps", "learning.lr"}
+
+
+def test_trials_reuse_the_ray_worker_processes(tmp_path, local_ray):
+    """A new process per trial would import torch and pclab again (~3 s a trial here)."""
+    import json
+
+    cpus = int(local_ray.cluster_resources()["CPU"])
+    base = preset("tiny")
+    trials = [{"config": base, "overrides": {"epochs": 1, "seed": seed}} for seed in range(cpus + 1)]
+    records = run_trials(tune_trial, trials, tmp_path, executor="ray")
+    assert all(r["status"] == "ok" for r in records)
+    pids = {json.loads(p.read_text().splitlines()[0])["pid"] for p in (tmp_path / "ray").rglob("result.json")}
+    assert len(trials) > len(pids) >= 1
