@@ -101,9 +101,7 @@ def _train_functional(plan: dense.Plan, forward_update: bool, groups: Sequence[F
                       clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor],
                       state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
     energy, grads = _learn(plan, forward_update, clamp, flat)
-    flat_grads = _flat_grads(plan, grads)
-    for group, tensors, c in zip(groups, state, corrections):
-        group.step(flat, flat_grads, tensors, None if c is None else c[0])
+    _update(groups, flat, _flat_grads(plan, grads), state, corrections)
     return energy, grads
 
 
@@ -113,11 +111,8 @@ def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup],
     last: list[dense.Params] = []
 
     def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
-        flat_grads = _flat_grads(plan, grads)
-        k = len(last)  # this batch's k-th weight step
-        for group, tensors, c in zip(groups, state, corrections):
-            # in place: the next inference step predicts with the new weights
-            group.step(flat, flat_grads, tensors, None if c is None else c[k])
+        # in place: the next inference step predicts with the new weights; this batch's k-th weight step
+        _update(groups, flat, _flat_grads(plan, grads), state, corrections, k=len(last))
         last.append(grads)
 
     energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
@@ -269,9 +264,10 @@ def _groups(kind: str, optimizer: torch.optim.Optimizer, position: dict[int, int
 
 
 def _update(groups: Sequence[FunctionalGroup], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
-            state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> None:
+            state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None], k: int = 0) -> None:
+    """Every group's ``k``-th update of this call (``corrections[g][k]``)."""
     for group, tensors, c in zip(groups, state, corrections):
-        group.step(params, grads, tensors, None if c is None else c[0])
+        group.step(params, grads, tensors, None if c is None else c[k])
 
 
 def optimizer_update(optimizer: torch.optim.Optimizer) -> bool:
@@ -287,12 +283,14 @@ def optimizer_update(optimizer: torch.optim.Optimizer) -> bool:
         return False
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grads = [p.grad for p in params]
-    if any(p.is_complex() or not p.is_floating_point() or (g is not None and g.is_sparse) for p, g in zip(params, grads)):
-        return False
     key = ("update", optimizer, tuple(g is not None for g in grads))
     entry = CACHE.entries.get(key)
-    groups = entry.groups if entry is not None else _groups(kind, optimizer, {id(p): i for i, p in enumerate(params)},
-                                                            {i for i, g in enumerate(grads) if g is not None})
+    if entry is None:  # (a compiled entry has passed these checks; parameters keep their kind)
+        if any(p.is_complex() or not p.is_floating_point() or (g is not None and g.is_sparse) for p, g in zip(params, grads)):
+            return False
+        groups = _groups(kind, optimizer, {id(p): i for i, p in enumerate(params)}, {i for i, g in enumerate(grads) if g is not None})
+    else:
+        groups = entry.groups
     state = _state(optimizer, params, groups)
     if state is None:
         return False

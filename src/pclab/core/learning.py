@@ -120,9 +120,15 @@ class LearningRule:
         return self.__dict__.setdefault("_compiled_hyperparameters", now) == now
 
     def _apply(self) -> None:
-        self.optimizer.step()
+        if not self._compiled_update():
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+
+    def _compiled_update(self) -> bool:
+        """Take the optimiser's step as a compiled graph (:func:`pclab.core.compiled.optimizer_update`)
+        where this rule runs compiled; ``False``: nothing done, ``optimizer.step()`` runs."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -343,17 +349,8 @@ class _TaskLossRule(LearningRule):
         self.optimizer.zero_grad(set_to_none=True)
         loss, parts = self.objective(batch)
         loss.backward()
-        if self._compiles() and self._optimizer_compiles() and compiled.optimizer_update(self.optimizer):
-            if self.scheduler is not None:
-                self.scheduler.step()
-        else:
-            self._apply()
+        self._apply()
         return {"loss": float(loss.detach()), **parts}
-
-    def _compiles(self) -> bool:
-        """Whether this rule runs compiled (``Inference(compile=True)``): its optimiser step then
-        does too, where :func:`pclab.core.compiled.optimizer_update` applies."""
-        return False
 
 
 class BPThroughInference(_TaskLossRule):
@@ -392,8 +389,9 @@ class BPThroughInference(_TaskLossRule):
         self.inference, self.loss, self.clamp = inference, loss, tuple(clamp)
         self.truncate, self.checkpoint = truncate, checkpoint
 
-    def _compiles(self) -> bool:
-        return self.inference.compile
+    def _compiled_update(self) -> bool:
+        # with Inference(compile=True) the step after backward runs compiled too
+        return self.inference.compile and self._optimizer_compiles() and compiled.optimizer_update(self.optimizer)
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The task loss after the unrolled relaxation (differentiable in the parameters)."""

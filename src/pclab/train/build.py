@@ -24,6 +24,7 @@ from ..core import (
     TaskLoss,
 )
 from ..core.batchnorm import WeightPhasePCLearning, weight_phase
+from ..core.graph import all_finite
 from ..data import DataError, Dataset, normalise, one_hot
 from ..models.deep import lecun_init, vgg_bn
 from .config import ConfigError, InferenceConfig, RunConfig
@@ -214,9 +215,7 @@ def prepare_images(config: RunConfig, images: torch.Tensor) -> torch.Tensor:
 def make_batch(config: RunConfig, images: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
     """The batch a learning rule takes: prepared images as ``x``; one-hot labels as ``y`` for PC
     rules, class indices for the backprop rules' cross-entropy (one-hot for squared error)."""
-    # a finite sum proves every value finite (one reduction, 5 us against 44 for isfinite().all()
-    # on a 64-image MNIST batch); only otherwise the exact check
-    if not math.isfinite(float(images.sum())) and not bool(torch.isfinite(images).all()):
+    if not all_finite(images):
         bad = int((~torch.isfinite(images.reshape(len(images), -1)).all(dim=1)).sum())
         raise DataError(f"make_batch: images must be finite, got NaN/Inf in {bad} of {len(images)} samples")
     x = prepare_images(config, images)
