@@ -7,6 +7,8 @@ through the general graph code (``method="manual"``), both float64.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -16,6 +18,7 @@ from perf_chains import chain, names, randn, reference
 
 from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, chain_adjoint, relax
 from pclab.core.chain_adjoint import CURVATURE
+from pclab.core.relax import chain_plan
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -143,30 +146,138 @@ def test_start_values_get_their_gradient(init):
     _compare(model, clamp, inference, randn(4, 3, seed=3), start=start)
 
 
-def test_bp_through_inference_rule_uses_it_and_matches_the_general_path():
+@hsettings(max_examples=40, deadline=None)
+@given(
+    depth=st.integers(2, 4),
+    widths=st.lists(st.integers(2, 6), min_size=5, max_size=5),
+    activation=st.sampled_from(ACTIVATIONS),
+    optimizer=st.sampled_from(sorted(OPTIMIZERS)),
+    pattern=st.sampled_from(["io", "mid"]),
+    kinds=st.lists(st.sampled_from(["mse", "ce-index", "ce-probs"]), min_size=1, max_size=3),
+    steps=st.integers(1, 6),
+    frozen_bias=st.booleans(),
+)
+def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, activation, optimizer, pattern, kinds, steps, frozen_bias):
+    """Bp-through-inference without autograd (relaxation, MSE / cross-entropy terms on any nodes'
+    predictions, by-hand derivative, reverse pass) gives autograd's loss and gradients; class-index
+    targets include PyTorch's ignore_index (-100)."""
+    import torch.nn.functional as F
+
+    from pclab.core import chain as dense
+
+    model = chain([widths[i] for i in range(depth + 1)], activation)
+    if frozen_bias:
+        next(iter(model.edge_modules.values())).linear.bias.requires_grad_(False)
+    clamp = _clamp(model, pattern, batch=5, ce=False)
+    inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer])
+    ns = list(model.nodes)
+    structure = dense.dense_chain(model)
+    plan = chain_plan(model, structure, frozenset(clamp), inference, feed_forward=True)
+    given = [clamp.get(n) for n in ns]
+    if not chain_adjoint.applies(plan, given):
+        return
+    terms, targets = [], []
+    for j, kind in enumerate(kinds):
+        k = 1 + j % depth
+        width = model.nodes[ns[k]].shape[0]
+        if kind == "ce-index":
+            target = torch.randint(0, width, (5,), generator=torch.Generator().manual_seed(j))
+            target[j % 5] = -100
+        elif kind == "ce-probs":
+            target = randn(5, width, seed=40 + j).abs()  # (rows need not sum to 1)
+        else:
+            target = randn(5, width, seed=40 + j)
+        terms.append(chain_adjoint.LossTerm(k, 0.5 + j, "mse" if kind == "mse" else "ce"))
+        targets.append(target)
+    params = structure.params()
+    need = tuple((w.requires_grad, b is not None and b.requires_grad) for w, b in params)
+    with torch.no_grad():
+        values, grads = chain_adjoint.task_loss_grads(plan, params, given, terms, targets, need)
+
+    relaxed = relax(model, clamp, inference, differentiable=True)
+    loss, parts = None, []
+    for term, target in zip(terms, targets):
+        mu = model._prediction(ns[term.node], relaxed.values)
+        part = F.mse_loss(mu, target) if term.kind == "mse" else F.cross_entropy(mu, target)
+        parts.append(part)
+        loss = term.weight * part if loss is None else loss + term.weight * part
+    inputs = [p for pair in params for p in pair if p is not None and p.requires_grad]
+    ref = torch.autograd.grad(loss, inputs, allow_unused=True)
+    assert values.tolist() == pytest.approx([float(loss.detach()), *(float(p.detach()) for p in parts)], rel=1e-12)
+    mine = [g for (dw, db), (w, b) in zip(grads, params) for g, p in ((dw, w), (db, b)) if p is not None and p.requires_grad]
+    assert all(g is None for (dw, db), (w, b) in zip(grads, params) for g, p in ((dw, w), (db, b)) if p is None or not p.requires_grad)
+    assert max(_rel(a, b) for a, b in zip(mine, ref)) < 1e-9
+
+
+@pytest.mark.parametrize("loss", [TaskLoss(reconstruct={"y": 1.0}), TaskLoss(reconstruct={"y": 0.4}, classify={"y": 0.6})])
+def test_bp_through_inference_rule_uses_it_and_matches_the_general_path(loss):
+    """The rule's step on a chain is task_loss_grads (no autograd): the general path's loss and gradients."""
     from pclab.core import BPThroughInference
 
     model = chain([7, 6, 5, 3], "gelu")
     other = chain([7, 6, 5, 3], "gelu")
-    batch = {"x": randn(5, 7, seed=1), "y": randn(5, 3, seed=2)}
+    batch = {"x": randn(5, 7, seed=1), "y": torch.softmax(randn(5, 3, seed=2), 1)}
     inference = Inference(steps=6, optimizer=SGD(0.1))
-    loss = TaskLoss(reconstruct={"y": 1.0})
     fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, ("x", "y"))
     slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, ("x", "y"))
     calls = []
-    original = chain_adjoint._ChainRelaxation.apply
+    original = chain_adjoint.task_loss_grads
 
     def counted(*args):
         calls.append(1)
         return original(*args)
 
-    chain_adjoint._ChainRelaxation.apply = counted
+    chain_adjoint.task_loss_grads = counted
     try:
         a = fast.step(batch)
     finally:
-        chain_adjoint._ChainRelaxation.apply = original
+        chain_adjoint.task_loss_grads = original
     b = slow.step(batch)
-    assert calls and a["loss"] == pytest.approx(b["loss"], rel=1e-12)
+    assert calls and a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-12)
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert _rel(p.grad, q.grad) < 1e-9
+
+
+@pytest.mark.parametrize("target", ["class-indices", "broadcast"])
+def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_odd_targets_to_torch(target):
+    """Clamped x and h2, the output y free: a class-index cross-entropy target goes the hand-derived
+    way; an MSE target of another shape goes to F.mse_loss itself (its broadcasting, its warning)."""
+    from pclab.core import BPThroughInference
+
+    model = chain([7, 6, 5, 3], "tanh")
+    other = chain([7, 6, 5, 3], "tanh")
+    batch = {"x": randn(5, 7, seed=1), "h2": randn(5, 5, seed=2)}
+    if target == "class-indices":
+        loss = TaskLoss(classify={"y": 1.0})
+        batch["y"] = torch.tensor([0, 2, 1, -100, 2])
+    else:
+        loss = TaskLoss(reconstruct={"y": 1.0})
+        batch["y"] = randn(5, 1, seed=3)
+    inference = Inference(steps=4, optimizer=SGD(0.1))
+    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, ("x", "h2"))
+    slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, ("x", "h2"))
+    calls = []
+    original = chain_adjoint.task_loss_grads
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    def warns():
+        return pytest.warns(UserWarning, match="target size") if target == "broadcast" else contextlib.nullcontext()
+
+    chain_adjoint.task_loss_grads = counted
+    try:
+        with warns():
+            a = fast.step(batch)
+    finally:
+        chain_adjoint.task_loss_grads = original
+    with warns():
+        b = slow.step(batch)
+    assert bool(calls) == (target == "class-indices")
+    assert a == pytest.approx(b, rel=1e-12)
     for p, q in zip(model.parameters(), other.parameters()):
         assert _rel(p.grad, q.grad) < 1e-9
 

@@ -23,9 +23,15 @@ CHAINS = {"plain": [12, 8, 8, 4], "anchored": [12, 16, 4, 4]}
 
 
 def _entries(model) -> dict[str, compiled._Compiled]:
-    """The compiled forward / reverse of ``model``'s chain, by kind."""
+    """The compiled graphs of ``model``'s chain (forward / reverse pass, whole step), by kind."""
     first = model.module("x", "h1")
-    return {key[0]: e for key, e in compiled.CACHE.entries.items() if key[0].startswith("adjoint") and key[1].chain.layers[0] is first}
+    return {key[0]: e for key, e in compiled.CACHE.entries.items()
+            if key[0] in ("adjoint-forward", "adjoint-reverse", "bpti", "bpti-train") and key[1].chain.layers[0] is first}
+
+
+class _OwnLoss(TaskLoss):
+    """A TaskLoss subclass: the rule cannot know its derivative and takes autograd through the
+    compiled forward and reverse pass."""
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,39 +60,46 @@ def eager_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("loss", ["plain", "subclass"])
 @pytest.mark.parametrize("case", sorted(CHAINS))
-def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, eager_calls):
+def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, loss, eager_calls):
+    """A plain TaskLoss: after an eager first step, the whole step (relaxation, loss, reverse pass,
+    optimiser update) is one compiled graph; a TaskLoss subclass: autograd through the compiled
+    forward and reverse pass, then the optimiser's step as a compiled graph of its own."""
     widths, steps = CHAINS[case], 4
     assert Anchored.pays(6, widths[1], widths[2], steps - 1) == (case == "anchored")
     model = chain(widths, "tanh", dtype=F32)
     other = twin(model)
-    loss = TaskLoss(reconstruct={"y": 1.0})
-    eager = BPThroughInference(other, Inference(steps=steps, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05), loss, ("x", "y"))
+    task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
+    eager = BPThroughInference(other, Inference(steps=steps, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05), task, ("x", "y"))
     inference = Inference(steps=steps, optimizer=SGD(0.1), compile=True)
-    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.05), loss, ("x", "y"))
+    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.05), task, ("x", "y"))
     before = compiled.total_compile_seconds()
     graphs, breaks = None, sum(counters["graph_break"].values())  # (other tests' breaks: e.g. torch.optim's own)
-    for k, batch in enumerate([6, 6, 3, 6, 6]):  # batch 3 runs on the eager path
+    whole = loss == "plain"
+    for k, batch in enumerate([6, 6, 6, 3, 6]):  # batch 3 runs on the eager path
         data = {"x": randn(batch, 12, seed=k, dtype=F32), "y": randn(batch, widths[-1], seed=50 + k, dtype=F32)}
         calls = dict(eager_calls)
         a = fast.step(data)
         ran_eagerly = {kind: eager_calls[kind] - calls[kind] for kind in calls}
-        if k == 0:
+        if k == int(whole):  # (the plain loss's first step is eager)
             graphs = counters["stats"]["unique_graphs"]
-        else:  # the compiled graphs serve batch 6 without retracing; batch 3 takes the eager pass
+        if k > int(whole):  # the compiled graphs serve batch 6 without retracing; batch 3 takes the eager pass
             assert ran_eagerly == ({"forward": 1, "reverse": 1} if batch == 3 else {"forward": 0, "reverse": 0})
         b = eager.step(data)
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a.keys() == b.keys() and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         for p, q in zip(model.parameters(), other.parameters()):
             assert _rel(p, q) <= 1e-5
     assert counters["stats"]["unique_graphs"] == graphs and sum(counters["graph_break"].values()) == breaks
     entries = _entries(model)
-    assert set(entries) == {"adjoint-forward", "adjoint-reverse"}
+    assert set(entries) == ({"bpti-train"} if whole else {"adjoint-forward", "adjoint-reverse"})
     assert all(e.batch == 6 and e.compile_seconds > 0 for e in entries.values())
-    # the optimiser's step after backward compiles too (compiled.optimizer_update), for any batch size
-    update = next(e for key, e in compiled.CACHE.entries.items() if key[0] == "update" and key[1] is fast.optimizer)
-    assert update.groups is not None and update.compile_seconds > 0
-    total = sum(e.compile_seconds for e in entries.values()) + update.compile_seconds
+    updates = [e for key, e in compiled.CACHE.entries.items() if key[0] == "update" and key[1] is fast.optimizer]
+    if not whole:  # the optimiser's step after backward compiles too (compiled.optimizer_update), for any batch size
+        assert len(updates) == 1 and updates[0].groups is not None and updates[0].compile_seconds > 0
+    else:
+        assert not updates
+    total = sum(e.compile_seconds for e in [*entries.values(), *updates])
     assert compiled.total_compile_seconds() - before == pytest.approx(total)
     relaxed = relax(model, {"x": data["x"], "y": data["y"]}, fast.inference, differentiable=True)
     assert relaxed.chain[1].anchored == ((1,) if case == "anchored" else ())
@@ -134,17 +147,21 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
     assert set(entries) == {"adjoint-forward", "adjoint-reverse"} and all(e.batch == 6 for e in entries.values())
 
 
+@pytest.mark.parametrize("loss", ["plain", "subclass"])
 @pytest.mark.parametrize("optimizer", [
     lambda ps: torch.optim.Adam(ps, 0.01, weight_decay=0.01),
     lambda ps: torch.optim.SGD(ps, 0.05, momentum=0.9, nesterov=True),
     lambda ps: torch.optim.RMSprop(ps, 0.01),  # not traceable here: torch.optim's own step
 ], ids=["adam", "sgd-nesterov", "rmsprop"])
-def test_the_optimiser_step_after_the_compiled_reverse_pass_compiles_and_matches_torch_optim(optimizer):
+def test_the_optimiser_step_of_compiled_bp_through_inference_matches_torch_optim(optimizer, loss):
+    """Plain TaskLoss: Adam and SGD update inside the whole step's graph; RMSprop steps by its own
+    ``step`` after a compiled graph of the gradients. A TaskLoss subclass: the step after the
+    compiled reverse pass compiles on its own (compiled.optimizer_update), RMSprop's excepted."""
     widths = CHAINS["anchored"]
     model = chain(widths, "tanh", dtype=F32)
     other = twin(model)
-    loss = TaskLoss(reconstruct={"y": 1.0})
-    rules = [BPThroughInference(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), optimizer(m.parameters()), loss, ("x", "y"))
+    task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
+    rules = [BPThroughInference(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), optimizer(m.parameters()), task, ("x", "y"))
              for m, compile in ((other, False), (model, True))]
     for k in range(4):  # a stateful optimiser's first step runs eagerly: torch.optim creates its state
         data = {"x": randn(6, 12, seed=k, dtype=F32), "y": randn(6, widths[-1], seed=50 + k, dtype=F32)}
@@ -153,7 +170,10 @@ def test_the_optimiser_step_after_the_compiled_reverse_pass_compiles_and_matches
         for p, q in zip(model.parameters(), other.parameters()):
             assert _rel(p, q) <= 1e-5
     fast = rules[1]
+    traceable = not isinstance(fast.optimizer, torch.optim.RMSprop)
     update = [e for key, e in compiled.CACHE.entries.items() if key[0] == "update" and key[1] is fast.optimizer]
-    assert len(update) == (0 if isinstance(fast.optimizer, torch.optim.RMSprop) else 1)
+    assert len(update) == (1 if traceable and loss == "subclass" else 0)
+    if loss == "plain":
+        assert set(_entries(model)) == {"bpti-train" if traceable else "bpti"}
     if isinstance(fast.optimizer, torch.optim.Adam):
         assert all(float(state["step"]) == 4 for state in fast.optimizer.state.values())

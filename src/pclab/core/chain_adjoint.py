@@ -677,3 +677,83 @@ def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor |
         weight, bias = params[L - 1]
         state.values[L] = chain.energies[L - 1].released(chain.layers[L - 1]._f(F.linear(values[L - 1], weight, bias)))
     return state
+
+
+# ---------------------------------------------------------------------------- a task loss, whole
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of a task loss on a chain: ``weight * MSE(mu_k, target)`` (``kind="mse"``, mean over
+    elements) or ``weight * CE(mu_k, target)`` (``kind="ce"``, batch mean; class indices or
+    class probabilities) of node ``k``'s prediction ``mu_k = f(W_k z_{k-1} + b_k)``."""
+
+    node: int
+    weight: float
+    kind: str
+
+
+def _term_grad(term: LossTerm, mu: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(value, weight * dvalue/dmu)`` of one term: ``F.mse_loss`` / ``F.cross_entropy`` and
+    their derivatives by hand (PyTorch's defaults: mean reduction, ``ignore_index=-100``)."""
+    if term.kind == "mse":
+        value = F.mse_loss(mu, target)
+        return value, (mu - target) * (2.0 * term.weight / mu.numel())
+    value = F.cross_entropy(mu, target)
+    p = torch.softmax(mu, dim=1)
+    if target.is_floating_point():  # class probabilities: d/dmu of -sum t log softmax(mu) = p sum t - t
+        return value, (p * target.sum(1, keepdim=True) - target) * (term.weight / mu.shape[0])
+    kept = target != -100  # (ignore_index: such rows do not count in the mean)
+    one_hot = F.one_hot(torch.where(kept, target, 0), mu.shape[1]).to(mu.dtype)
+    scale = kept.to(mu.dtype)[:, None] * (term.weight / kept.sum())
+    return value, (p - one_hot) * scale
+
+
+def task_loss_grads(
+    plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], terms: Sequence[LossTerm],
+    targets: Sequence[torch.Tensor], need: Sequence[tuple[bool, bool]],
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
+    """Bp-through-inference on a chain without autograd: relax from the feed-forward pass (the
+    recorded forward of :func:`relax`), the task loss ``sum_k weight_k term_k(mu_k, target_k)`` on
+    the predictions at the relaxed values, its derivative by hand, and :func:`_reverse` to the
+    parameters -- what ``loss.backward()`` through :func:`relax` gives, as plain tensor code
+    (:mod:`pclab.core.compiled` traces it into one graph with the optimiser's step). Run under
+    ``no_grad``; requires :func:`applies` and a feed-forward plan.
+
+    Args:
+        plan, params, given: as :func:`relax`.
+        terms: the loss's terms; ``targets[j]`` is term ``j``'s target.
+        need: ``(weight, bias)`` gradient wanted, per layer.
+
+    Returns:
+        ``(values, grads)``: the loss and then each term's unweighted value, shape
+        ``(1 + len(terms),)``, and ``(dL/dW_l, dL/db_l)`` per layer (``None`` where no gradient
+        reaches a parameter or none is needed).
+    """
+    chain, L = plan.chain, plan.chain.depth
+    out, z0, ff, tape, anchored = _run(plan, params, given, None)
+    z = list(z0)
+    for i, v in zip((i for i in range(L + 1) if plan.free[i]), out):
+        z[i] = v
+    predictions = dense.Predictions(chain, params)
+    lam: list[torch.Tensor | None] = [None] * (L + 1)
+    direct: list[list[torch.Tensor | None]] = [[None, None] for _ in range(L)]
+    values: list[torch.Tensor] = []
+    loss: torch.Tensor | None = None
+    for term, target in zip(terms, targets):
+        k = term.node
+        value, g = _term_grad(term, predictions.get(k, z), target)
+        values.append(value)
+        loss = term.weight * value if loss is None else loss + term.weight * value  # (as TaskLoss sums)
+        delta = predictions.backward(k, g)  # dL/da_k
+        weight = params[k - 1][0]
+        if need[k - 1][0]:
+            direct[k - 1][0] = _add(direct[k - 1][0], delta.t() @ z[k - 1])
+        if need[k - 1][1] and params[k - 1][1] is not None:
+            direct[k - 1][1] = _add(direct[k - 1][1], delta.sum(0))
+        if plan.free[k - 1]:
+            lam[k - 1] = _add(lam[k - 1], dense.back_through(delta, weight) if dense.narrow(weight) else delta @ weight)
+    _, grads = _reverse(plan, params, tape, lam, z0, ff, need, anchored)
+    merged = []
+    for (dw, db), (extra_w, extra_b) in zip(grads, direct):
+        merged.append((dw if extra_w is None else _add(dw, extra_w), db if extra_b is None else _add(db, extra_b)))
+    assert loss is not None
+    return torch.stack([loss, *values]), merged

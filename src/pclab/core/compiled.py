@@ -32,9 +32,15 @@ Costs and rules:
   learning rate would recompile, so after a change (or with a scheduler over float rates) the
   step runs eagerly instead. A tensor rate (:func:`rates_are_tensors`) is an
   input of the compiled step: a scheduler updates it in place and nothing recompiles;
-* bp-through-inference takes its gradients from ``backward`` (through the compiled passes of
-  :mod:`pclab.core.compiled_adjoint`); its optimiser step then runs as a graph of its own, the
-  same update under the same rules (:func:`optimizer_update`).
+* bp-through-inference with a plain :class:`~pclab.core.learning.TaskLoss` is traced whole, like a
+  PC step: relaxation, loss and its hand-derived reverse pass
+  (:func:`pclab.core.chain_adjoint.task_loss_grads`) and the functional update
+  (:func:`bpti_train_step`; :func:`bpti_step` without the update for other optimisers). On the
+  issue-2 MLP that step took 2.45 against 3.14 ms a batch as autograd through the compiled forward
+  and reverse pass with the update as a third graph (its Python, the autograd ``Function`` and the
+  ~100-tensor tape between the graphs). With any other loss, the gradients come from ``backward``
+  (through the compiled passes of :mod:`pclab.core.compiled_adjoint`) and the optimiser step then
+  runs as a graph of its own, the same update under the same rules (:func:`optimizer_update`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch.optim import optimizer as _optim_base
 from torch.optim.sgd import sgd as _sgd
 
 from . import chain as dense
+from . import chain_adjoint
 
 
 def _flat(params: dense.Params) -> list[torch.Tensor]:
@@ -117,6 +124,21 @@ def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup],
 
     energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
     return energy, last[-1]
+
+
+def _bpti_learn(plan: dense.Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
+                inputs: tuple[Sequence[torch.Tensor | None], Sequence[torch.Tensor]], flat: Sequence[torch.Tensor]):
+    given, targets = inputs
+    return chain_adjoint.task_loss_grads(plan, _unflat(plan, flat), given, terms, targets, need)
+
+
+def _bpti_functional(plan: dense.Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
+                     groups: Sequence[FunctionalGroup], inputs: tuple[Sequence[torch.Tensor | None], Sequence[torch.Tensor]],
+                     flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]],
+                     corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
+    values, grads = _bpti_learn(plan, terms, need, inputs, flat)
+    _update(groups, flat, _flat_grads(plan, grads), state, corrections)
+    return values, grads
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,18 +260,21 @@ def _options(kind: str, group: dict[str, Any]) -> tuple[dict[str, Any], tuple[st
     return options, (("momentum_buffer",) if group["momentum"] != 0 else ())
 
 
-def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor],
-                      optimizer: torch.optim.Optimizer) -> tuple[FunctionalGroup, ...] | None:
+def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+                      reached: Sequence[bool] | None = None) -> tuple[FunctionalGroup, ...] | None:
     """``optimizer.step()`` for the gradients of ``plan``'s chain as :class:`FunctionalGroup`\\ s
-    (one per parameter group), or ``None`` where ``torch.optim``'s ``step`` must run instead."""
+    (one per parameter group), or ``None`` where ``torch.optim``'s ``step`` must run instead.
+    ``reached[i]``: ``flat[i]`` gets a gradient (default: PC's, an active layer's parameters
+    that require grad)."""
     kind = _functional_kind(optimizer)
     if kind is None:
         return None
     position = {id(p): i for i, p in enumerate(flat)}
-    # flat positions that get a gradient, as dense.set_grads gives them: an active layer's, requiring grad
-    active = _flat_grads(plan, [(True, True) if plan.active[l] else (None, None) for l in range(1, plan.chain.depth + 1)])
-    gets = {i for i, (param, has) in enumerate(zip(flat, active)) if has and param.requires_grad}
-    return _groups(kind, optimizer, position, gets)
+    if reached is None:
+        # flat positions that get a gradient, as dense.set_grads gives them: an active layer's, requiring grad
+        active = _flat_grads(plan, [(True, True) if plan.active[l] else (None, None) for l in range(1, plan.chain.depth + 1)])
+        reached = [bool(has) and param.requires_grad for param, has in zip(flat, active)]
+    return _groups(kind, optimizer, position, {i for i, has in enumerate(reached) if has})
 
 
 def _groups(kind: str, optimizer: torch.optim.Optimizer, position: dict[int, int], gets: set[int]) -> tuple[FunctionalGroup, ...]:
@@ -452,8 +477,32 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
     batch = next(v for v in clamp if v is not None).shape[0]
     if _functional_kind(optimizer) is None:
         return _optimizer_train_step(plan, flat, clamp, forward_update, optimizer, batch)
-    return _functional_step(("train", plan, forward_update), plan, flat, clamp, optimizer, batch, 1,
+    return _functional_step(("train", plan, forward_update), plan, flat, list(clamp), optimizer, batch, 1,
                             lambda groups: lambda c, f, s, k: _train_functional(plan, forward_update, groups, c, f, s, k))
+
+
+def bpti_step(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
+              terms: tuple[chain_adjoint.LossTerm, ...], targets: Sequence[torch.Tensor], need: tuple[tuple[bool, bool], ...]):
+    """``(values, grads)`` of :func:`pclab.core.chain_adjoint.task_loss_grads` (bp-through-inference
+    with a task loss) as one compiled graph, or ``None`` when this batch size is served by the eager path."""
+    key = ("bpti", plan, terms, need)
+    entry = CACHE.get(key, lambda: _compile(lambda i, f: _bpti_learn(plan, terms, need, i, f)))
+    batch = next(v for v in given if v is not None).shape[0]
+    return _call(entry, batch, (list(given), list(targets)), _flat(params))
+
+
+def bpti_train_step(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
+                    terms: tuple[chain_adjoint.LossTerm, ...], targets: Sequence[torch.Tensor], need: tuple[tuple[bool, bool], ...],
+                    reached: Sequence[bool], optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """:func:`bpti_step` and ``optimizer``'s step (a functional update of the parameters in
+    ``reached``, :func:`functional_groups`) as one compiled graph, the gradients left in ``.grad``;
+    the loss and term values, or ``None`` where this does not apply (as :func:`pc_train_step`)."""
+    if _functional_kind(optimizer) is None:
+        return None
+    flat = _flat(params)
+    batch = next(v for v in given if v is not None).shape[0]
+    return _functional_step(("bpti-train", plan, terms, need), plan, flat, (list(given), list(targets)), optimizer, batch, 1,
+                            lambda groups: lambda i, f, s, k: _bpti_functional(plan, terms, need, groups, i, f, s, k), reached)
 
 
 def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None],
@@ -468,28 +517,30 @@ def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequen
         return None
     flat = _flat(params)
     batch = next(v for v in clamp if v is not None).shape[0]
-    return _functional_step(("incremental", plan), plan, flat, clamp, optimizer, batch, plan.steps,
+    return _functional_step(("incremental", plan), plan, flat, list(clamp), optimizer, batch, plan.steps,
                             lambda groups: lambda c, f, s, k: _incremental_functional(plan, groups, c, f, s, k))
 
 
-def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
+def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], inputs: Any,
                      optimizer: torch.optim.Optimizer, batch: int, updates: int,
-                     traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]]) -> torch.Tensor | None:
-    """Run (compiling at first) ``traced(groups)(clamp, flat, state, corrections) -> (energy, per-layer
+                     traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]],
+                     reached: Sequence[bool] | None = None) -> torch.Tensor | None:
+    """Run (compiling at first) ``traced(groups)(inputs, flat, state, corrections) -> (energy, per-layer
     grads)``, a function that takes ``updates`` optimiser steps, updating ``flat`` and the
     optimiser's state in place, then leave the gradients in ``.grad``; ``None`` if the optimiser
-    has no state yet or the graph serves another batch size."""
+    has no state yet or the graph serves another batch size. ``inputs``: the batch's tensors
+    (the clamped values); ``reached``: as :func:`functional_groups`."""
     layout = (tuple(p.requires_grad for p in flat), tuple(len(group["params"]) for group in optimizer.param_groups))
     key = (*kind, optimizer, layout)
     entry = CACHE.entries.get(key)
-    groups = entry.groups if entry is not None else functional_groups(plan, flat, optimizer)
+    groups = entry.groups if entry is not None else functional_groups(plan, flat, optimizer, reached)
     state = _state(optimizer, flat, groups)
     if state is None or (entry is not None and entry.batch not in (None, batch)):
         return None
     entry = CACHE.get(key, lambda: _compile(traced(groups)))
     entry.groups = groups
     corrections = [group.corrections(tensors, updates) for group, tensors in zip(groups, state)]
-    energy, grads = _call(entry, batch, list(clamp), flat, state, corrections)
+    energy, grads = _call(entry, batch, inputs, flat, state, corrections)
     for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch
         for param in group["params"]:
             param.grad = None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import chain as dense
-from . import compiled
+from . import chain_adjoint, compiled
 from .graph import PCN, State
 from .optim import SGD
 from .relax import Inference, Relaxed, chain_plan, fast_chain, relax
@@ -369,6 +369,12 @@ class BPThroughInference(_TaskLossRule):
             states (:mod:`pclab.core.binomial`; memory independent of ``T``, at most
             ``(r + 1) T`` steps rerun without a graph, ``r`` the least integer with
             ``binom(s + 1 + r, s + 1) >= T``); ``False``: keep the whole unrolled graph.
+
+    On a chain of :class:`~pclab.core.layers.Dense` layers relaxed from its feed-forward pass by
+    pclab's ``SGD``, with a plain :class:`TaskLoss` and neither ``truncate`` nor ``checkpoint``,
+    a step needs no autograd: the hand-derived reverse pass takes the loss's derivative directly
+    (:func:`pclab.core.chain_adjoint.task_loss_grads`, the same gradients), and with
+    ``Inference(compile=True)`` the whole step is one compiled graph.
     """
 
     def __init__(
@@ -392,6 +398,77 @@ class BPThroughInference(_TaskLossRule):
     def _compiled_update(self) -> bool:
         # with Inference(compile=True) the step after backward runs compiled too
         return self.inference.compile and self._optimizer_compiles() and compiled.optimizer_update(self.optimizer)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        metrics = self._chain_step(batch)
+        return super().step(batch) if metrics is None else metrics
+
+    def _chain_step(self, batch: Batch) -> dict[str, float] | None:
+        """The step without autograd on a Dense chain relaxed from its feed-forward pass with a
+        plain :class:`TaskLoss` (:func:`pclab.core.chain_adjoint.task_loss_grads`: the same
+        gradients as ``loss.backward()``); with ``Inference(compile=True)`` one compiled graph,
+        the optimiser's step included where :func:`pclab.core.compiled.functional_groups`
+        applies. ``None`` where this does not apply (the caller takes :meth:`objective`)."""
+        inference = self.inference
+        if self.truncate is not None or self.checkpoint is not False or type(self.loss) is not TaskLoss:
+            return None
+        if inference.init != "forward" or inference.tolerance is not None:
+            return None
+        _check_batch(batch, self.clamp, self.loss)
+        clamp = {n: batch[n] for n in self.clamp}
+        plan = self._chain_plan(inference, clamp)
+        if plan is None:
+            return None
+        structure = plan.chain
+        params = structure.params()
+        size = self.model.check_clamp(clamp, like=params[0][0])
+        given = [clamp.get(n) for n in structure.nodes]
+        terms, names = _chain_terms(self.loss, structure)
+        targets = [batch[n] for n in names]
+        if not chain_adjoint.applies(plan, given) or not _plain_targets(structure, terms, targets, params[0][0], size):
+            return None
+        need = tuple((w.requires_grad, b is not None and b.requires_grad) for w, b in params)
+        if not any(w or b for w, b in need):
+            return None  # (autograd's own error: nothing requires grad)
+        key = (plan, terms, need)
+        reached = self.__dict__.get("_reached", {}).get(key)
+        values = None
+        if inference.compile and reached is not None:  # (a first step runs eagerly: it shows which parameters the loss reaches)
+            with torch.no_grad():
+                if self._optimizer_compiles() and compiled._functional_kind(self.optimizer) is not None:
+                    values = compiled.bpti_train_step(plan, params, given, terms, targets, need, reached, self.optimizer)
+                    if values is not None and self.scheduler is not None:
+                        self.scheduler.step()
+                else:
+                    out = compiled.bpti_step(plan, params, given, terms, targets, need)
+                    if out is not None:
+                        values = out[0]
+                        self._set_grads_and_step(key, out[1])
+        if values is None:
+            with torch.no_grad():
+                values, grads = chain_adjoint.task_loss_grads(plan, params, given, terms, targets, need)
+            self._set_grads_and_step(key, grads)
+        numbers = values.tolist()
+        metrics = {"loss": numbers[0]}
+        for term, name, value in zip(terms, names, numbers[1:]):
+            metrics[f"{term.kind}_{name}"] = value
+        return metrics
+
+    def _set_grads_and_step(self, key: tuple, grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+        """Leave ``grads`` in ``.grad``, note which parameters they reach (``key``: plan, terms,
+        need) and take ``torch.optim``'s step (where this path compiles, the optimiser's update is
+        in the graph of :func:`pclab.core.compiled.bpti_train_step`; these eager steps are a
+        plan's first, an odd batch size's and those of optimisers it cannot trace)."""
+        plan = key[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        dense.set_grads(plan.chain, grads)
+        # in the flat order of the chain's parameters (compiled._flat)
+        reached = [g is not None and p.requires_grad
+                   for pair, params in zip(grads, plan.chain.params()) for g, p in zip(pair, params) if p is not None]
+        self.__dict__.setdefault("_reached", {})[key] = tuple(reached)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The task loss after the unrolled relaxation (differentiable in the parameters)."""
@@ -425,6 +502,33 @@ class Backprop(_TaskLossRule):
         _check_batch(batch, self.clamp, self.loss)
         values = self.model.initial_state({n: batch[n] for n in self.clamp}, "forward")
         return self.loss(self.model, values, batch)
+
+
+def _chain_terms(loss: TaskLoss, chain: dense.DenseChain) -> tuple[tuple[chain_adjoint.LossTerm, ...], tuple[str, ...]]:
+    """``loss``'s terms on ``chain``'s nodes, in the order :meth:`TaskLoss.__call__` adds them, and their node names."""
+    index = {n: i for i, n in enumerate(chain.nodes)}
+    items = [(n, w, "mse") for n, w in loss.reconstruct.items()] + [(n, w, "ce") for n, w in loss.classify.items()]
+    return tuple(chain_adjoint.LossTerm(index[n], float(w), kind) for n, w, kind in items), tuple(n for n, _, _ in items)
+
+
+def _plain_targets(chain: dense.DenseChain, terms: Sequence[chain_adjoint.LossTerm], targets: Sequence[torch.Tensor],
+                   like: torch.Tensor, batch: int) -> bool:
+    """Targets :func:`pclab.core.chain_adjoint.task_loss_grads` takes as they are: the predicted
+    node's ``(batch, width)`` in ``like``'s dtype (MSE, CE with class probabilities) or ``(batch,)``
+    int64 class indices (CE), on ``like``'s device, not requiring grad; anything else goes to
+    ``F.mse_loss`` / ``F.cross_entropy`` themselves (their broadcasting, their errors)."""
+    for term, target in zip(terms, targets):
+        if not isinstance(target, torch.Tensor) or target.device != like.device or target.requires_grad:
+            return False
+        if term.kind == "ce" and target.dtype == torch.int64:
+            expected: tuple[int, ...] = (batch,)
+        else:
+            expected = (batch, chain.layers[term.node - 1].linear.out_features)
+            if target.dtype != like.dtype:
+                return False
+        if tuple(target.shape) != expected:
+            return False
+    return True
 
 
 def _check_clamp_names(model: PCN, clamp: Sequence[str], loss: TaskLoss) -> None:
