@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.sc
 
 F32 = torch.float32
 # widths: [12, 8, 8, 4] has no anchored node at T <= 4; in [12, 16, 4, 4] the first hidden node
-# is anchored (16 -> 4 into the next layer: its W W^T is small)
-CHAINS = {"plain": [12, 8, 8, 4], "anchored": [12, 16, 4, 4]}
+# is anchored (16 -> 4 into the next layer: its W W^T is small); in [12, 20, 24, 20, 4] layers 2 and
+# 3 are wider than compiled.narrow's 16 with a free input (their weight terms: stacked products)
+CHAINS = {"plain": [12, 8, 8, 4], "anchored": [12, 16, 4, 4], "wide": [12, 20, 24, 20, 4]}
 
 
 def _entries(model) -> dict[str, compiled._Compiled]:

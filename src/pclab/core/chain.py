@@ -201,6 +201,11 @@ def back_through(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (g[:, :, None] * weight[None]).sum(1)
 
 
+def forward_through(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T``, ``(batch, n_in) @ (n_in, n_out)``, as the reduction used for a :func:`narrow` weight."""
+    return (x[:, None, :] * weight[None]).sum(-1)
+
+
 class Predictions:
     """The predictions ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``, of a chain's layers, with
     their slopes ``f'(a_l)``; an entry is recomputed only when marked stale.
@@ -220,7 +225,7 @@ class Predictions:
         """``mu_l`` from ``source``, the value of node ``l - 1`` (always recomputed)."""
         weight, bias = self.params[l - 1]
         if narrow(weight):  # a fused reduction
-            a = (source[:, None, :] * weight[None]).sum(-1)
+            a = forward_through(source, weight)
             a = a if bias is None else a + bias
         else:
             a = F.linear(source, weight, bias)
