@@ -48,10 +48,8 @@ Eagerly, the weight-gradient products of a layer with a free input are added ste
 stacked into one ``(T B x out)^T (T B x in)`` product: on this project's 2-core machine (MKL, one
 thread, MLP 784-128-128-10, batch 64, T = 20) stacking measured slower (median 12.8 ms against
 8.6 ms per forward and reverse pass, loaded machine), the copy into the stacked rows and reading
-them back cold costing more than the small products' latency. Under ``torch.compile`` they are
-stacked (so is an anchored node's ``dL/dG``): Inductor writes each step's factors straight into
-the stacked rows, and one product replaces ``T`` launches (measured: -2.7 % on a compiled
-6-layer MLP 128 step, -3 to -7 % for ``dL/dG`` on MLP 784-128-128-10).
+them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
+layers up to 128 x 128 are stacked (so is an anchored node's ``dL/dG``; :func:`stacked`).
 
 Applies (:func:`relax`; otherwise the caller differentiates with autograd) to latent ``SGD``
 (momentum and Nesterov included), any precisions and precision schedules, feed-forward or given
@@ -299,6 +297,21 @@ def _add(x: torch.Tensor | None, y: torch.Tensor, alpha: float = 1.0) -> torch.T
     return torch.add(x, y, alpha=alpha)
 
 
+_STACKED = 128 * 128
+
+
+def stacked(n_out: int, n_in: int) -> bool:
+    """Whether the per-step weight-gradient terms ``(batch, n_out)^T (batch, n_in)`` are stacked into
+    one ``(n_out x T B) @ (T B x n_in)`` product at the end: under compilation and for layers of at
+    most 128 x 128 weights. Inductor writes each step's factors straight into the stacked rows (no
+    copies) and one product replaces ``T`` small ones with their launches: measured on compiled
+    steps (in-process A/B), -3 to -7 % for MLP 784-128-128-10 and -2.7 % for a 6-layer MLP 128,
+    but +5 to +18 % for width 256 and +5 % for width 512, whose per-step products already run at
+    the large product's rate while the stacked rows are read back cold. Eagerly stacking copies (MLP
+    128: +1 % saved, and it was 50 % slower for the free-input layers in an earlier measurement)."""
+    return torch.compiler.is_compiling() and n_out * n_in <= _STACKED
+
+
 class _Reverse:
     """Accumulates the parameter gradients of one reverse pass (terms ``-dS/dtheta``, times
     ``scale`` at the end).
@@ -328,7 +341,7 @@ class _Reverse:
                 term = term + (delta[:, :, None] * below[:, None, :]).sum(0)
             self.dw[l] = term if self.dw[l] is None else self.dw[l] + term
             return
-        if torch.compiler.is_compiling():
+        if stacked(q.shape[1], source.shape[1]):
             self.rows[l].append((q, source))
             if delta is not None:
                 self.rows[l].append((delta, below))
@@ -545,11 +558,8 @@ def _reverse(
         k = i + 1
         dw, db = grads[k - 1]
         extra = direct_dw[k]
-        terms = gram_terms[k]
-        if terms and torch.compiler.is_compiling():
-            # one (n x T B) @ (T B x n) product: Inductor writes each step's factors into the stacked
-            # rows as it makes them (no copies); measured 3-7 % of the compiled MLP-128 step against
-            # T - 1 products of K = B (eagerly the stacking copies, and saved ~1 % only)
+        terms, n = gram_terms[k], params[i][0].shape[0]  # (dL/dG: n x n)
+        if terms and stacked(n, n):
             gram_adj[k] = torch.mm(torch.cat([g for g, _ in terms]).t(), torch.cat([a for _, a in terms])).mul_(lr * lr)
         else:
             for g, a in terms:
