@@ -229,3 +229,51 @@ def test_relaxation_with_every_node_clamped_changes_nothing(module, method):
     assert torch.equal(relaxed.values["x"], clamp["x"]) and torch.equal(relaxed.values["y"], clamp["y"])
     rule = PCLearning(model, Inference(steps=3, method=method), torch.optim.SGD(model.parameters(), lr=0.1))
     assert rule.step(clamp)["energy"] > 0
+
+
+def _module_net(dropout: bool) -> PCN:
+    """x -> h -> y with plain torch modules (no hand-derived VJP: the autograd gradient path)."""
+    with seeded(5):
+        first = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), *([nn.Dropout(0.3)] if dropout else []))
+        edges = [("x", "h", first), ("h", "y", nn.Linear(5, 3))]
+        return PCN([Node("x", (4,)), Node("h", (5,)), Node("y", (3,))], edges).to(F64)
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_the_autograd_path_predicts_from_a_clamped_input_once_per_relaxation(differentiable):
+    """A clamped input's prediction is computed once (as the hand-derived path does), with the same
+    relaxed values and, through the unrolled relaxation, the same parameter gradients as calling
+    the module at every step (``on_step`` turns the cache off)."""
+    model = _module_net(dropout=False)
+    first = model.module("x", "h")
+    calls = []
+    first.register_forward_hook(lambda *_: calls.append(1))
+    clamp = {"x": randn(6, 4, seed=1), "y": randn(6, 3, seed=2)}
+    inference = Inference(steps=7, optimizer=SGD(0.1))
+    assert not model.fast
+
+    def run(**kwargs):
+        calls.clear()
+        relaxed = relax(model, clamp, inference, differentiable=differentiable, **kwargs)
+        loss = (relaxed.values["h"] ** 2).sum()
+        grads = torch.autograd.grad(loss, list(model.parameters())) if differentiable else ()
+        return relaxed, grads, len(calls)
+
+    cached, cached_grads, cached_calls = run()
+    every, every_grads, every_calls = run(on_step=lambda t, values: None)
+    assert (cached_calls, every_calls) == (2, 1 + inference.steps)  # (feed-forward start, then the steps)
+    assert torch.equal(cached.values["h"], every.values["h"])
+    for a, b in zip(cached_grads, every_grads):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_a_clamped_input_edge_with_dropout_in_training_mode_is_called_at_every_step():
+    model = _module_net(dropout=True)
+    calls = []
+    model.module("x", "h").register_forward_hook(lambda *_: calls.append(1))
+    relax(model, {"x": randn(6, 4, seed=1), "y": randn(6, 3, seed=2)}, Inference(steps=4, optimizer=SGD(0.1)))
+    assert len(calls) == 1 + 4  # a new mask at every step, as before
+    model.eval()
+    calls.clear()
+    relax(model, {"x": randn(6, 4, seed=1), "y": randn(6, 3, seed=2)}, Inference(steps=4, optimizer=SGD(0.1)))
+    assert len(calls) == 2

@@ -70,6 +70,14 @@ def all_finite(values: torch.Tensor) -> bool:
     return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all())
 
 
+def _evaluates_once(module: nn.Module) -> bool:
+    """Whether calling ``module`` once per relaxation equals calling it at every step: nothing in it
+    samples (dropout) or updates state (a ``torch.nn`` BatchNorm's running statistics) in training
+    mode. (:class:`~pclab.core.batchnorm.PhasedBatchNorm` leaves its statistics alone while relaxing.)"""
+    stateful = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    return not any(isinstance(m, stateful) and m.training for m in module.modules())
+
+
 def _edge_key(source: str, target: str) -> str:
     return f"{source}_to_{target}"
 
@@ -262,15 +270,28 @@ class PCN(nn.Module):
             pending.remove(name)
         return values
 
-    def _prediction(self, name: str, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _prediction(self, name: str, values: Mapping[str, torch.Tensor], cached: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         total = None
         for edge in self.incoming[name]:
-            mu = self.edge_modules[edge.key](values[edge.source])
+            if cached is not None and edge.key in cached:
+                mu = cached[edge.key]
+            else:
+                mu = self.edge_modules[edge.key](values[edge.source])
             total = mu if total is None else total + mu
         assert total is not None
         return total
 
-    def predictions(self, values: Mapping[str, torch.Tensor], sources: Mapping[str, torch.Tensor] | None = None) -> State:
+    def clamped_contributions(self, values: Mapping[str, torch.Tensor], clamped: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Edge key -> prediction contribution of every edge out of a clamped node, to be computed
+        once per relaxation instead of at every step (``latent_grads(..., cached=...)``); edges
+        whose module holds dropout or a ``torch.nn`` BatchNorm in training mode are left out (each
+        call samples a new mask or moves the running statistics: they keep being called every step)."""
+        clamped = set(clamped)
+        return {e.key: self.edge_modules[e.key](values[e.source]) for e in self.edges
+                if e.source in clamped and _evaluates_once(self.edge_modules[e.key])}
+
+    def predictions(self, values: Mapping[str, torch.Tensor], sources: Mapping[str, torch.Tensor] | None = None,
+                    cached: Mapping[str, torch.Tensor] | None = None) -> State:
         """Prediction ``mu`` of every node that has incoming edges.
 
         Args:
@@ -278,9 +299,11 @@ class PCN(nn.Module):
             sources: optional presynaptic values that replace ``values`` as edge inputs (the
                 feed-forward values, for the forward-update rule and the fixed-prediction
                 assumption).
+            cached: edge key -> contribution to use instead of calling the edge's module
+                (:meth:`clamped_contributions`).
         """
         inputs = values if sources is None else {**values, **sources}
-        return {name: self._prediction(name, inputs) for name in self.error_nodes}
+        return {name: self._prediction(name, inputs, cached) for name in self.error_nodes}
 
     def forward(self, clamp: Mapping[str, torch.Tensor]) -> State:
         """The feed-forward pass: ``initial_state(clamp, "forward")``."""
@@ -390,7 +413,7 @@ class PCN(nn.Module):
             return self._manual_grads(values, free, set(clamped), multipliers, sources, cached)
         if method != "autograd":
             raise ValueError(f"unknown gradient method {method!r}; expected 'auto', 'manual' or 'autograd'")
-        return self._autograd_grads(values, free, set(clamped), multipliers, sources, differentiable)
+        return self._autograd_grads(values, free, set(clamped), multipliers, sources, differentiable, cached)
 
     def _manual_grads(self, values, free, clamped, multipliers, sources, cached):
         inputs = values if sources is None else {**values, **sources}
@@ -433,7 +456,7 @@ class PCN(nn.Module):
                 grads[name] = torch.zeros_like(values[name])
         return grads, energies
 
-    def _autograd_grads(self, values, free, clamped, multipliers, sources, differentiable):
+    def _autograd_grads(self, values, free, clamped, multipliers, sources, differentiable, cached=None):
         with torch.enable_grad():
             local = dict(values)
             for name in free:
@@ -452,7 +475,7 @@ class PCN(nn.Module):
                     s = sources[name]
                     s = s.view_as(s) if differentiable and s.requires_grad else s.detach().requires_grad_(True)
                     at_sources[name] = inputs[name] = s
-            mu = self.predictions(inputs)
+            mu = self.predictions(inputs, cached=cached)
             energies = self.energies(local, clamped, mu, multipliers)
             targets = [local[n] for n in free] + list(at_sources.values())
             if energies and targets:

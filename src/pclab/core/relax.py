@@ -231,8 +231,8 @@ def relax(
     grad_context = torch.enable_grad() if differentiable else torch.no_grad()
     with grad_context:
         cached = None
-        if on_step is None and not inference.fixed_prediction and model.fast:
-            cached = {e.key: model.edge_modules[e.key](values[e.source]) for e in model.edges if e.source in clamped}
+        if on_step is None and not inference.fixed_prediction:
+            cached = model.clamped_contributions(values, clamped)
 
         def grads_at(t: int, vals: State):
             return model.latent_grads(
@@ -303,8 +303,8 @@ def _relax_binomial(
         free = free_nodes(model, clamped)
         sources = {n: initial[n] for n in free} if inference.fixed_prediction else None
         cached = None
-        if not inference.fixed_prediction and model.fast:  # as in the general loop
-            cached = {e.key: model.edge_modules[e.key](initial[e.source]) for e in model.edges if e.source in clamped}
+        if not inference.fixed_prediction:  # as in the general loop
+            cached = model.clamped_contributions(initial, clamped)
     # everything a step reads but does not move; tensors in here that carry a graph (cached
     # predictions, fixed-prediction sources, amortised read-outs) get their gradient summed over steps
     constants = {"fixed": {n: v for n, v in initial.items() if n not in free}, "sources": sources, "cached": cached}
