@@ -209,64 +209,21 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
     assert max(_rel(a, b) for a, b in zip(mine, ref)) < 1e-9
 
 
-@pytest.mark.parametrize("loss", [TaskLoss(reconstruct={"y": 1.0}), TaskLoss(reconstruct={"y": 0.4}, classify={"y": 0.6})])
-def test_bp_through_inference_rule_uses_it_and_matches_the_general_path(loss):
-    """The rule's step on a chain is task_loss_grads (no autograd): the general path's loss and gradients."""
+def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextlib.nullcontext):
+    """One bp-through-inference step on twin chains 7-6-5-3, by the Dense-chain rule and by the
+    general graph code; ``(fast metrics, general metrics, task_loss_grads ran, fast model, general model)``."""
     from pclab.core import BPThroughInference
 
-    model = chain([7, 6, 5, 3], "gelu")
-    other = chain([7, 6, 5, 3], "gelu")
-    batch = {"x": randn(5, 7, seed=1), "y": torch.softmax(randn(5, 3, seed=2), 1)}
-    inference = Inference(steps=6, optimizer=SGD(0.1))
-    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, ("x", "y"))
-    slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, ("x", "y"))
+    model, other = chain([7, 6, 5, 3], activation), chain([7, 6, 5, 3], activation)
+    inference = Inference(steps=steps, optimizer=SGD(0.1))
+    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, clamp)
+    slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, clamp)
     calls = []
     original = chain_adjoint.task_loss_grads
 
     def counted(*args):
         calls.append(1)
         return original(*args)
-
-    chain_adjoint.task_loss_grads = counted
-    try:
-        a = fast.step(batch)
-    finally:
-        chain_adjoint.task_loss_grads = original
-    b = slow.step(batch)
-    assert calls and a.keys() == b.keys()
-    for key in a:
-        assert a[key] == pytest.approx(b[key], rel=1e-12)
-    for p, q in zip(model.parameters(), other.parameters()):
-        assert _rel(p.grad, q.grad) < 1e-9
-
-
-@pytest.mark.parametrize("target", ["class-indices", "broadcast"])
-def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_odd_targets_to_torch(target):
-    """Clamped x and h2, the output y free: a class-index cross-entropy target goes the hand-derived
-    way; an MSE target of another shape goes to F.mse_loss itself (its broadcasting, its warning)."""
-    from pclab.core import BPThroughInference
-
-    model = chain([7, 6, 5, 3], "tanh")
-    other = chain([7, 6, 5, 3], "tanh")
-    batch = {"x": randn(5, 7, seed=1), "h2": randn(5, 5, seed=2)}
-    if target == "class-indices":
-        loss = TaskLoss(classify={"y": 1.0})
-        batch["y"] = torch.tensor([0, 2, 1, -100, 2])
-    else:
-        loss = TaskLoss(reconstruct={"y": 1.0})
-        batch["y"] = randn(5, 1, seed=3)
-    inference = Inference(steps=4, optimizer=SGD(0.1))
-    fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, ("x", "h2"))
-    slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, ("x", "h2"))
-    calls = []
-    original = chain_adjoint.task_loss_grads
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    def warns():
-        return pytest.warns(UserWarning, match="target size") if target == "broadcast" else contextlib.nullcontext()
 
     chain_adjoint.task_loss_grads = counted
     try:
@@ -276,10 +233,34 @@ def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_od
         chain_adjoint.task_loss_grads = original
     with warns():
         b = slow.step(batch)
-    assert bool(calls) == (target == "class-indices")
-    assert a == pytest.approx(b, rel=1e-12)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-12)
     for p, q in zip(model.parameters(), other.parameters()):
         assert _rel(p.grad, q.grad) < 1e-9
+    return bool(calls)
+
+
+@pytest.mark.parametrize("loss", [TaskLoss(reconstruct={"y": 1.0}), TaskLoss(reconstruct={"y": 0.4}, classify={"y": 0.6})])
+def test_bp_through_inference_rule_uses_it_and_matches_the_general_path(loss):
+    """The rule's step on a chain is task_loss_grads (no autograd): the general path's loss and gradients."""
+    batch = {"x": randn(5, 7, seed=1), "y": torch.softmax(randn(5, 3, seed=2), 1)}
+    assert _rule_steps("gelu", batch, loss, ("x", "y"), steps=6)
+
+
+@pytest.mark.parametrize("target", ["class-indices", "broadcast"])
+def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_odd_targets_to_torch(target):
+    """Clamped x and h2, the output y free: a class-index cross-entropy target goes the hand-derived
+    way; an MSE target of another shape goes to F.mse_loss itself (its broadcasting, its warning)."""
+    batch = {"x": randn(5, 7, seed=1), "h2": randn(5, 5, seed=2)}
+    if target == "class-indices":
+        loss = TaskLoss(classify={"y": 1.0})
+        batch["y"] = torch.tensor([0, 2, 1, -100, 2])
+        assert _rule_steps("tanh", batch, loss, ("x", "h2"), steps=4)
+    else:
+        batch["y"] = randn(5, 1, seed=3)
+        assert not _rule_steps("tanh", batch, TaskLoss(reconstruct={"y": 1.0}), ("x", "h2"), steps=4,
+                               warns=lambda: pytest.warns(UserWarning, match="target size"))
 
 
 @pytest.mark.parametrize("case", ["adam", "fixed-prediction", "clamp-requires-grad", "nothing-moves", "no-steps"])
