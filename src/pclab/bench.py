@@ -319,9 +319,17 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
 def counted_flops(step: Step, x: torch.Tensor, y: torch.Tensor) -> int:
     """Matmul/conv FLOPs one call of ``step`` executes, counted at the ATen dispatch level with
     ``torch.utils.flop_counter``'s formulas (its ``FlopCounterMode`` cannot watch
-    ``autograd.grad`` inside a step, which the general relaxation uses)."""
+    ``autograd.grad`` inside a step, which the general relaxation uses). In-place products
+    (``addmm_``, ``baddbmm_``), which that registry leaves out, count as their out-of-place forms."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
+
+    def formula_of(packet: Any) -> Any:
+        formula = flop_registry.get(packet)
+        name = packet.__name__
+        if formula is None and name.endswith("_") and hasattr(torch.ops.aten, name[:-1]):
+            formula = flop_registry.get(getattr(torch.ops.aten, name[:-1]))
+        return formula
 
     class Count(TorchDispatchMode):
         total = 0
@@ -329,7 +337,7 @@ def counted_flops(step: Step, x: torch.Tensor, y: torch.Tensor) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
+            formula = formula_of(func._overloadpacket)
             if formula is not None:
                 Count.total += int(formula(*args, **kwargs, out_val=out))
             return out

@@ -28,6 +28,18 @@ def test_fast_pc_does_no_more_arithmetic_than_the_nominal_algorithm():
     assert 0 < counted <= bench.mlp_flops(widths, 4, 5)["pc"]["flops"]
 
 
+def test_in_place_products_are_counted_like_their_out_of_place_forms():
+    import torch
+
+    a, b, c = torch.randn(3, 4), torch.randn(4, 5), torch.zeros(3, 5)
+
+    def step(x, y):
+        torch.addmm(c, a, b)
+        c.addmm_(a, b)
+
+    assert bench.counted_flops(step, a, b) == 2 * (2 * 3 * 4 * 5)
+
+
 def test_every_algorithm_steps_on_mlp_and_conv():
     for kind in ("mlp128", "conv"):
         model, shape = bench._model(kind)

@@ -109,8 +109,8 @@ one seed; muPC 200 iterations tested on 1k images. Measured: 4 min 31 s wall on 
 batch 128 (warm-up + cosine), depths 3 / 7 / 11 / 15, pc, spiking+fu, decaying+fu and bp, plus the separate
 fixes pc+fu, spiking and decaying at depth 15, seeds 0 and 1 (paired); muPC and the standard
 parameterisation for jpc's full 900 iterations (one seed). Measured: 48.9 minutes wall on 2 cores (shared with other jobs for part of the run).
-``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 42 core-hours (MLP part ~15, VGG
-part 26.3 from VGG-BN batch costs of 52 / 88 / 133 ms per PC batch at depth 5 / 7 / 9, muPC ~0.7), ~21 h wall
+``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (MLP part ~15, VGG
+part 19.5 from VGG-BN batch costs of 37 / 64 / 101 ms per PC batch at depth 5 / 7 / 9, muPC ~0.7), ~18 h wall
 on 2 cores; for a Ray cluster (see BENCHMARKS.md)."""
 
 
