@@ -244,6 +244,11 @@ def _functional_kind(optimizer: torch.optim.Optimizer) -> str | None:
     return kind
 
 
+def traces_update(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer``'s step can be traced into a compiled graph (:func:`functional_groups`)."""
+    return _functional_kind(optimizer) is not None
+
+
 def _options(kind: str, group: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The functional call's keyword arguments for ``group`` (as ``Optimizer.step`` passes them,
     but the single-tensor form: ``fused`` kernels cannot be traced, Inductor fuses this one) and

@@ -435,7 +435,7 @@ class BPThroughInference(_TaskLossRule):
         values = None
         if inference.compile and reached is not None:  # (a first step runs eagerly: it shows which parameters the loss reaches)
             with torch.no_grad():
-                if self._optimizer_compiles() and compiled._functional_kind(self.optimizer) is not None:
+                if self._optimizer_compiles() and compiled.traces_update(self.optimizer):
                     values = compiled.bpti_train_step(plan, params, given, terms, targets, need, reached, self.optimizer)
                     if values is not None and self.scheduler is not None:
                         self.scheduler.step()
