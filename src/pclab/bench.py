@@ -508,6 +508,11 @@ def algorithms(
             rows.append(row)
         entry = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
                  "compile_seconds": compile_s or None}
+        # issue 8: bp-through-inference against PC at equal T, eager with eager and compiled with compiled
+        pairs = {"eager": ("bpti", "pc"), "compiled": ("bpti-compiled", "pc-compiled")}
+        ratios = {mode: timings[a].median / timings[b].median for mode, (a, b) in pairs.items() if a in timings and b in timings}
+        if ratios:
+            entry["bpti_over_pc"] = ratios
         if kind.startswith("mlp"):
             entry["nominal_flops"] = mlp_flops(_widths(kind), batch, steps)
         out.append(entry)
@@ -849,6 +854,9 @@ def summary(result: dict[str, Any]) -> str:
                 f"epoch {row['epoch_s']:7.1f} s  {row.get('gflops', float('nan')):6.1f} GFLOP/s"
                 + (f"  x{row['ratio_to_bp']:.2f} bp" if "ratio_to_bp" in row else "")
             )
+        if entry.get("bpti_over_pc"):
+            lines.append("  bp-through-inference / PC at equal T: "
+                         + ", ".join(f"{mode} {ratio:.2f}" for mode, ratio in entry["bpti_over_pc"].items()) + " (target <= 2)")
     if "scaling" in result:
         s = result["scaling"]
         f = s["fit_vs_T_ms"]

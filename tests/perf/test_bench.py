@@ -40,6 +40,14 @@ def test_in_place_products_are_counted_like_their_out_of_place_forms():
     assert bench.counted_flops(step, a, b) == 2 * (2 * 3 * 4 * 5)
 
 
+def test_the_algorithms_suite_reports_bp_through_inference_against_pc_at_equal_T():
+    entries = bench.algorithms(("mlp128",), ("bp", "pc", "bpti"), batch=2, steps=2, chunk=1, rounds=1)
+    ratio = entries[0]["bpti_over_pc"]
+    assert set(ratio) == {"eager"} and ratio["eager"] > 0
+    result = {"machine": bench.machine(), "matmul_gflops": {}, "algorithms": entries}
+    assert f"bp-through-inference / PC at equal T: eager {ratio['eager']:.2f} (target <= 2)" in bench.summary(result)
+
+
 def test_every_algorithm_steps_on_mlp_and_conv():
     for kind in ("mlp128", "conv"):
         model, shape = bench._model(kind)
