@@ -519,7 +519,13 @@ def _reverse(
                 q_steps[l].append(q)
                 beta[l] = q if bp is None else torch.add(q, bp, alpha=carried_c[l])
                 if bp is not None:
-                    gram_terms[l].append((rec.delta, bp))
+                    n = weight.shape[0]  # (dL/dG: n x n)
+                    if stacked(n, n):  # one product at the end
+                        gram_terms[l].append((rec.delta, bp))
+                    elif gram_adj[l] is None:  # (added now: beta' is not kept for the end)
+                        gram_adj[l] = torch.mm(rec.delta.t(), bp).mul_(lr * lr)
+                    else:
+                        gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
                 continue
             if dense.narrow(weight):
                 through = dense.back_through(q, weight)
@@ -558,12 +564,9 @@ def _reverse(
         k = i + 1
         dw, db = grads[k - 1]
         extra = direct_dw[k]
-        terms, n = gram_terms[k], params[i][0].shape[0]  # (dL/dG: n x n)
-        if terms and stacked(n, n):
+        terms = gram_terms[k]
+        if terms:
             gram_adj[k] = torch.mm(torch.cat([g for g, _ in terms]).t(), torch.cat([a for _, a in terms])).mul_(lr * lr)
-        else:
-            for g, a in terms:
-                gram_adj[k] = torch.mm(g.t(), a).mul_(lr * lr) if gram_adj[k] is None else gram_adj[k].addmm_(g.t(), a, alpha=lr * lr)
         if gram_adj[k] is not None:
             sym = gram_adj[k] + gram_adj[k].t()
             extra = torch.mm(sym, params[i][0]) if extra is None else extra.addmm_(sym, params[i][0])
