@@ -307,8 +307,9 @@ def stacked(n_out: int, n_in: int) -> bool:
     copies) and one product replaces ``T`` small ones with their launches: measured on compiled
     steps (in-process A/B), -3 to -7 % for MLP 784-128-128-10 and -2.7 % for a 6-layer MLP 128,
     but +5 to +18 % for width 256 and +5 % for width 512, whose per-step products already run at
-    the large product's rate while the stacked rows are read back cold. Eagerly stacking copies (MLP
-    128: +1 % saved, and it was 50 % slower for the free-input layers in an earlier measurement)."""
+    the large product's rate while the stacked rows are read back cold. Eagerly the stacking is a copy
+    and each step's term is added at once instead (stacked eagerly: 1 % faster on MLP 128, 1 % slower
+    on MLP 512, and it kept a tensor per step alive; for free-input layers 50 % slower earlier)."""
     return torch.compiler.is_compiling() and n_out * n_in <= _STACKED
 
 
