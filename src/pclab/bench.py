@@ -11,7 +11,11 @@ like on a shared or noisy machine):
 * ``scaling`` -- PC cost against ``T`` and against depth, with least-squares lines;
 * ``memory`` -- peak memory of one training step against ``T`` (10 .. 200) for
   bp-through-inference without checkpointing, with per-step checkpointing and with binomial
-  checkpointing (``bpti-flat``), and PC (each point in a fresh process).
+  checkpointing (``bpti-flat``), and PC (each point in a fresh process);
+* ``pcx`` -- PCX 0.6 (JAX) on the target's problem, in its own virtual environment. With ``target``
+  (on the CPU) PCX's PC and backprop steps run in a worker process (:class:`PcxWorker`) and are
+  timed in the target's rounds, in turn with pclab's, so both sides see the same machine speed (this
+  VM has phases of minutes in which everything runs 25-45 % slower); alone, one PCX run after pclab's.
 
 Timing: algorithms run in interleaved chunks of batches; the per-batch time of an algorithm is
 the median over its chunks (``min`` is reported too: the least disturbed chunk). Epoch time is the
@@ -374,11 +378,22 @@ def data(batch: int, batches: int, shape: Sequence[int] = (784,), classes: int =
     return [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(batches)]
 
 
-def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup: int = 2,
+class ChunkTimer:
+    """A step timed elsewhere (another process: :class:`PcxWorker`): ``time(start, count)`` runs
+    ``count`` steps on the timer's own batches ``start, start + 1, ...`` and returns their seconds.
+    :func:`interleaved` takes one in place of a step function, so that it is timed in the same
+    rounds, in turn with the others."""
+
+    def time(self, start: int, count: int) -> float:
+        raise NotImplementedError
+
+
+def interleaved(steps: dict[str, Step | ChunkTimer], batches, chunk: int, rounds: int, warmup: int = 2,
                 device: torch.device | None = None) -> dict[str, Timing]:
     """Time each step function on ``chunk`` batches per round, alternating between them. The clock
     is read once ``device``'s queued work has finished (default: the device of the batches), so
-    on CUDA a chunk's time is its kernels' time, not the launches'.
+    on CUDA a chunk's time is its kernels' time, not the launches'. A :class:`ChunkTimer` times its
+    own chunk (its warm-up is its own business).
 
     Every chunk takes the next ``chunk`` of ``batches`` (cyclically), so no function runs on
     batches another one has just brought into the cache, and each round starts with the next
@@ -389,15 +404,20 @@ def interleaved(steps: dict[str, Step], batches, chunk: int, rounds: int, warmup
     timings = {name: Timing() for name in steps}
     k = 0
     for step in steps.values():
-        for i in range(warmup):
+        for i in range(warmup if not isinstance(step, ChunkTimer) else 0):
             step(*batches[i % len(batches)])
     names = list(steps)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name]
             start = clock(device)  # also keeps the previous chunk's kernels out of this one
-            for i in range(chunk):
-                steps[name](*batches[(k + i) % len(batches)])
-            timings[name].chunks.append((clock(device) - start) / chunk)
+            if isinstance(step, ChunkTimer):
+                seconds = step.time(k, chunk)
+            else:
+                for i in range(chunk):
+                    step(*batches[(k + i) % len(batches)])
+                seconds = clock(device) - start
+            timings[name].chunks.append(seconds / chunk)
             k += chunk
     return timings
 
@@ -430,13 +450,16 @@ def _compile(step: Step, batches) -> float:
 
 # ---------------------------------------------------------------------------- suites
 def target(batch: int = 64, steps: int = 20, chunk: int | None = None, rounds: int = 10, compile: bool = True,
-           device: torch.device | str = "cpu") -> dict[str, Any]:
+           device: torch.device | str = "cpu", pcx: PcxWorker | None = None) -> dict[str, Any]:
     """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20), model
     and data on ``device``.
 
     ``chunk``: batches per timed chunk; default an epoch (938 at batch 64), run over an epoch of
     distinct batches (MNIST's 60,000 samples' worth, 188 MB), so that every step reads its batch
     from memory, as in training, not from a cache warmed by the function timed before it.
+    ``pcx``: PCX's PC and backprop steps (same problem, its own process) timed in the same rounds,
+    in turn with pclab's (rows ``pcx-pc`` and ``pcx-bp``; ``ratio_to_pcx_pc``), so that a
+    change of the machine's speed during the run reaches both sides alike.
     """
     device = torch.device(device)
     widths = [784, 128, 128, 10]
@@ -445,17 +468,26 @@ def target(batch: int = 64, steps: int = 20, chunk: int | None = None, rounds: i
     chunk = chunk or epoch
     names = ["bp", "pc"] + (["pc-compiled"] if compile else [])
     batches = data(batch, min(epoch, max(40, 2 * chunk * len(names))), device=device)
-    steps_fns = {n: make_algorithm(n, model, steps) for n in names}
+    steps_fns: dict[str, Step | ChunkTimer] = {n: make_algorithm(n, model, steps) for n in names}
     compile_s = _compile(steps_fns["pc-compiled"], batches) if compile else None
+    if pcx is not None:
+        steps_fns.update({"pcx-pc": pcx.timer("pc"), "pcx-bp": pcx.timer("bp")})
     timings = interleaved(steps_fns, batches, chunk, rounds, device=device)
-    rows = [_row(n, timings[n], batch, None) for n in names]
+    rows = [_row(n, timings[n], batch, None) for n in steps_fns]
     bp = timings["bp"]
     ratios = {n: {"median": timings[n].median / bp.median, "best": timings[n].best / bp.best} for n in names if n != "bp"}
-    return {
+    out = {
         "model": "MLP 784-128-128-10 tanh", "widths": widths, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
         "ratio_to_bp": ratios, "compile_seconds": compile_s, "flops": mlp_flops(widths, batch, steps),
         "chunk": chunk, "rounds": rounds, "distinct_batches": len(batches),
     }
+    if pcx is not None:
+        theirs = timings["pcx-pc"]
+        # also round by round (each round times one chunk of each): the median of those ratios
+        out["ratio_to_pcx_pc"] = {n: {"median": timings[n].median / theirs.median, "best": timings[n].best / theirs.best,
+                                      "paired": statistics.median(a / b for a, b in zip(timings[n].chunks, theirs.chunks))}
+                                  for n in names if n.startswith("pc")}
+    return out
 
 
 def ratio_floor(target_result: dict[str, Any], rate_gflops: float) -> dict[str, float]:
@@ -727,6 +759,86 @@ def pcx_comparison(venv: Path | None = None, batches: int = 200, chunk: int = 20
     return {"command": " ".join(cmd), **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def _pcx_from_target(worker: PcxWorker, target_result: dict[str, Any]) -> dict[str, Any]:
+    """The ``pcx`` result of a target run that timed PCX in its rounds (:func:`target` with ``pcx``)."""
+    rows = {r["algorithm"]: r for r in target_result["rows"]}
+    pc, bp = rows["pcx-pc"], rows["pcx-bp"]
+    out = {k: v for k, v in worker.info.items() if k != "ready"}
+    out.update({
+        "command": " ".join(worker.command), "interleaved_with_target": True, "device": "cpu",
+        "pc_batch_ms": pc["batch_ms"], "pc_batch_ms_best": pc["batch_ms_best"], "bp_batch_ms": bp["batch_ms"],
+        "bp_batch_ms_best": bp["batch_ms_best"], "pc_epoch_s": pc["epoch_s"], "bp_epoch_s": bp["epoch_s"],
+        "pc_over_bp": pc["batch_ms"] / bp["batch_ms"],
+    })
+    for name, ratio in target_result["ratio_to_pcx_pc"].items():
+        out[f"pclab_{name}_over_pcx_pc"] = ratio["median"]
+        out[f"pclab_{name}_over_pcx_pc_paired"] = ratio["paired"]
+    return out
+
+
+class PcxWorker:
+    """``bench_pcx.py --serve`` running in the PCX environment: PCX's PC and backprop steps on the
+    target problem, timed chunk by chunk on request (:meth:`timer`), compiled once at the start
+    (``info["pc_compile_s"]``). A context manager; the process ends when it closes."""
+
+    def __init__(self, command: Sequence[str]):
+        self.command = list(command)
+        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, bufsize=1)
+        self.info = self._read()
+        if not self.info.get("ready"):
+            raise RuntimeError(f"PCX worker did not start ({' '.join(self.command)}): {self.info}")
+
+    @classmethod
+    def start(cls, venv: Path | None = None, batches: int = 938, steps: int = 20, batch: int = 64,
+              threads: int | None = None) -> PcxWorker:
+        """The worker in ``venv`` (default :func:`default_pcx_venv`, created if missing) with its
+        own ``batches`` random batches."""
+        python = ensure_pcx_venv(Path(venv) if venv is not None else default_pcx_venv())
+        script = Path(__file__).with_name("bench_pcx.py")
+        command = [str(python), str(script), "--serve", "--batches", str(batches), "--steps", str(steps), "--batch", str(batch)]
+        return cls(command + (["--threads", str(threads)] if threads is not None else []))
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            error = self.process.stderr.read() if self.process.stderr is not None else ""
+            raise RuntimeError(f"PCX worker ended ({' '.join(self.command)}):\n{error[-3000:]}")
+        return json.loads(line)
+
+    def time(self, what: str, start: int, count: int) -> float:
+        """Seconds for ``count`` PCX steps of ``what`` (``"pc"`` or ``"bp"``) on its batches from ``start``."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"what": what, "start": start, "count": count}) + "\n")
+        self.process.stdin.flush()
+        return float(self._read()["seconds"])
+
+    def timer(self, what: str) -> ChunkTimer:
+        """``what``'s steps as a :class:`ChunkTimer` for :func:`interleaved`."""
+        worker = self
+
+        class _Timer(ChunkTimer):
+            def time(self, start: int, count: int) -> float:
+                return worker.time(what, start, count)
+
+        return _Timer()
+
+    def close(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def __enter__(self) -> PcxWorker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # ---------------------------------------------------------------------------- entry point
 @dataclass
 class SpeedConfig:
@@ -776,17 +888,27 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
                               "matmul_gflops": matmul_rate(device=device, batch=config.batch)}
     started = time.perf_counter()
     quick = config.quick
+    pcx_threads = config.threads if config.threads == 1 else None
     if "target" in config.suites:
-        result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
-                                  rounds=3 if quick else config.rounds, compile=config.compile, device=device)
+        worker = None
+        if "pcx" in config.suites and device.type == "cpu":  # PCX timed in the target's rounds, in turn with pclab
+            distinct = 40 if quick else math.ceil(MNIST_TRAIN / config.batch)
+            worker = PcxWorker.start(config.pcx_venv, batches=distinct, steps=config.steps, batch=config.batch, threads=pcx_threads)
+        try:
+            result["target"] = target(config.batch, config.steps, chunk=5 if quick else config.chunk,
+                                      rounds=3 if quick else config.rounds, compile=config.compile, device=device, pcx=worker)
+        finally:
+            if worker is not None:
+                worker.close()
         result["target"]["floor"] = ratio_floor(result["target"], result["matmul_gflops"][f"{config.batch}x128x128"])
-    if "pcx" in config.suites:
+        if worker is not None:
+            result["pcx"] = _pcx_from_target(worker, result["target"])
+    if "pcx" in config.suites and "pcx" not in result:
         epoch = math.ceil(MNIST_TRAIN / config.batch)
         pcx_chunk = 10 if quick else config.chunk or epoch  # PC and BP alternate by chunks over distinct batches
         pcx_batches = 40 if quick else (3 * epoch if config.chunk is None else 10 * config.chunk)
         result["pcx"] = pcx_comparison(config.pcx_venv, batches=pcx_batches,
-                                       chunk=pcx_chunk, steps=config.steps, batch=config.batch,
-                                       threads=config.threads if config.threads == 1 else None)
+                                       chunk=pcx_chunk, steps=config.steps, batch=config.batch, threads=pcx_threads)
         result["pcx"]["device"] = "cpu"
         # pclab's PC (eager fast path, compiled) per batch over PCX's: like for like on the CPU only
         if "target" in result and device.type == "cpu":
@@ -840,10 +962,13 @@ def summary(result: dict[str, Any]) -> str:
     if "pcx" in result:
         p = result["pcx"]
         lines.append(f"PCX {p['pcx_version']} (JAX {p['jax_version']}): PC epoch {p['pc_epoch_s']:.2f} s, JAX BP epoch {p['bp_epoch_s']:.2f} s, "
-                     f"PC/BP {p['pc_over_bp']:.2f}; compile PC {p['pc_compile_s']:.1f} s")
+                     f"PC/BP {p['pc_over_bp']:.2f}; compile PC {p['pc_compile_s']:.1f} s"
+                     + ("; timed in the target's rounds, in turn with pclab" if p.get("interleaved_with_target") else ""))
         for key, value in p.items():
             if key.startswith("pclab_") and key.endswith("_over_pcx_pc"):
-                lines.append(f"  pclab {key[6:-12]} / PCX PC per batch: {value:.2f}")
+                paired = p.get(key + "_paired")
+                lines.append(f"  pclab {key[6:-12]} / PCX PC per batch: {value:.2f}"
+                             + (f" (median of the rounds' own ratios {paired:.2f})" if paired is not None else ""))
         if m.get("device", "cpu") != "cpu":
             lines.append(f"  PCX ran on the CPU, pclab on {m['device']}: no pclab/PCX ratio")
     for entry in result.get("algorithms", []):

@@ -13,6 +13,12 @@ Compilation (the first call of each jitted function) is timed apart.
 Usage (with the PCX environment's Python)::
 
     python src/pclab/bench_pcx.py --batches 200 --steps 20 --batch 64
+
+With ``--serve`` it times on request instead (:class:`pclab.bench.PcxWorker`, which interleaves PCX's
+chunks with pclab's in one timing loop): after setting up and compiling it prints one JSON line
+(versions, compile times), then answers each JSON line ``{"what": "pc" | "bp", "start": k, "count": m}``
+on standard input with ``{"seconds": s}``, the wall time of ``m`` training steps on batches ``k, k + 1,
+...`` (cyclically), until standard input closes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 
 
@@ -32,6 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--widths", default="784,128,128,10")
     parser.add_argument("--threads", type=int, default=None, help="1: single-threaded XLA (default: all cores)")
+    parser.add_argument("--serve", action="store_true", help="time chunks on request (see the module docstring)")
     args = parser.parse_args()
     if args.threads == 1:
         import os
@@ -137,30 +145,50 @@ def main() -> None:
     jax.block_until_ready(params)
     bp_compile = time.perf_counter() - start
 
+    info = {
+        "pcx_version": getattr(px, "__version__", None) or _version("pcx"),
+        "jax_version": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "widths": widths, "batch": args.batch, "steps": args.steps, "threads": args.threads,
+        "pc_compile_s": pc_compile, "bp_compile_s": bp_compile,
+    }
+
+    def run(what: str, start_index: int, count: int) -> float:
+        """Seconds for ``count`` training steps of ``what`` on batches from ``start_index`` on."""
+        nonlocal params, opt_state
+        start = time.perf_counter()
+        for i in range(start_index, start_index + count):
+            if what == "pc":
+                train_on_batch(args.steps, xs[i % n], ys[i % n], model=model, optim_w=optim_w, optim_h=optim_h)
+            else:
+                params, opt_state = bp_step(params, opt_state, xs[i % n], ys[i % n])
+        if what == "pc":
+            sync()
+        else:
+            jax.block_until_ready(params)
+        return time.perf_counter() - start
+
+    if args.serve:
+        print(json.dumps({"ready": True, "batches": n, **info}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request.get("what") not in ("pc", "bp"):
+                raise SystemExit(f"bench_pcx --serve: expected what 'pc' or 'bp', got {request.get('what')!r}")
+            print(json.dumps({"seconds": run(request["what"], int(request["start"]), int(request["count"]))}), flush=True)
+        return
+
     pc_chunks, bp_chunks = [], []
     k = 0
     while k < n:
         m = min(args.chunk, n - k)
-        start = time.perf_counter()
-        for i in range(k, k + m):
-            train_on_batch(args.steps, xs[i], ys[i], model=model, optim_w=optim_w, optim_h=optim_h)
-        sync()
-        pc_chunks.append((time.perf_counter() - start) / m)
-        start = time.perf_counter()
-        for i in range(k, k + m):
-            params, opt_state = bp_step(params, opt_state, xs[i], ys[i])
-        jax.block_until_ready(params)
-        bp_chunks.append((time.perf_counter() - start) / m)
+        pc_chunks.append(run("pc", k, m) / m)
+        bp_chunks.append(run("bp", k, m) / m)
         k += m
 
     epoch_batches = math.ceil(60000 / args.batch)
     pc, bp = statistics.median(pc_chunks), statistics.median(bp_chunks)
     print(json.dumps({
-        "pcx_version": getattr(px, "__version__", None) or _version("pcx"),
-        "jax_version": jax.__version__,
-        "devices": [str(d) for d in jax.devices()],
-        "widths": widths, "batch": args.batch, "steps": args.steps, "batches_timed": n, "threads": args.threads,
-        "pc_compile_s": pc_compile, "bp_compile_s": bp_compile,
+        **info, "batches_timed": n,
         "pc_batch_ms": 1e3 * pc, "pc_batch_ms_best": 1e3 * min(pc_chunks),
         "bp_batch_ms": 1e3 * bp, "bp_batch_ms_best": 1e3 * min(bp_chunks),
         "pc_epoch_s": pc * epoch_batches, "bp_epoch_s": bp * epoch_batches,

@@ -48,6 +48,67 @@ def test_the_algorithms_suite_reports_bp_through_inference_against_pc_at_equal_T
     assert f"bp-through-inference / PC at equal T: eager {ratio['eager']:.2f} (target <= 2)" in bench.summary(result)
 
 
+class _FakeTimer(bench.ChunkTimer):
+    def __init__(self, per_batch: float):
+        self.per_batch, self.calls = per_batch, []
+
+    def time(self, start: int, count: int) -> float:
+        self.calls.append((start, count))
+        return self.per_batch * count
+
+
+def test_a_chunk_timer_is_timed_in_its_turn_with_the_step_functions():
+    seen = []
+    timer = _FakeTimer(0.25)
+    import torch
+
+    batches = [(torch.tensor(i), torch.tensor(i)) for i in range(8)]
+    timings = bench.interleaved({"f": lambda x, y: seen.append(x), "ext": timer}, batches, chunk=2, rounds=3, warmup=1)
+    assert timings["ext"].chunks == [0.25, 0.25, 0.25]
+    assert len(seen) == 1 + 3 * 2  # its warm-up, then a chunk a round; the timer gets no warm-up calls
+    starts = [start for start, _ in timer.calls]
+    assert len(set(starts)) == 3 and all(count == 2 for _, count in timer.calls)  # a fresh chunk each round
+
+
+STAND_IN = """
+import json, sys
+print(json.dumps({"ready": True, "pcx_version": "stand-in", "jax_version": "none", "pc_compile_s": 0.5, "bp_compile_s": 0.1}), flush=True)
+for line in sys.stdin:
+    r = json.loads(line)
+    print(json.dumps({"seconds": (0.002 if r["what"] == "pc" else 0.0005) * r["count"]}), flush=True)
+"""
+
+
+def test_pcx_timed_in_the_target_rounds_through_the_worker_protocol(tmp_path):
+    """The worker protocol of ``bench_pcx.py --serve`` with a stand-in process (no JAX here):
+    PCX's chunks join the target's rounds, and the pclab/PCX ratios come from them."""
+    import sys
+
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    with bench.PcxWorker([sys.executable, str(script)]) as worker:
+        result = bench.target(batch=4, steps=2, chunk=2, rounds=2, compile=False, pcx=worker)
+        pcx = bench._pcx_from_target(worker, result)
+    assert worker.process.returncode == 0
+    rows = {r["algorithm"]: r for r in result["rows"]}
+    assert rows["pcx-pc"]["batch_ms"] == pytest.approx(2.0) and rows["pcx-bp"]["batch_ms"] == pytest.approx(0.5)
+    pc = rows["pc"]["batch_ms"]
+    assert result["ratio_to_pcx_pc"]["pc"]["median"] == pytest.approx(pc / 2.0)
+    assert pcx["pclab_pc_over_pcx_pc"] == pytest.approx(pc / 2.0) and pcx["pc_over_bp"] == pytest.approx(4.0)
+    assert pcx["pcx_version"] == "stand-in" and pcx["interleaved_with_target"]
+    text = bench.summary({"machine": bench.machine(), "matmul_gflops": {}, "target": result, "pcx": pcx})
+    assert "timed in the target's rounds" in text and "median of the rounds' own ratios" in text
+
+
+def test_a_pcx_worker_that_fails_to_start_says_why(tmp_path):
+    import sys
+
+    script = tmp_path / "broken.py"
+    script.write_text("import sys\nsys.exit('no pcx here')\n")
+    with pytest.raises(RuntimeError, match="no pcx here"):
+        bench.PcxWorker([sys.executable, str(script)])
+
+
 def test_every_algorithm_steps_on_mlp_and_conv():
     for kind in ("mlp128", "conv"):
         model, shape = bench._model(kind)
