@@ -487,7 +487,7 @@ def _reverse(
             if carried or below is None:
                 da = below
             else:
-                da = dense.forward_through(below, weight) if dense.narrow(weight) else torch.mm(below, weight.t())
+                da = dense.forward_through(below, weight)
             nu = None if da is None else _slope_times(act, da, rec.a, rec.mu)
             if type(chain.energies[l - 1]) is Gaussian:
                 if own is None:
@@ -781,13 +781,12 @@ def task_loss_grads(
         values.append(value)
         loss = term.weight * value if loss is None else loss + term.weight * value  # (as TaskLoss sums)
         delta = predictions.backward(k, g)  # dL/da_k
-        weight = params[k - 1][0]
         if need[k - 1][0]:
             direct[k - 1][0] = _add(direct[k - 1][0], delta.t() @ z[k - 1])
         if need[k - 1][1] and params[k - 1][1] is not None:
             direct[k - 1][1] = _add(direct[k - 1][1], delta.sum(0))
         if plan.free[k - 1]:
-            lam[k - 1] = _add(lam[k - 1], dense.back_through(delta, weight) if dense.narrow(weight) else delta @ weight)
+            lam[k - 1] = _add(lam[k - 1], dense.back_through(delta, params[k - 1][0]))
     _, grads = _reverse(plan, params, tape, lam, z0, ff, need, anchored)
     merged = []
     for (dw, db), (extra_w, extra_b) in zip(grads, direct):

@@ -443,18 +443,18 @@ class BPThroughInference(_TaskLossRule):
                     out = compiled.bpti_step(plan, params, given, terms, targets, need)
                     if out is not None:
                         values = out[0]
-                        self._set_grads_and_step(key, out[1])
+                        self._set_grads_and_step(key, params, out[1])
         if values is None:
             with torch.no_grad():
                 values, grads = chain_adjoint.task_loss_grads(plan, params, given, terms, targets, need)
-            self._set_grads_and_step(key, grads)
+            self._set_grads_and_step(key, params, grads)
         numbers = values.tolist()
         metrics = {"loss": numbers[0]}
         for term, name, value in zip(terms, names, numbers[1:]):
             metrics[f"{term.kind}_{name}"] = value
         return metrics
 
-    def _set_grads_and_step(self, key: tuple, grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+    def _set_grads_and_step(self, key: tuple, params: dense.Params, grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
         """Leave ``grads`` in ``.grad``, note which parameters they reach (``key``: plan, terms,
         need) and take ``torch.optim``'s step (where this path compiles, the optimiser's update is
         in the graph of :func:`pclab.core.compiled.bpti_train_step`; these eager steps are a
@@ -463,8 +463,7 @@ class BPThroughInference(_TaskLossRule):
         self.optimizer.zero_grad(set_to_none=True)
         dense.set_grads(plan.chain, grads)
         # in the flat order of the chain's parameters (compiled._flat)
-        reached = [g is not None and p.requires_grad
-                   for pair, params in zip(grads, plan.chain.params()) for g, p in zip(pair, params) if p is not None]
+        reached = [g is not None and p.requires_grad for pair, layer in zip(grads, params) for g, p in zip(pair, layer) if p is not None]
         self.__dict__.setdefault("_reached", {})[key] = tuple(reached)
         self.optimizer.step()
         if self.scheduler is not None:
