@@ -8,6 +8,8 @@ like on a shared or noisy machine):
 * ``algorithms`` -- samples/s, epoch time and achieved GFLOP/s of PC (fast path, compiled,
   reference graph code), incremental PC, bp-through-inference (with and without checkpointing) and
   backprop on MLPs of width 128 and 512 and a small conv net;
+* ``bpti`` -- issue 8's bp-through-inference / PC target on the same three models, each pair
+  (eager; compiled) timed alone in adjacent chunks, with the rounds' own ratios (:func:`bpti_ratio`);
 * ``scaling`` -- PC cost against ``T`` and against depth, with least-squares lines;
 * ``memory`` -- peak memory of one training step against ``T`` (10 .. 200) for
   bp-through-inference without checkpointing, with per-step checkpointing and with binomial
@@ -24,7 +26,7 @@ not depend on the values). FLOPs are counted by ``torch.utils.flop_counter`` ove
 products and convolutions only, 2 per multiply-add), so they are what the implementation really
 computes (the fast path skips exactly-zero work); for MLPs the nominal formula is given as well.
 
-Device (``--device``, default ``cpu``): ``target``, ``algorithms``, ``scaling`` and ``memory``
+Device (``--device``, default ``cpu``): ``target``, ``algorithms``, ``bpti``, ``scaling`` and ``memory``
 build their models and data on it, and the matmul rate is measured on it. On CUDA the clock is read
 after ``torch.cuda.synchronize`` (kernels run asynchronously), the compiled path is Inductor's
 Triton code, compile time is reported apart as on the CPU, and ``memory`` reads the caching
@@ -551,6 +553,48 @@ def algorithms(
     return out
 
 
+BPTI_CHUNKS = {"mlp128": 20, "mlp512": 4, "conv": 2}
+"""Batches per timed chunk of :func:`bpti_ratio`: a tenth of a second or so of bp-through-inference here."""
+
+
+def bpti_ratio(models: Sequence[str] = ("mlp128", "mlp512", "conv"), batch: int = 64, steps: int = 20, rounds: int = 10,
+               compile: bool = True, device: torch.device | str = "cpu", chunks: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Issue 8's bp-through-inference target, timed for itself: per model and mode (``eager``:
+    ``bpti`` against ``pc``; ``compiled``: ``bpti-compiled`` against ``pc-compiled``, Dense chains
+    only), the two alone, in adjacent chunks whose order alternates round by round, so that each
+    round's ratio compares chunks run a fraction of a second apart. (In :func:`algorithms` ten
+    algorithms take turns, and a change of the machine's speed between a pair's chunks goes
+    straight into its ratio: 1.67 and 2.01 for the same eager MLP-128 pair in two runs here.)
+
+    Returns one entry per model: ``{mode: {"paired_median", "quartiles", "range", "bpti_ms",
+    "pc_ms", "ratios"}}`` plus ``model``, ``chunk``, ``rounds``; ``ratios`` are the rounds' own
+    bp-through-inference / PC ratios, ``*_ms`` the medians of the chunks' per-batch times.
+    """
+    device = torch.device(device)
+    chunks = {**BPTI_CHUNKS, **(chunks or {})}
+    out = []
+    for kind in models:
+        model, shape = _model(kind, device=device)
+        chunk = chunks[kind]
+        batches = data(batch, max(2 * chunk, 10), shape, device=device)
+        modes = {"eager": ("bpti", "pc")}
+        if compile and kind != "conv":
+            modes["compiled"] = ("bpti-compiled", "pc-compiled")
+        entry: dict[str, Any] = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "chunk": chunk, "rounds": rounds}
+        for mode, (a, b) in modes.items():
+            fns = {n: make_algorithm(n, model, steps) for n in (b, a)}
+            for n, fn in fns.items():
+                if n.endswith("-compiled"):
+                    _compile(fn, batches)
+            timings = interleaved(fns, batches, chunk, rounds, device=device)
+            ratios = [x / y for x, y in zip(timings[a].chunks, timings[b].chunks)]
+            quartiles = statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else [ratios[0], ratios[0]]
+            entry[mode] = {"paired_median": statistics.median(ratios), "quartiles": quartiles, "range": [min(ratios), max(ratios)],
+                           "bpti_ms": 1e3 * timings[a].median, "pc_ms": 1e3 * timings[b].median, "ratios": ratios}
+        out.append(entry)
+    return out
+
+
 def _widths(kind: str, depth: int = 3) -> list[int]:
     width = int(kind[3:])
     return [784, *([width] * (depth - 1)), 10]
@@ -845,9 +889,9 @@ class SpeedConfig:
     """What :func:`run_speed_benchmark` runs.
 
     Args:
-        suites: any of ``target``, ``algorithms``, ``scaling``, ``memory``, ``pcx``.
+        suites: any of ``target``, ``algorithms``, ``bpti``, ``scaling``, ``memory``, ``pcx``.
         threads: torch intra-op threads.
-        rounds: interleaved timing rounds of the target (more: steadier medians).
+        rounds: interleaved timing rounds of the target and of ``bpti`` (more: steadier medians).
         chunk: batches per timing chunk of the target and the PCX comparison; ``None``: an epoch.
         batch: batch size of the target and the PCX comparison.
         steps: inference steps ``T`` of the target and the PCX comparison.
@@ -871,7 +915,7 @@ class SpeedConfig:
     device: str = "cpu"
 
 
-SUITES = ("target", "algorithms", "scaling", "memory", "pcx")
+SUITES = ("target", "algorithms", "bpti", "scaling", "memory", "pcx")
 
 
 def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -922,6 +966,10 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
         models = ("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv")
         result["algorithms"] = algorithms(models, names, batch=config.batch, steps=config.steps, rounds=2 if quick else 5,
                                           device=device)
+    if "bpti" in config.suites:
+        result["bpti"] = bpti_ratio(("mlp128", "conv") if quick else ("mlp128", "mlp512", "conv"), batch=config.batch, steps=config.steps,
+                                    rounds=2 if quick else config.rounds, compile=config.compile, device=device,
+                                    chunks={"mlp128": 2, "conv": 1} if quick else None)
     if "scaling" in config.suites:
         if quick:
             result["scaling"] = scaling(ts=(5, 20), depths=(3, 5), widths=(128,), batch=config.batch, rounds=2,
@@ -982,6 +1030,13 @@ def summary(result: dict[str, Any]) -> str:
         if entry.get("bpti_over_pc"):
             lines.append("  bp-through-inference / PC at equal T: "
                          + ", ".join(f"{mode} {ratio:.2f}" for mode, ratio in entry["bpti_over_pc"].items()) + " (target <= 2)")
+    if result.get("bpti"):
+        lines.append("bp-through-inference / PC at equal T, the two alone in adjacent chunks "
+                     "(median of the rounds' own ratios [quartiles]; target <= 2):")
+        for entry in result["bpti"]:
+            lines.append(f"  {entry['model']:7s} (chunks of {entry['chunk']}, {entry['rounds']} rounds) " + ", ".join(
+                f"{mode} {r['paired_median']:.2f} [{r['quartiles'][0]:.2f}, {r['quartiles'][1]:.2f}] "
+                f"({r['bpti_ms']:.2f} / {r['pc_ms']:.2f} ms)" for mode, r in entry.items() if isinstance(r, dict)))
     if "scaling" in result:
         s = result["scaling"]
         f = s["fit_vs_T_ms"]

@@ -137,3 +137,15 @@ def test_ratio_floor_is_one_plus_the_sequential_products_over_bp():
     floor = bench.ratio_floor(target, rate_gflops=rate)
     assert floor["product_us"] == pytest.approx(1000.0)
     assert floor["ratio_floor"] == pytest.approx(1 + 19 * 1.0 / 1.0)  # bp takes 1 ms, 19 extra products
+
+
+def test_the_bpti_suite_times_each_pair_alone_and_reports_the_rounds_own_ratios():
+    entries = bench.bpti_ratio(("mlp128",), batch=2, steps=2, rounds=3, compile=False, chunks={"mlp128": 1})
+    (entry,) = entries
+    eager = entry["eager"]
+    assert set(entry) >= {"model", "chunk", "rounds", "eager"} and "compiled" not in entry
+    assert len(eager["ratios"]) == 3 and all(r > 0 for r in eager["ratios"])
+    assert eager["paired_median"] == pytest.approx(sorted(eager["ratios"])[1])
+    assert eager["range"][0] <= eager["quartiles"][0] <= eager["paired_median"] <= eager["quartiles"][1] <= eager["range"][1]
+    text = bench.summary({"machine": bench.machine(), "matmul_gflops": {}, "bpti": entries})
+    assert f"mlp128  (chunks of 1, 3 rounds) eager {eager['paired_median']:.2f}" in text and "target <= 2" in text
