@@ -172,10 +172,22 @@ def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch)
     assert read_json(out)["target"]["ratio_to_bp"]["pc"]["median"] > 0
 
 
+def test_bench_bpti_suite_reports_paired_ratios_and_writes_its_json(tmp_path, monkeypatch):
+    from pclab import bench
+
+    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    out = tmp_path / "speed.json"
+    result = pclab("bench", "bpti", "--quick", "--no-compile", "--threads", "1", "--batch", "4", "--steps", "2", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "adjacent chunks" in result.output and "conv" in result.output
+    entries = read_json(out)["bpti"]
+    assert [e["model"] for e in entries] == ["mlp128", "conv"] and all(len(e["eager"]["ratios"]) == 2 for e in entries)
+
+
 def test_bench_help_lists_the_benchmark_options():
     result = pclab("bench", "--help")
     assert result.exit_code == 0, result.output
-    assert "target, algorithms, scaling, memory, pcx" in result.output and "--device" in result.output
+    assert "target, algorithms, bpti, scaling, memory, pcx" in result.output and "--device" in result.output
 
 
 def test_bench_rejects_an_unknown_suite_in_one_line():
