@@ -111,7 +111,10 @@ fixes pc+fu, spiking and decaying at depth 15, seeds 0 and 1 (paired); muPC and 
 parameterisation for jpc's full 900 iterations (one seed). Measured: 48.9 minutes wall on 2 cores (shared with other jobs for part of the run).
 ``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (MLP part ~15, VGG
 part 19.5 from VGG-BN batch costs of 37 / 64 / 101 ms per PC batch at depth 5 / 7 / 9, muPC ~0.7), ~18 h wall
-on 2 cores; for a Ray cluster (see BENCHMARKS.md)."""
+on 2 cores; for a Ray cluster (see BENCHMARKS.md). Since the conv weights are channels-last on the CPU
+(:func:`pclab.models.conv_channels_last`) the VGG batch costs fell to 0.67x in sum over the twelve VGG trial
+kinds (0.54-0.66x for PC at depth 5 / 7 / 9), measured on another VM (a Xeon, where they were 97 / 191 /
+269 ms before): not re-measured on the machine of the figures above."""
 
 
 # ----------------------------------------------------------------------------------------- trials

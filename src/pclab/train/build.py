@@ -45,7 +45,8 @@ def task(config: RunConfig) -> str:
 
 
 def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> PCN:
-    """The network of ``config.model`` for images of ``image_shape = (C, H, W)``."""
+    """The network of ``config.model`` for images of ``image_shape = (C, H, W)``, on ``config.device``;
+    on the CPU a conv model's weights are channels-last (:func:`pclab.models.conv_channels_last`)."""
     m = config.model
     pixels = math.prod(image_shape)
     if m.kind in ("mlp", "generative_mlp"):
@@ -75,7 +76,10 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    return model.to(device=config.device, dtype=dtype)
+    model = model.to(device=config.device, dtype=dtype)
+    if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
+        models.conv_channels_last(model)
+    return model
 
 
 def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
