@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from pclab import Inference, PCLearning, SGD
+from pclab import SGD, Inference, PCLearning
 from pclab.models import conv_channels_last, mlp, vgg
 from pclab.train import apply_overrides, preset, validate
 from pclab.train.build import build_model
