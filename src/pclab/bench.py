@@ -567,8 +567,10 @@ def bpti_ratio(models: Sequence[str] = ("mlp128", "mlp512", "conv"), batch: int 
     straight into its ratio: 1.67 and 2.01 for the same eager MLP-128 pair in two runs here.)
 
     Returns one entry per model: ``{mode: {"paired_median", "quartiles", "range", "bpti_ms",
-    "pc_ms", "ratios"}}`` plus ``model``, ``chunk``, ``rounds``; ``ratios`` are the rounds' own
-    bp-through-inference / PC ratios, ``*_ms`` the medians of the chunks' per-batch times.
+    "pc_ms", "ratios"}}`` plus ``model``, ``chunk``, ``rounds`` and ``flops_ratio`` (the matrix
+    products' FLOPs of one bp-through-inference step over one PC step, :func:`counted_flops`: the
+    time ratio at equal product rates); ``ratios`` are the rounds' own bp-through-inference / PC
+    ratios, ``*_ms`` the medians of the chunks' per-batch times.
     """
     device = torch.device(device)
     chunks = {**BPTI_CHUNKS, **(chunks or {})}
@@ -581,6 +583,9 @@ def bpti_ratio(models: Sequence[str] = ("mlp128", "mlp512", "conv"), batch: int 
         if compile and kind != "conv":
             modes["compiled"] = ("bpti-compiled", "pc-compiled")
         entry: dict[str, Any] = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "chunk": chunk, "rounds": rounds}
+        # the arithmetic's own ratio (compiled paths run the same products as the eager ones)
+        entry["flops_ratio"] = (counted_flops(make_algorithm("bpti", model, steps), *batches[0])
+                                / counted_flops(make_algorithm("pc", model, steps), *batches[0]))
         for mode, (a, b) in modes.items():
             fns = {n: make_algorithm(n, model, steps) for n in (b, a)}
             for n, fn in fns.items():
@@ -1036,7 +1041,8 @@ def summary(result: dict[str, Any]) -> str:
         for entry in result["bpti"]:
             lines.append(f"  {entry['model']:7s} (chunks of {entry['chunk']}, {entry['rounds']} rounds) " + ", ".join(
                 f"{mode} {r['paired_median']:.2f} [{r['quartiles'][0]:.2f}, {r['quartiles'][1]:.2f}] "
-                f"({r['bpti_ms']:.2f} / {r['pc_ms']:.2f} ms)" for mode, r in entry.items() if isinstance(r, dict)))
+                f"({r['bpti_ms']:.2f} / {r['pc_ms']:.2f} ms)" for mode, r in entry.items() if isinstance(r, dict))
+                + f"; FLOPs {entry['flops_ratio']:.2f}x PC's")
     if "scaling" in result:
         s = result["scaling"]
         f = s["fit_vs_T_ms"]

@@ -149,3 +149,5 @@ def test_the_bpti_suite_times_each_pair_alone_and_reports_the_rounds_own_ratios(
     assert eager["range"][0] <= eager["quartiles"][0] <= eager["paired_median"] <= eager["quartiles"][1] <= eager["range"][1]
     text = bench.summary({"machine": bench.machine(), "matmul_gflops": {}, "bpti": entries})
     assert f"mlp128  (chunks of 1, 3 rounds) eager {eager['paired_median']:.2f}" in text and "target <= 2" in text
+    # the relaxation moves (input and label clamped): the reverse pass adds products to PC's
+    assert entry["flops_ratio"] > 1 and f"FLOPs {entry['flops_ratio']:.2f}x PC's" in text
