@@ -193,7 +193,13 @@ def narrow(weight: torch.Tensor) -> bool:
     """Under compilation, products with ``weight`` (``(n_out, n_in)``) go as fused reductions:
     BLAS is slow for a 10-class layer's shapes, and Inductor fuses the reduction into the step's
     elementwise loop."""
-    return torch.compiler.is_compiling() and weight.shape[0] <= _NARROW
+    return narrow_rows(weight.shape[0])
+
+
+def narrow_rows(n_out: int) -> bool:
+    """:func:`narrow` for a weight of ``n_out`` rows (no tensor needed: eagerly a transposed view
+    made only to ask would cost a dispatch)."""
+    return torch.compiler.is_compiling() and n_out <= _NARROW
 
 
 def back_through(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

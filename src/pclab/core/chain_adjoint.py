@@ -336,7 +336,7 @@ class _Reverse:
     def add(self, l: int, q: torch.Tensor, source: torch.Tensor, delta: torch.Tensor | None = None, below: torch.Tensor | None = None) -> None:
         """Add ``q^T source (+ delta^T below)`` to layer ``l``'s weight term, ``sum q`` to its bias term."""
         self.q[l].append(q)
-        if dense.narrow(q.t()):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
+        if dense.narrow_rows(q.shape[1]):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
             term = (q[:, :, None] * source[:, None, :]).sum(0)
             if delta is not None:
                 term = term + (delta[:, :, None] * below[:, None, :]).sum(0)
@@ -466,8 +466,6 @@ def _reverse(
             da = None if bp is None else torch.mm(bp, gram_lr[k])
             carried_da[k] = da if ld is None else _add(da, ld, 1.0 / lr)
             carried_c[k] = cst
-            if bp is not None and cst != 1.0:  # overwritten below where this step has a q
-                beta[k] = bp * cst
             if ld is not None and cst != 1.0:
                 lam_d[i] = ld * cst
         for rec in step.layers:
@@ -534,6 +532,9 @@ def _reverse(
             else:
                 new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
             acc.add(l, q, rec.source, rec.delta if below is not None else None, below)
+        for k, cst in carried_c.items():  # alpha = c alpha' where this step had no q (else set above)
+            if beta[k] is below_beta[k] and beta[k] is not None and cst != 1.0:
+                beta[k] = beta[k] * cst
         lam = new
     for i in anchored:
         # a_{i+1} starts at a_ff = W mu_i + b: dL/da_ff = alpha_0 + sum (1 - c) alpha' = lr sum q
