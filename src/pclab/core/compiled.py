@@ -1,4 +1,5 @@
-"""``torch.compile`` of the Dense-chain fast path (opt in with ``Inference(compile=True)``).
+"""``torch.compile`` of the Dense-chain fast path (opt in with ``Inference(compile=True)``), and of
+any other PCN's latent gradient (:func:`latent_grads`).
 
 The functions of :mod:`pclab.core.chain` are plain tensor code whose control flow depends only on
 the :class:`~pclab.core.chain.Plan` (which layers carry error at which step is known before any
@@ -48,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ from torch.optim.sgd import sgd as _sgd
 
 from . import chain as dense
 from . import chain_adjoint
+from .graph import PCN, _evaluates_once
 
 
 def _flat(params: dense.Params) -> list[torch.Tensor]:
@@ -450,6 +452,54 @@ def pc_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor
     entry = CACHE.get(key, lambda: _compile(lambda c, f: _learn(plan, forward_update, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
     return _call(entry, batch, list(clamp), _flat(params))
+
+
+# ---------------------------------------------------------------------------- any PCN
+def _energy_grads(model: PCN, clamped: frozenset[str]) -> Callable[..., Any]:
+    """``(free values, fixed values, cached, multipliers) -> (dE/dz per free node, energies)``: the
+    gradient of the summed precision-weighted energy by ``torch.func.grad`` (each sample's energy
+    depends on its own row only, so the sum's gradient is every sample's own)."""
+
+    def total(free: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], cached: dict[str, torch.Tensor] | None,
+              multipliers: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = {**fixed, **free}
+        energies = model.energies(values, clamped, model.predictions(values, cached=cached), multipliers)
+        summed = next(iter(free.values())).sum() * 0.0  # a tensor even with no active error node
+        for e in energies.values():
+            summed = summed + e.sum()
+        return summed, energies
+
+    def grads(free: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], cached: dict[str, torch.Tensor] | None,
+              multipliers: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return torch.func.grad(total, has_aux=True)(free, fixed, cached, multipliers)
+
+    return grads
+
+
+def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[str], clamped: frozenset[str],
+                 multipliers: Mapping[str, float] | None, cached: Mapping[str, torch.Tensor] | None) -> tuple[dict, dict] | None:
+    """:meth:`PCN.latent_grads` (not differentiable, no fixed-prediction sources) of any PCN as one
+    compiled graph: the predictions, energies and their latent gradient with Inductor's fused loops
+    between the products and convolutions. ``None`` where the eager code must run instead: a
+    module that samples or moves running statistics when called (dropout, a ``torch.nn``
+    BatchNorm in training mode), no free node, or a batch size other than the first one compiled.
+
+    Precision multipliers go in as tensors, so a schedule's changing values do not recompile.
+    The same numbers as the eager gradients up to float rounding (``tests/perf``); :func:`pclab.core.relax.relax`
+    calls it for pclab's ``SGD`` only (an Adam-like rule would blow that rounding up where a
+    feed-forward start makes the gradient exactly zero). Measured (``BENCHMARKS.md``): a PC step of
+    ``pclab bench``'s small conv net (T = 20) 0.73x the eager time; the depth study's VGG-BN steps,
+    whose convolutions dominate, 0.97-1.01x."""
+    if not free or not all(_evaluates_once(m) for m in model.edge_modules.values()):
+        return None
+    # (train / eval mode: a graph each, each compiled and timed on its first call)
+    key = ("grads", model, model.training, clamped, tuple(free), multipliers is None, None if cached is None else tuple(cached))
+    entry = CACHE.get(key, lambda: _compile(_energy_grads(model, clamped)))
+    like = values[free[0]]
+    if multipliers is not None:
+        multipliers = {n: torch.tensor(float(m), dtype=like.dtype, device=like.device) for n, m in multipliers.items()}
+    fixed = {n: v for n, v in values.items() if n not in free}
+    return _call(entry, like.shape[0], {n: values[n] for n in free}, fixed, None if cached is None else dict(cached), multipliers)
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple:

@@ -188,7 +188,8 @@ class PCLearning(LearningRule):
             energy = self._compiled_step(batch)
             if energy is not None:
                 return {"energy": float(energy)}
-            inference = replace(inference, compile=False)  # one compiled graph per rule is enough
+            if fast_chain(self.model, inference) is not None:  # one compiled graph per Dense chain is enough
+                inference = replace(inference, compile=False)
         relaxed = relax(self.model, batch, inference)
         self.optimizer.zero_grad(set_to_none=True)
         if relaxed.chain is not None and type(self).weight_energy is PCLearning.weight_energy:

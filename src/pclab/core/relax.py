@@ -45,7 +45,11 @@ class Inference:
             bp-through-inference's relaxation and hand-derived reverse pass
             (:mod:`pclab.core.compiled_adjoint`). The first compiled batch (the second, with an
             optimiser that first has to create its state) compiles for seconds to tens of
-            seconds, later ones run faster; other networks ignore it.
+            seconds, later ones run faster. Any other PCN (conv, transposed-conv, any graph)
+            relaxed with pclab's ``SGD`` gets its latent gradient -- predictions, energies and
+            their gradient -- as one compiled graph per step (:func:`pclab.core.compiled.latent_grads`),
+            in non-differentiable relaxations whose edge modules neither sample nor move running
+            statistics; everything else runs the eager code.
     """
 
     steps: int = 20
@@ -234,10 +238,19 @@ def relax(
         if on_step is None and not inference.fixed_prediction:
             cached = model.clamped_contributions(values, clamped)
 
+        # compiled gradients with pclab's SGD only: Adam-like rules divide by the gradient's own
+        # size, and where a feed-forward start makes it exactly zero the compiled graph's rounding
+        # (~1e-8, its tanh is not ATen's) would become steps of ~lr/2
+        traced = inference.compile and not differentiable and sources is None and type(opt) is SGD
+
         def grads_at(t: int, vals: State):
+            multipliers = inference.multipliers(model, t)
+            if traced:  # a compiled graph where the modules allow it (any PCN)
+                out = compiled.latent_grads(model, vals, free, clamped, multipliers, cached)
+                if out is not None:
+                    return out
             return model.latent_grads(
-                vals, free, clamped, inference.multipliers(model, t), sources, cached,
-                differentiable=differentiable, method=inference.method,
+                vals, free, clamped, multipliers, sources, cached, differentiable=differentiable, method=inference.method,
             )
 
         def step(t: int, vals: State, states: dict) -> tuple[State, dict, dict]:

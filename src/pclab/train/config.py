@@ -90,7 +90,7 @@ class InferenceConfig(_Strict):
     tolerance: Real | None = Field(None, gt=0)
     method: Literal["auto", "manual", "autograd"] = "auto"
     compile: bool = Field(False, description=("run the Dense-chain fast path (PC, iPC, bp-through-inference) under torch.compile"
-                                              " (compiles at batch 1 or 2)"))
+                                              " (compiles at batch 1 or 2); other PCNs relaxed by SGD: the latent gradient"))
 
     @model_validator(mode="after")
     def _check(self) -> InferenceConfig:
