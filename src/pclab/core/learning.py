@@ -157,7 +157,8 @@ class PCLearning(LearningRule):
     hand-derived fast path of :mod:`pclab.core.chain` (the same numbers; with
     ``Inference(compile=True)`` both run as one compiled graph, :mod:`pclab.core.compiled`, and
     the optimiser's step from the same compiled frame while its hyperparameters stay put: without
-    a scheduler, or with one over tensor learning rates).
+    a scheduler, or with one over tensor learning rates). Other PCNs relaxed by pclab's ``SGD``
+    take each relaxation step's latent gradient from a compiled graph (see :class:`Inference`).
     """
 
     def __init__(
