@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from pclab.core import PCN, SGD, Adam, CrossEntropy, Inference, Node, PCLearning, compiled, relax
+from pclab.core import PCN, SGD, Adam, CrossEntropy, IncrementalPC, Inference, Node, PCLearning, compiled, relax
 from pclab.core.precision import Decaying
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
@@ -74,6 +74,21 @@ def test_pc_learning_on_a_conv_pcn_with_compile_matches_the_eager_rule():
     for p, q in zip(model.parameters(), other.parameters()):
         assert close(p.detach(), q.detach(), rel=1e-4)
     assert len(new_entries(before)) == 1  # the rule relaxed through the compiled gradient
+
+
+def test_incremental_pc_on_a_conv_pcn_with_compile_sees_every_weight_step():
+    # iPC steps the weights between inference steps: the compiled gradient must read the new values
+    model = conv_pcn(seed=5)
+    other = copy.deepcopy(model)
+    fast = IncrementalPC(model, Inference(steps=3, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.05))
+    eager = IncrementalPC(other, Inference(steps=3, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05))
+    before = set(compiled.CACHE.entries)
+    for k in range(2):
+        data = batch(6, seed=20 + k)
+        fast.step(data), eager.step(data)
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert close(p.detach(), q.detach(), rel=1e-5)
+    assert len(new_entries(before)) == 1
 
 
 @pytest.mark.parametrize("case", ["dropout", "adam", "differentiable"])
