@@ -7,6 +7,7 @@ Compiling takes seconds (tens on a cold Inductor cache), so this file is marked 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_compiled_relaxation_of_a_conv_pcn_equals_the_eager_one_under_a_precisio
     for k, size in enumerate([6, 6, 4]):  # batch 4 runs on the eager path
         data = batch(size, seed=k)
         eager = relax(model, data, inference)
-        fast = relax(model, data, Inference(**{**inference.__dict__, "compile": True}))
+        fast = relax(model, data, replace(inference, compile=True))
         for n in ("h1", "h2"):
             assert close(fast.values[n], eager.values[n]), n
         assert not torch.equal(fast.values["h1"], fast.initial["h1"])  # it did relax
