@@ -476,13 +476,19 @@ def _energy_grads(model: PCN, clamped: frozenset[str]) -> Callable[..., Any]:
     return grads
 
 
+def traceable(model: PCN, free: Sequence[str]) -> bool:
+    """Whether :func:`latent_grads` applies to ``model``: some node is free, and no edge module
+    samples or moves running statistics when called (dropout, a ``torch.nn`` BatchNorm in training
+    mode). Checked once per relaxation (it walks the modules), not at every step."""
+    return bool(free) and all(_evaluates_once(m) for m in model.edge_modules.values())
+
+
 def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[str], clamped: frozenset[str],
                  multipliers: Mapping[str, float] | None, cached: Mapping[str, torch.Tensor] | None) -> tuple[dict, dict] | None:
-    """:meth:`PCN.latent_grads` (not differentiable, no fixed-prediction sources) of any PCN as one
-    compiled graph: the predictions, energies and their latent gradient with Inductor's fused loops
-    between the products and convolutions. ``None`` where the eager code must run instead: a
-    module that samples or moves running statistics when called (dropout, a ``torch.nn``
-    BatchNorm in training mode), no free node, or a batch size other than the first one compiled.
+    """:meth:`PCN.latent_grads` (not differentiable, no fixed-prediction sources) of a :func:`traceable`
+    PCN as one compiled graph: the predictions, energies and their latent gradient with Inductor's
+    fused loops between the products and convolutions. ``None`` for a batch size other than the first
+    one compiled: the eager code must run instead.
 
     Precision multipliers go in as tensors, so a schedule's changing values do not recompile.
     The same numbers as the eager gradients up to float rounding (``tests/perf``); :func:`pclab.core.relax.relax`
@@ -490,8 +496,6 @@ def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[
     feed-forward start makes the gradient exactly zero). Measured (``BENCHMARKS.md``): a PC step of
     ``pclab bench``'s small conv net (T = 20) 0.73-0.80x the eager time; the depth study's VGG-BN
     PC steps, whose convolutions dominate, 0.96x summed (within the machine's noise)."""
-    if not free or not all(_evaluates_once(m) for m in model.edge_modules.values()):
-        return None
     # (train / eval mode: a graph each, each compiled and timed on its first call)
     key = ("grads", model, model.training, clamped, tuple(free), multipliers is None, None if cached is None else tuple(cached))
     entry = CACHE.get(key, lambda: _compile(_energy_grads(model, clamped)))

@@ -241,11 +241,11 @@ def relax(
         # compiled gradients with pclab's SGD only: Adam-like rules divide by the gradient's own
         # size, and where a feed-forward start makes it exactly zero the compiled graph's rounding
         # (~1e-8, its tanh is not ATen's) would become steps of ~lr/2
-        traced = inference.compile and not differentiable and sources is None and type(opt) is SGD
+        traced = inference.compile and not differentiable and sources is None and type(opt) is SGD and compiled.traceable(model, free)
 
         def grads_at(t: int, vals: State):
             multipliers = inference.multipliers(model, t)
-            if traced:  # a compiled graph where the modules allow it (any PCN)
+            if traced:  # a compiled graph (any PCN)
                 out = compiled.latent_grads(model, vals, free, clamped, multipliers, cached)
                 if out is not None:
                     return out
