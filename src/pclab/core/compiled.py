@@ -494,7 +494,7 @@ def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[
     The same numbers as the eager gradients up to float rounding (``tests/perf``); :func:`pclab.core.relax.relax`
     calls it for pclab's ``SGD`` only (an Adam-like rule would blow that rounding up where a
     feed-forward start makes the gradient exactly zero). Measured (``BENCHMARKS.md``): a PC step of
-    ``pclab bench``'s small conv net (T = 20) 0.73-0.80x the eager time; the depth study's VGG-BN
+    ``pclab bench``'s small conv net (T = 20) 0.71-0.80x the eager time; the depth study's VGG-BN
     PC steps, whose convolutions dominate, 0.96x summed (within the machine's noise)."""
     # (train / eval mode: a graph each, each compiled and timed on its first call)
     key = ("grads", model, model.training, clamped, tuple(free), multipliers is None, None if cached is None else tuple(cached))
