@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import chain as dense
-from . import chain_adjoint, compiled
+from . import chain_adjoint, compiled, epc
 from .binomial import checkpointed_loop
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
@@ -50,6 +50,11 @@ class Inference:
             their gradient -- as one compiled graph per step (:func:`pclab.core.compiled.latent_grads`),
             in non-differentiable relaxations whose edge modules neither sample nor move running
             statistics; everything else runs the eager code.
+        parametrisation: the relaxation's variables: ``"state"`` (state-based PC, the node values)
+            or ``"error"`` (error-based PC, ePC: the prediction errors of the free nodes and the
+            free roots' values, states computed forward; the same equilibria in far fewer steps
+            on deep chains, see :mod:`pclab.core.epc`; static precisions only, no
+            ``fixed_prediction``, runs eagerly).
     """
 
     steps: int = 20
@@ -60,6 +65,7 @@ class Inference:
     fixed_prediction: bool = False
     method: str = "auto"
     compile: bool = False
+    parametrisation: str = "state"
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -72,6 +78,10 @@ class Inference:
             raise ValueError(f"inference method must be 'auto', 'manual' or 'autograd', got {self.method!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"inference compile must be True or False, got {self.compile!r}")
+        if self.parametrisation not in epc.PARAMETRISATIONS:
+            raise ValueError(f"inference parametrisation must be 'state' or 'error', got {self.parametrisation!r}")
+        if self.parametrisation == "error":
+            epc.check_inference(self)
 
     def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
         """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""
@@ -208,6 +218,11 @@ def relax(
             raise ValueError("checkpoint_steps and checkpoint_slots are two checkpointing schemes; choose one")
         if record or on_step is not None:
             raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
+    if inference.parametrisation == "error":  # ePC: relaxation over the errors, its own loop
+        return epc.relax_errors(model, clamp, inference, record=record, differentiable=differentiable, truncate=truncate,
+                                checkpoint_steps=checkpoint_steps, checkpoint_slots=checkpoint_slots, on_step=on_step,
+                                initial=initial, generator=generator)
+    if checkpoint_slots is not None:
         return _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator)
     clamped = frozenset(clamp)
     general = record or on_step is not None or inference.tolerance is not None or truncate is not None or checkpoint_steps
@@ -375,7 +390,7 @@ def _relax_binomial(
 def fast_chain(model: PCN, inference: Inference) -> dense.DenseChain | None:
     """The Dense-chain structure of ``model`` when :mod:`pclab.core.chain` can relax it with
     ``inference`` (the caller also checks that nothing asks for the general loop)."""
-    if inference.method != "auto" or not dense.supports(inference.optimizer):
+    if inference.method != "auto" or inference.parametrisation != "state" or not dense.supports(inference.optimizer):
         return None
     return dense.dense_chain(model)
 
