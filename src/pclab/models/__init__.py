@@ -3,9 +3,9 @@ conv nets and transposed-conv generators; deep networks (residual MLPs with muPC
 weight-phase BatchNorm) and an init that keeps deep tanh MLPs trainable."""
 
 from .builders import conv_channels_last, deconv_generator, generative_mlp, mlp, rathjens_wiskott, vgg
-from .deep import deep_mlp, lecun_init, mupc_scalings, residual_mlp, vgg_bn
+from .deep import deep_mlp, lecun_init, mupc_scalings, orthogonal_init, residual_mlp, vgg_bn
 
 __all__ = [
-    "conv_channels_last", "deconv_generator", "deep_mlp", "generative_mlp", "lecun_init", "mlp", "mupc_scalings", "rathjens_wiskott",
+    "conv_channels_last", "deconv_generator", "deep_mlp", "generative_mlp", "lecun_init", "mlp", "mupc_scalings", "orthogonal_init", "rathjens_wiskott",
     "residual_mlp", "vgg", "vgg_bn",
 ]

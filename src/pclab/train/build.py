@@ -26,7 +26,7 @@ from ..core import (
 from ..core.batchnorm import WeightPhasePCLearning, weight_phase
 from ..core.graph import all_finite
 from ..data import DataError, Dataset, normalise, one_hot
-from ..models.deep import lecun_init, vgg_bn
+from ..models.deep import lecun_init, orthogonal_init, vgg_bn
 from .config import ConfigError, InferenceConfig, RunConfig
 
 TASKS = {
@@ -59,9 +59,11 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
     if m.kind == "mlp":
-        model = models.mlp(m.widths, m.activation, m.output)
+        model = models.mlp(m.widths, m.activation, m.output, m.output_activation)
         if m.init == "lecun":
             lecun_init(model)
+        elif m.init == "orthogonal":
+            orthogonal_init(model)
     elif m.kind == "generative_mlp":
         model = models.generative_mlp(m.widths, m.activation)
     elif m.kind == "rathjens_wiskott":
@@ -109,7 +111,8 @@ def build_inference(config: InferenceConfig) -> Inference:
         "spiking": Spiking(config.alpha),
         "decaying": Decaying(config.decay),
     }[config.precision]
-    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile)
+    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile,
+                     parametrisation=config.parametrisation)
 
 
 def _fusable(params: list[torch.nn.Parameter]) -> bool:
