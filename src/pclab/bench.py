@@ -894,7 +894,7 @@ class SpeedConfig:
     """What :func:`run_speed_benchmark` runs.
 
     Args:
-        suites: any of ``target``, ``algorithms``, ``bpti``, ``scaling``, ``memory``, ``pcx``.
+        suites: any of ``target``, ``algorithms``, ``bpti``, ``scaling``, ``memory``, ``pcx``, ``epc``.
         threads: torch intra-op threads.
         rounds: interleaved timing rounds of the target and of ``bpti`` (more: steadier medians).
         chunk: batches per timing chunk of the target and the PCX comparison; ``None``: an epoch.
@@ -920,7 +920,7 @@ class SpeedConfig:
     device: str = "cpu"
 
 
-SUITES = ("target", "algorithms", "bpti", "scaling", "memory", "pcx")
+SUITES = ("target", "algorithms", "bpti", "scaling", "memory", "pcx", "epc")
 
 
 def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -983,6 +983,10 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
             result["scaling"] = scaling(batch=config.batch, steps=config.steps, device=device)
     if "memory" in config.suites:
         result["memory"] = memory(ts=(10, 50) if quick else (10, 20, 50, 100, 200), device=device)
+    if "epc" in config.suites:  # sPC vs ePC: steps and time to equilibrium (pclab.bench_epc)
+        from . import bench_epc
+
+        result["epc"] = bench_epc.run(quick)
     result["compile_seconds"] = compiled.compile_seconds()
     result["wall_seconds"] = time.perf_counter() - started
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -1051,6 +1055,10 @@ def summary(result: dict[str, Any]) -> str:
             if key.startswith("fit_vs_depth"):
                 lines.append(f"  {key}: PC {fits['pc']['intercept']:.2f} + {fits['pc']['slope']:.3f} * depth; "
                              f"BP {fits['bp']['intercept']:.2f} + {fits['bp']['slope']:.3f} * depth")
+    if "epc" in result:
+        from . import bench_epc
+
+        lines.extend(bench_epc.summary(result["epc"]))
     if "memory" in result:
         lines.append("peak memory of one step, MiB (live heap / resident) vs T:")
         for row in result["memory"]["rows"]:

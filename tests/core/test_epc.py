@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pc_testnets import F64, SMOOTH, central_difference, chain, examples, hybrid, one_hot, randn, rel_err, seeded, some_indices
 from torch import nn
 
+from pclab.bench_epc import energy_trace, steps_to_equilibrium
 from pclab.core import (
     PCN,
     SGD,
@@ -260,43 +261,6 @@ def test_trajectory_energy_is_the_state_energy_of_the_recorded_states():
 
 
 # ---------------------------------------------------------------------------------------------- steps to equilibrium
-def energies_per_step(model: PCN, clamp: dict, lrs: list[float], steps: int, error: bool) -> torch.Tensor:
-    """``(steps + 1, len(lrs))`` total energy of ``clamp``'s batch relaxed by plain SGD at each
-    step size, all step sizes at once (the batch repeated once per step size: samples relax
-    independently, so each copy follows its own step size)."""
-    k, batch = len(lrs), next(iter(clamp.values())).shape[0]
-    big = {n: v.repeat(k, *[1] * (v.dim() - 1)) for n, v in clamp.items()}
-    rate = torch.tensor(lrs, dtype=F64).repeat_interleave(batch)[:, None]
-    clamped = frozenset(big)
-    start = model.initial_state(big, "forward")
-    free = free_nodes(model, clamped)
-    out = []
-    with torch.no_grad():
-        if error:
-            problem = ErrorProblem(model, big, free, {n: 1.0 for n in model.error_nodes}, model.clamped_contributions(start, clamped), "manual")
-            variables = {n: torch.zeros_like(start[n]) for n in problem.variables}
-            for _ in range(steps + 1):
-                grads, energies, _, _ = problem.grads(variables, False)
-                out.append(torch.stack(list(energies.values())).sum(0).reshape(k, batch).sum(1))
-                variables = {n: v - rate * grads[n] for n, v in variables.items()}
-        else:
-            values = dict(start)
-            for _ in range(steps + 1):
-                grads, energies = model.latent_grads(values, free, clamped)
-                out.append(torch.stack(list(energies.values())).sum(0).reshape(k, batch).sum(1))
-                values = {n: v - rate * grads[n] if n in grads else v for n, v in values.items()}
-    return torch.stack(out)
-
-
-def steps_to_equilibrium(trace: torch.Tensor, target: float, cap: int) -> tuple[int | None, bool]:
-    """``(first t with E_t - E* <= 1e-3 (E_0 - E*), stable)``; stable: the energy never rises over the cap."""
-    rises = (trace[1:] - trace[:-1]) > 1e-12 * trace.abs().max()
-    stable = not bool(rises.any()) and bool(torch.isfinite(trace).all())
-    hit = (trace - target) <= 1e-3 * (trace[0] - target)
-    first = int(hit.nonzero()[0, 0]) if bool(hit.any()) else None
-    return first, stable
-
-
 def test_epc_reaches_equilibrium_in_at_least_ten_times_fewer_steps_than_spc_on_a_20_layer_chain():
     """float64, 20 layers (width 8, tanh, PyTorch's init, cross-entropy label), input and label
     clamped; each method on a fixed step-size grid, a step size stable if the energy never rises
@@ -306,11 +270,11 @@ def test_epc_reaches_equilibrium_in_at_least_ten_times_fewer_steps_than_spc_on_a
     model = chain([8] * 20 + [4], "tanh", output=CrossEntropy(), seed=0)
     clamp = {"x": randn(2, 8, seed=1), "y": one_hot(torch.tensor([1, 3]), 4)}
     grid = [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0]
-    traces = {error: energies_per_step(model, clamp, grid, cap, error) for error in (True, False)}
+    traces = {error: energy_trace(model, clamp, grid, cap, "error" if error else "state") for error in (True, False)}
     target = float(traces[True].min())
     best = {}
     for error, trace in traces.items():
-        found = [steps_to_equilibrium(trace[:, i], target, cap) for i in range(len(grid))]
+        found = [steps_to_equilibrium(trace[:, i], target) for i in range(len(grid))]
         stable = [t for t, ok in found if ok and t is not None]
         assert stable, f"no stable step size converged ({'ePC' if error else 'sPC'})"
         best[error] = min(stable)
