@@ -261,6 +261,7 @@ def test_trajectory_energy_is_the_state_energy_of_the_recorded_states():
 
 
 # ---------------------------------------------------------------------------------------------- steps to equilibrium
+@pytest.mark.slow
 def test_epc_reaches_equilibrium_in_at_least_ten_times_fewer_steps_than_spc_on_a_20_layer_chain():
     """float64, 20 layers (width 8, tanh, PyTorch's init, cross-entropy label), input and label
     clamped; each method on a fixed step-size grid, a step size stable if the energy never rises
