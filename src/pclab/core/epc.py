@@ -89,10 +89,10 @@ class ErrorProblem:
         self.roots = [n for n in free if not model.incoming[n]]
         self.variables = [n for n in model.order if n in free_set]  # errors and roots, topological order
         self.clamped = frozenset(clamp)
-        # released read-outs: value softmax(mu), no energy
-        self.readouts = [n for n in model.order if n not in self.clamped and n not in free_set]
         self.targets = [n for n in model.error_nodes if n in self.clamped and model.active(n, self.clamped)]
         _check_model(model, self.errors)
+        # membership tests of the per-step loops (the lists keep the order)
+        self._errors, self._roots, self._targets = frozenset(self.errors), frozenset(self.roots), frozenset(self.targets)
 
     def with_constants(self, clamp: Mapping[str, torch.Tensor], cached: Mapping[str, torch.Tensor]) -> ErrorProblem:
         """The same problem reading ``clamp`` and ``cached`` (binomial checkpointing passes them as loop constants)."""
@@ -104,9 +104,9 @@ class ErrorProblem:
         """``(states, predictions)`` of every node from the variables (forward, topological order)."""
         model, values, mu = self.model, dict(self.clamp), {}
         for n in model.order:
-            if n in self.clamped and n not in self.targets:
+            if n in self.clamped and n not in self._targets:
                 continue
-            if n in self.roots:
+            if n in self._roots:
                 values[n] = variables[n]
                 continue
             mu[n] = model._prediction(n, values, self.cached)
@@ -119,10 +119,10 @@ class ErrorProblem:
         """Precision-weighted energy of every active node, each ``(batch,)``."""
         out = {}
         for n in self.model.error_nodes:
-            if n in self.errors:
+            if n in self._errors:
                 e = variables[n]
                 out[n] = self.weights[n] * 0.5 * e.reshape(e.shape[0], -1).pow(2).sum(1)
-            elif n in self.targets:
+            elif n in self._targets:
                 out[n] = self.weights[n] * self.model.nodes[n].energy.value(self.clamp[n], mu[n])
         return out
 
@@ -161,9 +161,9 @@ class ErrorProblem:
         ``dE/de_n = precision * e_n + dE/ds_n`` and ``dE/dr = dE/ds_r`` for a free root."""
         model, values, mu, vjps = self.model, dict(self.clamp), {}, {}
         for n in model.order:
-            if n in self.clamped and n not in self.targets:
+            if n in self.clamped and n not in self._targets:
                 continue
-            if n in self.roots:
+            if n in self._roots:
                 values[n] = variables[n]
                 continue
             total = None
@@ -182,14 +182,14 @@ class ErrorProblem:
         upstream: State = {}  # dE/ds through the node's children
         grads: State = {}
         for n in reversed(model.order):
-            if n in self.targets:
+            if n in self._targets:
                 energy = model.nodes[n].energy
                 signal = self.weights[n] * energy.grad_mu(self.clamp[n], mu[n])
-            elif n in self.errors:
+            elif n in self._errors:
                 signal = upstream.get(n)
                 own = self.weights[n] * variables[n]
                 grads[n] = own if signal is None else own + signal
-            elif n in self.roots:
+            elif n in self._roots:
                 grads[n] = upstream[n] if n in upstream else torch.zeros_like(variables[n])
                 continue
             else:
