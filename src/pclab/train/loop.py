@@ -372,9 +372,9 @@ def _check_position(position: dict[str, Any], history: list[Any], epochs: int, p
     real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     epoch, batch = position["epoch"], position["batch"]
     if not count(epoch) or not 0 <= epoch <= epochs:
-        return f"expected position epoch 0 .. {epochs}, got {_brief(epoch)}"
+        return f"expected position epoch (epochs finished) 0 .. {epochs}, got {_brief(epoch)}"
     if not count(batch) or not 0 <= batch < per_epoch or (batch and epoch == epochs):
-        return f"expected position batch 0 .. {per_epoch - 1} (0 once all {epochs} epochs are done), got {_brief(batch)} in epoch {epoch}"
+        return f"expected position batch (batches done in the epoch) 0 .. {per_epoch - 1}, 0 once all {epochs} epochs are, got {_brief(batch)}"
     if len(history) != epoch or not all(isinstance(h, dict) for h in history):
         return f"expected {epoch} per-epoch records (one per finished epoch), got {len(history)} entries"
     if not batch:
@@ -402,11 +402,17 @@ def _load_states(path: Path, run: Run, state: dict[str, Any]) -> None:
         except Exception as err:  # torch and the rules raise several kinds, with multi-line messages
             raise RunDirError(f"{path}: expected the {name} state of this run's {name}, got one that does not fit "
                               f"({type(err).__name__}: {_brief(err, 300)}); it is damaged, delete it to start the run over") from None
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    for parameter, values in run.rule.optimizer.state.items():  # loaded as given: a shape is checked only at a step
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameter.shape:
+                raise RunDirError(f"{path}: expected optimiser state {key!r} of {names.get(id(parameter), 'a parameter')} of shape "
+                                  f"{tuple(parameter.shape)}, got {tuple(value.shape)}; it is damaged, delete it to start the run over")
 
 
 def _brief(value: Any, limit: int = 80) -> str:
     """``str(value)`` on one line, cut to ``limit`` characters (a file's content may be anything)."""
-    text = " ".join(str(value).split())
+    text = " ".join((repr(value) if isinstance(value, str) else str(value)).split())
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
