@@ -314,8 +314,8 @@ def tune(
         if executor not in ("ray", "serial"):
             raise CommandError(f"--executor: expected 'ray' or 'serial', got {executor!r}")
         out = _out_path(out_) or Path("tune") / (preset or (config.stem if config else "run"))
-        typer.echo(f"searching {', '.join(DEFAULT_SPACE)} with {samples} trials; records in {out / 'trials'}")
         with own_directory(out, STUDY_FOLDERS):  # one search per folder at a time
+            typer.echo(f"searching {', '.join(DEFAULT_SPACE)} with {samples} trials; records in {out / 'trials'}")
             found = search(data, out, samples, metric=metric, mode=mode, address=address, executor=executor, seed=seed)
         summary = found["summary"]
         typer.echo(f"{summary['samples']} trials, {summary['failed']} failed")
