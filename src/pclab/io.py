@@ -5,7 +5,8 @@
   disk, then renamed over the target (``os.replace`` is atomic on POSIX and Windows).
 * Checkpoints are loaded by PyTorch's restricted unpickler (:func:`load_torch`): tensors and plain
   containers only, never code.
-* JSON is strict (RFC 8259): non-finite floats are written as ``null`` (:func:`to_json`).
+* JSON is strict (RFC 8259): non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
+  ``"-Infinity"`` and read back as floats (:func:`to_json`, :func:`read_json`).
 * A run or study directory has one writer at a time (:func:`own_directory`), which alone may
   delete the temporaries a killed writer left there.
 """
@@ -104,33 +105,52 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
     return Path(path)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float (in dicts, lists and tuples) replaced by ``None``."""
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+"""How :func:`to_json` writes the floats strict JSON has no literal for; :func:`read_json` reads
+these three strings back as floats."""
+
+
+def _encode(value: Any) -> Any:
+    """``value`` with every non-finite float (in dicts, lists and tuples) replaced by its name."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    """The inverse of :func:`_encode` (dict keys stay as they are)."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
     return value
 
 
 def _plain(value: Any) -> Any:
-    """A JSON value for what :mod:`json` cannot write: numbers of other types (NumPy's) as numbers
-    (non-finite: ``None``), anything else as its ``str``."""
+    """A JSON value for what :mod:`json` cannot write: numbers of other types (NumPy's) as numbers,
+    anything else as its ``str``."""
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
-        return _finite(float(value))
+        return _encode(float(value))
     return str(value)
 
 
 def to_json(data: Any, **kwargs: Any) -> str:
     """``data`` as strict JSON (RFC 8259), which has no literal for NaN or infinity: a non-finite
-    float is written as ``null`` (``Infinity``/``NaN``, which :func:`json.dumps` writes by default,
-    break other readers). Where the value matters (``failure.json``) the message states it.
-    ``kwargs`` go to :func:`json.dumps`."""
-    return json.dumps(_finite(data), allow_nan=False, default=_plain, **kwargs)
+    float is written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (the literals
+    :func:`json.dumps` writes by default, which other readers refuse). :func:`read_json` and
+    :func:`read_json_lines` turn these strings back into floats, so a record read back equals the
+    one written. ``kwargs`` go to :func:`json.dumps`."""
+    return json.dumps(_encode(data), allow_nan=False, default=_plain, **kwargs)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -140,10 +160,11 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, naming the file when it is missing or corrupt."""
+    """Read a JSON file (non-finite floats as :func:`to_json` writes them), naming the file when it
+    is missing or corrupt."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return _decode(json.loads(path.read_text()))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except json.JSONDecodeError as err:
@@ -223,7 +244,7 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(_decode(json.loads(line)))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break

@@ -6,7 +6,7 @@
   lives; a lock left by a killed process blocks nothing.
 * ``--out`` must name a directory: empty (exit 2) or a file or device (exit 5) is one line.
 * Damaged trial records are reported on one line and their trials run again.
-* Every JSON file is strict (no ``NaN``/``Infinity``).
+* Every JSON file is strict (no ``NaN``/``Infinity`` literals); non-finite floats read back as written.
 """
 
 from __future__ import annotations
@@ -205,19 +205,35 @@ def strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_non_finite_numbers_are_written_as_null(tmp_path):
+def test_non_finite_numbers_are_written_as_strings_and_read_back_as_floats(tmp_path):
     data = {"inf": math.inf, "nan": math.nan, "list": [1.5, -math.inf, (math.nan,)], "numpy": np.float32("nan"),
-            "numpy_ok": np.float64(0.25), "count": np.int64(3), "nested": {"x": {"y": math.inf}}}
+            "numpy_ok": np.float64(0.25), "count": np.int64(3), "nested": {"x": {"y": math.inf}}, "text": "inf"}
     path = write_json(tmp_path / "r.json", data)
-    assert strict(path.read_text()) == {"inf": None, "nan": None, "list": [1.5, None, [None]], "numpy": None,
-                                        "numpy_ok": 0.25, "count": 3, "nested": {"x": {"y": None}}}
-    assert strict(to_json({"a": math.nan})) == {"a": None}
+    assert strict(path.read_text()) == {"inf": "Infinity", "nan": "NaN", "list": [1.5, "-Infinity", ["NaN"]], "numpy": "NaN",
+                                        "numpy_ok": 0.25, "count": 3, "nested": {"x": {"y": "Infinity"}}, "text": "inf"}
+    back = read_json(path)
+    assert back["inf"] == back["nested"]["x"]["y"] == math.inf and back["list"][1] == -math.inf
+    assert math.isnan(back["nan"]) and math.isnan(back["list"][2][0]) and math.isnan(back["numpy"])
+    assert back["text"] == "inf" and back["count"] == 3
+    assert strict(to_json({"a": math.nan})) == {"a": "NaN"}
+
+
+def test_a_trial_result_with_non_finite_values_round_trips(tmp_path):
+    records = run_trials(non_finite, [{"n": 1}], tmp_path, executor="serial")
+    assert records[0]["result"]["steps"] == math.inf and math.isnan(records[0]["result"]["cosine"])
+    strict((tmp_path / "trials" / f"{records[0]['id']}.json").read_text())
+
+
+def non_finite(params: dict) -> dict:
+    """A trial function whose result is not finite (a diverged relaxation's steps, an undefined cosine)."""
+    return {"steps": math.inf, "cosine": math.nan}
 
 
 def test_failure_json_and_metrics_of_a_diverged_run_are_strict(tmp_path, tiny):
     with pytest.raises(DivergenceError, match="energy = nan"):
         train(tiny("inference.lr=60", "inference.steps=20"), tmp_path, progress=False)
     failure = strict((tmp_path / "failure.json").read_text())
-    assert failure["metrics"] == {"energy": None} and "energy = nan" in failure["message"]
+    assert failure["metrics"] == {"energy": "NaN"} and "energy = nan" in failure["message"]
+    assert math.isnan(read_json(tmp_path / "failure.json")["metrics"]["energy"])
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         strict(line)
