@@ -9,7 +9,8 @@ directory) print one line -- what, where, expected, received -- and exit with a 
 2     bad command line or configuration
 3     data missing, damaged or invalid
 4     training diverged (see the run directory's failure.json)
-5     run directory unusable (damaged checkpoint, other config)
+5     run or study directory unusable (damaged or refused checkpoint, other config,
+      not a directory, in use by another pclab process)
 130   interrupted (SIGINT / SIGTERM); ``--resume`` continues
 ====  ==========================================================
 

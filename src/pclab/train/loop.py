@@ -10,8 +10,11 @@ A run directory holds::
                        epoch_seconds (compilation excluded; compile_seconds apart), ...
                        (present only once the run has finished)
     failure.json       what went wrong, if the run failed or diverged (the last good checkpoint is kept)
+    .pclab.lock        locked by the one process writing the run (:func:`pclab.io.own_directory`)
 
-Every file is written atomically (temporary name, then rename). Checkpoints are written after each
+Every file is written atomically (temporary name, then rename). A checkpoint holds tensors and plain
+data only and is loaded without running code (:func:`pclab.io.load_torch`), then checked: keys,
+configuration, position, state shapes. Checkpoints are written after each
 epoch and, within an epoch, every ``checkpoint_every`` batches and every ``checkpoint_seconds``.
 Randomness is derived from ``(seed, epoch)`` and the RNG state is part of a mid-epoch checkpoint,
 so a run resumed from any checkpoint (``resume=True``) ends with exactly the results of an
