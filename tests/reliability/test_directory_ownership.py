@@ -64,7 +64,8 @@ def test_a_run_deletes_its_own_stale_temporaries_and_nothing_else(tmp_path):
     out = tmp_path / "run"
     ours = [out / ".checkpoint.pt.pclab-a1b2c3d4.tmp", out / "telemetry" / ".epoch_001.parquet.pclab-a1b2c3d4.tmp"]
     theirs = [out / ".draft.tmp", out / "notes" / ".draft.tmp", out / "telemetry" / ".draft.tmp",
-              out / "notes" / ".x.pclab-a1b2c3d4.tmp"]  # a folder pclab does not write is not searched
+              out / "notes" / ".x.pclab-a1b2c3d4.tmp",  # a folder pclab does not write is not searched
+              out / "telemetry" / "mine.parquet"]  # only telemetry/epoch_NNN.parquet are pclab's
     for path in ours + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("partial")

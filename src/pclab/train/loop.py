@@ -477,8 +477,9 @@ def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any
         for stale in ("metrics.jsonl", "results.json", "checkpoint.pt"):
             (out / stale).unlink(missing_ok=True)
         if (out / "telemetry").is_dir():
-            for part in (out / "telemetry").glob("*.parquet"):
-                part.unlink()
+            for part in (out / "telemetry").glob("epoch_*.parquet"):
+                if part.stem[len("epoch_"):].isdigit():  # pclab's own names only
+                    part.unlink()
     # the checkpoint is the truth: a crash between it and the metrics line loses no record
     lines = "".join(_json(h) + "\n" for h in history)
     atomic_write(out / "metrics.jsonl", lambda h: h.write(lines))
