@@ -22,9 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import read_json, write_json
+from .io import own_directory, read_json, write_json
 
 TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+STUDY_FOLDERS = ("trials", "tables", "figures")
+"""The sub-folders of a study folder pclab writes (and clears of its own stale temporaries)."""
 
 
 def trial_id(params: dict[str, Any]) -> str:
@@ -51,8 +54,8 @@ def _record(out: Path, params: dict[str, Any], fn: TrialFn, threads: int | None)
 
 
 def load_records(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Finished trial records under ``out/trials``, by id. A damaged record is reported and ignored
-    (the trial reruns)."""
+    """Finished trial records under ``out/trials``, by id. A damaged record (not JSON, or not a
+    record: see :func:`_record_problem`) is reported on one line and ignored (the trial reruns)."""
     records = {}
     folder = Path(out) / "trials"
     for path in sorted(folder.glob("*.json")) if folder.exists() else []:
@@ -61,8 +64,32 @@ def load_records(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
         except ValueError as err:
             print(f"warning: {err}")
             continue
+        problem = _record_problem(record, path.stem)
+        if problem:
+            print(f"warning: {path}: {problem}; the record is damaged and its trial runs again")
+            continue
         records[record["id"]] = record
     return records
+
+
+def _record_problem(record: Any, name: str) -> str | None:
+    """What makes ``record`` (read from ``trials/<name>.json``) not a trial record, or None.
+
+    A record is a mapping with ``id`` (= ``name``), ``params`` (a mapping), ``seconds``, and
+    ``status`` ``"ok"`` with a mapping ``result`` or ``"failed"`` with an ``error`` message."""
+    if not isinstance(record, dict):
+        return f"expected a trial record (a mapping), got {type(record).__name__}"
+    missing = [k for k in ("id", "params", "status", "seconds") if k not in record]
+    if missing:
+        return f"expected a trial record with id, params, status and seconds, got one without {', '.join(missing)}"
+    if record["id"] != name or not isinstance(record["params"], dict):
+        return f"expected id {name!r} and params a mapping, got id {str(record['id'])[:40]!r} and params of type {type(record['params']).__name__}"
+    if record["status"] == "ok":
+        if not isinstance(record.get("result"), dict):
+            return f"expected the result of a finished trial to be a mapping, got {type(record.get('result')).__name__}"
+    elif record["status"] != "failed" or not isinstance(record.get("error"), str):
+        return f"expected status 'ok' with a result or 'failed' with an error, got status {str(record['status'])[:40]!r}"
+    return None
 
 
 def run_trials(
@@ -85,10 +112,20 @@ def run_trials(
         executor: ``"ray"`` or ``"serial"``.
         cpus_per_trial: CPUs Ray reserves per trial (also torch's thread count in the trial).
         retry_failed: run trials recorded as failed again.
+
+    Raises:
+        RunDirError: ``out`` is not a directory, or another pclab process writes it (a lock is
+            held while the trials run).
     """
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor must be 'ray' or 'serial', got {executor!r}")
-    out = Path(out)
+    with own_directory(out, STUDY_FOLDERS):
+        return _run_pending(fn, trials, Path(out), address, executor, cpus_per_trial, retry_failed)
+
+
+def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, address: str | None, executor: str,
+                 cpus_per_trial: int, retry_failed: bool) -> list[dict[str, Any]]:
+    """:func:`run_trials` in a study folder this process owns."""
     ids = [trial_id(p) for p in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials have identical parameters; add a distinguishing field (e.g. seed)")

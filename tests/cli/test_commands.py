@@ -135,7 +135,7 @@ def test_study_command_runs_a_study_module_and_prints_the_report(tmp_path, monke
 
     def run(preset, out, address=None, executor="ray", overrides=None):
         calls.update(preset=preset, out=out, address=address, executor=executor, overrides=overrides)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # made (and locked) by the command
         (out / "report.html").write_text("<html></html>")
         return out / "report.html"
 
