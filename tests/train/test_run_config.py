@@ -85,7 +85,7 @@ def test_config_files_missing_invalid_or_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+    with pytest.raises(ConfigError, match=r"expected a mapping at the top level \(settings such as `epochs: 2`\), got list"):
         load(tmp_path / "list.yaml")
 
 

@@ -58,6 +58,18 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
             )
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
+    model = _network(config, image_shape, classes)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    model = model.to(device=config.device, dtype=dtype)
+    if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
+        models.conv_channels_last(model)
+    return model
+
+
+def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> PCN:
+    """The bare network of ``config.model`` (on the current default device, default dtype)."""
+    m = config.model
+    pixels = math.prod(image_shape)
     if m.kind == "mlp":
         model = models.mlp(m.widths, m.activation, m.output)
         if m.init == "lecun":
@@ -75,11 +87,14 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
         model = vgg_bn(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    model = model.to(device=config.device, dtype=dtype)
-    if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
-        models.conv_channels_last(model)
     return model
+
+
+def parameter_count(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> int:
+    """Number of parameters of the network of ``config.model``, counted without allocating them
+    (the network is built on PyTorch's ``meta`` device: shapes only)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in _network(config, image_shape, classes).parameters())
 
 
 def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
