@@ -423,7 +423,8 @@ def load(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"config file {cut(str(path))}: expected a mapping of settings (e.g. `epochs: 2`), got an empty file")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {cut(str(path))}: expected a mapping at the top level (settings such as `epochs: 2`), got {type(data).__name__}")
+        raise ConfigError(f"config file {cut(str(path))}: expected a mapping at the top level (settings such as `epochs: 2`), "
+                          f"got {type(data).__name__}")
     return data
 
 
