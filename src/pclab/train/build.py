@@ -66,13 +66,14 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
     return model
 
 
-def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> PCN:
-    """The bare network of ``config.model`` (on the current default device, default dtype)."""
+def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int, initialise: bool = True) -> PCN:
+    """The bare network of ``config.model`` (on the current default device, default dtype); ``initialise=False``
+    skips a custom weight init (when only shapes matter)."""
     m = config.model
     pixels = math.prod(image_shape)
     if m.kind == "mlp":
         model = models.mlp(m.widths, m.activation, m.output)
-        if m.init == "lecun":
+        if m.init == "lecun" and initialise:
             lecun_init(model)
     elif m.kind == "generative_mlp":
         model = models.generative_mlp(m.widths, m.activation)
@@ -94,7 +95,7 @@ def parameter_count(config: RunConfig, image_shape: tuple[int, ...], classes: in
     """Number of parameters of the network of ``config.model``, counted without allocating them
     (the network is built on PyTorch's ``meta`` device: shapes only)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in _network(config, image_shape, classes).parameters())
+        return sum(p.numel() for p in _network(config, image_shape, classes, initialise=False).parameters())
 
 
 def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:

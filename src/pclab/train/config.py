@@ -242,13 +242,22 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
     return problems
 
 
+_COUNTS: dict[tuple[str, str], int] = {}
+"""Parameter counts by (model section as JSON, data set): studies validate thousands of configs of a few models."""
+
+
 def _size_problems(c: RunConfig) -> list[str]:
     """A model too large to allocate, found by counting its parameters on PyTorch's meta device."""
     from .build import parameter_count
 
     image_shape, classes = DATA_SHAPES[c.data.dataset]
+    key = (c.model.model_dump_json(), c.data.dataset)  # the shapes depend on nothing else
     try:
-        count = parameter_count(c, image_shape, classes)
+        if key not in _COUNTS:
+            if len(_COUNTS) >= 1024:
+                _COUNTS.clear()
+            _COUNTS[key] = parameter_count(c, image_shape, classes)
+        count = _COUNTS[key]
     except (ValueError, RuntimeError) as err:
         return [f"model: a {c.model.kind} cannot be built for {c.data.dataset} images {image_shape}: {cut(str(err))}"]
     if count > MAX_PARAMETERS:
@@ -304,6 +313,16 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(f"invalid configuration ({source}): expected settings nested at most {MAX_NESTING} deep, got deeper")
     try:
         return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def validate_section(section: type[BaseModel], data: Any, source: str) -> BaseModel:
+    """``section`` (e.g. :class:`InferenceConfig`) from plain data, or a one-line :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration ({cut(source)}): expected a mapping, got {type(data).__name__}")
+    try:
+        return section.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
 

@@ -28,6 +28,7 @@ import copy
 from typing import Any
 
 from ...train.config import ConfigError
+from ..settings import check_settings
 
 _GEN = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _HYB = {"name": "recognise", "clamp": ["x"], "init": "forward"}
@@ -115,7 +116,11 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, A
         raise ConfigError(f"unknown dynamics preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = copy.deepcopy(PRESETS[preset])
     _merge(spec, overrides or {}, "overrides")
+    check_settings("dynamics", spec, PRESETS, positive=_POSITIVE, limits={"test_batch_size": (1, 100_000), "horizon_factor": (1, 100)})
     return spec
+
+
+_POSITIVE = ("test_batches", "test_batch_size", "horizon_factor", "tolerance", "alignment_points")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> None:
