@@ -46,7 +46,7 @@ class CommandError(Exception):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo("error: " + " ".join(str(message).splitlines()), err=True)  # one line, always
     return typer.Exit(code)
 
 
@@ -71,6 +71,11 @@ def _errors() -> Iterator[None]:
     except RunDirError as err:
         _debug()
         raise _fail(str(err), EXIT_RUNDIR) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # unforeseen: still one line and a non-zero exit (PCLAB_DEBUG=1 shows where)
+        _debug()
+        raise _fail(f"unexpected {type(err).__name__}: {str(err)[:300]} (set PCLAB_DEBUG=1 for the traceback)", EXIT_FAILURE) from None
 
 
 def _debug() -> None:
