@@ -46,7 +46,8 @@ class CommandError(Exception):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo("error: " + " ".join(str(message).splitlines()), err=True)  # one line, always
+    line = " ".join(str(message).splitlines())  # one line, always, and of bounded length
+    typer.echo("error: " + (line if len(line) <= 2000 else line[:1997] + "..."), err=True)
     return typer.Exit(code)
 
 

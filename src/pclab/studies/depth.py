@@ -39,7 +39,7 @@ from ..io import load_torch
 from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
 from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
-from ..train.config import DATA_SHAPES, MAX_EPOCHS
+from ..train.config import DATA_SHAPES, MAX_EPOCHS, cut, short
 from .report import Report, plt
 from .settings import check_settings, preflight
 
@@ -491,11 +491,11 @@ def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
     known = set().union(*PRESETS.values()) | _OPTIONAL_KEYS
     for key, value in (overrides or {}).items():
         if key not in known:  # a typo would otherwise be ignored silently
-            raise ConfigError(f"depth study setting {key!r}: unknown; expected one of {sorted(known)}")
+            raise ConfigError(f"depth study setting {short(key)}: unknown; expected one of {sorted(known)}")
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             unknown = sorted(set(value) - set(config[key]))
             if unknown:
-                raise ConfigError(f"depth study setting {key}.{unknown[0]}: unknown; expected one of {sorted(config[key])}")
+                raise ConfigError(f"depth study setting {key}.{cut(str(unknown[0]))}: unknown; expected one of {sorted(config[key])}")
             config[key] = {**config[key], **value}
         else:
             config[key] = value

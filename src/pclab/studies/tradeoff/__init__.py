@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, records_frame, run_trials
-from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError
+from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError, short
 from ..settings import check_settings, preflight
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
@@ -90,15 +90,15 @@ def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[s
     config = copy.deepcopy(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ConfigError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
+            raise ConfigError(f"unknown tradeoff setting {short(key)}; settings are {sorted(config)}")
         config[key] = value
     check_settings("tradeoff", config, PRESETS, positive=_POSITIVE,
                    limits={"lams[]": (0, 1), "steps": (1, MAX_STEPS), "epochs": (1, MAX_EPOCHS), "latents[]": (1, 100_000)})
     unknown = set(config["ways"]) - {"bp", "bpti", "pc"}
     if unknown:
-        raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
+        raise ConfigError(f"tradeoff study setting ways: expected a subset of ['bp', 'bpti', 'pc'], got {short(config['ways'])}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
-        raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
+        raise ConfigError(f"tradeoff study setting lams: expected values in [0, 1], got {short(config['lams'])}")
     config["preset"] = preset
     return config
 
