@@ -58,6 +58,7 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
             )
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
+    check_memory(config, image_shape, classes)
     model = _network(config, image_shape, classes)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=config.device, dtype=dtype)
@@ -89,6 +90,36 @@ def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int, init
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
     return model
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes of memory available for new tensors on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on the
+    CPU (Linux), the free memory of a CUDA device; None where unknown."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if device == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_memory(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> None:
+    """ConfigError, before anything is allocated, if training the model of ``config`` needs more memory than
+    the device has available: its parameters (counted on the meta device) times 4 -- weights, gradients and
+    an optimiser's two moments -- at 4 or 8 bytes each. Activations come on top; this is a lower bound."""
+    available = available_memory(config.device)
+    if available is None:
+        return
+    count = parameter_count(config, image_shape, classes)
+    needed = count * (8 if config.dtype == "float64" else 4) * 4
+    if needed > available:
+        raise ConfigError(f"model: expected to fit in the {available / 1e9:.3g} GB available on {config.device}, got {count:.3g} parameters "
+                          f"needing at least {needed / 1e9:.3g} GB to train (weights, gradients and two optimiser moments)")
 
 
 def parameter_count(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> int:
