@@ -84,3 +84,14 @@ def test_a_bad_initial_state_names_the_node(initial, needle):
         relax(classifier(), {"x": torch.zeros(2, 4)}, Inference(steps=2), initial=initial)
     good = {"h": torch.zeros(2, 3), "y": torch.zeros(2, 2)}
     assert relax(classifier(), {"x": torch.zeros(2, 4)}, Inference(steps=2), initial=good).values["h"].shape == (2, 3)
+
+
+def test_the_final_check_tells_large_finite_values_from_non_finite_ones():
+    from pclab.core.relax import Relaxed, _finite
+
+    net, inference = classifier(), Inference(steps=1)
+    large = Relaxed({"x": torch.full((2, 4), 1e30), "h": torch.zeros(2, 3), "y": torch.zeros(2, 2)}, {}, frozenset({"x"}), 1)
+    assert _finite(net, large, inference) is large  # the L2 norm overflows float32; every entry is finite
+    large.values["y"][1, 0] = float("-inf")
+    with pytest.raises(FloatingPointError, match="node 'y' holds NaN or Inf"):
+        _finite(net, large, inference)

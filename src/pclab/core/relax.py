@@ -301,15 +301,18 @@ def relax(
 
 
 def _finite(model: PCN, result: Relaxed, inference: Inference) -> Relaxed:
-    """``result``, after one check that every final value is finite (``inference.check_finite``):
-    the largest |value| of each node by one foreach kernel and one synchronisation."""
+    """``result``, after one check that every final value is finite (``inference.check_finite``): the L2
+    norm of each node by one foreach kernel and one synchronisation (a finite norm means finite entries);
+    only if a norm is not finite (NaN, Inf, or an overflow of the norm itself) are the entries inspected."""
     if not inference.check_finite or not result.values:
         return result
-    values = [v.detach() for v in result.values.values()]
+    values = [v.detach() for v in result.values.values() if v.numel()]
     with torch.no_grad():
-        if bool(torch.stack([m.float() for m in torch._foreach_norm(values, float("inf"))]).isfinite().all()):
+        if not values or bool(torch.stack([n.float() for n in torch._foreach_norm(values)]).isfinite().all()):
             return result
-    name = next(n for n, v in result.values.items() if not bool(torch.isfinite(v.detach()).all()))
+        name = next((n for n, v in result.values.items() if not bool(torch.isfinite(v.detach()).all())), None)
+    if name is None:  # large but finite values: the norm overflowed
+        return result
     raise FloatingPointError(f"relax: node {name!r} holds NaN or Inf after {result.steps} inference steps (expected finite values); "
                              f"lower the latent step size (the inference optimizer's lr) or check the clamped values")
 
