@@ -81,12 +81,13 @@ def yaml_files(draw) -> bytes:
     """YAML text: settings (some nested, some misplaced), with aliases, duplicates, depth or junk mixed in."""
     lines = []
     for _ in range(draw(st.integers(0, 6))):
-        key = draw(keys)
+        key, value = draw(keys), draw(values)
+        value = value.splitlines()[0] if value.strip() else value  # one YAML line
         if "." in key and draw(st.booleans()):
             section, field = key.split(".", 1)
-            lines += [f"{section}:", f"  {field}: {draw(values).splitlines()[0] if draw(values) else ''}"]
+            lines += [f"{section}:", f"  {field}: {value}"]
         else:
-            lines.append(f"{key}: {draw(values).splitlines()[0] if draw(values) else ''}")
+            lines.append(f"{key}: {value}")
     extra = draw(st.sampled_from(["", "bomb", "dup", "deep", "binary", "comment", "list", "huge"]))
     if extra == "bomb":
         lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]", "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]", "c: &c [*b, *b, *b, *b, *b, *b]", *lines]
