@@ -47,7 +47,8 @@ class CommandError(Exception):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    line = " ".join(str(message).splitlines())  # one line, always, and of bounded length
+    typer.echo("error: " + (line if len(line) <= 2000 else line[:1997] + "..."), err=True)
     return typer.Exit(code)
 
 
@@ -72,6 +73,11 @@ def _errors() -> Iterator[None]:
     except RunDirError as err:
         _debug()
         raise _fail(str(err), EXIT_RUNDIR) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # unforeseen: still one line and a non-zero exit (PCLAB_DEBUG=1 shows where)
+        _debug()
+        raise _fail(f"unexpected {type(err).__name__}: {str(err)[:300]} (set PCLAB_DEBUG=1 for the traceback)", EXIT_FAILURE) from None
 
 
 def _debug() -> None:

@@ -160,6 +160,10 @@ def test_pc_learning_step_descends_the_gradient_of_its_weight_energy(setup):
     """``PCLearning.step`` (with any fast path it takes) moves the parameters by
     ``-lr * d weight_energy / d theta`` at the relaxed state of the reference (autograd) path."""
     model, batch, inference, forward_update = setup
+    if "y" not in batch:  # from the feed-forward start nothing has an error: refused, not a silent no-op
+        with pytest.raises(ValueError, match="expected the batch to clamp a node that has a prediction"):
+            PCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.5), forward_update=forward_update).step(batch)
+        return
     reference_inference = Inference(
         steps=inference.steps, optimizer=inference.optimizer, fixed_prediction=inference.fixed_prediction, method="autograd",
     )
@@ -178,13 +182,14 @@ def test_pc_learning_step_descends_the_gradient_of_its_weight_energy(setup):
 
 @pytest.mark.parametrize("rule_cls", [PCLearning, IncrementalPC])
 @pytest.mark.parametrize("method", ["auto", "autograd"])
-def test_pc_rules_on_a_batch_without_energy_leave_the_parameters_unchanged(rule_cls, method):
+def test_pc_rules_on_a_batch_without_energy_refuse_it_and_leave_the_parameters_unchanged(rule_cls, method):
     """Only the input of a one-layer classifier clamped: the released label is a read-out, no
-    node has energy, the weight gradient is zero and a step changes nothing (whichever path)."""
+    node has energy, a step would learn nothing: refused, naming the missing label (whichever path)."""
     model = chain([3, 4], "identity", output=CrossEntropy(), seed=20)
     before = [p.detach().clone() for p in model.parameters()]
     rule = rule_cls(model, Inference(steps=2, method=method), torch.optim.SGD(model.parameters(), lr=0.1))
-    assert rule.step({"x": randn(5, 3, seed=21)})["energy"] == 0.0
+    with pytest.raises(ValueError, match=rf"{rule_cls.__name__}.step: expected the batch to clamp a node that has a prediction, e.g. \['y'\]"):
+        rule.step({"x": randn(5, 3, seed=21)})
     for b, p in zip(before, model.parameters()):
         assert torch.equal(b, p.detach())
 

@@ -95,6 +95,23 @@ class LearningRule:
         """Learn from one batch; return scalar metrics (energies, losses)."""
         raise NotImplementedError
 
+    def _check_learns(self, batch: Batch, inference: Inference) -> None:
+        """ValueError if the batch clamps no node that has a prediction while relaxation starts from the
+        feed-forward pass (e.g. a classifier's batch without its label): every prediction error is then 0
+        and the step would learn nothing. Checked once per set of batch keys."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{type(self).__name__}.step: expected a batch mapping node name -> tensor, got {type(batch).__name__}")
+        clamped = frozenset(batch)
+        if self.__dict__.get("_learning_clamp") == clamped:
+            return
+        model = self.model
+        targets = [n for n in model.error_nodes if n in clamped and model.active(n, clamped)]
+        if not targets and inference.init == "forward" and not model.amortisers:
+            missing = [n for n in model.error_nodes if not model.outgoing[n] and n not in clamped] or list(model.error_nodes)
+            raise ValueError(f"{type(self).__name__}.step: expected the batch to clamp a node that has a prediction, e.g. {missing}; "
+                             f"got only {sorted(clamped)}: from the feed-forward start every prediction error is 0 and nothing would learn")
+        self._learning_clamp = clamped
+
     def _chain_plan(self, inference: Inference, batch: Batch) -> dense.Plan | None:
         """The Dense-chain plan of relaxing ``batch`` from the feed-forward pass, or ``None`` when
         the model is not such a chain; kept until the inference, the clamped nodes or the
@@ -184,6 +201,7 @@ class PCLearning(LearningRule):
         return energy
 
     def step(self, batch: Batch) -> dict[str, float]:
+        self._check_learns(batch, self.inference)
         inference = self.inference
         if inference.compile:
             energy = self._compiled_step(batch)
@@ -257,6 +275,7 @@ class IncrementalPC(LearningRule):
         self.inference = inference
 
     def step(self, batch: Batch) -> dict[str, float]:
+        self._check_learns(batch, self.inference)
         energy = self._chain_step(batch)
         if energy is None:
             energy = self._general_step(batch)
@@ -322,6 +341,7 @@ class ZeroDivergenceIL(LearningRule):
         self.inference = Inference(steps=model.num_layers, optimizer=SGD(lr=1.0), init="forward")
 
     def step(self, batch: Batch) -> dict[str, float]:
+        self._check_learns(batch, self.inference)
         clamped = frozenset(batch)
         model = self.model
         self.optimizer.zero_grad(set_to_none=True)

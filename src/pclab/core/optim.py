@@ -10,6 +10,7 @@ differentiable).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,8 +46,8 @@ class SGD:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0):
-            raise ValueError(f"latent SGD lr must be > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not (0 < self.lr < math.inf):
+            raise ValueError(f"latent SGD lr: expected a finite number > 0, got {self.lr!r}")
         if not (0.0 <= self.momentum < 1.0):
             raise ValueError(f"latent SGD momentum must be in [0, 1), got {self.momentum!r}")
         if self.nesterov and self.momentum == 0.0:
@@ -79,8 +80,8 @@ class Adam:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0):
-            raise ValueError(f"latent Adam lr must be > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not (0 < self.lr < math.inf):
+            raise ValueError(f"latent Adam lr: expected a finite number > 0, got {self.lr!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"latent Adam betas must be in [0, 1), got {self.betas!r}")
 

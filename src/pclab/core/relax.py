@@ -50,6 +50,9 @@ class Inference:
             their gradient -- as one compiled graph per step (:func:`pclab.core.compiled.latent_grads`),
             in non-differentiable relaxations whose edge modules neither sample nor move running
             statistics; everything else runs the eager code.
+        check_finite: :func:`relax` raises ``FloatingPointError`` naming the first node whose final
+            values hold NaN or Inf (one check after the last step). ``False`` returns them as they are,
+            for callers that diagnose divergence themselves (the training loop).
     """
 
     steps: int = 20
@@ -60,9 +63,10 @@ class Inference:
     fixed_prediction: bool = False
     method: str = "auto"
     compile: bool = False
+    check_finite: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 0:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"inference steps must be an integer >= 0, got {self.steps!r}")
         if self.init not in ("forward", "zeros", "random"):
             raise ValueError(f"inference init must be 'forward', 'zeros' or 'random', got {self.init!r}")
@@ -197,6 +201,8 @@ def relax(
     ``inference.compile`` a compiled graph) unless ``record``, ``on_step``, a tolerance,
     ``truncate``, ``checkpoint_steps`` or ``checkpoint_slots`` ask for the general code.
     """
+    if initial is not None:
+        model.check_state(initial, clamp, "relax initial")
     if truncate is not None and not (isinstance(truncate, int) and truncate >= 0):
         raise ValueError(f"truncate must be an integer >= 0 or None, got {truncate!r}")
     if (truncate is not None or checkpoint_steps or checkpoint_slots is not None) and not differentiable:
@@ -208,13 +214,13 @@ def relax(
             raise ValueError("checkpoint_steps and checkpoint_slots are two checkpointing schemes; choose one")
         if record or on_step is not None:
             raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
-        return _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator)
+        return _finite(model, _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator), inference)
     clamped = frozenset(clamp)
     general = record or on_step is not None or inference.tolerance is not None or truncate is not None or checkpoint_steps
     if not general:  # the Dense-chain fast path (differentiable too: autograd through its ops)
         structure = fast_chain(model, inference)
         if structure is not None:
-            return _relax_chain(model, structure, clamp, inference, initial, generator, differentiable)
+            return _finite(model, _relax_chain(model, structure, clamp, inference, initial, generator, differentiable), inference)
     with torch.set_grad_enabled(differentiable):
         if initial is None:
             initial = model.initial_state(clamp, inference.init, generator)
@@ -291,8 +297,24 @@ def relax(
         if trajectory is not None:
             measure(taken, values)
         values = _release_readouts(model, values, clamped, sources)
-    result = Relaxed(values, initial, clamped, taken, trajectory)
-    return result
+    return _finite(model, Relaxed(values, initial, clamped, taken, trajectory), inference)
+
+
+def _finite(model: PCN, result: Relaxed, inference: Inference) -> Relaxed:
+    """``result``, after one check that every final value is finite (``inference.check_finite``): the L2
+    norm of each node by one foreach kernel and one synchronisation (a finite norm means finite entries);
+    only if a norm is not finite (NaN, Inf, or an overflow of the norm itself) are the entries inspected."""
+    if not inference.check_finite or not result.values:
+        return result
+    values = [v.detach() for v in result.values.values() if v.numel()]
+    with torch.no_grad():
+        if not values or bool(torch.stack([n.float() for n in torch._foreach_norm(values)]).isfinite().all()):
+            return result
+        name = next((n for n, v in result.values.items() if not bool(torch.isfinite(v.detach()).all())), None)
+    if name is None:  # large but finite values: the norm overflowed
+        return result
+    raise FloatingPointError(f"relax: node {name!r} holds NaN or Inf after {result.steps} inference steps (expected finite values); "
+                             f"lower the latent step size (the inference optimizer's lr) or check the clamped values")
 
 
 def _relax_binomial(

@@ -23,6 +23,7 @@ schedule's unit spike visit every layer.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -38,7 +39,9 @@ from ..io import load_torch
 from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
 from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
+from ..train.config import DATA_SHAPES, MAX_EPOCHS, cut, short
 from .report import Report, plt
+from .settings import check_settings, preflight
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "pc": {"rule": "pc", "precision": "constant", "forward_update": False},
@@ -239,7 +242,8 @@ def mupc_trial(p: dict[str, Any]) -> dict[str, Any]:
     model = residual_mlp(dim, p["width"], p["depth"], classes, "relu", p["parameterisation"], output="gaussian")
     optimizer = torch.optim.Adam(model.parameters(), p["param_lr"])
     if p["rule"] == "pc":
-        inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward")
+        inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward",
+                              check_finite=False)  # a divergence is a result here
         rule = PCLearning(model, inference, optimizer)
     else:
         rule = Backprop(model, optimizer, TaskLoss(reconstruct={"y": 1.0}), ("x",))
@@ -487,15 +491,36 @@ def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
     known = set().union(*PRESETS.values()) | _OPTIONAL_KEYS
     for key, value in (overrides or {}).items():
         if key not in known:  # a typo would otherwise be ignored silently
-            raise ConfigError(f"depth study setting {key!r}: unknown; expected one of {sorted(known)}")
+            raise ConfigError(f"depth study setting {short(key)}: unknown; expected one of {sorted(known)}")
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             unknown = sorted(set(value) - set(config[key]))
             if unknown:
-                raise ConfigError(f"depth study setting {key}.{unknown[0]}: unknown; expected one of {sorted(config[key])}")
+                raise ConfigError(f"depth study setting {key}.{cut(str(unknown[0]))}: unknown; expected one of {sorted(config[key])}")
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    check_settings("depth", config, {**PRESETS, "optional": {"vgg_variants": [], "vgg_width": 16, "fix_depth": 15, "fix_variants": []}},
+                   positive=_POSITIVE, limits=_LIMITS)
     return config
+
+
+_POSITIVE = ("depths[]", "epochs", "train_subset", "test_subset", "diagnostic_depth", "vgg_depths[]", "vgg_width", "fix_depth",
+             "training.width", "training.batch_size", "training.latent_lr", "training.lr_pc", "training.lr_bp", "mupc.width",
+             "mupc.depth", "mupc.iterations", "mupc.batch_size", "mupc.latent_lr", "mupc.param_lr", "mupc.test_every",
+             "mupc.test_subset", "mupc.train_subset")
+_LIMITS = {"depths[]": (2, 1000), "vgg_depths[]": (2, 1000), "epochs": (1, MAX_EPOCHS), "mupc.depth": (2, 1000),
+           "mupc.iterations": (1, 10**6), "training.width": (1, 100_000), "mupc.width": (1, 100_000), "vgg_width": (1, 4096)}
+
+
+def check_trials(config: dict[str, Any], out: Path) -> int:
+    """Validate the run configuration of every accuracy trial before any trial starts; returns how many."""
+    items = []
+    for p in trials(config, out):
+        if p["kind"] == "accuracy":
+            (c, h, w), classes = DATA_SHAPES.get(p["dataset"], ((1, 1, 1), 10))
+            label = f"{p['dataset']} {p['model']} depth {p['depth']} {p['variant']} seed {p['seed']}"
+            items.append((label, functools.partial(_config, p, c * h * w, classes)))
+    return preflight("depth", items)
 
 
 _OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
@@ -506,6 +531,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     """Run the depth study (skipping finished trials) and write ``out/report.html``."""
     out = Path(out)
     config = _resolve(preset, overrides)
+    check_trials(config, out)
     records = run_trials(run_trial, trials(config, out), out, address=address, executor=executor)
     report = Report(f"Depth study ({preset}): deep PCNs, from failure to backprop accuracy", out,
                     {"preset": preset, **config})

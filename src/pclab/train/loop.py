@@ -604,15 +604,15 @@ def _results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]
 
 def load_run(out: str | Path) -> tuple[RunConfig, Run]:
     """The config and trained model of a run directory (from its checkpoint)."""
-    from .config import validate
+    from .config import load, validate
 
     out = Path(out)
     if not (out / "config.yaml").is_file():
         found = "a folder without one" if out.is_dir() else "no such folder"
         raise RunDirError(f"{out}: expected a pclab run directory (with config.yaml), got {found}")
     try:
-        data = yaml.safe_load((out / "config.yaml").read_text())
-    except yaml.YAMLError as err:
+        data = load(out / "config.yaml")  # the restricted loader: no aliases, bounded size and depth
+    except ConfigError as err:
         raise RunDirError(f"{out / 'config.yaml'}: damaged ({err})") from None
     config = validate(data, str(out / "config.yaml"))
     if not (out / "checkpoint.pt").is_file():

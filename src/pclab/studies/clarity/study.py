@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, run_trials
+from ...train import validate
+from ...train.config import DATA_SHAPES, MAX_EPOCHS, MAX_STEPS, ConfigError, InferenceConfig, validate_section
+from ..settings import check_settings, preflight
 from .inversion import InversionConfig
 from .reporting import write_report
 from .trials import run_trial
@@ -106,27 +109,55 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_POSITIVE = ("images", "grid_images", "width_test.images", "width_test.widths[]", "inversion.steps", "inversion.lr", "native.steps",
+             "native.lr", "training.batch_size", "training.train_subset", "training.test_subset", "training.epochs")
+_LIMITS = {"images": (1, 10_000), "width_test.images": (1, 10_000), "grid_images": (1, 64), "width_test.widths[]": (1, 100_000),
+           "inversion.steps": (1, MAX_STEPS), "native.steps": (1, MAX_STEPS), "training.epochs": (1, MAX_EPOCHS)}
+
+
 def resolve(preset: str, overrides: dict[str, Any] | None = None, runs: list[Path] | None = None) -> dict[str, Any]:
     """The study configuration: ``PRESETS[preset]`` with ``overrides`` merged in (nested dicts merge,
     except ``architectures``, ``rules`` and ``extra_models``, which replace). ``runs`` (or
-    ``overrides["runs"]``) lists run directories to study instead of training the default models."""
+    ``overrides["runs"]``) lists run directories to study instead of training the default models.
+
+    Settings are checked against the presets' shape (:func:`pclab.studies.settings.check_settings`);
+    :class:`~pclab.train.ConfigError` names the first bad one."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown clarity preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"clarity --preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     overrides = dict(overrides or {})
     given = overrides.pop("runs", None)
     if runs is not None and given is not None:
-        raise ValueError("give run directories either as runs=... or as overrides['runs'], not both")
-    unknown = set(overrides) - set(PRESETS[preset])
-    if unknown:
-        raise ValueError(f"unknown clarity settings {sorted(unknown)}; expected some of {sorted(PRESETS[preset])}")
+        raise ConfigError("clarity runs: give run directories either as runs=... or as overrides['runs'], not both")
     config = _merge(PRESETS[preset], overrides)
-    InversionConfig.from_dict(config["inversion"])  # fail before any work
+    check_settings("clarity", config, PRESETS, positive=_POSITIVE, signed=("inversion.init_mean",), limits=_LIMITS,
+                   open_keys=("architectures", "rules", "extra_models"))
+    try:
+        InversionConfig.from_dict(config["inversion"])  # fail before any work
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"clarity study setting inversion: {' '.join(str(err).split())[:300]}") from None
+    if given is not None and not (isinstance(given, list) and all(isinstance(p, str) for p in given)):
+        raise ConfigError(f"clarity study setting runs: expected a list of run directories, got {given!r}"[:300])
     paths = runs if runs is not None else given
     config["runs"] = [str(Path(p).resolve()) for p in paths] if paths else []
     for p in config["runs"]:
         if not (Path(p) / "config.yaml").exists() or not (Path(p) / "checkpoint.pt").exists():
-            raise ValueError(f"run directory {p} is not a finished pclab run (needs config.yaml and checkpoint.pt)")
+            raise ConfigError(f"run directory {p} is not a finished pclab run: expected config.yaml and checkpoint.pt in it")
     return config
+
+
+def check_trials(config: dict[str, Any]) -> int:
+    """Validate what every trial of a resolved configuration builds first (run configs, the relaxation
+    of the PCN route, the width test's chains) before any trial starts; returns how many checks ran."""
+    items: list[tuple[str, Any]] = [("native", functools.partial(validate_section, InferenceConfig, config["native"], "clarity native"))]
+    for t in trials(config):
+        if t["kind"] == "model" and "train" in t["source"]:
+            items.append((f"{t['label']} seed {t['seed']}", functools.partial(validate, t["source"]["train"], f"clarity model {t['label']}")))
+        elif t["kind"] == "width":
+            (c, h, w), classes = DATA_SHAPES.get(t["dataset"], ((1, 1, 1), 1))
+            data = {"model": {"kind": "mlp", "widths": [c * h * w, t["width"], classes], "activation": t["activation"]},
+                    "data": {"dataset": t["dataset"]}, "seed": t["seed"]}
+            items.append((f"width {t['width']} seed {t['seed']}", functools.partial(validate, data, f"clarity width test {t['width']}")))
+    return preflight("clarity", items)
 
 
 def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -203,6 +234,7 @@ def run(
     """
     out = Path(out)
     config = resolve(preset, overrides, runs)
+    check_trials(config)
     config["preset"] = preset
     records = run_trials(functools.partial(run_trial, out=str(out.resolve())), trials(config), out,
                          address=address, executor=executor)

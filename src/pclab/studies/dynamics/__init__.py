@@ -20,6 +20,7 @@ Modules: :mod:`.presets` (presets, trials), :mod:`.trial` (one trial), :mod:`.me
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -30,10 +31,11 @@ import pandas as pd
 
 from ...sweep import failures, run_trials, trial_id
 from ..report import Report
+from ..settings import preflight
 from . import analysis, figures
 from .metrics import DIVERGE_FACTOR, MOVE_THRESHOLD
 from .presets import PRESETS, resolve, trials
-from .trial import run_trial
+from .trial import run_config, run_trial
 
 __all__ = ["PRESETS", "run", "run_trial"]
 
@@ -52,6 +54,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     spec = resolve(preset, overrides)
     out = Path(out).resolve()
     params = trials(spec, str(out))
+    preflight("dynamics", [(f"{t['family']}/{t['rule']} seed {t['seed']}", functools.partial(run_config, t)) for t in params])
     records = run_trials(run_trial, params, out, address=address, executor=executor)
     report = Report(f"pclab study: inference dynamics of PC- vs backprop-trained PCNs ({preset})", out,
                     {"preset": preset, "overrides": overrides or {}, **spec})

@@ -16,16 +16,18 @@ Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("qui
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, records_frame, run_trials
-from ...train.config import ConfigError
+from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError, short
+from ..settings import check_settings, preflight
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import run_trial
+from .training import run_config, run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
@@ -76,6 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 epochs, batch_size, lr, steps, latent_lr, train_subset, test_subset, probe_subset
 (every run); grid_slices ([complexity, d] pairs whose first seed stores reconstructions)."""
 
+_POSITIVE = ("lr", "steps", "latent_lr", "probe_subset", "latents[]", "epochs", "batch_size", "train_subset", "test_subset")
 _GRID = ("datasets", "ways", "complexities", "latents", "lams", "seeds")
 _PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "train_subset", "test_subset", "probe_subset")
 
@@ -87,13 +90,15 @@ def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[s
     config = copy.deepcopy(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ConfigError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
+            raise ConfigError(f"unknown tradeoff setting {short(key)}; settings are {sorted(config)}")
         config[key] = value
+    check_settings("tradeoff", config, PRESETS, positive=_POSITIVE,
+                   limits={"lams[]": (0, 1), "steps": (1, MAX_STEPS), "epochs": (1, MAX_EPOCHS), "latents[]": (1, 100_000)})
     unknown = set(config["ways"]) - {"bp", "bpti", "pc"}
     if unknown:
-        raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
+        raise ConfigError(f"tradeoff study setting ways: expected a subset of ['bp', 'bpti', 'pc'], got {short(config['ways'])}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
-        raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
+        raise ConfigError(f"tradeoff study setting lams: expected values in [0, 1], got {short(config['lams'])}")
     config["preset"] = preset
     return config
 
@@ -121,6 +126,10 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=_cost, reverse=True)  # stable: grid order within equal cost
 
 
+def _label(p: dict[str, Any]) -> str:
+    return f"{p['dataset']} {p['way']} {p['complexity']} d={p['latent']} lam={p['lam']} seed {p['seed']}"
+
+
 def run(
     preset: str,
     out: Path,
@@ -139,7 +148,9 @@ def run(
     """
     config = study_config(preset, overrides)
     out = Path(out)
-    records = run_trials(run_trial, trials(config), out, address=address, executor=executor)
+    params = trials(config)
+    preflight("tradeoff", [(_label(p), functools.partial(run_config, p)) for p in params])
+    records = run_trials(run_trial, params, out, address=address, executor=executor)
     return build_report(config, records_frame(records), failures(records), out)
 
 
