@@ -19,7 +19,7 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     report = depth.run("tiny", tmp_path, executor="serial")
     assert report == tmp_path / "report.html" and report.exists()
     html = report.read_text()
-    for text in ("Accuracy vs depth", "Diagnostics", "muPC", "Summary (from this run"):
+    for text in ("Accuracy vs depth", "Diagnostics", "muPC", "Findings"):
         assert text in html
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     preset = depth.PRESETS["tiny"]

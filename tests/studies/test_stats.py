@@ -77,3 +77,10 @@ def test_coverage_of_the_95_interval_is_about_95_percent():
     rng = np.random.default_rng(0)
     covered = sum((lambda i: i.low <= 1.5 <= i.high)(mean_interval(rng.normal(1.5, 1.0, size=5))) for _ in range(4000))
     assert covered / 4000 == pytest.approx(0.95, abs=0.015)
+
+
+def test_a_bounded_quantity_keeps_its_interval_inside_its_range():
+    got = Interval(0.97, 0.81, 1.12, 2).clipped(-1.0, 1.0)
+    assert (got.mean, got.low, got.high, got.n) == (0.97, 0.81, 1.0, 2)
+    assert describe(got, unit="", digits=3, within=None, null="no detectable alignment") == "+0.970 (95 % CI +0.810 to +1.000, n=2 seeds)"
+    assert "no detectable alignment" in describe(Interval(0.1, -0.2, 0.4, 3), unit="", within=None, null="no detectable alignment")

@@ -20,7 +20,7 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     report = tradeoff.run("tiny", tmp_path, executor="serial")
     assert report.exists()
     html = report.read_text()
-    for needle in ("Pareto fronts", "trade-off curves vs lam", "reconstructions across lam", "Summary", "paper_lambda"):
+    for needle in ("Findings", "Pareto fronts", "Trade-off curves vs lam", "Reconstructions across lam", "paper_lambda"):
         assert needle in html
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     config = tradeoff.PRESETS["tiny"]
@@ -31,7 +31,7 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     assert runs.groupby(["way", "seed"])["pareto_optimal"].any().all()  # every front has a point
     gaps = pd.read_csv(tmp_path / "tables" / "tradeoff_gaps.csv")
     assert set(gaps["way"]) == {"bp", "bpti", "pc"}
-    for name in ("pareto_digits", "lam_digits", "grid_digits_small_d2"):
+    for name in ("pareto", "pareto_probes", "lam", "lam_probes", "grid_digits_small_d2"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
     # a second call skips the finished runs and rewrites the same table
     tradeoff.run("tiny", tmp_path, executor="serial")

@@ -163,6 +163,7 @@ class Report:
         """The Findings box: claims with their number and interval, generated from this run's numbers.
         Beyond :data:`MAX_FINDINGS` sentences the rest are listed with the statements."""
         for sentence in sentences:
+            sentence = sentence[:1].upper() + sentence[1:]
             (self.finding_lines if len(self.finding_lines) < MAX_FINDINGS else self.statement_lines).append(sentence)
 
     def statements(self, lines: list[str]) -> None:

@@ -9,6 +9,7 @@ does: "no detectable difference" when it contains zero, "within 1 point" only wh
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ class Interval:
     def contains_zero(self) -> bool:
         """True when the interval includes 0 (False when it cannot be computed)."""
         return self.computable and self.low <= 0.0 <= self.high
+
+    def clipped(self, low: float, high: float) -> Interval:
+        """The interval cut to a quantity's range (e.g. ``[-1, 1]`` for a cosine): a t-interval of a
+        bounded quantity can reach past its bounds."""
+        return Interval(self.mean, min(max(self.low, low), high), max(min(self.high, high), low), self.n, self.confidence)
 
     def within(self, bound: float) -> bool:
         """True when the whole interval lies inside ``[-bound, bound]``."""
@@ -75,34 +81,37 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     return mean_interval([float(x) - float(y) for x, y in zip(a, b)], confidence)
 
 
-def _number(value: float, digits: int) -> str:
-    return f"{value:+.{digits}f}"
+def _number(value: float, digits: int, signed: bool = True) -> str:
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def describe(interval: Interval, unit: str = "points", digits: int = 2, within: float | None = 1.0, over: str = "seeds") -> str:
+def describe(interval: Interval, unit: str = "points", digits: int = 2, within: float | None = 1.0, over: str = "seeds",
+             null: str = "no detectable difference", signed: bool = True) -> str:
     """The number and what it supports, e.g. ``"+0.42 points (95 % CI -0.31 to +1.15, n=3 seeds):
     no detectable difference"``.
 
     ``within`` (same unit): also say "within <within> <unit>" when the interval lies inside
-    ``+-within``; ``None`` never does.
+    ``+-within``; ``None`` never does. ``null``: what an interval containing zero means (for a
+    quantity that is not a difference, e.g. "no detectable alignment" for a mean cosine). ``signed``:
+    print a ``+`` on positive numbers (differences); False for levels such as an accuracy.
     """
+    sign = functools.partial(_number, digits=digits, signed=signed)
     unit_text = f" {unit}" if unit else ""
     if interval.n == 0:
         return "no paired result"
     if not interval.computable:
-        return f"{_number(interval.mean, digits)}{unit_text} (n={interval.n}: the interval cannot be computed from one {over[:-1] if over.endswith('s') else over})"
+        return f"{sign(interval.mean)}{unit_text} (n={interval.n}: the interval cannot be computed from one {over[:-1] if over.endswith('s') else over})"
     level = f"{100 * interval.confidence:g} % CI"
-    text = (f"{_number(interval.mean, digits)}{unit_text} ({level} {_number(interval.low, digits)} to "
-            f"{_number(interval.high, digits)}, n={interval.n} {over})")
+    text = f"{sign(interval.mean)}{unit_text} ({level} {sign(interval.low)} to {sign(interval.high)}, n={interval.n} {over})"
     verdicts = []
     if interval.contains_zero():
-        verdicts.append("no detectable difference")
+        verdicts.append(null)
     if within is not None and interval.within(within):
         verdicts.append(f"within {within:g}{unit_text.rstrip('s') if within == 1 else unit_text}")
     return text + (": " + ", ".join(verdicts) if verdicts else "")
 
 
 def claim(subject: str, interval: Interval, unit: str = "points", digits: int = 2, within: float | None = 1.0,
-          over: str = "seeds") -> str:
+          over: str = "seeds", null: str = "no detectable difference", signed: bool = True) -> str:
     """One Findings sentence: ``"<subject>: <describe(...)>."``."""
-    return f"{subject}: {describe(interval, unit, digits, within, over)}."
+    return f"{subject}: {describe(interval, unit, digits, within, over, null, signed)}."
