@@ -111,8 +111,13 @@ class Progress:
     def __init__(self, trials: Sequence[dict[str, Any]], stream: TextIO | None = None):
         self.total, self.done, self.failed, self.running = len(trials), 0, 0, 0
         self.keys = _varying(trials)
-        self.stream = stream or sys.stderr
+        self.stream = stream
         self.started: float | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune saves its run configuration, this object included (a callback holds it), with
+        # pickle; an open stream cannot be pickled and the saved copy never prints
+        return {**self.__dict__, "stream": None}
 
     def start(self) -> None:
         """Count a trial as started (the clock starts with the first)."""
@@ -143,7 +148,7 @@ class Progress:
 
     def finished(self, record: dict[str, Any]) -> None:
         """Print the line of a finished trial."""
-        print(self.line(record), file=self.stream, flush=True)
+        print(self.line(record), file=self.stream or sys.stderr, flush=True)
 
 
 def run_trials(
@@ -178,7 +183,7 @@ def run_trials(
     if pending:
         progress = Progress(pending)
         print(f"{len(pending)} trials to run ({len(trials) - len(pending)} finished already, skipped); records in "
-              f"{out / 'trials'}", file=progress.stream, flush=True)
+              f"{out / 'trials'}", file=sys.stderr, flush=True)
         if executor == "serial":
             for params in pending:
                 progress.start()

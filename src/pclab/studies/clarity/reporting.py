@@ -181,7 +181,7 @@ def key_figure(table: pd.DataFrame) -> plt.Figure | None:
     for ax in axes.flat[len(archs):]:
         ax.set_axis_off()
     for ax, arch in zip(axes.flat, archs):
-        for model, rows_ in part[part["arch"] == arch].groupby("model", sort=False):
+        for _model, rows_ in part[part["arch"] == arch].groupby("model", sort=False):
             rows_ = rows_.sort_values("depth")
             style = _style(rows_["rule"].iloc[0])
             ax.plot(rows_["depth"], rows_["m_i_median"], marker="o", ms=3, label=rows_["rule"].iloc[0], **style)
