@@ -25,7 +25,7 @@ from pclab.studies.report import (  # noqa: E402
 )
 
 
-def small_report(out, findings=("pc minus bp: +1.00 points (n=1: the interval cannot be computed from one seed).",), rows=30):
+def small_report(out, findings=("pc minus bp: +1.00 points (n=1 seed: the interval cannot be computed).",), rows=30):
     report = Report("A study", out, {"preset": "tiny", "seeds": [0]}, question="Does it work?", study="demo")
     report.methods("What was run", "Everything.\n\nTwice.")
     report.findings(list(findings))
@@ -63,7 +63,7 @@ def test_a_long_table_shows_its_first_rows_collapses_the_rest_and_links_its_csv(
 
 
 def test_findings_box_holds_at_most_six_sentences_and_report_json_has_them(tmp_path):
-    sentences = [f"claim {i}: +{i}.00 points (n=1: the interval cannot be computed from one seed)." for i in range(9)]
+    sentences = [f"claim {i}: +{i}.00 points (n=1 seed: the interval cannot be computed)." for i in range(9)]
     small_report(tmp_path, findings=sentences)
     meta = json.loads((tmp_path / "report.json").read_text())
     assert meta["findings"] == [s[0].upper() + s[1:] for s in sentences[:MAX_FINDINGS]]

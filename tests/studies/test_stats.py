@@ -39,7 +39,7 @@ def test_one_seed_has_no_interval_and_says_so():
     one = paired_difference([81.0], [80.0])
     assert one.n == 1 and one.mean == 1.0 and not one.computable and math.isnan(one.low)
     text = claim("pc minus bp", one)
-    assert text == "pc minus bp: +1.00 points (n=1: the interval cannot be computed from one seed)."
+    assert text == "pc minus bp: +1.00 points (n=1 seed: the interval cannot be computed)."
     assert "no detectable" not in text and "within" not in text
     assert describe(mean_interval([])) == "no paired result"
     assert mean_interval([1.0, math.nan]).n == 1  # non-finite values drop out

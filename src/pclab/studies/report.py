@@ -118,7 +118,7 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:0.6em 1em 2em;color:#222;line-height:1.4;overflow-wrap:anywhere}
 h1{font-size:1.45em;margin:0.2em 0}h2{font-size:1.15em;border-bottom:1px solid #bbb;margin-top:1.6em}h3{font-size:1em}
 .question{font-size:1.05em;margin:0.2em 0 0.3em}.meta{color:#555;font-size:0.85em;margin:0 0 0.6em}
-.findings{background:#eef5ff;border-left:4px solid #1f77b4;padding:0.3em 1em 0.4em;margin:0.4em 0 0.8em}
+.findings{background:#eef5ff;border-left:4px solid #1f77b4;padding:0.3em 1em 0.4em;margin:0.4em 0 0.8em;font-size:0.95em}
 .findings h2{border:0;margin:0.2em 0;font-size:1.1em}.findings ul{margin:0.2em 0;padding-left:1.2em}.findings li{margin:0.15em 0}
 figure{margin:0.6em 0}figure img{max-width:100%;height:auto;display:block}figcaption{font-size:0.88em;color:#444}
 .tablewrap{overflow-x:auto;max-width:100%}

@@ -100,7 +100,8 @@ def describe(interval: Interval, unit: str = "points", digits: int = 2, within: 
     if interval.n == 0:
         return "no paired result"
     if not interval.computable:
-        return f"{sign(interval.mean)}{unit_text} (n={interval.n}: the interval cannot be computed from one {over[:-1] if over.endswith('s') else over})"
+        single = over[:-1] if over.endswith("s") else over
+        return f"{sign(interval.mean)}{unit_text} (n={interval.n} {single}: the interval cannot be computed)"
     level = f"{100 * interval.confidence:g} % CI"
     text = f"{sign(interval.mean)}{unit_text} ({level} {sign(interval.low)} to {sign(interval.high)}, n={interval.n} {over})"
     verdicts = []

@@ -90,7 +90,7 @@ def slices_of(table: pd.DataFrame, chosen: list[list[Any]] | None = None) -> lis
     return present
 
 
-def _grid(n: int, columns: int = 4, width: float = 10.4, height: float = 2.9) -> tuple[plt.Figure, np.ndarray]:
+def _grid(n: int, columns: int = 4, width: float = 10.4, height: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols / columns if n < columns else width, height * rows + 0.5),
@@ -312,10 +312,10 @@ def findings(table: pd.DataFrame) -> list[str]:
     for way in ("pc", "bpti"):
         if way not in ways or "bp" not in ways:
             continue
-        name = rule_name(_RULE[way]).capitalize()
+        name = rule_name(_RULE[way])
         acc, k = _paired(per_seed, "way", way, "bp", "best_accuracy", 100.0)
         if acc is not None:
-            lines.append(claim(f"{name} minus backprop, best test accuracy over lam ({_curves(k)})", acc))
+            lines.append(claim(f"{name[:1].upper() + name[1:]} minus backprop, best test accuracy over lam ({_curves(k)})", acc))
     if {"pc", "bp"} <= ways:
         mse, k = _paired(per_seed, "way", "pc", "bp", "best_recon_mse")
         if mse is not None:
