@@ -241,5 +241,7 @@ def test_report_index_writes_only_its_own_file(tmp_path):
     (tmp_path / "index.html").write_text("<html>mine</html>")
     one_line_error(pclab("report", "index", tmp_path), 5, "index.html exists and was not written by pclab")
     assert (tmp_path / "index.html").read_text() == "<html>mine</html>"
-    one_line_error(pclab("report", "index", tmp_path / "s" / "tables"), 2, "no study report")
+    (tmp_path / "empty").mkdir()
+    one_line_error(pclab("report", "index", tmp_path / "empty"), 2, "no study report")
+    assert not (tmp_path / "empty" / "index.html").exists()
     one_line_error(pclab("report", "index", tmp_path / "missing"), 2, "not a folder")

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from ..report import rule_colour  # noqa: E402
@@ -42,6 +43,9 @@ def _curve(ax, frame: pd.DataFrame, quantity: str, T: int, log: bool = False) ->
         ax.axvline(T, color="grey", linestyle="--", linewidth=1)
         if log:
             ax.set_yscale("log")
+            # plain tick labels ("5.4", not "5.4 x 10^0") where the axis spans less than a decade
+            ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.grid(alpha=0.3)
     return drawn
 
