@@ -105,3 +105,12 @@ def test_index_lists_every_report_and_rewrites_only_its_own_file(tmp_path):
     with pytest.raises(IndexRefused, match="not a folder") as missing:
         write_index(tmp_path / "nowhere")
     assert missing.value.code == 2
+
+
+def test_run_time_counts_from_the_start_of_the_study_call(tmp_path):
+    import time
+
+    Report("T", tmp_path, {"preset": "quick"}, started=time.time() - 125).write()
+    page = (tmp_path / "report.html").read_text()
+    assert "run time 2 min 05 s" in page or "run time 2 min 06 s" in page
+    assert json.loads((tmp_path / "report.json").read_text())["seconds"] >= 125

@@ -553,11 +553,12 @@ _OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
 
 def run(preset: str, out: Path, address: str | None = None, executor: str = "ray", overrides: dict | None = None) -> Path:
     """Run the depth study (skipping finished trials) and write ``out/report.html``."""
+    started = time.time()
     out = Path(out)
     config = _resolve(preset, overrides)
     records = run_trials(run_trial, trials(config, out), out, address=address, executor=executor)
     report = Report("Deep PCNs, from failure to backprop accuracy", out, {"preset": preset, **config}, question=QUESTION,
-                    study="depth", preset=preset)
+                    study="depth", preset=preset, started=started)
     frame = records_frame(records)
     acc = frame[frame.kind == "accuracy"] if len(frame) else frame
     mupc = frame[frame.kind == "mupc"] if len(frame) else frame

@@ -142,14 +142,16 @@ class Report:
         question: the one sentence the study answers.
         study, preset: the study's name and preset (for the index; ``preset`` defaults to ``config["preset"]``).
         command: the command that produced it (defaults to this process's command line).
+        started: when the study call began (``time.time()``), so that the run time shown covers its
+            trials; defaults to now.
     """
 
     def __init__(self, title: str, out: str | os.PathLike, config: dict[str, Any], question: str = "", study: str | None = None,
-                 preset: str | None = None, command: str | None = None):
+                 preset: str | None = None, command: str | None = None, started: float | None = None):
         self.title, self.out, self.question = title, Path(out), question
         self.study, self.preset = study, preset if preset is not None else config.get("preset")
         self.config, self.command = config, command or command_line()
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         self.finding_lines: list[str] = []
         self.statement_lines: list[str] = []
         self.key_parts: list[str] = []

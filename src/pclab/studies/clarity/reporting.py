@@ -447,9 +447,12 @@ def findings(frame: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the report
-def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], config: dict[str, Any], out: Path) -> Path:
-    """Aggregate the trial records into ``out/report.html`` with tables and figures; returns its path."""
-    report = Report("Representation clarity: what each layer represents", out, config, question=QUESTION, study="clarity")
+def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], config: dict[str, Any], out: Path,
+                 started: float | None = None) -> Path:
+    """Aggregate the trial records into ``out/report.html`` with tables and figures (``started``: when the
+    study call began); returns its path."""
+    report = Report("Representation clarity: what each layer represents", out, config, question=QUESTION, study="clarity",
+                    started=started)
     frame = per_image_frame(records)
     table = layer_table(frame) if not frame.empty else pd.DataFrame()
     models = models_table(records)

@@ -54,7 +54,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     params = trials(spec, str(out))
     records = run_trials(run_trial, params, out, address=address, executor=executor)
     report = Report("Inference dynamics of PC- vs backprop-trained PCNs", out, {"preset": preset, "overrides": overrides or {}, **spec},
-                    question=analysis.QUESTION, study="dynamics", preset=preset)
+                    question=analysis.QUESTION, study="dynamics", preset=preset, started=started)
     write_report(report, records, spec, out, time.time() - started)
     return report.write()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,11 @@ def run(
         executor: ``"ray"`` or ``"serial"``.
         overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}``.
     """
+    started = time.time()
     config = study_config(preset, overrides)
     out = Path(out)
     records = run_trials(run_trial, trials(config), out, address=address, executor=executor)
-    return build_report(config, records_frame(records), failures(records), out)
+    return build_report(config, records_frame(records), failures(records), out, started)
 
 
 __all__ = [

@@ -119,6 +119,8 @@ def front_figure(curve_table: pd.DataFrame, slices: list[tuple[str, str, int]], 
             ax.scatter(g[error][~optimal], 100 * g[accuracy][~optimal], facecolor="white", edgecolor=colour, s=24, zorder=3)
         ax.set_title(f"{dataset}, {comp}, d={d}", fontsize=9)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: labels in range
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
         ax.set_xlabel(f"{what} MSE per pixel (log)", fontsize=8)
         ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
@@ -359,9 +361,9 @@ def _originals(config: dict[str, Any], dataset: str) -> np.ndarray | None:
     return grid_images(test).numpy()
 
 
-def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path) -> Path:
-    """Write the study's report under ``out``; returns the path of ``report.html``."""
-    report = Report("The classification-reconstruction trade-off", out, config, question=QUESTION, study="tradeoff")
+def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path, started: float | None = None) -> Path:
+    """Write the study's report under ``out`` (``started``: when the study call began); returns the path of ``report.html``."""
+    report = Report("The classification-reconstruction trade-off", out, config, question=QUESTION, study="tradeoff", started=started)
     report.methods("What was run", config.get("description", ""))
     report.methods("Model, ways, metrics", _METHODS)
     report.methods("Trade-off gap", _GAP_TEXT)
