@@ -38,6 +38,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and import data sets.")
 app.add_typer(data_app, name="data")
+report_app = typer.Typer(no_args_is_help=True, help="Study reports: an index of the reports under a folder.")
+app.add_typer(report_app, name="report")
 
 EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_RUNDIR, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 
@@ -269,8 +271,12 @@ def study(
     executor: str = typer.Option("ray", help="'ray' or 'serial' (in this process)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a study setting: KEY=VALUE (repeatable)."),
     runs: list[Path] = typer.Option([], "--run", help="clarity: run directories whose models to examine (repeatable)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show Ray Tune's own output (banners, status tables)."),
 ) -> None:
-    """Run a study (a set of trials on Ray; finished trials are skipped) and write report.html."""
+    """Run a study (a set of trials on Ray; finished trials are skipped) and write report.html.
+
+    Prints one line per finished trial (done / failed / running, elapsed, estimated time left), then
+    where the report is and its Findings."""
     with _errors():
         from .io import own_directory
         from .sweep import STUDY_FOLDERS
@@ -288,11 +294,45 @@ def study(
         kwargs: dict[str, Any] = {"address": address, "executor": executor, "overrides": overrides}
         if runs:
             kwargs["runs"] = runs
+        from .sweep import verbosity
+
         started = time.time()
-        with own_directory(out, STUDY_FOLDERS):  # one study per folder at a time
+        with own_directory(out, STUDY_FOLDERS), verbosity(verbose):  # one study per folder at a time
             report = module.run(preset, out, **kwargs)
         typer.echo(f"study {name} ({preset}) finished in {time.time() - started:.0f} s")
         typer.echo(f"report: {Path(report).resolve()}")
+        findings = _findings(Path(report))
+        if findings:
+            typer.echo("Findings:")
+            for line in findings:
+                typer.echo(f"  - {line}")
+
+
+def _findings(report: Path) -> list[str]:
+    """The Findings a study wrote next to its report (``report.json``), or none."""
+    from .io import read_json
+
+    try:
+        meta = read_json(report.with_name("report.json"))
+    except (OSError, ValueError):
+        return []
+    return [str(s) for s in meta.get("findings", [])] if isinstance(meta, dict) else []
+
+
+@report_app.command("index")
+def report_index(
+    folder: Path = typer.Argument(..., help="folder holding study reports (searched recursively)."),
+) -> None:
+    """Write FOLDER/index.html listing the study reports under FOLDER (question, preset, Findings, links).
+
+    Writes nothing else; refuses (exit 5) to overwrite an index.html that pclab did not write."""
+    from .studies.report import IndexRefused, write_index
+
+    try:
+        path = write_index(folder)
+    except IndexRefused as err:
+        raise _fail(str(err), err.code) from None
+    typer.echo(f"index: {path.resolve()}")
 
 
 @app.command()

@@ -40,8 +40,9 @@ from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
 from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
 from ..train.config import DATA_SHAPES, MAX_EPOCHS, cut, short
-from .report import Report, plt
+from .report import VARIANT_COLOURS, Report, plt, rule_colour
 from .settings import check_settings, preflight
+from .stats import claim, mean_interval, paired_difference
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "pc": {"rule": "pc", "precision": "constant", "forward_update": False},
@@ -339,13 +340,12 @@ def gap_table(frame: pd.DataFrame) -> pd.DataFrame:
         median_gap="median", min_gap="min", max_gap="max").reset_index()
 
 
-_COLOURS = {"pc": "tab:red", "pc+fu": "tab:orange", "spiking": "tab:blue", "spiking+fu": "tab:cyan",
-            "decaying": "tab:green", "decaying+fu": "tab:olive", "bp": "black"}
+_COLOURS = {"pc": rule_colour("pc"), "bp": rule_colour("bp"), **VARIANT_COLOURS}
 
 
 def _accuracy_figure(table: pd.DataFrame):
     panels = table[["dataset", "model"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(10.4, 4.6 * len(panels) + 1.0), 3.2), squeeze=False, constrained_layout=True)
     for ax, (dataset, model) in zip(axes[0], panels):
         sub = table[(table.dataset == dataset) & (table.model == model)]
         for variant, rows in sub.groupby("variant"):
@@ -354,23 +354,27 @@ def _accuracy_figure(table: pd.DataFrame):
             ax.fill_between(rows.depth, rows["min"], rows["max"], color=_COLOURS.get(variant), alpha=0.15)
         ax.set_xlabel("depth (weight layers)")
         ax.set_ylabel("best test accuracy (%)")
-        ax.set_title(f"{dataset}, {model}")
+        ax.set_title(f"{dataset}, {model}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncols=2)
     return fig
 
 
 def _heatmaps(diag: dict[str, dict[str, Any]], stage: str, key: str, label: str):
     variants = [v for v in diag if key in diag[v].get(stage, {})]
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.6), squeeze=False)
-    for ax, v in zip(axes[0], variants):
+    cols = min(4, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(variants):]:
+        ax.set_axis_off()
+    for ax, v in zip(axes.flat, variants):
         values = np.asarray(diag[v][stage][key], dtype=float).T  # (nodes, steps)
         image = ax.imshow(np.log10(np.maximum(values, 1e-12)), aspect="auto", origin="lower", cmap="viridis",
                           vmin=-12, vmax=max(1.0, float(np.log10(np.maximum(values.max(), 1e-12)))))
-        ax.set_title(v)
-        ax.set_xlabel("inference step t")
-        ax.set_ylabel("layer l (0 = input side)")
-        fig.colorbar(image, ax=ax, label=f"log10 {label}")
+        ax.set_title(v, fontsize=9)
+        ax.set_xlabel("inference step t", fontsize=8)
+        ax.set_ylabel("layer l (0 = input side)", fontsize=8)
+        fig.colorbar(image, ax=ax).set_label(f"log10 {label}", fontsize=7)
     return fig
 
 
@@ -442,6 +446,51 @@ def _fix_lines(config: dict[str, Any], dataset: str, model: str, gaps: pd.DataFr
     parts = [f"{r.variant} {r.median_gap:+.2f}" for r in g.itertuples()]
     return [f"{dataset} {model}, depth {depth}, each variant minus bp (points, median over seeds), best first: "
             + "; ".join(parts) + "."]
+
+
+QUESTION = ("Can PC learning train deep networks to backprop's accuracy with the deep-PCN toolbox (precision schedules, "
+            "forward weight update, muPC), and how does vanilla PC fail as depth grows?")
+
+
+def _paired_gap(frame: pd.DataFrame, variant: str, other: str) -> Any:
+    """Seed-paired ``best_test_accuracy`` of ``variant`` minus ``other`` (rows of one dataset, model and depth)."""
+    wide = frame.pivot_table(index="seed", columns="variant", values="best_test_accuracy", aggfunc="first")
+    if variant not in wide or other not in wide:
+        return None
+    both = wide[[variant, other]].dropna()
+    return paired_difference(both[variant].to_numpy(), both[other].to_numpy())
+
+
+def findings(acc: pd.DataFrame, mupc: pd.DataFrame) -> list[str]:
+    """Sentences from the runs, each a seed-paired difference (or a level) with its interval: per
+    (dataset, model) at the deepest depth, vanilla PC and the best PC variant against backprop, and
+    vanilla PC's change from the shallowest to the deepest depth; muPC's final accuracy."""
+    lines: list[str] = []
+    for (dataset, model), sub in ([] if acc.empty else acc.groupby(["dataset", "model"], sort=False)):
+        deep = int(sub["depth"].max())
+        at = sub[sub["depth"] == deep]
+        where = f"{dataset} {model.upper() if model == 'mlp' else model}, depth {deep}"
+        gap = _paired_gap(at, "pc", "bp")
+        if gap is not None:
+            lines.append(claim(f"{where}: vanilla PC minus backprop, best test accuracy", gap))
+        others = [v for v in dict.fromkeys(at["variant"]) if v not in ("pc", "bp")]
+        gaps = {v: _paired_gap(at, v, "bp") for v in others}
+        gaps = {v: g for v, g in gaps.items() if g is not None and g.n > 0}
+        if gaps:
+            best = max(gaps, key=lambda v: gaps[v].mean)
+            lines.append(claim(f"{where}: best of {len(gaps)} PC variant{'s' if len(gaps) > 1 else ''} ({best}) minus backprop", gaps[best]))
+        pc = sub[sub["variant"] == "pc"].pivot_table(index="seed", columns="depth", values="best_test_accuracy", aggfunc="first")
+        shallow = int(sub["depth"].min())
+        if shallow != deep and shallow in pc and deep in pc:
+            both = pc[[shallow, deep]].dropna()
+            lines.append(claim(f"{dataset} {model.upper() if model == 'mlp' else model}: vanilla PC at depth {deep} minus at depth "
+                               f"{shallow}", paired_difference(both[deep].to_numpy(), both[shallow].to_numpy())))
+    for (param, rule), rows in ([] if mupc.empty else mupc.groupby(["parameterisation", "rule"], sort=False)):
+        if param == "mupc":
+            lines.append(claim(f"Residual MLP, depth {int(rows.depth.iloc[0])}, muPC, {rule}: test accuracy after "
+                               f"{int(rows.iterations_run.max())} iterations", mean_interval(rows.final_test_accuracy.to_numpy()),
+                               unit="%", within=None, signed=False, null="no detectable accuracy"))
+    return lines or ["No trial finished; no finding."]
 
 
 def _summary(config: dict[str, Any], table: pd.DataFrame, gaps: pd.DataFrame, mupc: pd.DataFrame,
@@ -529,12 +578,13 @@ _OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
 
 def run(preset: str, out: Path, address: str | None = None, executor: str = "ray", overrides: dict | None = None) -> Path:
     """Run the depth study (skipping finished trials) and write ``out/report.html``."""
+    started = time.time()
     out = Path(out)
     config = _resolve(preset, overrides)
     check_trials(config, out)
     records = run_trials(run_trial, trials(config, out), out, address=address, executor=executor)
-    report = Report(f"Depth study ({preset}): deep PCNs, from failure to backprop accuracy", out,
-                    {"preset": preset, **config})
+    report = Report("Deep PCNs, from failure to backprop accuracy", out, {"preset": preset, **config}, question=QUESTION,
+                    study="depth", preset=preset, started=started)
     frame = records_frame(records)
     acc = frame[frame.kind == "accuracy"] if len(frame) else frame
     mupc = frame[frame.kind == "mupc"] if len(frame) else frame
@@ -546,9 +596,10 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
             diag.setdefault(r.dataset, {})[r.variant] = r.diagnostics
     main_diag = diag.get(config["datasets"][0], {}) if config["datasets"] else {}  # a VGG-only run has no MLP diagnostics
     failed = failures(records)
-    report.summary(_summary(config, table, gaps, mupc, main_diag, failed))
+    report.findings(findings(acc, mupc))
+    report.statements(_summary(config, table, gaps, mupc, main_diag, failed))
     t = config["training"]
-    report.section("Accuracy vs depth", (
+    report.methods("Accuracy vs depth", (
         f"MLPs of width {t['width']} ({t['activation']}, {t['output']} output), trained for {config['epochs']} epochs on "
         f"{config['train_subset'] or 'all'} training images in batches of {t['batch_size']}, tested on "
         f"{config['test_subset'] or 'all'} test images; best epoch, feed-forward read-out. Weight init "
@@ -562,11 +613,13 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         f"{t['alpha']}, decaying k {t['decay']}. Lines: median over seeds {config['seeds']}; bands: min-max. Fashion-MNIST "
         "split: pclab.data's fixed split (see pclab.data.sources)."))
     if len(table):
-        report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Best test accuracy vs depth per variant (median, min-max band over seeds).")
+        report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Best test accuracy vs depth per variant (median, min-max band over "
+                      "seeds); blue = PC learning, green = backprop, other colours = PC with the toolbox's fixes.", key=True)
         report.table(table, "accuracy", "Best test accuracy (%) per dataset, model, depth and variant; median epoch time (s)")
         report.table(gaps, "gap_to_bp", "Paired gap to backprop (points; negative = below bp)")
     for dataset, d in diag.items():
-        report.section(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})", (
+        report.section(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})")
+        report.methods(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})", (
             "On the first training batch (image and label clamped), at initialisation and after training. Error norm: "
             "batch-mean L2 norm of each layer's prediction error at each relaxation step; energy: the precision-weighted "
             "energy relaxation descends. First-error step: the first step at which a layer's error norm exceeds 1e-10 "
@@ -587,7 +640,8 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         report.table(pd.DataFrame(rows), f"diagnostics_{dataset}", "Per-layer diagnostics", max_rows=40)
     if len(mupc):
         m = config["mupc"]
-        report.section("muPC: a 30-layer residual MLP", (
+        report.section("muPC: a deep residual MLP")
+        report.methods("muPC", (
             f"Residual ReLU MLP, depth {m['depth']}, width {m['width']}, no biases, on {m['dataset']}; PC with T = depth "
             f"latent SGD steps (jpc lr {m['latent_lr']} on the batch-mean energy = {m['latent_lr'] / m['batch_size']:.4g} "
             f"per sample), Adam lr {m['param_lr']}, batch {m['batch_size']}, {m['iterations']} iterations; test accuracy of "
@@ -597,10 +651,8 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         report.table(mupc[["parameterisation", "rule", "seed", "final_test_accuracy", "best_test_accuracy", "iterations_run",
                            "diverged", "train_seconds"]], "mupc", "muPC vs standard parameterisation")
     timing = frame[["kind", "seconds"]].groupby("kind")["seconds"].agg(["count", "median", "sum"]).reset_index() if len(frame) else pd.DataFrame()
-    report.section("Run time", "Wall time per trial (s), including data loading and diagnostics.")
     if len(timing):
-        report.table(timing, "timing", "Trial wall time by kind (s)")
+        report.table(timing, "timing", "Trial wall time by kind (s), including data loading and diagnostics")
     if failed:
-        report.section("Failed trials")
         report.table(pd.DataFrame(failed), "failures", "Failed trials")
     return report.write()

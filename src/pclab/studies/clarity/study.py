@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,10 +233,11 @@ def run(
         runs: pclab run directories to study (with their untrained architectures) instead of the
             models the study trains by default (``pclab study clarity --run RUN_DIR``).
     """
+    started = time.time()
     out = Path(out)
     config = resolve(preset, overrides, runs)
     check_trials(config)
     config["preset"] = preset
     records = run_trials(functools.partial(run_trial, out=str(out.resolve())), trials(config), out,
                          address=address, executor=executor)
-    return write_report(records, failures(records), config, out)
+    return write_report(records, failures(records), config, out, started)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +147,13 @@ def run(
         executor: ``"ray"`` or ``"serial"``.
         overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}``.
     """
+    started = time.time()
     config = study_config(preset, overrides)
     out = Path(out)
     params = trials(config)
     preflight("tradeoff", [(_label(p), functools.partial(run_config, p)) for p in params])
     records = run_trials(run_trial, params, out, address=address, executor=executor)
-    return build_report(config, records_frame(records), failures(records), out)
+    return build_report(config, records_frame(records), failures(records), out, started)
 
 
 __all__ = [
