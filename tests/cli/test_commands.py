@@ -211,7 +211,7 @@ def test_study_prints_where_the_report_is_and_its_findings(tmp_path, monkeypatch
         from pclab.sweep import _VERBOSE
 
         seen["verbose"] = _VERBOSE.get()
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "report.html").write_text("<html></html>")
         (out / "report.json").write_text(json.dumps({"findings": ["PC minus bp: +1.00 points (n=1).", "Second finding."]}))
         return out / "report.html"
