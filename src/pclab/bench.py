@@ -63,9 +63,8 @@ from .core import (
     Node,
     PCLearning,
     TaskLoss,
-    chain_adjoint,
-    compiled,
 )
+from .core.fast import compiled
 from .io import write_json
 
 MNIST_TRAIN = 60000
@@ -283,9 +282,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
     prediction, without / with checkpointing; ``bpti-x`` the same with only the input clamped (from a
     feed-forward start no latent moves then: the fast path has no relaxation work left);
     ``bpti-autograd`` ``bpti`` with autograd through the fast relaxation instead of the
-    hand-derived reverse pass of :mod:`pclab.core.chain_adjoint` (Dense chains); ``bpti-compiled``
+    hand-derived reverse pass of :mod:`pclab.core.fast.chain_adjoint` (Dense chains); ``bpti-compiled``
     ``bpti`` with that reverse pass and the relaxation under ``torch.compile``
-    (:mod:`pclab.core.compiled_adjoint`); ``bpti-flat``
+    (:mod:`pclab.core.fast.compiled_adjoint`); ``bpti-flat``
     ``bpti`` with binomial checkpointing in :data:`BPTI_FLAT_SLOTS` slots (:mod:`pclab.core.binomial`).
     """
     import copy
@@ -295,7 +294,9 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         return _bp_step(as_sequential(model), weight_lr)
     adam = torch.optim.Adam(model.parameters(), weight_lr)
     fast = all(isinstance(m, Dense) for m in model.edge_modules.values())
-    inference = Inference(steps=steps, optimizer=SGD(latent_lr), compile=name.endswith("-compiled"))
+    # bpti-autograd: the Dense-chain relaxation, differentiated by autograd instead of the hand-derived pass
+    accelerators = ("chain",) if name == "bpti-autograd" else None
+    inference = Inference(steps=steps, optimizer=SGD(latent_lr), compile=name.endswith("-compiled"), accelerators=accelerators)
     if name in ("pc", "pc-compiled"):
         rule: Any = PCLearning(model, inference, adam)
     elif name == "pc-reference":
@@ -308,13 +309,6 @@ def make_algorithm(name: str, model: PCN, steps: int, latent_lr: float = 0.1, we
         rule = BPThroughInference(model, inference, adam, TaskLoss(reconstruct={"y": 1.0}), clamp=clamp, checkpoint=checkpoint)
     else:
         raise ValueError(f"unknown algorithm {name!r}")
-
-    if name == "bpti-autograd":  # the same rule, differentiated by autograd instead of the hand-derived pass
-        def step(x: torch.Tensor, y: torch.Tensor) -> None:
-            with chain_adjoint.autograd_only():
-                rule.step({"x": x, "y": y})
-
-        return step
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         rule.step({"x": x, "y": y})
@@ -442,7 +436,7 @@ def _row(name: str, timing: Timing, batch: int, flops: int | None) -> dict[str, 
 
 
 def _compile(step: Step, batches) -> float:
-    """Seconds ``step`` (a compiled algorithm) spends compiling, from :func:`pclab.core.compiled.total_compile_seconds`:
+    """Seconds ``step`` (a compiled algorithm) spends compiling, from :func:`pclab.core.fast.compiled.total_compile_seconds`:
     its first two calls (a PC rule's first step runs eagerly, creating the optimiser's state; the next compiles)."""
     before = compiled.total_compile_seconds()
     for x, y in batches[:2]:

@@ -154,7 +154,9 @@ def rathjens_wiskott(
     return PCN(nodes, edges, amortisers=[("x", "z", nn.Sequential(*encoder_layers))])
 
 
-class _Act(nn.Module):
+class Act(nn.Module):
+    """An activation by name (:func:`pclab.core.activation`) as a module, shown by its name."""
+
     def __init__(self, name: str):
         super().__init__()
         self.name = name
@@ -190,7 +192,7 @@ def vgg(
     channels = width
     for i in range(1, depth):
         pool = min(h, w) >= 4 and (i <= 4 or i % 2 == 0)
-        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), _Act(activation)]
+        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), Act(activation)]
         if pool:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
@@ -224,8 +226,8 @@ def deconv_generator(
     s2 = (channels // 2, h // 2, w // 2)
     nodes = [Node("z", (latent,)), Node("h1", s1), Node("h2", s2), Node("x", (c, h, w))]
     edges = [
-        ("z", "h1", nn.Sequential(nn.Linear(latent, prod(s1)), _Act(activation), nn.Unflatten(1, s1))),
-        ("h1", "h2", nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), _Act(activation))),
+        ("z", "h1", nn.Sequential(nn.Linear(latent, prod(s1)), Act(activation), nn.Unflatten(1, s1))),
+        ("h1", "h2", nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), Act(activation))),
         ("h2", "x", nn.Sequential(nn.ConvTranspose2d(channels // 2, c, 4, stride=2, padding=1), nn.Sigmoid())),
     ]
     return PCN(nodes, edges)

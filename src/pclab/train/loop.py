@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..core import PCN, Inference, LearningRule, compiled, relax
+from ..core import PCN, Inference, LearningRule, relax
+from ..core.fast import compiled
 from ..data import DataError, Dataset, batches, load
 from ..io import append_line, atomic_write, load_torch, read_json_lines, remove_stale_temporaries, save_torch, write_json
 from .build import build_inference, build_model, build_rule, data_shape, make_batch, prepare_images, task

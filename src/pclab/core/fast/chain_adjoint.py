@@ -1,7 +1,7 @@
 """Backprop through the Dense-chain relaxation by a hand-derived reverse pass (bp-through-inference).
 
 :class:`~pclab.core.learning.BPThroughInference` differentiates a task loss on the state after ``T``
-relaxation steps. Autograd through the fast relaxation of :mod:`pclab.core.chain` records every
+relaxation steps. Autograd through the fast relaxation of :mod:`pclab.core.fast.chain` records every
 op of every step and replays its backward, roughly two forward relaxations plus autograd's
 bookkeeping. This module computes the same gradients by hand: an ``autograd.Function`` whose
 forward relaxes without autograd, keeping only the tensors the reverse pass reads (per step and
@@ -32,8 +32,8 @@ is backpropagated by hand at the end.
 What keeps it cheap:
 
 * a free node right above a clamped one is relaxed as the PC fast path does it
-  (:class:`pclab.core.chain.Anchored`: one product with ``G = W W^T`` per step) and differentiated
-  in those variables (see :func:`_reverse`): per step one product with ``G`` and one for
+  (:class:`pclab.core.fast.chain.Anchored`: one product with ``G = W W^T`` per step) and differentiated
+  in those variables (see :func:`reverse`): per step one product with ``G`` and one for
   ``dL/dG``, where a plain free input needs four (``W u``, ``q W`` and two for ``dL/dW``);
 * a layer whose input is clamped has a constant pre-activation: its per-step factors are summed
   first (``f'(a)`` applied once) and multiplied by the input once, the feed-forward term included;
@@ -41,7 +41,7 @@ What keeps it cheap:
   one slope product;
 * the relaxation's exactly-zero errors are skipped as in the forward (the reverse differentiates
   the computation that ran, which equals the full one as a function of the parameters, see
-  :func:`pclab.core.chain.relax_chain`), and so are exactly-zero adjoints (a node the loss does
+  :func:`pclab.core.fast.chain.relax_chain`), and so are exactly-zero adjoints (a node the loss does
   not read, until the error reaches it).
 
 Eagerly, the weight-gradient products of a layer with a free input are added step by step, not
@@ -51,33 +51,45 @@ thread, MLP 784-128-128-10, batch 64, T = 20) stacking measured slower (median 1
 them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
 layers up to 128 x 128 are stacked (so is an anchored node's ``dL/dG``; :func:`stacked`).
 
-Applies (:func:`relax`; otherwise the caller differentiates with autograd) to latent ``SGD``
+Applies (:func:`applies`; otherwise the caller differentiates with autograd) to latent ``SGD``
 (momentum and Nesterov included), any precisions and precision schedules, feed-forward or given
 initial values, no fixed predictions, activations with a hand-written second derivative
 (:data:`CURVATURE`), clamped values that do not require a gradient, and a relaxation with
 something to move (a feed-forward start with no clamped target is plain backprop, left to autograd).
-With ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.compiled_adjoint`).
+The relaxation autograd differentiates by this reverse pass is :func:`pclab.core.fast.differentiable.relax`;
+with ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.fast.compiled_adjoint`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from . import chain as dense
-from .energy import Gaussian
-from .optim import SGD
+from ..energy import Gaussian
+from ..optim import SGD
+from .chain import (
+    Anchored,
+    Params,
+    Plan,
+    Predictions,
+    anchor,
+    back_through,
+    feed_forward,
+    forward_through,
+    narrow,
+    narrow_rows,
+    weighted_error,
+)
 
 aten = torch.ops.aten
 
 
 # ---------------------------------------------------------------------------- activations
-def _slope_times(activation: str, x: torch.Tensor, a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+def slope_times(activation: str, x: torch.Tensor, a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """``f'(a) * x`` (elementwise; ``mu = f(a)``), by the fused backward op of the activation."""
     if activation == "identity":
         return x
@@ -124,29 +136,14 @@ CURVATURE: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 
 # ---------------------------------------------------------------------------- when it applies
-_enabled = True
-
-
-@contextmanager
-def autograd_only() -> Iterator[None]:
-    """Inside this block :func:`relax` declines, so bp-through-inference on a Dense chain runs
-    autograd through the fast relaxation (for comparisons: benchmarks and tests)."""
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
-
-
-def applies(plan: dense.Plan, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None = None) -> bool:
-    """Whether :func:`relax` can relax and differentiate ``plan`` by hand.
+def applies(plan: Plan, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None = None) -> bool:
+    """Whether the reverse pass can differentiate the relaxation of ``plan`` by hand.
 
     ``given[i]``: node ``i``'s clamped value or ``None``; ``start``: the initial values when the
     relaxation does not start from the feed-forward pass.
     """
     optimizer = plan.optimizer
-    if not _enabled or type(optimizer) is not SGD or plan.fixed_prediction or plan.steps == 0:
+    if type(optimizer) is not SGD or plan.fixed_prediction or plan.steps == 0:
         return False
     if any(layer.activation not in CURVATURE for layer in plan.chain.layers):
         return False
@@ -165,7 +162,7 @@ def applies(plan: dense.Plan, given: Sequence[torch.Tensor | None], start: Seque
 
 # ---------------------------------------------------------------------------- forward
 @dataclass
-class _Layer:
+class LayerRecord:
     """What the reverse pass reads of layer ``l`` at one step (all ``(batch, width)``).
 
     ``a, mu``: pre-activation and prediction at the step's values; ``e``: the precision-weighted
@@ -183,7 +180,7 @@ class _Layer:
 
 
 @dataclass
-class _Step:
+class StepRecord:
     """One relaxation step: the layers that carried error and the nodes updated.
 
     ``updates``: ``(node, has_gradient, first)``; ``has_gradient`` False: a momentum step at an
@@ -191,20 +188,20 @@ class _Step:
     not in ``updates``.
     """
 
-    layers: list[_Layer]
+    layers: list[LayerRecord]
     updates: list[tuple[int, bool, bool]]
     carried: dict[int, float]
     """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
 
 
-def _relax(
-    plan: dense.Plan, params: dense.Params, z: list[torch.Tensor], predictions: dense.Predictions
-) -> tuple[list[_Step], dict[int, dense.Anchored]]:
+def _relax_recorded(
+    plan: Plan, params: Params, z: list[torch.Tensor], predictions: Predictions
+) -> tuple[list[StepRecord], dict[int, Anchored]]:
     """Relax ``z`` in place of its list entries (tensors are never written), recording every step.
 
-    The same computation as :func:`pclab.core.chain.relax_chain`: exactly-zero errors skipped,
+    The same computation as :func:`pclab.core.fast.chain.relax_chain`: exactly-zero errors skipped,
     predictions recomputed only when their input moved, a free node above a clamped one carried
-    through the next pre-activation (:class:`~pclab.core.chain.Anchored`, returned by node).
+    through the next pre-activation (:class:`~pclab.core.fast.chain.Anchored`, returned by node).
     """
     chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
     lr, momentum, nesterov = optimizer.lr, optimizer.momentum, optimizer.nesterov
@@ -213,18 +210,18 @@ def _relax(
     velocity: list[torch.Tensor | None] = [None] * (L + 1)
     layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
     free_nodes = [i for i in range(L + 1) if plan.free[i]]
-    anchored = dense._anchored(plan, params, predictions, z)
+    anchored = anchor(plan, params, predictions, z)
     layers_with_error = [l for l in layers_with_error if l not in anchored]
-    tape: list[_Step] = []
+    tape: list[StepRecord] = []
     for t in range(plan.steps):
         w = plan.weights[t]
         e: list[torch.Tensor | None] = [None] * (L + 2)
-        records: dict[int, _Layer] = {}
+        records: dict[int, LayerRecord] = {}
         for l in layers_with_error:
             if not zero[l] and w[l] != 0.0:
                 mu = predictions.get(l, z)
-                e[l] = dense._error(chain.energies[l - 1], z[l], mu, w[l])
-                records[l] = _Layer(l, predictions.a[l], mu, e[l], None, z[l - 1], w[l])
+                e[l] = weighted_error(chain.energies[l - 1], z[l], mu, w[l])
+                records[l] = LayerRecord(l, predictions.a[l], mu, e[l], None, z[l - 1], w[l])
         updates, moved, tracked, carried = [], [], [], {}
         for i in free_nodes:
             own, above = e[i], e[i + 1]
@@ -243,8 +240,8 @@ def _relax(
                 back = predictions.backward(i + 1, above)
                 records[i + 1].delta = back
                 weight = params[i][0]
-                if dense.narrow(weight):
-                    through = dense.back_through(back, weight)
+                if narrow(weight):
+                    through = back_through(back, weight)
                     grad = -through if own is None else own - through
                 elif own is None:
                     grad = torch.mm(back, weight).neg_()
@@ -279,7 +276,7 @@ def _relax(
                 predictions.stale[i + 1] = True
         for l, a in tracked:  # after every backward product of this step used the old slopes
             predictions.set(l, a)
-        tape.append(_Step(list(records.values()), updates, carried))
+        tape.append(StepRecord(list(records.values()), updates, carried))
     for i, node in anchored.items():
         z[i] = node.value(predictions.mu[i])
     return tape, anchored
@@ -292,7 +289,7 @@ def _add(x: torch.Tensor | None, y: torch.Tensor, alpha: float = 1.0) -> torch.T
         return y if alpha == 1.0 else y * alpha
     if alpha != 1.0 and torch.compiler.is_compiling():
         # Inductor (torch 2.13) rewrites add(mm(a, b), y, alpha=k) into addmm(y, a, b), losing
-        # alpha (x is such a product in the anchored branch of _reverse)
+        # alpha (x is such a product in the anchored branch of reverse)
         return x + y * alpha
     return torch.add(x, y, alpha=alpha)
 
@@ -336,7 +333,7 @@ class _Reverse:
     def add(self, l: int, q: torch.Tensor, source: torch.Tensor, delta: torch.Tensor | None = None, below: torch.Tensor | None = None) -> None:
         """Add ``q^T source (+ delta^T below)`` to layer ``l``'s weight term, ``sum q`` to its bias term."""
         self.q[l].append(q)
-        if dense.narrow_rows(q.shape[1]):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
+        if narrow_rows(q.shape[1]):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
             term = (q[:, :, None] * source[:, None, :]).sum(0)
             if delta is not None:
                 term = term + (delta[:, :, None] * below[:, None, :]).sum(0)
@@ -354,7 +351,7 @@ class _Reverse:
         if delta is not None:
             self.dw[l].addmm_(delta.t(), below)
 
-    def grads(self, plan: dense.Plan, z0: Sequence[torch.Tensor], const_a: Sequence[torch.Tensor | None],
+    def grads(self, plan: Plan, z0: Sequence[torch.Tensor], const_a: Sequence[torch.Tensor | None],
               const_mu: Sequence[torch.Tensor | None], need: Sequence[tuple[bool, bool]]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         """``(dL/dW_l, dL/db_l)`` of every layer (``None`` where none is needed or nothing reached it)."""
         out: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
@@ -368,7 +365,7 @@ class _Reverse:
                 db = qs[0].sum(0) if len(qs) == 1 else torch.stack(qs).sum((0, 1))
             if self.const[l]:
                 summed = self.const[l][0] if len(self.const[l]) == 1 else torch.stack(self.const[l]).sum(0)
-                q = _slope_times(plan.chain.layers[l - 1].activation, summed, const_a[l], const_mu[l])
+                q = slope_times(plan.chain.layers[l - 1].activation, summed, const_a[l], const_mu[l])
                 if need_w:
                     dw = _add(dw, torch.mm(q.t(), z0[l - 1]))
                 db = _add(db, q.sum(0))
@@ -381,16 +378,16 @@ class _Reverse:
         return out
 
 
-def _reverse(
-    plan: dense.Plan, params: dense.Params, tape: list[_Step], lam: list[torch.Tensor | None],
-    z0: Sequence[torch.Tensor], ff: dense.Predictions | None, need: Sequence[tuple[bool, bool]],
-    anchored: dict[int, dense.Anchored],
+def reverse(
+    plan: Plan, params: Params, tape: list[StepRecord], lam: list[torch.Tensor | None],
+    z0: Sequence[torch.Tensor], ff: Predictions | None, need: Sequence[tuple[bool, bool]],
+    anchored: dict[int, Anchored],
 ) -> tuple[list[torch.Tensor | None], list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """Walk the recorded steps backwards from ``lam = dL/dz_T`` (``None``: exactly zero).
 
     Args:
         plan, params: the relaxation.
-        tape: what :func:`_relax` recorded.
+        tape: what :func:`_relax_recorded` recorded.
         lam: adjoint of every node's final value (only free nodes are read).
         z0: the initial values.
         ff: the feed-forward predictions when the relaxation started from them (its adjoint is
@@ -399,7 +396,7 @@ def _reverse(
         anchored: the anchored nodes of the forward (plain SGD, feed-forward start; only their
             ``gram`` and ``d`` are read).
 
-    An anchored node ``i`` (:class:`~pclab.core.chain.Anchored`) is differentiated in the variables
+    An anchored node ``i`` (:class:`~pclab.core.fast.chain.Anchored`) is differentiated in the variables
     the forward used: ``a = a_{i+1}`` and ``D`` with ``a' = a_ff + c (a - a_ff) + lr g G``,
     ``D' = c D + g``, ``z_i = mu_i + lr D W`` (``G = W W^T``, ``W = W_{i+1}``, ``g`` the error above
     taken back through the activation, ``c = 1 - lr w_i``). With ``alpha = dL/da`` the adjoint of
@@ -485,8 +482,8 @@ def _reverse(
             if carried or below is None:
                 da = below
             else:
-                da = dense.forward_through(below, weight)
-            nu = None if da is None else _slope_times(act, da, rec.a, rec.mu)
+                da = forward_through(below, weight)
+            nu = None if da is None else slope_times(act, da, rec.a, rec.mu)
             if type(chain.energies[l - 1]) is Gaussian:
                 if own is None:
                     r = -nu
@@ -508,11 +505,11 @@ def _reverse(
             if da is not None and curvature[l] is not None:
                 factor, through_slope, scale = curvature[l]
                 if through_slope:
-                    q = _slope_times(act, torch.addcmul(pre, rec.e * factor(rec.a, rec.mu), da, value=scale), rec.a, rec.mu)
+                    q = slope_times(act, torch.addcmul(pre, rec.e * factor(rec.a, rec.mu), da, value=scale), rec.a, rec.mu)
                 else:
-                    q = torch.addcmul(_slope_times(act, pre, rec.a, rec.mu), rec.e * factor(rec.a, rec.mu), da, value=scale)
+                    q = torch.addcmul(slope_times(act, pre, rec.a, rec.mu), rec.e * factor(rec.a, rec.mu), da, value=scale)
             else:
-                q = _slope_times(act, pre, rec.a, rec.mu)
+                q = slope_times(act, pre, rec.a, rec.mu)
             if carried:  # alpha = c alpha' + lr q, dL/dG += lr g^T alpha'
                 bp = below_beta[l]
                 q_steps[l].append(q)
@@ -526,8 +523,8 @@ def _reverse(
                     else:
                         gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
                 continue
-            if dense.narrow(weight):
-                through = dense.back_through(q, weight)
+            if narrow(weight):
+                through = back_through(q, weight)
                 new[l - 1] = through * -c if new[l - 1] is None else new[l - 1] - c * through
             else:
                 new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
@@ -556,7 +553,7 @@ def _reverse(
                 const_a[l], const_mu[l] = ff.a[l], ff.mu[l]
                 acc.const[l].append(lam[l] * inv)
                 continue
-            g = _slope_times(act, lam[l], ff.a[l], ff.mu[l])
+            g = slope_times(act, lam[l], ff.a[l], ff.mu[l])
             acc.add(l, g * inv, z0[l - 1])
             if l - 1 >= 1:  # a free root starts at zero whatever the parameters
                 lam[l - 1] = torch.addmm(lam[l - 1], g, params[l - 1][0]) if lam[l - 1] is not None else torch.mm(g, params[l - 1][0])
@@ -578,143 +575,24 @@ def _reverse(
 
 
 # ---------------------------------------------------------------------------- autograd
-def _run(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
-    """The forward of :class:`_ChainRelaxation` (also traced by :mod:`pclab.core.compiled_adjoint`):
+def record(plan: Plan, params: Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
+    """The recorded forward relaxation (of :func:`pclab.core.fast.differentiable.relax`, also traced by
+    :mod:`pclab.core.fast.compiled_adjoint`):
     ``(final values of the free nodes, z0, ff, tape, anchored)``; ``start`` detached, or ``None``
     for a feed-forward start."""
     ff = None
     if start is None:
-        z, predictions = dense.feed_forward(plan, params, given)
+        z, predictions = feed_forward(plan, params, given)
         ff = predictions.copy()
     else:
         z = [v.clone() if plan.free[i] else v for i, v in enumerate(start)]
-        predictions = dense.Predictions(plan.chain, params)
+        predictions = Predictions(plan.chain, params)
     z0 = list(z)
-    tape, anchored = _relax(plan, params, z, predictions)
+    tape, anchored = _relax_recorded(plan, params, z, predictions)
     # a node that never moved is still its initial tensor: hand out a copy, so that the
     # initial state stays a plain tensor
     out = [z[i].clone() if z[i] is z0[i] else z[i] for i in range(len(z)) if plan.free[i]]
     return out, z0, ff, tape, anchored
-
-
-class _ChainRelaxation(torch.autograd.Function):
-    """``(params..., free initial values...) -> final values of the free nodes``.
-
-    With ``job.compile`` forward and backward run compiled (:mod:`pclab.core.compiled_adjoint`)
-    where a compiled graph serves the batch size; the forward then keeps the tape flattened
-    (``job.saved``, ``job.spec``) and the backward hands it to the compiled reverse pass.
-    """
-
-    @staticmethod
-    def forward(ctx, job: _Job, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        plan, params = job.plan, job.params
-        start = None if job.start is None else [v.detach() for v in job.start]
-        out = None
-        if job.compile:
-            from . import compiled_adjoint  # (it imports this module)
-
-            out = compiled_adjoint.forward(job, start)
-        if out is None:
-            out, job.z0, job.ff, job.tape, job.anchored = _run(plan, params, job.given, start)
-        ctx.job = job
-        ctx.set_materialize_grads(False)
-        return tuple(out)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
-        job: _Job = ctx.job
-        plan = job.plan
-        n_params = len(job.flat)
-        needs = ctx.needs_input_grad[1:]
-        need, k = [], 0
-        for _weight, bias in job.params:
-            nw = needs[k]
-            k += 1
-            nb = False
-            if bias is not None:
-                nb = needs[k]
-                k += 1
-            need.append((nw, nb))
-        lam: list[torch.Tensor | None] = [None] * (plan.chain.depth + 1)
-        for i, g in zip(job.free, grads):
-            lam[i] = g
-        with torch.no_grad():
-            if job.spec is not None:
-                from . import compiled_adjoint
-
-                lam0, pgrads = compiled_adjoint.reverse(job, lam, tuple(need))
-            else:
-                lam0, pgrads = _reverse(plan, job.params, job.tape, lam, job.z0, job.ff, need, job.anchored)
-        # the tape is kept (released with the graph): autograd.grad(..., retain_graph=True) may call backward again
-        flat = [g for (dw, db), (_, bias) in zip(pgrads, job.params) for g in ((dw, db) if bias is not None else (dw,))]
-        assert len(flat) == n_params
-        starts = [lam0[i] for i in job.free] if job.start is not None else []
-        return (None, *flat, *starts)
-
-
-@dataclass
-class _Job:
-    """The non-tensor inputs of one differentiated relaxation and what its forward keeps."""
-
-    plan: dense.Plan
-    params: dense.Params  # detached
-    flat: list[torch.Tensor]
-    given: list[torch.Tensor | None]
-    start: list[torch.Tensor] | None
-    free: list[int]
-    compile: bool = False
-    ff: dense.Predictions | None = None
-    z0: list[torch.Tensor] | None = None
-    tape: list[_Step] | None = None
-    anchored: dict[int, dense.Anchored] | None = None
-    saved: list[torch.Tensor] | None = None  # compiled forward: z0, ff, anchored and tape, flattened
-    spec: tuple | None = None  # ... and their structure (see compiled_adjoint)
-
-
-def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
-          start: Sequence[torch.Tensor] | None = None, compile: bool = False) -> dense.ChainState | None:
-    """:func:`pclab.core.chain.relax_chain` ``(differentiable=True)`` with the hand-derived reverse
-    pass, or ``None`` when it does not apply (:func:`applies`; the caller then uses autograd).
-
-    Args:
-        plan: the relaxation (``plan.feed_forward``: start from the feed-forward pass).
-        params: the layers' ``(weight, bias)`` (the parameters the gradients go to).
-        given: ``given[i]`` node ``i``'s clamped value (``(batch, width_i)``) or ``None``.
-        start: initial values of every node when not starting from the feed-forward pass (their
-            free entries may require grad and get ``dL/dz_0``).
-        compile: run the relaxation and the reverse pass under ``torch.compile``
-            (:mod:`pclab.core.compiled_adjoint`; batch sizes no compiled graph serves run eagerly).
-
-    Returns:
-        The relaxed state: ``values`` carry the gradient to the parameters (a released read-out
-        is ``softmax(mu_L)`` of the relaxed values, by autograd); ``initial`` and the
-        predictions are plain tensors.
-    """
-    if not applies(plan, given, None if plan.feed_forward else start):
-        return None
-    if not plan.feed_forward and start is None:
-        return None
-    chain, L = plan.chain, plan.chain.depth
-    flat = [t for pair in params for t in pair if t is not None]
-    detached = [(w.detach(), None if b is None else b.detach()) for w, b in params]
-    free = [i for i in range(L + 1) if plan.free[i]]
-    job = _Job(plan, detached, flat, [None if v is None else v.detach() for v in given],
-               None if plan.feed_forward else list(start), free, compile)
-    starts = [] if plan.feed_forward else [start[i] for i in free]
-    out = _ChainRelaxation.apply(job, *flat, *starts)
-    values: list[torch.Tensor] = list(job.z0)
-    for i, v in zip(free, out):
-        values[i] = v
-    for i in range(L + 1):
-        if given[i] is not None:
-            values[i] = given[i]
-    initial = list(job.z0)
-    initial_predictions = job.ff if job.ff is not None else dense.Predictions(chain, detached)
-    state = dense.ChainState(values, initial, dense.Predictions(chain, params), initial_predictions, tuple(job.anchored or ()))
-    if plan.readout:  # by autograd from the relaxed values
-        weight, bias = params[L - 1]
-        state.values[L] = chain.energies[L - 1].released(chain.layers[L - 1]._f(F.linear(values[L - 1], weight, bias)))
-    return state
 
 
 # ---------------------------------------------------------------------------- a task loss, whole
@@ -746,18 +624,18 @@ def _term_grad(term: LossTerm, mu: torch.Tensor, target: torch.Tensor) -> tuple[
 
 
 def task_loss_grads(
-    plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], terms: Sequence[LossTerm],
+    plan: Plan, params: Params, given: Sequence[torch.Tensor | None], terms: Sequence[LossTerm],
     targets: Sequence[torch.Tensor], need: Sequence[tuple[bool, bool]],
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """Bp-through-inference on a chain without autograd: relax from the feed-forward pass (the
-    recorded forward of :func:`relax`), the task loss ``sum_k weight_k term_k(mu_k, target_k)`` on
-    the predictions at the relaxed values, its derivative by hand, and :func:`_reverse` to the
+    recorded forward, :func:`record`), the task loss ``sum_k weight_k term_k(mu_k, target_k)`` on
+    the predictions at the relaxed values, its derivative by hand, and :func:`reverse` to the
     parameters -- what ``loss.backward()`` through :func:`relax` gives, as plain tensor code
-    (:mod:`pclab.core.compiled` traces it into one graph with the optimiser's step). Run under
+    (:mod:`pclab.core.fast.compiled` traces it into one graph with the optimiser's step). Run under
     ``no_grad``; requires :func:`applies` and a feed-forward plan.
 
     Args:
-        plan, params, given: as :func:`relax`.
+        plan, params, given: as :func:`record`.
         terms: the loss's terms; ``targets[j]`` is term ``j``'s target.
         need: ``(weight, bias)`` gradient wanted, per layer.
 
@@ -767,11 +645,11 @@ def task_loss_grads(
         reaches a parameter or none is needed).
     """
     chain, L = plan.chain, plan.chain.depth
-    out, z0, ff, tape, anchored = _run(plan, params, given, None)
+    out, z0, ff, tape, anchored = record(plan, params, given, None)
     z = list(z0)
     for i, v in zip((i for i in range(L + 1) if plan.free[i]), out):
         z[i] = v
-    predictions = dense.Predictions(chain, params)
+    predictions = Predictions(chain, params)
     lam: list[torch.Tensor | None] = [None] * (L + 1)
     direct: list[list[torch.Tensor | None]] = [[None, None] for _ in range(L)]
     values: list[torch.Tensor] = []
@@ -787,8 +665,8 @@ def task_loss_grads(
         if need[k - 1][1] and params[k - 1][1] is not None:
             direct[k - 1][1] = _add(direct[k - 1][1], delta.sum(0))
         if plan.free[k - 1]:
-            lam[k - 1] = _add(lam[k - 1], dense.back_through(delta, params[k - 1][0]))
-    _, grads = _reverse(plan, params, tape, lam, z0, ff, need, anchored)
+            lam[k - 1] = _add(lam[k - 1], back_through(delta, params[k - 1][0]))
+    _, grads = reverse(plan, params, tape, lam, z0, ff, need, anchored)
     merged = []
     for (dw, db), (extra_w, extra_b) in zip(grads, direct):
         merged.append((dw if extra_w is None else _add(dw, extra_w), db if extra_b is None else _add(db, extra_b)))

@@ -28,6 +28,7 @@ from pclab.core import (
     TorchOptimizer,
     relax,
 )
+from pclab.core.fast import anchored, path
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -57,10 +58,10 @@ def test_chain_relaxation_equals_reference(optimizer, pattern, output):
     clamp = clamp_for(model, pattern)
     inference = Inference(steps=9, optimizer=OPTIMIZERS[optimizer])
     fast = relax(model, clamp, inference)
-    assert fast.chain is not None
+    assert path(model, inference, batch=clamp) == "chain"
     for ref in (reference(inference), autograd(inference)):
         slow = relax(model, clamp, ref)
-        assert slow.chain is None
+        assert path(model, ref, batch=clamp) == "reference"
         assert max_rel(fast.values, slow.values) < 1e-12
         assert max_rel(fast.initial, slow.initial) < 1e-12
         assert fast.steps == slow.steps and fast.clamped == slow.clamped
@@ -77,7 +78,7 @@ def test_chain_relaxation_handles_schedules_fixed_prediction_and_init(schedule, 
     inference = Inference(steps=8, optimizer=SGD(0.1, momentum=0.5), init=init,
                           precision=SCHEDULES[schedule], fixed_prediction=fixed_prediction)
     fast, slow = relax(model, clamp, inference), relax(model, clamp, reference(inference))
-    assert fast.chain is not None
+    assert path(model, inference, batch=clamp) == "chain"
     assert max_rel(fast.values, slow.values) < 1e-12
 
 
@@ -97,7 +98,7 @@ def test_chain_relaxation_from_given_initial_values_and_random_init():
     inference = Inference(steps=6, optimizer=SGD(0.1))
     fast = relax(model, clamp, inference, initial=start)
     slow = relax(model, clamp, reference(inference), initial=start)
-    assert fast.chain is not None and max_rel(fast.values, slow.values) < 1e-12
+    assert path(model, inference, batch=clamp, initial=start) == "chain" and max_rel(fast.values, slow.values) < 1e-12
     noisy = Inference(steps=6, optimizer=Adam(0.1), init="random")
     fast = relax(model, clamp, noisy, generator=torch.Generator().manual_seed(3))
     slow = relax(model, clamp, reference(noisy), generator=torch.Generator().manual_seed(3))
@@ -118,7 +119,7 @@ def test_random_chains_relax_like_the_reference(widths, activation, optimizer, p
     clamp = clamp_for(model, pattern, batch=3)
     inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer])
     fast, slow = relax(model, clamp, inference), relax(model, clamp, reference(inference))
-    assert fast.chain is not None
+    assert path(model, inference, batch=clamp) == "chain"
     assert max_rel(fast.values, slow.values) < 1e-12
 
 
@@ -273,7 +274,7 @@ def test_fast_path_is_not_used_for_general_graphs(kind):
     clamp = {root: randn(3, model.nodes[root].shape[0], seed=0)}
     inference = Inference(steps=3)
     relaxed = relax(model, clamp, inference)
-    assert relaxed.chain is None
+    assert path(model, inference, batch=clamp) == "reference"
     expected = relax(model, clamp, reference(inference))
     assert max_rel(relaxed.values, expected.values) < 1e-12
 
@@ -281,13 +282,14 @@ def test_fast_path_is_not_used_for_general_graphs(kind):
 def test_fast_path_is_not_used_when_the_general_loop_is_asked_for():
     model = chain([4, 3, 2])
     clamp = clamp_for(model, "io")
-    assert relax(model, clamp, Inference(steps=2)).chain is not None
-    assert relax(model, clamp, Inference(steps=2, method="manual")).chain is None
-    assert relax(model, clamp, Inference(steps=2, method="autograd")).chain is None
-    assert relax(model, clamp, Inference(steps=2, tolerance=1e-3)).chain is None
-    assert relax(model, clamp, Inference(steps=2, optimizer=TorchOptimizer(torch.optim.SGD, lr=0.1))).chain is None
-    assert relax(model, clamp, Inference(steps=2), record=True).chain is None
-    assert relax(model, clamp, Inference(steps=2), on_step=lambda t, v: None).chain is None
+    assert path(model, Inference(steps=2), batch=clamp) == "chain"
+    assert path(model, Inference(steps=2, method="manual"), batch=clamp) == "reference"
+    assert path(model, Inference(steps=2, method="autograd"), batch=clamp) == "reference"
+    assert path(model, Inference(steps=2, tolerance=1e-3), batch=clamp) == "reference"
+    assert path(model, Inference(steps=2, optimizer=TorchOptimizer(torch.optim.SGD, lr=0.1)), batch=clamp) == "reference"
+    assert path(model, Inference(steps=2), batch=clamp, record=True) == "reference"
+    assert path(model, Inference(steps=2), batch=clamp, on_step=lambda t, v: None) == "reference"
+    assert path(model, Inference(steps=2, accelerators=()), batch=clamp) == "reference"
 
 
 def test_subclassed_weight_energy_is_respected():
@@ -322,7 +324,7 @@ def test_anchored_first_hidden_node_relaxes_like_the_reference(schedule, pattern
     precision = {"constant": Constant(), "spiking-off": Spiking(0.0), "scaled": Decaying(0.3)}[schedule]
     inference = Inference(steps=10, optimizer=SGD(0.1), precision=precision)
     fast = relax(model, clamp, inference)
-    assert 1 in fast.chain[1].anchored
+    assert "h1" in anchored(model, clamp, inference)
     slow = relax(model, clamp, reference(inference))
     assert max_rel(fast.values, slow.values) < 1e-12
 
@@ -333,7 +335,7 @@ def test_anchored_node_in_float32_matches_reference_to_single_precision():
     y = torch.nn.functional.one_hot(torch.arange(64) % 10, 10).float()
     inference = Inference(steps=20, optimizer=SGD(0.1))
     fast = relax(model, {"x": x, "y": y}, inference)
-    assert fast.chain[1].anchored == (1,)
+    assert anchored(model, {"x": x, "y": y}, inference) == ("h1",)
     slow = relax(model, {"x": x, "y": y}, reference(inference))
     assert max_rel(fast.values, slow.values) < 1e-6
 
@@ -350,7 +352,7 @@ def test_nodes_are_anchored_only_where_the_algebra_holds(case):
         "few-steps": Inference(steps=1, optimizer=SGD(0.1)),
     }[case]
     fast = relax(model, clamp, inference)
-    assert fast.chain[1].anchored == ()
+    assert anchored(model, clamp, inference) == ()
     assert max_rel(fast.values, relax(model, clamp, reference(inference)).values) < 1e-12
 
 
@@ -386,9 +388,10 @@ def test_backprop_through_the_fast_relaxation_equals_the_reference(optimizer, cl
 def test_differentiable_fast_relaxation_is_used_unless_truncated_or_checkpointed():
     model = chain([4, 3, 2])
     clamp = clamp_for(model, "io")
-    assert relax(model, clamp, Inference(steps=2), differentiable=True).chain is not None
-    assert relax(model, clamp, Inference(steps=2), differentiable=True, truncate=1).chain is None
-    assert relax(model, clamp, Inference(steps=2), differentiable=True, checkpoint_steps=True).chain is None
+    assert path(model, Inference(steps=2), batch=clamp, differentiable=True) == "chain-adjoint"
+    assert path(model, Inference(steps=2, accelerators=("chain",)), batch=clamp, differentiable=True) == "chain"
+    assert path(model, Inference(steps=2), batch=clamp, differentiable=True, truncate=1) == "reference"
+    assert path(model, Inference(steps=2), batch=clamp, differentiable=True, checkpoint_steps=True) == "reference"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

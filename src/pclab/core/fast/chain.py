@@ -29,10 +29,10 @@ graph is one path of 1-d nodes, hidden nodes are Gaussian, no amortisers, and th
 is pclab's ``SGD`` or ``Adam``. Everything else (arbitrary modules, trajectories, early stopping,
 step hooks, truncated or checkpointed backprop through the inference) takes the reference path.
 Backprop through the inference otherwise uses the hand-derived reverse pass of
-:mod:`pclab.core.chain_adjoint` (latent SGD), or autograd through these same ops
+:mod:`pclab.core.fast.chain_adjoint` (latent SGD), or autograd through these same ops
 (``relax_chain(..., differentiable=True)``) where that does not apply.
 
-:mod:`pclab.core.compiled` runs the same functions under ``torch.compile``.
+:mod:`pclab.core.fast.compiled` runs the same functions under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .energy import CrossEntropy, Energy, Gaussian
-from .graph import PCN, _edge_key
-from .layers import Dense
-from .optim import SGD, Adam, LatentOptimizer, OptState
+from ..energy import CrossEntropy, Energy, Gaussian
+from ..graph import PCN, edge_key
+from ..layers import Dense
+from ..optim import SGD, Adam, LatentOptimizer, OptState
 
 Params = list[tuple[torch.Tensor, torch.Tensor | None]]
 """``(weight, bias)`` of each layer, ``weight: (out, in)``."""
@@ -122,7 +122,7 @@ def still_valid(chain: DenseChain, model: PCN) -> bool:
     check than :func:`dense_chain`, for a structure found before)."""
     modules = model.edge_modules._modules
     return len(modules) == chain.depth and all(
-        modules.get(_edge_key(source, target)) is layer and _plain_dense(layer)
+        modules.get(edge_key(source, target)) is layer and _plain_dense(layer)
         for source, target, layer in zip(chain.nodes, chain.nodes[1:], chain.layers)
     )
 
@@ -269,7 +269,7 @@ class Predictions:
 
 
 # ---------------------------------------------------------------------------- relaxation
-def _error(energy: Energy, z: torch.Tensor, mu: torch.Tensor, weight: float) -> torch.Tensor:
+def weighted_error(energy: Energy, z: torch.Tensor, mu: torch.Tensor, weight: float) -> torch.Tensor:
     """``weight * dE/dz`` of a node, as ``-weight * dE/dmu`` (equal for Gaussian and clamped
     cross-entropy nodes, whose ``z`` gradient is not used)."""
     g = energy.grad_z(z, mu) if type(energy) is Gaussian else -energy.grad_mu(z, mu)
@@ -367,7 +367,7 @@ class Anchored:
         return mu.clone() if self.d is None else torch.addmm(mu, self.d, self.weight, alpha=self.lr)
 
 
-def _anchored(plan: Plan, params: Params, predictions: Predictions, z: list[torch.Tensor]) -> dict[int, Anchored]:
+def anchor(plan: Plan, params: Params, predictions: Predictions, z: list[torch.Tensor]) -> dict[int, Anchored]:
     """The free nodes relaxation carries through the next layer (see :class:`Anchored`)."""
     optimizer, L = plan.optimizer, plan.chain.depth
     if type(optimizer) is not SGD or optimizer.momentum != 0.0 or not plan.feed_forward or plan.fixed_prediction:
@@ -421,7 +421,7 @@ def relax_chain(
     touched = [False] * (L + 1)  # has had a gradient not known to be zero
     idle_updates = type(optimizer) is not SGD  # Adam counts its steps even at zero gradient
     zeros: list[torch.Tensor | None] = [None] * (L + 1)
-    anchored = _anchored(plan, params, current, z)
+    anchored = anchor(plan, params, current, z)
     layers_with_error = [l for l in range(1, L + 1) if plan.active[l] and l not in anchored]
     free_nodes = [i for i in range(L + 1) if plan.free[i]]
 
@@ -432,7 +432,7 @@ def relax_chain(
         e: list[torch.Tensor | None] = [None] * (L + 2)
         for l in layers_with_error:
             if not zero[l] and w[l] != 0.0:
-                e[l] = _error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
+                e[l] = weighted_error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
         moved, tracked = [], []
         for i in free_nodes:
             # dE/dz_i = e_i - J_{i+1}^T e_{i+1},  J^T g = (g * f'(a)) @ W
@@ -565,7 +565,7 @@ def incremental(
         e: list[torch.Tensor | None] = [None] * (L + 2)
         for l in range(1, L + 1):
             if plan.active[l] and w[l] != 0.0:
-                e[l] = _error(chain.energies[l - 1], z[l], predictions.get(l, z), w[l])
+                e[l] = weighted_error(chain.energies[l - 1], z[l], predictions.get(l, z), w[l])
         grads: dict[int, torch.Tensor] = {}
         for i in range(L + 1):
             if not plan.free[i]:

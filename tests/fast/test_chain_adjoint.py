@@ -1,13 +1,14 @@
-"""The hand-derived reverse pass of the Dense-chain relaxation (:mod:`pclab.core.chain_adjoint`)
+"""The hand-derived reverse pass of the Dense-chain relaxation (:mod:`pclab.core.fast.chain_adjoint`)
 gives the gradients of autograd through the unrolled relaxation.
 
-References: autograd through the fast relaxation (``chain_adjoint.autograd_only()``) and autograd
+References: autograd through the fast relaxation (``Inference(accelerators=("chain",))``) and autograd
 through the general graph code (``method="manual"``), both float64.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from perf_chains import chain, names, randn, reference
 
-from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, chain_adjoint, relax
-from pclab.core.chain_adjoint import CURVATURE
-from pclab.core.relax import chain_plan
+from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, relax
+from pclab.core.fast import anchored, chain_adjoint, path
+from pclab.core.fast.chain_adjoint import CURVATURE
+from pclab.core.fast.dispatch import chain_plan
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -56,14 +58,13 @@ def _grads(model, clamp, inference, target, start=None, hand: bool = True):
     path ran (``True``: the hand-derived reverse pass)."""
     params = list(model.parameters())
     inputs = params + ([start[n] for n in start if n not in clamp] if start is not None else [])
-    if hand:
-        relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
-    else:
-        with chain_adjoint.autograd_only():
-            relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
+    if not hand:  # the Dense-chain relaxation without its reverse pass
+        inference = replace(inference, accelerators=("chain",))
+    relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
     loss = _loss(model, relaxed.values, relaxed.clamped, target)
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-    used = any(v.grad_fn is not None and type(v.grad_fn).__name__ == "_ChainRelaxationBackward" for v in relaxed.values.values())
+    used = any(v.grad_fn is not None and type(v.grad_fn).__name__ == "ChainRelaxationBackward" for v in relaxed.values.values())
+    assert used == (path(model, inference, batch=clamp, differentiable=True, initial=start) == "chain-adjoint")
     return float(loss.detach()), grads, used, relaxed
 
 
@@ -116,7 +117,7 @@ def test_every_activation_and_output_energy_on_a_training_chain(activation, outp
     clamp = _clamp(model, "io", batch=6, ce=output == "ce")
     inference = Inference(steps=12, optimizer=SGD(0.1))
     _, _, used, relaxed = _grads(model, clamp, inference, randn(6, 3, seed=3))
-    assert used and relaxed.chain[1].anchored == (1,)
+    assert used and anchored(model, clamp, inference) == ("h1",)
     _compare(model, clamp, inference, randn(6, 3, seed=3))
 
 
@@ -163,7 +164,7 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
     targets include PyTorch's ignore_index (-100)."""
     import torch.nn.functional as F
 
-    from pclab.core import chain as dense
+    from pclab.core.fast.chain import dense_chain
 
     model = chain([widths[i] for i in range(depth + 1)], activation)
     if frozen_bias:
@@ -171,7 +172,7 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
     clamp = _clamp(model, pattern, batch=5, ce=False)
     inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer])
     ns = list(model.nodes)
-    structure = dense.dense_chain(model)
+    structure = dense_chain(model)
     plan = chain_plan(model, structure, frozenset(clamp), inference, feed_forward=True)
     given = [clamp.get(n) for n in ns]
     if not chain_adjoint.applies(plan, given):
@@ -211,26 +212,18 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
 
 def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextlib.nullcontext):
     """One bp-through-inference step on twin chains 7-6-5-3, by the Dense-chain rule and by the
-    general graph code; ``(fast metrics, general metrics, task_loss_grads ran, fast model, general model)``."""
+    general graph code, checking they agree; whether the Dense-chain rule took its whole step without autograd
+    (:func:`~pclab.core.fast.chain_adjoint.task_loss_grads`, path ``"chain-adjoint"``)."""
     from pclab.core import BPThroughInference
 
     model, other = chain([7, 6, 5, 3], activation), chain([7, 6, 5, 3], activation)
     inference = Inference(steps=steps, optimizer=SGD(0.1))
     fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, clamp)
     slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, clamp)
-    calls = []
-    original = chain_adjoint.task_loss_grads
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    chain_adjoint.task_loss_grads = counted
-    try:
-        with warns():
-            a = fast.step(batch)
-    finally:
-        chain_adjoint.task_loss_grads = original
+    whole = path(model, inference, fast, batch) == "chain-adjoint"
+    assert path(other, slow.inference, slow, batch) == "reference"
+    with warns():
+        a = fast.step(batch)
     with warns():
         b = slow.step(batch)
     assert a.keys() == b.keys()
@@ -238,7 +231,7 @@ def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextli
         assert a[key] == pytest.approx(b[key], rel=1e-12)
     for p, q in zip(model.parameters(), other.parameters()):
         assert _rel(p.grad, q.grad) < 1e-9
-    return bool(calls)
+    return whole
 
 
 @pytest.mark.parametrize("loss", [TaskLoss(reconstruct={"y": 1.0}), TaskLoss(reconstruct={"y": 0.4}, classify={"y": 0.6})])
@@ -275,8 +268,8 @@ def test_autograd_is_used_where_the_reverse_pass_does_not_apply(case):
     if case == "clamp-requires-grad":
         clamp = {n: v.clone().requires_grad_() for n, v in clamp.items()}
     relaxed = relax(model, clamp, inference, differentiable=True)
-    assert relaxed.chain is not None  # still the fast relaxation, differentiated by autograd
-    assert not any(v.grad_fn is not None and type(v.grad_fn).__name__ == "_ChainRelaxationBackward" for v in relaxed.values.values())
+    assert path(model, inference, batch=clamp, differentiable=True) == "chain"  # still the fast relaxation, differentiated by autograd
+    assert not any(v.grad_fn is not None and type(v.grad_fn).__name__ == "ChainRelaxationBackward" for v in relaxed.values.values())
 
 
 def test_curvature_table_is_the_second_derivative_of_every_activation():
@@ -290,7 +283,7 @@ def test_curvature_table_is_the_second_derivative_of_every_activation():
         (d1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
         (d2,) = torch.autograd.grad(d1.sum(), x) if d1.requires_grad else (torch.zeros_like(a),)
         mu = f(a)
-        slope = chain_adjoint._slope_times(name, torch.ones_like(a), a, mu)
+        slope = chain_adjoint.slope_times(name, torch.ones_like(a), a, mu)
         assert torch.allclose(slope, d1.detach(), rtol=1e-12, atol=1e-14), name
         if entry is None:
             assert float(d2.abs().max()) == 0.0, name
