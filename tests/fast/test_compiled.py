@@ -12,7 +12,8 @@ import torch
 from perf_chains import chain, max_rel, randn, twin
 from torch._dynamo.utils import counters
 
-from pclab.core import SGD, IncrementalPC, Inference, PCLearning, compiled, relax
+from pclab.core import SGD, IncrementalPC, Inference, PCLearning, relax
+from pclab.core.fast import compiled, path
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
@@ -39,8 +40,9 @@ def test_compiled_relaxation_equals_the_eager_fast_path():
     x = randn(5, 12, seed=1, dtype=torch.float32)
     inference = Inference(steps=3, optimizer=SGD(0.1))
     eager = relax(model, {"x": x}, inference)
-    fast = relax(model, {"x": x}, Inference(steps=3, optimizer=SGD(0.1), compile=True))
-    assert fast.chain is None and eager.chain is not None
+    fast_inference = Inference(steps=3, optimizer=SGD(0.1), compile=True)
+    fast = relax(model, {"x": x}, fast_inference)
+    assert path(model, fast_inference, batch={"x": x}) == "compiled-chain" and path(model, inference, batch={"x": x}) == "chain"
     assert max_rel(fast.values, eager.values) < 1e-5
     assert max_rel(fast.initial, eager.initial) < 1e-6
 
@@ -316,6 +318,6 @@ def test_only_guards_that_a_module_reached_under_two_names_is_one_object_are_dro
                                 is_global=True, orig_guard=None)
 
     tensor = torch.zeros(2)
-    entries = [entry("DUPLICATE_INPUT", compiled.dense), entry("DUPLICATE_INPUT", tensor), entry("TENSOR_MATCH", tensor),
-               entry("ID_MATCH", compiled.dense)]
-    assert compiled._guard_filter(entries) == [False, True, True, True]
+    entries = [entry("DUPLICATE_INPUT", compiled.chain_adjoint), entry("DUPLICATE_INPUT", tensor), entry("TENSOR_MATCH", tensor),
+               entry("ID_MATCH", compiled.chain_adjoint)]
+    assert compiled.guard_filter(entries) == [False, True, True, True]

@@ -1,5 +1,5 @@
 """``Inference(compile=True)`` for bp-through-inference on Dense chains: the compiled forward and
-reverse pass (:mod:`pclab.core.compiled_adjoint`) give the eager hand-derived pass's numbers.
+reverse pass (:mod:`pclab.core.fast.compiled_adjoint`) give the eager hand-derived pass's numbers.
 
 Compiling takes seconds (tens on a cold Inductor cache), so this file is marked slow.
 """
@@ -11,8 +11,9 @@ import torch
 from perf_chains import chain, randn, twin
 from torch._dynamo.utils import counters
 
-from pclab.core import SGD, BPThroughInference, Inference, TaskLoss, chain_adjoint, compiled, relax
-from pclab.core.chain import Anchored
+from pclab.core import SGD, BPThroughInference, Inference, TaskLoss, relax
+from pclab.core.fast import anchored, chain_adjoint, compiled, path
+from pclab.core.fast.chain import Anchored
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
@@ -23,7 +24,7 @@ F32 = torch.float32
 CHAINS = {"plain": [12, 8, 8, 4], "anchored": [12, 16, 4, 4], "wide": [12, 20, 24, 20, 4]}
 
 
-def _entries(model) -> dict[str, compiled._Compiled]:
+def _entries(model) -> dict[str, compiled.Compiled]:
     """The compiled graphs of ``model``'s chain (forward / reverse pass, whole step), by kind."""
     first = model.module("x", "h1")
     return {key[0]: e for key, e in compiled.CACHE.entries.items()
@@ -44,7 +45,7 @@ def eager_calls(monkeypatch):
     """Counts the eager forward and reverse passes (not while TorchDynamo traces them into a
     compiled graph: it would replay the count with every call of the graph, and guard on it)."""
     calls = {"forward": 0, "reverse": 0}
-    run, reverse = chain_adjoint._run, chain_adjoint._reverse
+    run, reverse = chain_adjoint.record, chain_adjoint.reverse
 
     def counted_run(*args):
         if not torch.compiler.is_compiling():
@@ -56,8 +57,8 @@ def eager_calls(monkeypatch):
             calls["reverse"] += 1
         return reverse(*args)
 
-    monkeypatch.setattr(chain_adjoint, "_run", counted_run)
-    monkeypatch.setattr(chain_adjoint, "_reverse", counted_reverse)
+    monkeypatch.setattr(chain_adjoint, "record", counted_run)
+    monkeypatch.setattr(chain_adjoint, "reverse", counted_reverse)
     return calls
 
 
@@ -102,8 +103,9 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
         assert not updates
     total = sum(e.compile_seconds for e in [*entries.values(), *updates])
     assert compiled.total_compile_seconds() - before == pytest.approx(total)
-    relaxed = relax(model, {"x": data["x"], "y": data["y"]}, fast.inference, differentiable=True)
-    assert relaxed.chain[1].anchored == ((1,) if case == "anchored" else ())
+    clamp = {"x": data["x"], "y": data["y"]}
+    assert path(model, fast.inference, batch=clamp, differentiable=True) == "compiled-adjoint"
+    assert anchored(model, clamp, fast.inference) == (("h1",) if case == "anchored" else ())
 
 
 def _loss(model, values) -> torch.Tensor:
@@ -133,15 +135,16 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
         first = torch.autograd.grad(loss, inputs, retain_graph=True)
         again = torch.autograd.grad(loss, inputs)  # the saved record is reused, not consumed
         assert all(torch.equal(x, y) for x, y in zip(first, again))
-        return first, relaxed
+        assert path(model, inference, batch=clamp, differentiable=True, initial=start) == ("compiled-adjoint" if compile else "chain-adjoint")
+        return first, relaxed, anchored(model, clamp, inference)
 
     for seed in (10, 20):  # the second call runs the compiled graphs
         calls = dict(eager_calls)
-        fast, relaxed = grads(True, seed)
+        fast, relaxed, fast_anchored = grads(True, seed)
         if seed == 20:
             assert eager_calls == calls
-        slow, reference = grads(False, seed)
-        assert relaxed.chain[1].anchored == reference.chain[1].anchored == (() if momentum else (1,))
+        slow, reference, slow_anchored = grads(False, seed)
+        assert fast_anchored == slow_anchored == (() if momentum else ("h1",))
         assert max(_rel(a, b) for a, b in zip(fast, slow)) <= 1e-5
         assert max(_rel(relaxed.values[n], reference.values[n]) for n in relaxed.values) <= 1e-5
     entries = _entries(model)
