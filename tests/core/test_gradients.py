@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pc_testnets import (
+from torch import nn
+
+from nets import (
     ALL_ACTIVATIONS,
     F64,
     AutogradVjp,
@@ -22,8 +24,6 @@ from pc_testnets import (
     seeded,
     some_indices,
 )
-from torch import nn
-
 from pclab.core import PCN, CrossEntropy, Decaying, Dense, Gaussian, Inference, Node, Spiking, free_nodes
 
 FD_TOL = 1e-6

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from perf_chains import chain, names, randn, reference
 
+from nets import chain_names, mlp, randn, reference
 from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, relax
 from pclab.core.fast import anchored, chain_adjoint, path
 from pclab.core.fast.chain_adjoint import CURVATURE
@@ -102,7 +102,7 @@ def _compare(model, clamp, inference, target, start=None, general: bool = True) 
 )
 def test_hand_derived_reverse_pass_equals_autograd(depth, widths, activation, optimizer, pattern, output, schedule, steps, bias):
     ce = output == "ce"
-    model = chain(widths[: depth + 1], activation, output=CrossEntropy(0.7) if ce else None,
+    model = mlp(widths[: depth + 1], activation, output=CrossEntropy(0.7) if ce else None,
                   precisions=[1.0 + 0.25 * l for l in range(depth)], bias=bias)
     clamp = _clamp(model, pattern, batch=4, ce=ce)
     inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer], precision=SCHEDULES[schedule])
@@ -113,7 +113,7 @@ def test_hand_derived_reverse_pass_equals_autograd(depth, widths, activation, op
 @pytest.mark.parametrize("output", ["gaussian", "ce"])
 def test_every_activation_and_output_energy_on_a_training_chain(activation, output):
     """Input and label clamped, wide enough for the anchored first hidden node (the MLP case)."""
-    model = chain([9, 8, 8, 3], activation, output=CrossEntropy() if output == "ce" else None)
+    model = mlp([9, 8, 8, 3], activation, output=CrossEntropy() if output == "ce" else None)
     clamp = _clamp(model, "io", batch=6, ce=output == "ce")
     inference = Inference(steps=12, optimizer=SGD(0.1))
     _, _, used, relaxed = _grads(model, clamp, inference, randn(6, 3, seed=3))
@@ -124,7 +124,7 @@ def test_every_activation_and_output_energy_on_a_training_chain(activation, outp
 def test_the_graph_can_be_differentiated_again_with_retain_graph():
     """autograd.grad(..., retain_graph=True) twice (one call per layer, as the dynamics study's
     alignment does) gives the same gradients as one call for all parameters."""
-    model = chain([9, 8, 8, 3], "tanh")
+    model = mlp([9, 8, 8, 3], "tanh")
     clamp = _clamp(model, "io", batch=6, ce=False)
     relaxed = relax(model, clamp, Inference(steps=6, optimizer=SGD(0.1)), differentiable=True)
     loss = _loss(model, relaxed.values, relaxed.clamped, randn(6, 3, seed=3))
@@ -138,12 +138,12 @@ def test_the_graph_can_be_differentiated_again_with_retain_graph():
 @pytest.mark.parametrize("init", ["zeros", "given"])
 def test_start_values_get_their_gradient(init):
     """Not a feed-forward start: the start values are inputs of the reverse pass too."""
-    model = chain([5, 6, 4, 3], "tanh")
+    model = mlp([5, 6, 4, 3], "tanh")
     clamp = _clamp(model, "io", batch=4, ce=False)
     inference = Inference(steps=7, optimizer=SGD(0.05, momentum=0.5), init="zeros")
     start = None
     if init == "given":
-        start = {n: randn(4, model.nodes[n].shape[0], seed=30 + i).requires_grad_() for i, n in enumerate(names(3)) if n not in clamp}
+        start = {n: randn(4, model.nodes[n].shape[0], seed=30 + i).requires_grad_() for i, n in enumerate(chain_names(3)) if n not in clamp}
     _compare(model, clamp, inference, randn(4, 3, seed=3), start=start)
 
 
@@ -166,7 +166,7 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
 
     from pclab.core.fast.chain import dense_chain
 
-    model = chain([widths[i] for i in range(depth + 1)], activation)
+    model = mlp([widths[i] for i in range(depth + 1)], activation)
     if frozen_bias:
         next(iter(model.edge_modules.values())).linear.bias.requires_grad_(False)
     clamp = _clamp(model, pattern, batch=5, ce=False)
@@ -216,7 +216,7 @@ def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextli
     (:func:`~pclab.core.fast.chain_adjoint.task_loss_grads`, path ``"chain-adjoint"``)."""
     from pclab.core import BPThroughInference
 
-    model, other = chain([7, 6, 5, 3], activation), chain([7, 6, 5, 3], activation)
+    model, other = mlp([7, 6, 5, 3], activation), mlp([7, 6, 5, 3], activation)
     inference = Inference(steps=steps, optimizer=SGD(0.1))
     fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, clamp)
     slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, clamp)
@@ -258,7 +258,7 @@ def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_od
 
 @pytest.mark.parametrize("case", ["adam", "fixed-prediction", "clamp-requires-grad", "nothing-moves", "no-steps"])
 def test_autograd_is_used_where_the_reverse_pass_does_not_apply(case):
-    model = chain([5, 6, 4, 3], "tanh")
+    model = mlp([5, 6, 4, 3], "tanh")
     clamp = _clamp(model, "in" if case == "nothing-moves" else "io", batch=4, ce=False)
     inference = Inference(
         steps=0 if case == "no-steps" else 5,

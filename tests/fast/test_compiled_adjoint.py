@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from perf_chains import chain, randn, twin
 from torch._dynamo.utils import counters
 
+from nets import mlp, randn, twin
 from pclab.core import SGD, BPThroughInference, Inference, TaskLoss, relax
 from pclab.core.fast import anchored, chain_adjoint, compiled, path
 from pclab.core.fast.chain import Anchored
@@ -70,7 +70,7 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
     forward and reverse pass, then the optimiser's step as a compiled graph of its own."""
     widths, steps = CHAINS[case], 4
     assert Anchored.pays(6, widths[1], widths[2], steps - 1) == (case == "anchored")
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     other = twin(model)
     task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
     eager = BPThroughInference(other, Inference(steps=steps, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05), task, ("x", "y"))
@@ -119,7 +119,7 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
     """A loss on the output and the hidden values; with ``start-momentum`` a given start (whose
     values get their gradient too) relaxed by heavy-ball SGD."""
     widths = CHAINS["anchored"]
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     momentum = case == "start-momentum"
     optimizer = SGD(0.05, momentum=0.5) if momentum else SGD(0.1)
     clamp = {"x": randn(6, 12, seed=1, dtype=F32), "y": randn(6, widths[-1], seed=2, dtype=F32)}
@@ -162,7 +162,7 @@ def test_the_optimiser_step_of_compiled_bp_through_inference_matches_torch_optim
     ``step`` after a compiled graph of the gradients. A TaskLoss subclass: the step after the
     compiled reverse pass compiles on its own (compiled.optimizer_update), RMSprop's excepted."""
     widths = CHAINS["anchored"]
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     other = twin(model)
     task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
     rules = [BPThroughInference(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), optimizer(m.parameters()), task, ("x", "y"))
