@@ -3,12 +3,12 @@
 :func:`run_speed_benchmark` measures, in one process and one run (so ratios compare like with
 like on a shared or noisy machine):
 
-* ``target``  -- issue 2's speed target: one epoch of PC (MLP 784-128-128-10 tanh, batch 64,
+* ``target``  -- the speed target: one epoch of PC (MLP 784-128-128-10 tanh, batch 64,
   ``T = 20``, latent SGD 0.1, Adam 1e-3) against a minimal PyTorch backprop loop on the same MLP;
 * ``algorithms`` -- samples/s, epoch time and achieved GFLOP/s of PC (fast path, compiled,
   reference graph code), incremental PC, bp-through-inference (with and without checkpointing) and
   backprop on MLPs of width 128 and 512 and a small conv net;
-* ``bpti`` -- issue 8's bp-through-inference / PC target on the same three models, each pair
+* ``bpti`` -- the bp-through-inference / PC target on the same three models, each pair
   (eager; compiled) timed alone in adjacent chunks, with the rounds' own ratios (:func:`bpti_ratio`);
 * ``scaling`` -- PC cost against ``T`` and against depth, with least-squares lines;
 * ``memory`` -- peak memory of one training step against ``T`` (10 .. 200) for
@@ -16,8 +16,8 @@ like on a shared or noisy machine):
   checkpointing (``bpti-flat``), and PC (each point in a fresh process);
 * ``pcx`` -- PCX 0.6 (JAX) on the target's problem, in its own virtual environment. With ``target``
   (on the CPU) PCX's PC and backprop steps run in a worker process (:class:`PcxWorker`) and are
-  timed in the target's rounds, in turn with pclab's, so both sides see the same machine speed (this
-  VM has phases of minutes in which everything runs 25-45 % slower); alone, one PCX run after pclab's.
+  timed in the target's rounds, in turn with pclab's, so both sides see the same machine speed (a
+  shared machine can have phases of minutes in which everything runs slower); alone, one PCX run after pclab's.
 
 Timing: algorithms run in interleaved chunks of batches; the per-batch time of an algorithm is
 the median over its chunks (``min`` is reported too: the least disturbed chunk). Epoch time is the

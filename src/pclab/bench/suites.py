@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def target(batch: int = 64, steps: int = 20, chunk: int | None = None, rounds: int = 10, compile: bool = True,
            device: torch.device | str = "cpu", pcx: PcxWorker | None = None) -> dict[str, Any]:
-    """Issue 2's target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20), model
+    """The speed target: PC epoch / BP epoch on MLP 784-128-128-10 tanh (batch 64, T = 20), model
     and data on ``device``.
 
     ``chunk``: batches per timed chunk; default an epoch (938 at batch 64), run over an epoch of
@@ -110,7 +110,7 @@ def algorithms(
             rows.append(row)
         entry = {"model": kind, "device": str(device), "batch": batch, "steps": steps, "rows": rows,
                  "compile_seconds": compile_s or None}
-        # issue 8: bp-through-inference against PC at equal T, eager with eager and compiled with compiled
+        # bp-through-inference against PC at equal T, eager with eager and compiled with compiled
         pairs = {"eager": ("bpti", "pc"), "compiled": ("bpti-compiled", "pc-compiled")}
         ratios = {mode: timings[a].median / timings[b].median for mode, (a, b) in pairs.items() if a in timings and b in timings}
         if ratios:
@@ -127,12 +127,12 @@ BPTI_CHUNKS = {"mlp128": 20, "mlp512": 4, "conv": 2}
 
 def bpti_ratio(models: Sequence[str] = ("mlp128", "mlp512", "conv"), batch: int = 64, steps: int = 20, rounds: int = 10,
                compile: bool = True, device: torch.device | str = "cpu", chunks: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Issue 8's bp-through-inference target, timed for itself: per model and mode (``eager``:
+    """The bp-through-inference target (at most 2x PC at equal T), timed for itself: per model and mode (``eager``:
     ``bpti`` against ``pc``; ``compiled``: ``bpti-compiled`` against ``pc-compiled``, Dense chains
     only), the two alone, in adjacent chunks whose order alternates round by round, so that each
     round's ratio compares chunks run a fraction of a second apart. (In :func:`algorithms` ten
     algorithms take turns, and a change of the machine's speed between a pair's chunks goes
-    straight into its ratio: 1.67 and 2.01 for the same eager MLP-128 pair in two runs here.)
+    straight into its ratio.)
 
     Returns one entry per model: ``{mode: {"paired_median", "quartiles", "range", "bpti_ms",
     "pc_ms", "ratios"}}`` plus ``model``, ``chunk``, ``rounds`` and ``flops_ratio`` (the matrix

@@ -64,9 +64,9 @@ def interleaved(steps: dict[str, Step | ChunkTimer], batches, chunk: int, rounds
 
     Every chunk takes the next ``chunk`` of ``batches`` (cyclically), so no function runs on
     batches another one has just brought into the cache, and each round starts with the next
-    function in turn: the first steps after a switch are slower (measured here: the minimal BP
-    loop's first step after a chunk of compiled PC took 0.86-1.02 ms against 0.50 ms), and a
-    fixed order would put that cost, and the coldest data, on the same function every round."""
+    function in turn: the first steps after a switch are slower (the minimal BP loop's first step
+    after a chunk of compiled PC can take twice its usual time), and a fixed order would put that
+    cost, and the coldest data, on the same function every round."""
     device = device or batches[0][0].device
     timings = {name: Timing() for name in steps}
     k = 0

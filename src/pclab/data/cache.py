@@ -9,8 +9,8 @@ Layout of ``<root>/<name>/`` (``root`` defaults to :func:`data_dir`)::
     manifest.json      name, description, source, and the size and SHA-256 of every file above
 
 The manifest is written last, so a folder without one is an incomplete cache. Loading a split reads
-each of its two files once, checks size and SHA-256 against the manifest (about 50 ms for MNIST's
-train images), and only then parses it.
+each of its two files once, checks size and SHA-256 against the manifest (a fraction of a second for
+MNIST's train images), and only then parses it.
 """
 
 from __future__ import annotations

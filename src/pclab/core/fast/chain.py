@@ -4,7 +4,7 @@ Most PCNs people train are a chain ``n0 -> n1 -> ... -> nL`` with one fully-conn
 edge (an MLP). For such a network :func:`~pclab.core.relax.relax` and
 :class:`~pclab.core.learning.PCLearning` use this module instead of the general graph code. It
 computes the same quantities as the reference path (``PCN.latent_grads`` / autograd of
-``PCN.energy``) and tests in ``tests/perf`` check that they agree. What makes it faster:
+``PCN.energy``) and tests in ``tests/fast`` check that they agree. What makes it faster:
 
 * no per-step dictionaries, graph walks or autograd: a step is a handful of tensor ops per layer;
 * **unchanged predictions are not recomputed**: ``mu_l = f(W_l z_{l-1} + b_l)`` changes only when
@@ -328,7 +328,7 @@ class Anchored:
 
     That is one product with the ``(n_{i+1}, n_{i+1})`` matrix ``W W^T`` per step instead of two
     with ``W`` (the backward product, then the next forward one): the same arithmetic reordered,
-    equal to the direct updates up to float rounding (``tests/perf``).
+    equal to the direct updates up to float rounding (``tests/fast``).
     """
 
     def __init__(self, i: int, weight: torch.Tensor, a_ff: torch.Tensor, lr: float):

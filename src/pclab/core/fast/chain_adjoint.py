@@ -45,10 +45,8 @@ What keeps it cheap:
   not read, until the error reaches it).
 
 Eagerly, the weight-gradient products of a layer with a free input are added step by step, not
-stacked into one ``(T B x out)^T (T B x in)`` product: on this project's 2-core machine (MKL, one
-thread, MLP 784-128-128-10, batch 64, T = 20) stacking measured slower (median 12.8 ms against
-8.6 ms per forward and reverse pass, loaded machine), the copy into the stacked rows and reading
-them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
+stacked into one ``(T B x out)^T (T B x in)`` product: on a CPU stacking was slower, the copy into
+the stacked rows and reading them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
 layers up to 128 x 128 are stacked (so is an anchored node's ``dL/dG``; :func:`stacked`).
 
 Applies (:func:`applies`; otherwise the caller differentiates with autograd) to latent ``SGD``
@@ -301,12 +299,11 @@ def stacked(n_out: int, n_in: int) -> bool:
     """Whether the per-step weight-gradient terms ``(batch, n_out)^T (batch, n_in)`` are stacked into
     one ``(n_out x T B) @ (T B x n_in)`` product at the end: under compilation and for layers of at
     most 128 x 128 weights. Inductor writes each step's factors straight into the stacked rows (no
-    copies) and one product replaces ``T`` small ones with their launches: measured on compiled
-    steps (in-process A/B), -3 to -7 % for MLP 784-128-128-10 and -2.7 % for a 6-layer MLP 128,
-    but +5 to +18 % for width 256 and +5 % for width 512, whose per-step products already run at
-    the large product's rate while the stacked rows are read back cold. Eagerly the stacking is a copy
-    and each step's term is added at once instead (stacked eagerly: 1 % faster on MLP 128, 1 % slower
-    on MLP 512, and it kept a tensor per step alive; for free-input layers 50 % slower earlier)."""
+    copies) and one product replaces ``T`` small ones with their launches: faster on compiled steps
+    of width-128 MLPs, slower from width 256, whose per-step products already run at the large
+    product's rate while the stacked rows are read back cold. Eagerly the stacking is a copy and
+    each step's term is added at once instead (stacking gained nothing there and kept a tensor per
+    step alive)."""
     return torch.compiler.is_compiling() and n_out * n_in <= _STACKED
 
 
@@ -316,8 +313,8 @@ class _Reverse:
 
     Layer ``l`` with a free input: ``dL/dW_l = scale * sum (q^T source + delta^T u)`` and
     ``dL/db_l = scale * sum q`` over the steps; eagerly each step's products are added as they
-    come (while the factors are still in cache; stacking them into one product per layer measured
-    slower here), under compilation they are stacked into one (see the module docstring). With a
+    come (while the factors are still in cache; stacking them into one product per layer was
+    slower), under compilation they are stacked into one (see the module docstring). With a
     clamped input, ``const[l]`` collects the
     ``(batch, out)`` terms to be taken through ``f'`` once and multiplied by that input once.
     """

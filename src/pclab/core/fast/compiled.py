@@ -18,7 +18,7 @@ Costs and rules:
   size (an epoch's short last batch) runs the eager fast path, which gives the same numbers up to
   float rounding;
 * results equal the eager fast path up to float rounding (Inductor's own ``tanh`` etc.), which
-  ``tests/perf`` checks;
+  ``tests/fast`` checks;
 * the PC rule's weight update joins the compiled call (:func:`pc_train_step`), what PCX gets from
   jitting optax's update into its train step. For ``torch.optim.Adam``, ``AdamW`` and ``SGD``
   the update is traced into the same graph as the relaxation (:func:`functional_groups`): SGD
@@ -27,8 +27,8 @@ Costs and rules:
   outside the graph (:func:`_adam_update`); a stateful optimiser's first step runs eagerly, so that
   ``torch.optim`` creates its state, and the next one compiles; any other optimiser, or one
   with step hooks, runs its ``step`` from the compiled frame, as a second graph (``torch.optim``
-  breaks the graph there on purpose). Against that second graph, the one-graph step saved
-  7 % of a step on the issue-2 target MLP (the optimiser's frames, guards and launch). All this
+  breaks the graph there on purpose). The one graph saves the second graph's frames, guards and
+  launch (the benchmarks page has the measurement). All this
   holds while the optimiser's hyperparameters stay those of the first call; a changed float
   learning rate would recompile, so after a change (or with a scheduler over float rates) the
   step runs eagerly instead. A tensor rate (:func:`rates_are_tensors`) is an
@@ -36,10 +36,10 @@ Costs and rules:
 * bp-through-inference with a plain :class:`~pclab.core.learning.TaskLoss` is traced whole, like a
   PC step: relaxation, loss and its hand-derived reverse pass
   (:func:`pclab.core.fast.chain_adjoint.task_loss_grads`) and the functional update
-  (:func:`bpti_train_step`; :func:`bpti_step` without the update for other optimisers). On the
-  issue-2 MLP that step took 2.45 against 3.14 ms a batch as autograd through the compiled forward
-  and reverse pass with the update as a third graph (its Python, the autograd ``Function`` and the
-  ~100-tensor tape between the graphs). With any other loss, the gradients come from ``backward``
+  (:func:`bpti_train_step`; :func:`bpti_step` without the update for other optimisers), which
+  is faster than autograd through the compiled forward and reverse pass with the update as a third
+  graph (that costs its Python, the autograd ``Function`` and the tape of tensors between the
+  graphs). With any other loss, the gradients come from ``backward``
   (through the compiled passes of :mod:`pclab.core.fast.compiled_adjoint`) and the optimiser step then
   runs as a graph of its own, the same update under the same rules (:func:`optimizer_update`).
 """
@@ -201,9 +201,8 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     """One step of ``torch.optim.Adam``/``AdamW`` on one parameter, in place: the arithmetic of its
     single-tensor form (``torch.optim.adam._single_tensor_adam``, not capturable), but with the bias
     corrections given. Traced, ``1 - beta^t`` from the step count in the state would be
-    recomputed by Inductor inside the update's element loop, two ``pow`` calls per 16 values:
-    measured, a compiled update of the issue-2 MLP's parameters took 113-188 us with them and
-    43 us with the corrections as inputs."""
+    recomputed by Inductor inside the update's element loop, two ``pow`` calls per 16 values,
+    several times the cost of the update with the corrections as inputs."""
     if maximize:
         grad = -grad
     step += 1
@@ -384,7 +383,7 @@ class Compiled:
     """One compiled function and the batch size it serves."""
 
     fn: Callable[..., Any]
-    setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor: ~1 s)
+    setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor)
     batch: int | None = None
     compile_seconds: float | None = None
     groups: tuple[FunctionalGroup, ...] | None = None  # a functional optimiser step's
@@ -492,11 +491,11 @@ def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[
     one compiled: the eager code must run instead.
 
     Precision multipliers go in as tensors, so a schedule's changing values do not recompile.
-    The same numbers as the eager gradients up to float rounding (``tests/perf``); :func:`pclab.core.relax.relax`
+    The same numbers as the eager gradients up to float rounding (``tests/fast``); :func:`pclab.core.relax.relax`
     calls it for pclab's ``SGD`` only (an Adam-like rule would blow that rounding up where a
-    feed-forward start makes the gradient exactly zero). Measured (``BENCHMARKS.md``): a PC step of
-    ``pclab bench``'s small conv net (T = 20) 0.71-0.80x the eager time; the depth study's VGG-BN
-    PC steps, whose convolutions dominate, 0.96x summed (within the machine's noise)."""
+    feed-forward start makes the gradient exactly zero). It pays where the elementwise work between
+    the products is a large part of a step, less where convolutions dominate (measured times: the
+    benchmarks page)."""
     # (train / eval mode: a graph each, each compiled and timed on its first call)
     key = ("grads", model, model.training, clamped, tuple(free), multipliers is None, None if cached is None else tuple(cached))
     entry = CACHE.get(key, lambda: compile_graph(_energy_grads(model, clamped)))
@@ -601,7 +600,7 @@ def _functional_step(kind: tuple, plan: Plan, flat: list[torch.Tensor], inputs: 
     entry.groups = groups
     corrections = [group.corrections(tensors, updates) for group, tensors in zip(groups, state)]
     energy, grads = run(entry, batch, inputs, flat, state, corrections)
-    for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch
+    for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its profiler and dispatch overhead
         for param in group["params"]:
             param.grad = None
     set_grads(plan.chain, grads)
