@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from nets import chain_names, mlp, randn, reference
 from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, relax
 from pclab.core.fast import anchored, chain_adjoint, path
-from pclab.core.fast.chain_adjoint import CURVATURE
 from pclab.core.fast.dispatch import chain_plan
+from pclab.core.layers import CURVATURE, slope_times
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -283,7 +283,7 @@ def test_curvature_table_is_the_second_derivative_of_every_activation():
         (d1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
         (d2,) = torch.autograd.grad(d1.sum(), x) if d1.requires_grad else (torch.zeros_like(a),)
         mu = f(a)
-        slope = chain_adjoint.slope_times(name, torch.ones_like(a), a, mu)
+        slope = slope_times(name, torch.ones_like(a), a, mu)
         assert torch.allclose(slope, d1.detach(), rtol=1e-12, atol=1e-14), name
         if entry is None:
             assert float(d2.abs().max()) == 0.0, name

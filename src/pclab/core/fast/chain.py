@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ..energy import CrossEntropy, Energy, Gaussian
 from ..graph import PCN, edge_key
-from ..layers import Dense
+from ..layers import SLOPE_FROM_OUTPUT, Dense
 from ..optim import SGD, Adam, LatentOptimizer, OptState
 
 Params = list[tuple[torch.Tensor, torch.Tensor | None]]
@@ -179,13 +179,6 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------- predictions
-# f'(a) from mu = f(a), equal bit for bit to how ``layers.ACTIVATIONS`` computes it from a
-# (tanh has its own fused op in ``Predictions.backward``)
-_SLOPE_FROM_OUTPUT = {
-    "sigmoid": lambda mu: mu * (1.0 - mu),
-}
-
-
 _NARROW = 16  # compiled: products through layers this narrow become fused reductions
 
 
@@ -258,7 +251,7 @@ class Predictions:
         if layer.activation == "tanh":  # one fused op: g * (1 - mu^2)
             return torch.ops.aten.tanh_backward(g, self.mu[l])
         if self.slopes[l] is None:
-            from_output = _SLOPE_FROM_OUTPUT.get(layer.activation)
+            from_output = SLOPE_FROM_OUTPUT.get(layer.activation)  # (tanh: the fused op above)
             self.slopes[l] = from_output(self.mu[l]) if from_output is not None else layer._df(self.a[l])
         return g * self.slopes[l]
 

@@ -52,7 +52,7 @@ layers up to 128 x 128 are stacked (so is an anchored node's ``dL/dG``; :func:`s
 Applies (:func:`applies`; otherwise the caller differentiates with autograd) to latent ``SGD``
 (momentum and Nesterov included), any precisions and precision schedules, feed-forward or given
 initial values, no fixed predictions, activations with a hand-written second derivative
-(:data:`CURVATURE`), clamped values that do not require a gradient, and a relaxation with
+(:data:`pclab.core.layers.CURVATURE`), clamped values that do not require a gradient, and a relaxation with
 something to move (a feed-forward start with no clamped target is plain backprop, left to autograd).
 The relaxation autograd differentiates by this reverse pass is :func:`pclab.core.fast.differentiable.relax`;
 with ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.fast.compiled_adjoint`).
@@ -60,14 +60,14 @@ with ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..energy import Gaussian
+from ..layers import CURVATURE, slope_times
 from ..optim import SGD
 from .chain import (
     Anchored,
@@ -82,55 +82,6 @@ from .chain import (
     narrow_rows,
     weighted_error,
 )
-
-aten = torch.ops.aten
-
-
-# ---------------------------------------------------------------------------- activations
-def slope_times(activation: str, x: torch.Tensor, a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """``f'(a) * x`` (elementwise; ``mu = f(a)``), by the fused backward op of the activation."""
-    if activation == "identity":
-        return x
-    if activation == "tanh":
-        return aten.tanh_backward(x, mu)
-    if activation == "sigmoid":
-        return aten.sigmoid_backward(x, mu)
-    if activation == "relu":
-        return aten.threshold_backward(x, a, 0)
-    if activation == "leaky_relu":
-        return aten.leaky_relu_backward(x, a, 0.01, False)
-    if activation == "gelu":
-        return aten.gelu_backward(x, a)
-    if activation == "silu":
-        return aten.silu_backward(x, a)
-    raise ValueError(f"no hand-written derivative for activation {activation!r}")
-
-
-def _gelu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    # f = a Phi(a): f'' = 2 phi(a) - a^2 phi(a)
-    pdf = torch.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
-    return pdf * (2.0 - a * a)
-
-
-def _silu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    # f = a s(a): f'' = s (1 - s) (2 + a (1 - 2 s))
-    s = torch.sigmoid(a)
-    return s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
-
-
-# ``(factor, through_slope, scale)``: ``f''(a) == scale * factor(a, mu) * f'(a)`` when
-# ``through_slope`` (tanh, sigmoid: f'' is a multiple of f', so q = f' (r + scale factor e da)
-# takes one slope product), else ``f''(a) == scale * factor(a, mu)``; ``None``: f'' = 0.
-CURVATURE: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bool, float] | None] = {
-    "identity": None,
-    "relu": None,
-    "leaky_relu": None,
-    "tanh": (lambda a, mu: mu, True, -2.0),  # f'' = -2 f f'
-    "sigmoid": (lambda a, mu: 1.0 - 2.0 * mu, True, 1.0),  # f'' = f' (1 - 2 f)
-    "gelu": (_gelu_curvature, False, 1.0),
-    "silu": (_silu_curvature, False, 1.0),
-}
-"""Second derivatives of the activations the hand-derived reverse pass supports."""
 
 
 # ---------------------------------------------------------------------------- when it applies
@@ -202,10 +153,11 @@ def _relax_recorded(
     through the next pre-activation (:class:`~pclab.core.fast.chain.Anchored`, returned by node).
     """
     chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
-    lr, momentum, nesterov = optimizer.lr, optimizer.momentum, optimizer.nesterov
+    lr, momentum = optimizer.lr, optimizer.momentum
     zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
     touched = [False] * (L + 1)
-    velocity: list[torch.Tensor | None] = [None] * (L + 1)
+    states = [optimizer.init(v) if plan.free[i] else None for i, v in enumerate(z)]
+    zeros: list[torch.Tensor | None] = [None] * (L + 1)
     layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
     free_nodes = [i for i in range(L + 1) if plan.free[i]]
     anchored = anchor(plan, params, predictions, z)
@@ -251,19 +203,11 @@ def _relax_recorded(
                 if not touched[i] or momentum == 0.0:
                     continue
                 grad = None
-            first = velocity[i] is None
-            if momentum == 0.0:
-                z[i] = torch.add(z[i], grad, alpha=-lr)
-            else:
-                v = velocity[i]
-                if grad is None:
-                    v = v * momentum
-                    step = v * momentum if nesterov else v
-                else:
-                    v = grad if v is None else torch.add(grad, v, alpha=momentum)
-                    step = grad.add(v, alpha=momentum) if nesterov else v
-                velocity[i] = v
-                z[i] = torch.add(z[i], step, alpha=-lr)
+            first = states[i]["velocity"] is None
+            if grad is None and zeros[i] is None:
+                zeros[i] = torch.zeros_like(z[i])
+            # the latent optimiser's own update, out of place (the tape keeps the old values)
+            z[i], states[i] = optimizer.update(z[i], zeros[i] if grad is None else grad, states[i], True)
             touched[i] = True
             updates.append((i, grad is not None, first))
             moved.append(i)
