@@ -38,7 +38,7 @@ Backprop through the inference otherwise uses the hand-derived reverse pass of
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -285,7 +285,41 @@ class ChainState:
     initial: list[torch.Tensor]
     predictions: Predictions
     initial_predictions: Predictions
-    anchored: tuple[int, ...] = ()
+    anchored: dict[int, Anchored] = field(default_factory=dict)
+
+
+@dataclass
+class LayerRecord:
+    """What the reverse pass (:mod:`pclab.core.fast.chain_adjoint`) reads of layer ``l`` at one
+    relaxation step (all ``(batch, width)``).
+
+    ``a, mu``: pre-activation and prediction at the step's values; ``e``: the precision-weighted
+    error ``w_l dE_l/dz_l``; ``delta``: ``e * f'(a)`` when the node below is free (else ``None``);
+    ``source``: the value of node ``l - 1``; ``w``: the precision ``w_l``.
+    """
+
+    l: int
+    a: torch.Tensor
+    mu: torch.Tensor
+    e: torch.Tensor
+    delta: torch.Tensor | None
+    source: torch.Tensor
+    w: float
+
+
+@dataclass
+class StepRecord:
+    """One relaxation step: the layers that carried error and the nodes updated.
+
+    ``updates``: ``(node, has_gradient, first)``; ``has_gradient`` False: a momentum step at an
+    exactly-zero gradient; ``first``: the node's velocity was unset before. Anchored nodes are
+    not in ``updates``.
+    """
+
+    layers: list[LayerRecord]
+    updates: list[tuple[int, bool, bool]]
+    carried: dict[int, float]
+    """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
 
 
 def feed_forward(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Predictions]:
@@ -383,6 +417,7 @@ def anchor(plan: Plan, params: Params, predictions: Predictions, z: list[torch.T
 
 def relax_chain(
     plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None, differentiable: bool = False,
+    tape: list[StepRecord] | None = None,
 ) -> ChainState:
     """Relax the free nodes of a chain for ``plan.steps`` steps.
 
@@ -396,6 +431,9 @@ def relax_chain(
             ``no_grad`` and the latents are updated in place. Skipping exactly-zero errors stays
             exact for the gradients: such an error is zero *as a function of the parameters* (a
             node still at its feed-forward value minus the same prediction), so its derivative is 0.
+        tape: a list to append one :class:`StepRecord` per step to, what the hand-derived reverse
+            pass of :mod:`pclab.core.fast.chain_adjoint` reads (latent SGD, no fixed predictions;
+            a released read-out is then left to the caller).
 
     Per step: the precision-weighted error ``e_l = pi_l dE_l/dz_l`` of every layer carrying
     error, then for every free node ``dE/dz_i = e_i - J_{i+1}^T e_{i+1}`` with
@@ -413,6 +451,7 @@ def relax_chain(
     zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
     touched = [False] * (L + 1)  # has had a gradient not known to be zero
     idle_updates = type(optimizer) is not SGD  # Adam counts its steps even at zero gradient
+    still = type(optimizer) is SGD and optimizer.momentum == 0.0  # a zero gradient leaves the node where it is
     zeros: list[torch.Tensor | None] = [None] * (L + 1)
     anchored = anchor(plan, params, current, z)
     layers_with_error = [l for l in range(1, L + 1) if plan.active[l] and l not in anchored]
@@ -423,21 +462,30 @@ def relax_chain(
         # e[l] = pi_l dE_l/dz_l, the precision-weighted error (Gaussian: pi (z - mu)); None when
         # exactly zero. dE_l/dmu_l = -e[l].
         e: list[torch.Tensor | None] = [None] * (L + 2)
+        records: dict[int, LayerRecord] = {}
         for l in layers_with_error:
             if not zero[l] and w[l] != 0.0:
-                e[l] = weighted_error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
+                mu = current.get(l, sources)
+                e[l] = weighted_error(chain.energies[l - 1], z[l], mu, w[l])
+                if tape is not None:
+                    records[l] = LayerRecord(l, current.a[l], mu, e[l], None, z[l - 1], w[l])
         moved, tracked = [], []
+        updates: list[tuple[int, bool, bool]] = []
+        carried: dict[int, float] = {}
         for i in free_nodes:
             # dE/dz_i = e_i - J_{i+1}^T e_{i+1},  J^T g = (g * f'(a)) @ W
             own, above = e[i], e[i + 1]
+            back = None if above is None else current.backward(i + 1, above)
+            if tape is not None and back is not None:
+                records[i + 1].delta = back
             if i in anchored:
-                a = anchored[i].step(None if above is None else current.backward(i + 1, above), 1.0 - optimizer.lr * w[i])
+                carried[i] = 1.0 - optimizer.lr * w[i]
+                a = anchored[i].step(back, carried[i])
                 if a is not None:
                     tracked.append((i + 1, a))
                     zero[i] = zero[i + 1] = False
                 continue
-            if above is not None:
-                back = current.backward(i + 1, above)
+            if back is not None:
                 if own is None:
                     if zeros[i] is None:
                         zeros[i] = torch.zeros_like(z[i])
@@ -449,15 +497,20 @@ def relax_chain(
                     grad = torch.addmm(own, back, weight, alpha=-1)
             elif own is not None:
                 grad = own
-            else:  # exactly zero
-                if not touched[i] and not idle_updates:
-                    continue  # never moved: nothing changes
+            else:  # exactly zero: only a moving optimiser state (momentum, Adam's moments) still moves a node
+                moves = touched[i] and not still
+                if not moves and not idle_updates:
+                    continue
                 if zeros[i] is None:
                     zeros[i] = torch.zeros_like(z[i])
+                if tape is not None:
+                    updates.append((i, False, states[i]["velocity"] is None))
                 z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], differentiable)
-                if touched[i]:  # momentum still moves it
+                if moves:
                     moved.append(i)
                 continue
+            if tape is not None:
+                updates.append((i, True, states[i]["velocity"] is None))
             z[i], states[i] = optimizer.update(z[i], grad, states[i], differentiable)
             touched[i] = True
             moved.append(i)
@@ -469,6 +522,8 @@ def relax_chain(
                     current.stale[i + 1] = True
         for l, a in tracked:  # after every backward product of this step used the old slopes
             current.set(l, a)
+        if tape is not None:
+            tape.append(StepRecord(list(records.values()), updates, carried))
     for i, node in anchored.items():
         z[i] = node.value(current.mu[i])
         current.stale[i + 1] = True  # predict exactly from the relaxed value (weight update, read-out)
@@ -476,8 +531,8 @@ def relax_chain(
         # ``current`` holds the predictions at the initial values; hand on predictions *at the
         # relaxed values* (the PC weight energy uses those).
         current = Predictions(chain, params)
-    state = ChainState(z, list(initial), current, predictions, tuple(anchored))
-    if plan.readout:
+    state = ChainState(z, list(initial), current, predictions, anchored)
+    if plan.readout and tape is None:
         state.values[L] = chain.energies[L - 1].released(
             (predictions if plan.fixed_prediction else current).get(L, sources)
         )

@@ -3,10 +3,11 @@
 :class:`~pclab.core.learning.BPThroughInference` differentiates a task loss on the state after ``T``
 relaxation steps. Autograd through the fast relaxation of :mod:`pclab.core.fast.chain` records every
 op of every step and replays its backward, roughly two forward relaxations plus autograd's
-bookkeeping. This module computes the same gradients by hand: an ``autograd.Function`` whose
-forward relaxes without autograd, keeping only the tensors the reverse pass reads (per step and
-layer: the pre-activation, prediction, error and the presynaptic value, all of which the forward
-computes anyway), and whose backward walks the steps in reverse.
+bookkeeping. This module computes the same gradients by hand: the forward is that same relaxation
+(:func:`pclab.core.fast.chain.relax_chain`) keeping a tape of only the tensors the reverse pass
+reads (per step and layer: the pre-activation, prediction, error and the presynaptic value, all of
+which the forward computes anyway), and :func:`reverse` walks the steps back
+(:mod:`pclab.core.fast.differentiable` makes the two an ``autograd.Function``).
 
 The algebra. One step of plain SGD is ``z' = z - lr g(z; theta)`` with ``g = dE/dz`` of the
 step's energy ``E = sum_l w_l E_l(z_l, mu_l)``, ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``
@@ -74,13 +75,13 @@ from .chain import (
     Params,
     Plan,
     Predictions,
-    anchor,
+    StepRecord,
     back_through,
     feed_forward,
     forward_through,
     narrow,
     narrow_rows,
-    weighted_error,
+    relax_chain,
 )
 
 
@@ -107,121 +108,6 @@ def applies(plan: Plan, given: Sequence[torch.Tensor | None], start: Sequence[to
         # carries error, and without one nothing ever moves (autograd then is plain backprop)
         return any(plan.clamped[l] and plan.active[l] and any(w[l] != 0.0 for w in plan.weights) for l in range(1, len(plan.free)))
     return True
-
-
-# ---------------------------------------------------------------------------- forward
-@dataclass
-class LayerRecord:
-    """What the reverse pass reads of layer ``l`` at one step (all ``(batch, width)``).
-
-    ``a, mu``: pre-activation and prediction at the step's values; ``e``: the precision-weighted
-    error ``w_l dE_l/dz_l``; ``delta``: ``e * f'(a)`` when the node below is free (else ``None``);
-    ``source``: the value of node ``l - 1``; ``w``: the precision ``w_l``.
-    """
-
-    l: int
-    a: torch.Tensor
-    mu: torch.Tensor
-    e: torch.Tensor
-    delta: torch.Tensor | None
-    source: torch.Tensor
-    w: float
-
-
-@dataclass
-class StepRecord:
-    """One relaxation step: the layers that carried error and the nodes updated.
-
-    ``updates``: ``(node, has_gradient, first)``; ``has_gradient`` False: a momentum step at an
-    exactly-zero gradient; ``first``: the node's velocity was unset before. Anchored nodes are
-    not in ``updates``.
-    """
-
-    layers: list[LayerRecord]
-    updates: list[tuple[int, bool, bool]]
-    carried: dict[int, float]
-    """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
-
-
-def _relax_recorded(
-    plan: Plan, params: Params, z: list[torch.Tensor], predictions: Predictions
-) -> tuple[list[StepRecord], dict[int, Anchored]]:
-    """Relax ``z`` in place of its list entries (tensors are never written), recording every step.
-
-    The same computation as :func:`pclab.core.fast.chain.relax_chain`: exactly-zero errors skipped,
-    predictions recomputed only when their input moved, a free node above a clamped one carried
-    through the next pre-activation (:class:`~pclab.core.fast.chain.Anchored`, returned by node).
-    """
-    chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
-    lr, momentum = optimizer.lr, optimizer.momentum
-    zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
-    touched = [False] * (L + 1)
-    states = [optimizer.init(v) if plan.free[i] else None for i, v in enumerate(z)]
-    zeros: list[torch.Tensor | None] = [None] * (L + 1)
-    layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
-    free_nodes = [i for i in range(L + 1) if plan.free[i]]
-    anchored = anchor(plan, params, predictions, z)
-    layers_with_error = [l for l in layers_with_error if l not in anchored]
-    tape: list[StepRecord] = []
-    for t in range(plan.steps):
-        w = plan.weights[t]
-        e: list[torch.Tensor | None] = [None] * (L + 2)
-        records: dict[int, LayerRecord] = {}
-        for l in layers_with_error:
-            if not zero[l] and w[l] != 0.0:
-                mu = predictions.get(l, z)
-                e[l] = weighted_error(chain.energies[l - 1], z[l], mu, w[l])
-                records[l] = LayerRecord(l, predictions.a[l], mu, e[l], None, z[l - 1], w[l])
-        updates, moved, tracked, carried = [], [], [], {}
-        for i in free_nodes:
-            own, above = e[i], e[i + 1]
-            if i in anchored:
-                back = None
-                if above is not None:
-                    back = predictions.backward(i + 1, above)
-                    records[i + 1].delta = back
-                carried[i] = 1.0 - lr * w[i]
-                a = anchored[i].step(back, carried[i])
-                if a is not None:
-                    tracked.append((i + 1, a))
-                    zero[i] = zero[i + 1] = False
-                continue
-            if above is not None:
-                back = predictions.backward(i + 1, above)
-                records[i + 1].delta = back
-                weight = params[i][0]
-                if narrow(weight):
-                    through = back_through(back, weight)
-                    grad = -through if own is None else own - through
-                elif own is None:
-                    grad = torch.mm(back, weight).neg_()
-                else:
-                    grad = torch.addmm(own, back, weight, alpha=-1)
-            elif own is not None:
-                grad = own
-            else:  # exactly-zero gradient: only momentum still moves a node that moved before
-                if not touched[i] or momentum == 0.0:
-                    continue
-                grad = None
-            first = states[i]["velocity"] is None
-            if grad is None and zeros[i] is None:
-                zeros[i] = torch.zeros_like(z[i])
-            # the latent optimiser's own update, out of place (the tape keeps the old values)
-            z[i], states[i] = optimizer.update(z[i], zeros[i] if grad is None else grad, states[i], True)
-            touched[i] = True
-            updates.append((i, grad is not None, first))
-            moved.append(i)
-        for i in moved:
-            zero[i] = False
-            if i < L:
-                zero[i + 1] = False
-                predictions.stale[i + 1] = True
-        for l, a in tracked:  # after every backward product of this step used the old slopes
-            predictions.set(l, a)
-        tape.append(StepRecord(list(records.values()), updates, carried))
-    for i, node in anchored.items():
-        z[i] = node.value(predictions.mu[i])
-    return tape, anchored
 
 
 # ---------------------------------------------------------------------------- reverse
@@ -328,7 +214,7 @@ def reverse(
 
     Args:
         plan, params: the relaxation.
-        tape: what :func:`_relax_recorded` recorded.
+        tape: what :func:`record` recorded.
         lam: adjoint of every node's final value (only free nodes are read).
         z0: the initial values.
         ff: the feed-forward predictions when the relaxation started from them (its adjoint is
@@ -517,23 +403,20 @@ def reverse(
 
 # ---------------------------------------------------------------------------- autograd
 def record(plan: Plan, params: Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
-    """The recorded forward relaxation (of :func:`pclab.core.fast.differentiable.relax`, also traced by
-    :mod:`pclab.core.fast.compiled_adjoint`):
-    ``(final values of the free nodes, z0, ff, tape, anchored)``; ``start`` detached, or ``None``
-    for a feed-forward start."""
+    """The relaxation of :func:`pclab.core.fast.chain.relax_chain` with its tape for :func:`reverse`
+    (the forward of :func:`pclab.core.fast.differentiable.relax`, also traced by
+    :mod:`pclab.core.fast.compiled_adjoint`): ``(final values of the free nodes, z0, ff, tape,
+    anchored)``; ``start`` detached, or ``None`` for a feed-forward start (``ff``: its predictions)."""
     ff = None
     if start is None:
-        z, predictions = feed_forward(plan, params, given)
-        ff = predictions.copy()
+        z0, ff = feed_forward(plan, params, given)
     else:
-        z = [v.clone() if plan.free[i] else v for i, v in enumerate(start)]
-        predictions = Predictions(plan.chain, params)
-    z0 = list(z)
-    tape, anchored = _relax_recorded(plan, params, z, predictions)
-    # a node that never moved is still its initial tensor: hand out a copy, so that the
-    # initial state stays a plain tensor
-    out = [z[i].clone() if z[i] is z0[i] else z[i] for i in range(len(z)) if plan.free[i]]
-    return out, z0, ff, tape, anchored
+        z0 = list(start)
+    tape: list[StepRecord] = []
+    state = relax_chain(plan, params, z0, ff, differentiable=True, tape=tape)
+    # free values are copies even where a node never moved: the initial state stays a plain tensor
+    out = [state.values[i] for i in range(len(z0)) if plan.free[i]]
+    return out, z0, ff, tape, state.anchored
 
 
 # ---------------------------------------------------------------------------- a task loss, whole

@@ -26,8 +26,7 @@ from typing import NamedTuple
 import torch
 
 from . import chain_adjoint, compiled
-from .chain import Anchored, Params, Plan, Predictions
-from .chain_adjoint import LayerRecord, StepRecord
+from .chain import Anchored, LayerRecord, Params, Plan, Predictions, StepRecord
 
 
 class _Anchor(NamedTuple):

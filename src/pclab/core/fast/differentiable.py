@@ -131,7 +131,7 @@ def relax(plan: Plan, params: Params, given: Sequence[torch.Tensor | None],
             values[i] = given[i]
     initial = list(job.z0)
     initial_predictions = job.ff if job.ff is not None else Predictions(chain, detached)
-    state = ChainState(values, initial, Predictions(chain, params), initial_predictions, tuple(job.anchored or ()))
+    state = ChainState(values, initial, Predictions(chain, params), initial_predictions, dict(job.anchored or {}))
     if plan.readout:  # by autograd from the relaxed values
         weight, bias = params[L - 1]
         state.values[L] = chain.energies[L - 1].released(chain.layers[L - 1]._f(F.linear(values[L - 1], weight, bias)))
