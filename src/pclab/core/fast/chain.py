@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ..energy import CrossEntropy, Energy, Gaussian
 from ..graph import PCN, edge_key
-from ..layers import SLOPE_FROM_OUTPUT, Dense
+from ..layers import ACTIVATIONS, SLOPE_FROM_OUTPUT, Dense
 from ..optim import SGD, Adam, LatentOptimizer, OptState
 
 Params = list[tuple[torch.Tensor, torch.Tensor | None]]
@@ -212,8 +212,10 @@ class Predictions:
     Index ``l = 1 .. L``; index 0 is unused.
     """
 
-    def __init__(self, chain: DenseChain, params: Params):
+    def __init__(self, chain: DenseChain, params: Params, functions: list | None = None):
         self.chain, self.params = chain, params
+        # ``(f, f')`` of every layer's activation (layers.ACTIVATIONS), index l - 1
+        self.functions = functions if functions is not None else [ACTIVATIONS[layer.activation] for layer in chain.layers]
         n = chain.depth + 1
         self.a: list[torch.Tensor | None] = [None] * n
         self.mu: list[torch.Tensor | None] = [None] * n
@@ -228,14 +230,14 @@ class Predictions:
             a = a if bias is None else a + bias
         else:
             a = F.linear(source, weight, bias)
-        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.a[l], self.mu[l] = a, self.functions[l - 1][0](a)
         self.slopes[l] = None
         self.stale[l] = False
         return self.mu[l]
 
     def set(self, l: int, a: torch.Tensor) -> None:
         """Take ``a_l`` as given (tracked elsewhere) and ``mu_l = f(a_l)``."""
-        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.a[l], self.mu[l] = a, self.functions[l - 1][0](a)
         self.slopes[l] = None
         self.stale[l] = False
 
@@ -252,11 +254,11 @@ class Predictions:
             return torch.ops.aten.tanh_backward(g, self.mu[l])
         if self.slopes[l] is None:
             from_output = SLOPE_FROM_OUTPUT.get(layer.activation)  # (tanh: the fused op above)
-            self.slopes[l] = from_output(self.mu[l]) if from_output is not None else layer._df(self.a[l])
+            self.slopes[l] = from_output(self.mu[l]) if from_output is not None else self.functions[l - 1][1](self.a[l])
         return g * self.slopes[l]
 
     def copy(self) -> Predictions:
-        other = Predictions(self.chain, self.params)
+        other = Predictions(self.chain, self.params, self.functions)
         other.a, other.mu, other.slopes, other.stale = list(self.a), list(self.mu), list(self.slopes), list(self.stale)
         return other
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..layers import activation
 from . import chain_adjoint, compiled_adjoint
 from .chain import Anchored, ChainState, Params, Plan, Predictions
 
@@ -134,5 +135,5 @@ def relax(plan: Plan, params: Params, given: Sequence[torch.Tensor | None],
     state = ChainState(values, initial, Predictions(chain, params), initial_predictions, dict(job.anchored or {}))
     if plan.readout:  # by autograd from the relaxed values
         weight, bias = params[L - 1]
-        state.values[L] = chain.energies[L - 1].released(chain.layers[L - 1]._f(F.linear(values[L - 1], weight, bias)))
+        state.values[L] = chain.energies[L - 1].released(activation(chain.layers[L - 1].activation)(F.linear(values[L - 1], weight, bias)))
     return state
