@@ -295,9 +295,8 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
             tune.with_resources(trainable, {"cpu": cpus}),
             param_space={"trial": tune.grid_search(pending)},
             # one worker process per concurrent trial, reused: a new process per trial (Tune's default
-            # here) imports torch and pclab again, ~3 s a trial; the quick trade-off study took 213 s
-            # that way and 90 s with reuse, results bit for bit the same (each trial sets its seeds and
-            # torch's thread count)
+            # here) imports torch and pclab again, seconds a trial; reuse gives results bit for bit the
+            # same (each trial sets its seeds and torch's thread count)
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(
                 name="ray", storage_path=str(out_abs / "ray"), verbose=0,

@@ -163,7 +163,7 @@ def test_tune_searches_latent_lr_steps_and_weight_lr(tmp_path):
 def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch):
     from pclab import bench
 
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     out = tmp_path / "speed.json"
     result = pclab("bench", "target", "--quick", "--no-compile", "--threads", "1", "--rounds", "1", "--chunk", "2",
                    "--json", out)
@@ -175,7 +175,7 @@ def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch)
 def test_bench_bpti_suite_reports_paired_ratios_and_writes_its_json(tmp_path, monkeypatch):
     from pclab import bench
 
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     out = tmp_path / "speed.json"
     result = pclab("bench", "bpti", "--quick", "--no-compile", "--threads", "1", "--batch", "4", "--steps", "2", "--json", out)
     assert result.exit_code == 0, result.output

@@ -59,13 +59,13 @@ class SGD:
     def update(self, z, grad, state, differentiable):
         if self.momentum == 0.0:
             if differentiable:
-                return z - self.lr * grad, state
+                return torch.add(z, grad, alpha=-self.lr), state
             return z.sub_(grad, alpha=self.lr), state
         v = state["velocity"]
-        if differentiable:
-            v = grad if v is None else self.momentum * v + grad
-            step = grad + self.momentum * v if self.nesterov else v
-            return z - self.lr * step, {"velocity": v}
+        if differentiable:  # new tensors only (the unrolled graph keeps the old ones)
+            v = grad if v is None else torch.add(grad, v, alpha=self.momentum)
+            step = torch.add(grad, v, alpha=self.momentum) if self.nesterov else v
+            return torch.add(z, step, alpha=-self.lr), {"velocity": v}
         v = grad.clone() if v is None else v.mul_(self.momentum).add_(grad)
         step = grad.add(v, alpha=self.momentum) if self.nesterov else v
         return z.sub_(step, alpha=self.lr), {"velocity": v}

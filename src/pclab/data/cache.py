@@ -9,10 +9,9 @@ Layout of ``<root>/<name>/`` (``root`` defaults to :func:`data_dir`)::
     manifest.json      name, description, source, and the size and SHA-256 of every file above
 
 The manifest is written last, so a folder without one is an incomplete cache. Loading a split reads
-each of its two files once, checks size and SHA-256 against the manifest (about 50 ms for MNIST's
-train images), and only then parses it. The manifest's checksums are in turn compared with those
-pinned in the package (``arrays_sha256`` of :data:`pclab.data.sources.SOURCES`), so an edited array with a
-re-hashed manifest is refused.
+each of its two files once, checks size and SHA-256 against the manifest, and only then parses it. The
+manifest's checksums are in turn compared with those pinned in the package (``arrays_sha256`` of
+:data:`pclab.data.sources.SOURCES`), so an edited array with a re-hashed manifest is refused.
 """
 
 from __future__ import annotations

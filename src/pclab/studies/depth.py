@@ -101,24 +101,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"]], "seeds": [0, 1, 2]},
     },
 }
-"""Study presets (CPU seconds measured single-threaded on this 2-core machine, width 128, batch 128: one
-training batch costs 3.5 / 10.5 / 20 / 43 ms for a PC variant at depth 3 / 7 / 11 / 15 and 3 / 5 / 8 / 10 ms
-for bp; a 60k-image epoch is 469 batches; a muPC iteration (depth 30, batch 64, T = 30) 0.26 s; about 3 s
-per trial for loading data and testing). Wall-time estimates assume 2 quiet cores (2 Ray workers).
+"""Study presets and their budgets on 2 CPU cores (2 Ray workers); measured run times are on the
+benchmarks page.
 
-``tiny``: digits, for tests; includes one VGG-BN depth.
+``tiny``: digits, for tests (seconds); includes one VGG-BN depth.
 ``quick``: MNIST, all 60k training / 10k test images, 2 epochs at batch 128, depths 3-15, 4 variants,
-one seed; muPC 200 iterations tested on 1k images. Measured: 4 min 31 s wall on 2 quiet cores.
-``targets``: the issue's targets as far as 2 cores allow: MNIST and Fashion-MNIST, all images, 5 epochs at
+one seed; muPC 200 iterations tested on 1k images. About 5 minutes.
+``targets``: the study's targets as far as 2 cores allow: MNIST and Fashion-MNIST, all images, 5 epochs at
 batch 128 (warm-up + cosine), depths 3 / 7 / 11 / 15, pc, spiking+fu, decaying+fu and bp, plus the separate
 fixes pc+fu, spiking and decaying at depth 15, seeds 0 and 1 (paired); muPC and the standard
-parameterisation for jpc's full 900 iterations (one seed). Measured: 48.9 minutes wall on 2 cores (shared with other jobs for part of the run).
-``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (MLP part ~15, VGG
-part 19.5 from VGG-BN batch costs of 37 / 64 / 101 ms per PC batch at depth 5 / 7 / 9, muPC ~0.7), ~18 h wall
-on 2 cores; for a Ray cluster (see BENCHMARKS.md). Since the conv weights are channels-last on the CPU
-(:func:`pclab.models.conv_channels_last`) the VGG batch costs fell to 0.67x in sum over the twelve VGG trial
-kinds (0.54-0.66x for PC at depth 5 / 7 / 9), measured on another VM (a Xeon, where they were 97 / 191 /
-269 ms before): not re-measured on the machine of the figures above."""
+parameterisation for jpc's full 900 iterations (one seed). About an hour.
+``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (about 18 hours on
+2 cores); for a Ray cluster."""
 
 
 # ----------------------------------------------------------------------------------------- trials
@@ -407,7 +401,7 @@ def _mupc_figure(mupc: pd.DataFrame):
     return fig
 
 
-_TARGETS = {"mnist": 1.0, "fashion-mnist": 2.0}  # issue 6: best variant within this many points of bp up to depth 15
+_TARGETS = {"mnist": 1.0, "fashion-mnist": 2.0}  # the study's target: best variant within this many points of bp up to depth 15
 _JPC_MUPC = 93.26  # jpc's notebook, muPC, 30 layers, width 128, MNIST, after 900 iterations (REFERENCE 7)
 
 
@@ -424,7 +418,7 @@ def _target_lines(dataset: str, model: str, sub: pd.DataFrame, gaps: pd.DataFram
     depths = ", ".join(str(int(d)) for d in best.depth)
     if target is None:
         return [f"{dataset} {model}: best PC variant minus bp, per depth (points, median over seeds): " + "; ".join(parts)
-                + f". The issue sets no target for {dataset}."]
+                + f". The study sets no target for {dataset}."]
     missed = [int(r.depth) for r in best.itertuples() if r.median_gap < -target]
     verdict = f"met at depths {depths}" if not missed else f"NOT met at depth {', '.join(map(str, missed))} (run: {depths})"
     # the target compares with a *trained* bp: where bp itself falls far below its best depth,

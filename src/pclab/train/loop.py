@@ -36,7 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..core import PCN, Inference, LearningRule, compiled, relax
+from ..core import PCN, Inference, LearningRule, relax
+from ..core.fast import compiled
 from ..data import DataError, Dataset, batches, load
 from ..io import RunDirError, UnsafeFileError, append_line, atomic_write, load_torch, own_directory, read_json_lines, save_torch, to_json, write_json
 from .build import build_inference, build_model, build_rule, data_shape, make_batch, prepare_images, task
@@ -191,8 +192,8 @@ def _bad(value: float, limit: float) -> bool:
 def _parameters_ok(parameters: Sequence[torch.Tensor], limit: float) -> bool:
     """The largest |parameter| is finite and at most ``limit``. Checked on every batch, so by one
     foreach L2 norm per parameter (at least its largest |entry|; non-finite if an entry is) and one
-    synchronisation, 16 us on the issue-2 MLP against 29 us for the exact maxima, which are
-    taken only when a norm is not below ``limit``."""
+    synchronisation, cheaper than the exact maxima, which are taken only when a norm is not below
+    ``limit``."""
     parameters = [p for p in parameters if p.numel()]
     if not parameters:
         return True
@@ -490,7 +491,7 @@ def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any
 
 PROGRESS_ACCURACY_EVERY = 10
 """The progress bar's running training accuracy is the feed-forward accuracy of every 10th batch:
-on every batch it made a compiled ``speed-mlp`` epoch 1.28-1.39 s instead of 1.06-1.09 s."""
+on every batch it would add a noticeable part of a compiled PC epoch's time."""
 
 
 def _batch_accuracy(run: Run, batch: dict[str, torch.Tensor]) -> float | None:
@@ -549,7 +550,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
             shown = {k: f"{v / seen:.4g}" for k, v in totals.items()}
             if counted:
                 shown["acc"] = f"{correct / counted:.3f}"
-            bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (a redraw per batch cost ~0.1 ms)
+            bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (a redraw per batch costs time)
             now = time.perf_counter()
             due = (config.checkpoint_every and (index + 1) % config.checkpoint_every == 0) or (
                 config.checkpoint_seconds is not None and now - last_saved >= config.checkpoint_seconds)

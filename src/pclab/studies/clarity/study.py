@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grid_images": 3,
     },
     "quick": {
-        "description": "a few minutes on 2 quiet cores (~130 CPU-seconds of trials): MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
+        "description": "a few minutes on 2 CPU cores: MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
                        "chains by pc, bp-through-inference and bp, a PC-trained hybrid, 16 test images, 500 steps",
         "training": _MNIST_TRAINING,
         "architectures": {
@@ -78,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grid_images": 4,
     },
     "full": {
-        "description": "roughly 2-3 hours on 2 quiet cores (estimated from the quick preset's CPU time, not yet measured): "
+        "description": "about 2-3 hours on 2 CPU cores (a budget scaled from the quick preset): "
                        "full MNIST, 5 epochs, three seeds, a deeper chain, 64 test images, 1500 steps",
         "training": {**_MNIST_TRAINING, "train_subset": None, "test_subset": None, "epochs": 5},
         "architectures": {

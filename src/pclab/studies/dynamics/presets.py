@@ -102,7 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "full": _preset(
         "the one to cite: MNIST, all 60k training images, 3 epochs, T=20, 5 seeds, 2048 test images "
-        "(measured: 34.5 minutes on 2 shared CPU cores, see BENCHMARKS.md)",
+        "(under an hour on 2 CPU cores; measured times: the benchmarks page)",
         "mnist", 784, {"latent": 16, "hidden": 128}, steps=20, batch=128, epochs=3, train_subset=None,
         seeds=[0, 1, 2, 3, 4], test_batches=8, test_batch_size=256, alignment_points=9, image_steps=[0, 1, 2, 5, 10],
     ),

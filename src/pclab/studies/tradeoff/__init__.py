@@ -63,11 +63,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "the one to cite: MNIST and Fashion-MNIST (pclab split), all 60k training images, 10 epochs, batch 512 "
             "(the paper's settings), d in {2, 4, 8, 16, 32, 64}, Small / Medium / Large, 11 lam, 3 seeds, T = 10; "
-            "3564 runs. Run time: about 13,000 core-seconds per (dataset, d, lam, seed) for the 9 way x complexity runs "
-            "(per-sample training times measured on this machine at T = 10 -- Small bp 34 us, bpti/pc 250 us; Medium bp "
-            "0.2 ms, bpti 3.3 ms, pc 1.9 ms; Large extrapolated x3 from Medium by decoder size -- times 600k samples), "
-            "i.e. roughly 1,500 core-hours in all (measured on a busy machine: expect less when quiet). Weeks on this "
-            "2-core machine: run it on a Ray cluster (--address)."
+            "3564 runs. Budget: roughly 1,500 core-hours in all (weeks on 2 cores): run it on a Ray cluster (--address); "
+            "measured per-sample times are on the benchmarks page."
         ),
         "datasets": ["mnist", "fashion-mnist"], "complexities": ["small", "medium", "large"],
         "latents": [2, 4, 8, 16, 32, 64], "lams": [round(0.1 * i, 1) for i in range(11)], "seeds": [0, 1, 2],
