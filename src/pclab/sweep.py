@@ -12,19 +12,25 @@ existing Ray cluster instead. ``executor="serial"`` runs trials in this process 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import math
 import os
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from .io import read_json, write_json
+from .io import own_directory, read_json, write_json
 
 TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+STUDY_FOLDERS = ("trials", "tables", "figures")
+"""The sub-folders of a study folder pclab writes (and clears of its own stale temporaries)."""
 
 
 def trial_id(params: dict[str, Any]) -> str:
@@ -51,8 +57,8 @@ def _record(out: Path, params: dict[str, Any], fn: TrialFn, threads: int | None)
 
 
 def load_records(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Finished trial records under ``out/trials``, by id. A damaged record is reported and ignored
-    (the trial reruns)."""
+    """Finished trial records under ``out/trials``, by id. A damaged record (not JSON, or not a
+    record: see :func:`_record_problem`) is reported on one line and ignored (the trial reruns)."""
     records = {}
     folder = Path(out) / "trials"
     for path in sorted(folder.glob("*.json")) if folder.exists() else []:
@@ -61,8 +67,115 @@ def load_records(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
         except ValueError as err:
             print(f"warning: {err}")
             continue
+        problem = _record_problem(record, path.stem)
+        if problem:
+            print(f"warning: {path}: {problem}; the record is damaged and its trial runs again")
+            continue
         records[record["id"]] = record
     return records
+
+
+def _record_problem(record: Any, name: str) -> str | None:
+    """What makes ``record`` (read from ``trials/<name>.json``) not a trial record, or None.
+
+    A record is a mapping with ``id`` (= ``name``), ``params`` (a mapping), ``seconds``, and
+    ``status`` ``"ok"`` with a mapping ``result`` or ``"failed"`` with an ``error`` message."""
+    if not isinstance(record, dict):
+        return f"expected a trial record (a mapping), got {type(record).__name__}"
+    missing = [k for k in ("id", "params", "status", "seconds") if k not in record]
+    if missing:
+        return f"expected a trial record with id, params, status and seconds, got one without {', '.join(missing)}"
+    if record["id"] != name or not isinstance(record["params"], dict):
+        return f"expected id {name!r} and params a mapping, got id {str(record['id'])[:40]!r} and params of type {type(record['params']).__name__}"
+    if record["status"] == "ok":
+        if not isinstance(record.get("result"), dict):
+            return f"expected the result of a finished trial to be a mapping, got {type(record.get('result')).__name__}"
+    elif record["status"] != "failed" or not isinstance(record.get("error"), str):
+        return f"expected status 'ok' with a result or 'failed' with an error, got status {str(record['status'])[:40]!r}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ progress
+_VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("pclab_sweep_verbose", default=False)
+
+
+@contextlib.contextmanager
+def verbosity(verbose: bool) -> Iterator[None]:
+    """Within this block, show Ray Tune's own output (banners, status tables) when ``verbose``;
+    by default it is hidden and only :class:`Progress` lines are printed."""
+    token = _VERBOSE.set(bool(verbose))
+    try:
+        yield
+    finally:
+        _VERBOSE.reset(token)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _varying(trials: Sequence[dict[str, Any]]) -> list[str]:
+    """The scalar parameters whose values differ between ``trials`` (what names one trial)."""
+    keys: dict[str, set] = {}
+    for params in trials:
+        for key, value in params.items():
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                keys.setdefault(key, set()).add(value)
+    return [k for k, values in keys.items() if len(values) > 1]
+
+
+class Progress:
+    """One line per finished trial: ``[done/total] failed, running | elapsed, estimated remaining |
+    the trial's distinguishing parameters: status, seconds``.
+
+    The estimate is the mean wall time per finished trial so far, counted from the first trial's
+    start (not from Ray's start-up), times the trials left, so it accounts for parallel workers.
+    Lines go to ``stream`` (default: standard error).
+    """
+
+    def __init__(self, trials: Sequence[dict[str, Any]], stream: TextIO | None = None):
+        self.total, self.done, self.failed, self.running = len(trials), 0, 0, 0
+        self.keys = _varying(trials)
+        self.stream = stream
+        self.started: float | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune saves its run configuration, this object included (a callback holds it), with
+        # pickle; an open stream cannot be pickled and the saved copy never prints
+        return {**self.__dict__, "stream": None}
+
+    def start(self) -> None:
+        """Count a trial as started (the clock starts with the first)."""
+        if self.started is None:
+            self.started = time.time()
+        self.running += 1
+
+    def label(self, params: dict[str, Any]) -> str:
+        """The parameters that tell this trial from the others, e.g. ``way=pc latent=2 lam=0.5``."""
+        parts = [f"{k}={params[k]:g}" if isinstance(params.get(k), float) else f"{k}={params.get(k)}" for k in self.keys if k in params]
+        return " ".join(parts) or trial_id(params)
+
+    def line(self, record: dict[str, Any]) -> str:
+        """Count ``record`` as finished and return its progress line."""
+        if self.started is None:
+            self.start()
+        self.done += 1
+        self.running = max(0, self.running - 1)
+        self.failed += record.get("status") != "ok"
+        elapsed = time.time() - (self.started or time.time())
+        left = elapsed / self.done * (self.total - self.done)
+        width = len(str(self.total))
+        seconds = record.get("seconds")
+        status = "ok" if record.get("status") == "ok" else f"FAILED ({str(record.get('error', ''))[:80]})"
+        took = f", {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+        return (f"[{self.done:>{width}}/{self.total}] {self.failed} failed, {self.running} running | {_clock(elapsed)} elapsed, "
+                f"~{_clock(left)} left | {self.label(record.get('params', {}))}: {status}{took}")
+
+    def finished(self, record: dict[str, Any]) -> None:
+        """Print the line of a finished trial."""
+        print(self.line(record), file=self.stream or sys.stderr, flush=True)
 
 
 def run_trials(
@@ -85,21 +198,35 @@ def run_trials(
         executor: ``"ray"`` or ``"serial"``.
         cpus_per_trial: CPUs Ray reserves per trial (also torch's thread count in the trial).
         retry_failed: run trials recorded as failed again.
+
+    Raises:
+        RunDirError: ``out`` is not a directory, or another pclab process writes it (a lock is
+            held while the trials run).
     """
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor must be 'ray' or 'serial', got {executor!r}")
-    out = Path(out)
+    with own_directory(out, STUDY_FOLDERS):
+        return _run_pending(fn, trials, Path(out), address, executor, cpus_per_trial, retry_failed)
+
+
+def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, address: str | None, executor: str,
+                 cpus_per_trial: int, retry_failed: bool) -> list[dict[str, Any]]:
+    """:func:`run_trials` in a study folder this process owns."""
     ids = [trial_id(p) for p in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials have identical parameters; add a distinguishing field (e.g. seed)")
     done = load_records(out)
     pending = [p for p, i in zip(trials, ids) if i not in done or (retry_failed and done[i]["status"] != "ok")]
     if pending:
+        progress = Progress(pending)
+        print(f"{len(pending)} trials to run ({len(trials) - len(pending)} finished already, skipped); records in "
+              f"{out / 'trials'}", file=sys.stderr, flush=True)
         if executor == "serial":
             for params in pending:
-                _record(out, params, fn, None)
+                progress.start()
+                progress.finished(_record(out, params, fn, None))
         else:
-            _run_on_ray(fn, pending, out, address, cpus_per_trial)
+            _run_on_ray(fn, pending, out, address, cpus_per_trial, progress)
     done = load_records(out)
     missing = [i for i in ids if i not in done]
     if missing:
@@ -125,7 +252,34 @@ def _ray_init(address: str | None) -> bool:
     return True
 
 
-def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int) -> None:
+def _progress_callback(progress: Progress, out: Path) -> Any:
+    """A Ray Tune callback (runs in this process) printing ``progress``'s line as each trial ends."""
+    from ray.tune import Callback
+
+    class _Lines(Callback):
+        def _report(self, trial: Any) -> None:
+            params = (trial.config or {}).get("trial", {})
+            path = out / "trials" / f"{trial_id(params)}.json"
+            try:
+                record = read_json(path)
+            except (OSError, ValueError):  # the worker died before writing it (recorded after the run)
+                record = {"params": params, "status": "failed", "error": "no record (worker crashed)"}
+            progress.finished(record)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            progress.start()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._report(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._report(trial)
+
+    return _Lines()
+
+
+def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int,
+                progress: Progress | None = None) -> None:
     import ray
     from ray import tune
 
@@ -141,20 +295,41 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
             tune.with_resources(trainable, {"cpu": cpus}),
             param_space={"trial": tune.grid_search(pending)},
             # one worker process per concurrent trial, reused: a new process per trial (Tune's default
-            # here) imports torch and pclab again, ~3 s a trial; the quick trade-off study took 213 s
-            # that way and 90 s with reuse, results bit for bit the same (each trial sets its seeds and
-            # torch's thread count)
+            # here) imports torch and pclab again, seconds a trial; reuse gives results bit for bit the
+            # same (each trial sets its seeds and torch's thread count)
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(
                 name="ray", storage_path=str(out_abs / "ray"), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[_progress_callback(progress, out_abs)] if progress is not None else None,
             ),
         )
-        grid = tuner.fit()
+        with _quiet_tune():
+            grid = tuner.fit()
         _record_crashes(out_abs, grid)
     finally:
         if started_here:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Hide Ray Tune's own printed output (its experiment banner, "View detailed results here", the
+    TensorBoard hint) and its INFO logs unless :func:`verbosity` asked for them. Progress lines are
+    unaffected: they go to the stream :class:`Progress` captured."""
+    if _VERBOSE.get():
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _record_crashes(out: Path, grid: Any) -> None:
@@ -341,7 +516,8 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
             run_config=tune.RunConfig(name="search", storage_path=str(out_abs / "ray"), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        tuner.fit()
+        with _quiet_tune():
+            tuner.fit()
     finally:
         if started_here:
             ray.shutdown()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from pc_testnets import F64, SMOOTH, central_difference, chain, examples, hybrid, one_hot, randn, rel_err, seeded, some_indices
 from torch import nn
 
-from pclab.bench_epc import energy_trace, steps_to_equilibrium
+from nets import F64, SMOOTH, central_difference, chain, examples, hybrid, one_hot, randn, rel_err, seeded, some_indices
+from pclab.bench.epc import energy_trace, steps_to_equilibrium
 from pclab.core import (
     PCN,
     SGD,

@@ -20,7 +20,7 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     report = tradeoff.run("tiny", tmp_path, executor="serial")
     assert report.exists()
     html = report.read_text()
-    for needle in ("Pareto fronts", "trade-off curves vs lam", "reconstructions across lam", "Summary", "paper_lambda"):
+    for needle in ("Findings", "Pareto fronts", "Trade-off curves vs lam", "Reconstructions across lam", "paper_lambda"):
         assert needle in html
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     config = tradeoff.PRESETS["tiny"]
@@ -31,7 +31,7 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     assert runs.groupby(["way", "seed"])["pareto_optimal"].any().all()  # every front has a point
     gaps = pd.read_csv(tmp_path / "tables" / "tradeoff_gaps.csv")
     assert set(gaps["way"]) == {"bp", "bpti", "pc"}
-    for name in ("pareto_digits", "lam_digits", "grid_digits_small_d2"):
+    for name in ("pareto", "pareto_probes", "lam", "lam_probes", "grid_digits_small_d2"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
     # a second call skips the finished runs and rewrites the same table
     tradeoff.run("tiny", tmp_path, executor="serial")
@@ -200,3 +200,27 @@ def test_default_hybrid_has_the_latent_as_its_only_path_and_the_layered_function
     grads, _ = model.latent_grads(flat, ["z"], {"x"}, method="manual")
     auto, _ = model.latent_grads(flat, ["z"], {"x"}, method="autograd")
     torch.testing.assert_close(grads["z"], auto["z"])
+
+
+def test_findings_pair_each_way_with_backprop_over_seeds():
+    from pclab.studies.stats import describe, paired_difference
+    from pclab.studies.tradeoff.analysis import findings
+
+    rows = []
+    best = {"bp": [0.90, 0.92, 0.91], "pc": [0.85, 0.88, 0.86], "bpti": [0.89, 0.92, 0.90]}
+    for way, accs in best.items():
+        for seed, acc in enumerate(accs):
+            for lam, (a, mse) in {0.0: (0.1, 0.05), 0.5: (acc, 0.08), 1.0: (acc - 0.01, 0.3)}.items():
+                for latent in (2, 16):
+                    rows.append({"dataset": "mnist", "way": way, "complexity": "small", "latent": latent, "lam": lam, "seed": seed,
+                                 "test_accuracy": a, "recon_mse": mse * (1.0 if way == "bp" else 1.1) / (1 + latent / 16)})
+    lines = findings(pd.DataFrame(rows))
+    pc = describe(paired_difference([85.0, 88.0, 86.0], [90.0, 92.0, 91.0]))
+    assert lines[0] == f"PC learning minus backprop, best test accuracy over lam (mean of 2 curves): {pc}."
+    assert lines[0].endswith("n=3 seeds).")  # an interval, and it excludes zero
+    assert lines[1].startswith("Backprop through inference minus backprop, best test accuracy over lam (mean of 2 curves): -0.67 points")
+    assert "no detectable difference" in lines[1]
+    assert lines[2].startswith("PC learning minus backprop, best reconstruction MSE per pixel (mean of 2 curves): +0.00")
+    assert lines[3].startswith("Latent size d 2 -> 16, change of the trade-off gap") and len(lines) == 4
+    single = findings(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    assert all("(n=1 seed: the interval cannot be computed)" in line for line in single)

@@ -33,8 +33,8 @@ layer-by-layer error front; an energy that changes in time has no equilibrium to
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -43,8 +43,8 @@ from .binomial import checkpointed_loop
 from .energy import Gaussian
 from .graph import PCN, State
 
-if TYPE_CHECKING:  # relax imports this module
-    from .relax import Inference, Relaxed
+Inference = Any
+"""A :class:`pclab.core.relax.Inference` (which imports this module)."""
 
 PARAMETRISATIONS = ("state", "error")
 """Relaxation variables: ``"state"`` (sPC, the node values) or ``"error"`` (ePC, the prediction errors)."""
@@ -55,6 +55,8 @@ def check_inference(inference: Inference) -> None:
     if inference.fixed_prediction:
         raise ValueError("inference fixed_prediction is not defined for the error parametrisation (ePC computes every prediction "
                          "from the current states); expected fixed_prediction=False")
+    if inference.accelerators:
+        raise ValueError(f"no accelerator computes the error parametrisation (expected accelerators None or ()), got {inference.accelerators!r}")
     schedules = inference.precision.values() if isinstance(inference.precision, Mapping) else [inference.precision]
     for s in schedules:
         if not s.is_constant:
@@ -219,18 +221,21 @@ def relax_errors(
     model: PCN,
     clamp: Mapping[str, torch.Tensor],
     inference: Inference,
+    free: list[str],
     *,
-    record: bool = False,
+    trajectory: Any = None,
     differentiable: bool = False,
     truncate: int | None = None,
     checkpoint_steps: bool = False,
     checkpoint_slots: int | None = None,
-    on_step=None,
+    on_step: Callable | None = None,
     initial: State | None = None,
     generator: torch.Generator | None = None,
-) -> Relaxed:
-    """:func:`~pclab.core.relax.relax` with ``inference.parametrisation == "error"`` (same arguments,
-    same result type; see the module docstring).
+) -> tuple[State, State, int]:
+    """The relaxation of :func:`~pclab.core.relax.relax` with ``inference.parametrisation ==
+    "error"`` (its arguments; ``free``: the free nodes; ``trajectory``: a
+    :class:`~pclab.core.relax.Trajectory` to fill, or ``None``). Returns ``(values, initial,
+    steps taken)``, which ``relax`` hands on as a :class:`~pclab.core.relax.Relaxed`.
 
     The initial state is ``inference.init``'s (or ``initial``); the first errors are those that
     reproduce it, ``e_n = s_n - mu_n(s)``: zero for ``init="forward"`` (the feed-forward pass; a
@@ -239,8 +244,6 @@ def relax_errors(
     computation); ``truncate=0`` backpropagates through the forward pass at fixed errors.
     ``inference.compile`` is not used (the eager code runs).
     """
-    from .relax import Relaxed, Trajectory, _detach, free_nodes
-
     check_inference(inference)
     if on_step is not None:
         raise ValueError("on_step (incremental PC's weight step inside relaxation) is not defined for the error parametrisation; "
@@ -254,7 +257,6 @@ def relax_errors(
             start = {**initial, **clamp}
     if not differentiable:
         start = {n: v.detach() for n, v in start.items()}
-    free = free_nodes(model, clamped)
     constant = inference.multipliers(model, 0) or {}
     weights = {n: model.nodes[n].energy.precision * constant.get(n, 1.0) for n in model.error_nodes}
     method = inference.method
@@ -280,7 +282,6 @@ def relax_errors(
         variables = {n: v.detach() for n, v in variables.items()}
     opt = inference.optimizer
     states = {n: opt.init(v) for n, v in variables.items()}
-    trajectory = Trajectory(list(model.error_nodes), list(free)) if record else None
 
     def step(t: int, current: State, opt_states: dict) -> tuple[State, dict, dict]:
         grads, energies, _, _ = problem.grads(current, differentiable)
@@ -295,6 +296,8 @@ def relax_errors(
             trajectory.record(model, values, start, problem.energies(current, mu), mu)
 
     if checkpoint_slots is not None:
+        if trajectory is not None or on_step is not None:
+            raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
         variables, taken = _binomial(problem, variables, states, inference, truncate, checkpoint_slots, model)
     else:
         grad_context = torch.enable_grad() if differentiable else torch.no_grad()
@@ -305,7 +308,7 @@ def relax_errors(
                     measure(variables)
                 if differentiable and truncate is not None and t == inference.steps - truncate:
                     variables = {n: v.detach() for n, v in variables.items()}
-                    states = {n: _detach(s) for n, s in states.items()}
+                    states = {n: _detached(s) for n, s in states.items()}
                 if differentiable and checkpoint_steps:
                     variables, states, energies = checkpoint(step, t, variables, states, use_reentrant=False)
                 else:
@@ -322,8 +325,16 @@ def relax_errors(
                 measure(variables)
     with torch.set_grad_enabled(differentiable):
         values, _ = problem.states(variables)
-    order = list(start)
-    return Relaxed({n: values[n] for n in order}, start, clamped, taken, trajectory)
+    return {n: values[n] for n in start}, start, taken
+
+
+def _detached(state: Any) -> Any:
+    """A latent optimiser's state with every tensor detached (truncated backprop)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: _detached(v) for k, v in state.items()}
+    return state
 
 
 def _binomial(problem: ErrorProblem, variables: State, states: dict, inference: Inference, truncate: int | None,

@@ -58,9 +58,23 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
             )
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
+    check_memory(config, image_shape, classes)
+    model = _network(config, image_shape, classes)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    model = model.to(device=config.device, dtype=dtype)
+    if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
+        models.conv_channels_last(model)
+    return model
+
+
+def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int, initialise: bool = True) -> PCN:
+    """The bare network of ``config.model`` (on the current default device, default dtype); ``initialise=False``
+    skips a custom weight init (when only shapes matter)."""
+    m = config.model
+    pixels = math.prod(image_shape)
     if m.kind == "mlp":
         model = models.mlp(m.widths, m.activation, m.output, m.output_activation)
-        if m.init == "lecun":
+        if m.init == "lecun" and initialise:
             lecun_init(model)
         elif m.init == "orthogonal":
             orthogonal_init(model)
@@ -77,11 +91,44 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
         model = vgg_bn(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
     else:
         model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    model = model.to(device=config.device, dtype=dtype)
-    if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
-        models.conv_channels_last(model)
     return model
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes of memory available for new tensors on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on the
+    CPU (Linux), the free memory of a CUDA device; None where unknown."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if device == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_memory(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> None:
+    """ConfigError, before anything is allocated, if training the model of ``config`` needs more memory than
+    the device has available: its parameters (counted on the meta device) times 4 -- weights, gradients and
+    an optimiser's two moments -- at 4 or 8 bytes each. Activations come on top; this is a lower bound."""
+    available = available_memory(config.device)
+    if available is None:
+        return
+    count = parameter_count(config, image_shape, classes)
+    needed = count * (8 if config.dtype == "float64" else 4) * 4
+    if needed > available:
+        raise ConfigError(f"model: expected to fit in the {available / 1e9:.3g} GB available on {config.device}, got {count:.3g} parameters "
+                          f"needing at least {needed / 1e9:.3g} GB to train (weights, gradients and two optimiser moments)")
+
+
+def parameter_count(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> int:
+    """Number of parameters of the network of ``config.model``, counted without allocating them
+    (the network is built on PyTorch's ``meta`` device: shapes only)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in _network(config, image_shape, classes, initialise=False).parameters())
 
 
 def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
@@ -111,14 +158,15 @@ def build_inference(config: InferenceConfig) -> Inference:
         "spiking": Spiking(config.alpha),
         "decaying": Decaying(config.decay),
     }[config.precision]
+    # the training loop diagnoses a diverging relaxation itself (step, node, failure.json)
     return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile,
-                     parametrisation=config.parametrisation)
+                     check_finite=False, parametrisation=config.parametrisation)
 
 
 def _fusable(params: list[torch.nn.Parameter]) -> bool:
     """PyTorch's fused (one kernel per step) optimisers apply: floating-point parameters on the CPU
-    or CUDA. On the project's 2-core CPU, fused Adam's step on MLP 784-128-128-10 measured 54 us
-    against 169 us for the default per-tensor loop, about a tenth of a T = 20 PC step."""
+    or CUDA. On a small CPU fused Adam's step is a fraction of the default per-tensor loop's time,
+    which on a small MLP is a noticeable part of a PC step."""
     return bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
 
 

@@ -16,16 +16,19 @@ Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("qui
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, records_frame, run_trials
-from ...train.config import ConfigError
+from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError, short
+from ..settings import check_settings, preflight
 from .analysis import build_report, tidy_table
 from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import run_trial
+from .training import run_config, run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
@@ -60,11 +63,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "the one to cite: MNIST and Fashion-MNIST (pclab split), all 60k training images, 10 epochs, batch 512 "
             "(the paper's settings), d in {2, 4, 8, 16, 32, 64}, Small / Medium / Large, 11 lam, 3 seeds, T = 10; "
-            "3564 runs. Run time: about 13,000 core-seconds per (dataset, d, lam, seed) for the 9 way x complexity runs "
-            "(per-sample training times measured on this machine at T = 10 -- Small bp 34 us, bpti/pc 250 us; Medium bp "
-            "0.2 ms, bpti 3.3 ms, pc 1.9 ms; Large extrapolated x3 from Medium by decoder size -- times 600k samples), "
-            "i.e. roughly 1,500 core-hours in all (measured on a busy machine: expect less when quiet). Weeks on this "
-            "2-core machine: run it on a Ray cluster (--address)."
+            "3564 runs. Budget: roughly 1,500 core-hours in all (weeks on 2 cores): run it on a Ray cluster (--address); "
+            "measured per-sample times are on the benchmarks page."
         ),
         "datasets": ["mnist", "fashion-mnist"], "complexities": ["small", "medium", "large"],
         "latents": [2, 4, 8, 16, 32, 64], "lams": [round(0.1 * i, 1) for i in range(11)], "seeds": [0, 1, 2],
@@ -76,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 epochs, batch_size, lr, steps, latent_lr, train_subset, test_subset, probe_subset
 (every run); grid_slices ([complexity, d] pairs whose first seed stores reconstructions)."""
 
+_POSITIVE = ("lr", "steps", "latent_lr", "probe_subset", "latents[]", "epochs", "batch_size", "train_subset", "test_subset")
 _GRID = ("datasets", "ways", "complexities", "latents", "lams", "seeds")
 _PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "train_subset", "test_subset", "probe_subset")
 
@@ -87,13 +88,15 @@ def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[s
     config = copy.deepcopy(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ConfigError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
+            raise ConfigError(f"unknown tradeoff setting {short(key)}; settings are {sorted(config)}")
         config[key] = value
+    check_settings("tradeoff", config, PRESETS, positive=_POSITIVE,
+                   limits={"lams[]": (0, 1), "steps": (1, MAX_STEPS), "epochs": (1, MAX_EPOCHS), "latents[]": (1, 100_000)})
     unknown = set(config["ways"]) - {"bp", "bpti", "pc"}
     if unknown:
-        raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
+        raise ConfigError(f"tradeoff study setting ways: expected a subset of ['bp', 'bpti', 'pc'], got {short(config['ways'])}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
-        raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
+        raise ConfigError(f"tradeoff study setting lams: expected values in [0, 1], got {short(config['lams'])}")
     config["preset"] = preset
     return config
 
@@ -121,6 +124,10 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=_cost, reverse=True)  # stable: grid order within equal cost
 
 
+def _label(p: dict[str, Any]) -> str:
+    return f"{p['dataset']} {p['way']} {p['complexity']} d={p['latent']} lam={p['lam']} seed {p['seed']}"
+
+
 def run(
     preset: str,
     out: Path,
@@ -137,10 +144,13 @@ def run(
         executor: ``"ray"`` or ``"serial"``.
         overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}``.
     """
+    started = time.time()
     config = study_config(preset, overrides)
     out = Path(out)
-    records = run_trials(run_trial, trials(config), out, address=address, executor=executor)
-    return build_report(config, records_frame(records), failures(records), out)
+    params = trials(config)
+    preflight("tradeoff", [(_label(p), functools.partial(run_config, p)) for p in params])
+    records = run_trials(run_trial, params, out, address=address, executor=executor)
+    return build_report(config, records_frame(records), failures(records), out, started)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from ..report import Report
+from ..report import Report, rule_colour, rule_name
+from ..stats import claim, paired_difference
 from .pareto import mark_pareto, tradeoff_gap
 from .training import WAY_LABELS, decode_images, grid_images, trial_data
 
@@ -70,74 +71,90 @@ def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _colours(values: list[Any]) -> dict[Any, Any]:
-    cmap = plt.get_cmap("viridis")
-    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+_RULE = {"bp": "bp", "bpti": "bp-through-inference", "pc": "pc"}
 
 
 def _complexities(table: pd.DataFrame) -> list[str]:
     return sorted(table["complexity"].unique(), key=_COMPLEXITY_ORDER.get)
 
 
-def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str) -> plt.Figure:
-    """Accuracy vs MSE per way (rows) and complexity (columns); a line per d; filled markers are
-    Pareto-optimal within their (way, complexity, d) front; bars span seeds (min to max)."""
-    data = curve_table[curve_table["dataset"] == dataset]
-    ways, comps = [w for w in WAY_LABELS if w in set(data["way"])], _complexities(data)
-    latents = sorted(data["latent"].unique())
-    colour = _colours(latents)
-    fig, axes = plt.subplots(len(ways), len(comps), figsize=(4.2 * len(comps), 3.4 * len(ways)), squeeze=False)
-    for i, way in enumerate(ways):
-        for j, comp in enumerate(comps):
-            ax = axes[i, j]
-            for d in latents:
-                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
-                if g.empty:
-                    continue
-                optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
-                ax.errorbar(g[error], g[accuracy],
-                            xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
-                            yerr=[g[accuracy] - g[f"{accuracy}_min"], g[f"{accuracy}_max"] - g[accuracy]],
-                            color=colour[d], lw=1, alpha=0.6, label=f"d={d}")
-                ax.scatter(g[error][optimal], g[accuracy][optimal], color=colour[d], edgecolor="k", s=40, zorder=3)
-                ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
-            ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
-            ax.set_xlabel(f"{what} MSE (pixels in [-1, 1], log scale)")
-            ax.set_ylabel(f"{what} accuracy")
-            ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+def slices_of(table: pd.DataFrame, chosen: list[list[Any]] | None = None) -> list[tuple[str, str, int]]:
+    """The (dataset, complexity, d) curves of ``table``, in order; only the ``chosen`` [complexity, d]
+    pairs when given (and present)."""
+    present = sorted({(ds, c, int(d)) for ds, c, d in zip(table["dataset"], table["complexity"], table["latent"])},
+                     key=lambda s: (s[0], _COMPLEXITY_ORDER[s[1]], s[2]))
+    if chosen:
+        wanted = {(c, int(d)) for c, d in chosen}
+        picked = [s for s in present if (s[1], s[2]) in wanted]
+        return picked or present
+    return present
+
+
+def _grid(n: int, columns: int = 4, width: float = 10.4, height: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols / columns if n < columns else width, height * rows + 0.5),
+                             squeeze=False, constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def front_figure(curve_table: pd.DataFrame, slices: list[tuple[str, str, int]], accuracy: str = "test_accuracy",
+                 error: str = "recon_mse", what: str = "test") -> plt.Figure:
+    """Accuracy (%) vs reconstruction MSE, one panel per (dataset, complexity, d) slice and one line
+    per training way (its rule colour), a point per lam; filled points are Pareto-optimal within their
+    curve, bars span the seeds (min to max)."""
+    fig, axes = _grid(len(slices))
+    for ax, (dataset, comp, d) in zip(axes.flat, slices):
+        part = curve_table[(curve_table["dataset"] == dataset) & (curve_table["complexity"] == comp) & (curve_table["latent"] == d)]
+        for way in [w for w in WAY_LABELS if w in set(part["way"])]:
+            g = part[part["way"] == way].sort_values("lam")
+            colour = rule_colour(_RULE[way])
+            optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
+            ax.errorbar(g[error], 100 * g[accuracy], xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
+                        yerr=[100 * (g[accuracy] - g[f"{accuracy}_min"]), 100 * (g[f"{accuracy}_max"] - g[accuracy])],
+                        color=colour, lw=1.2, alpha=0.8, label=WAY_LABELS[way])
+            ax.scatter(g[error][optimal], 100 * g[accuracy][optimal], color=colour, edgecolor="k", s=30, zorder=3)
+            ax.scatter(g[error][~optimal], 100 * g[accuracy][~optimal], facecolor="white", edgecolor=colour, s=24, zorder=3)
+        ax.set_title(f"{dataset}, {comp}, d={d}", fontsize=9)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: labels in range
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
+        ax.set_xlabel(f"{what} MSE per pixel (log)", fontsize=8)
+        ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8, frameon=False)
     return fig
 
 
-def lam_figure(curve_table: pd.DataFrame, dataset: str, metrics: list[tuple[str, str]]) -> plt.Figure:
-    """Metrics (rows) vs lam per way (columns); a line per (complexity, d): median over seeds with a
-    min-max band."""
-    data = curve_table[curve_table["dataset"] == dataset]
-    ways = [w for w in WAY_LABELS if w in set(data["way"])]
-    slices = sorted({(c, d) for c, d in zip(data["complexity"], data["latent"])}, key=lambda s: (_COMPLEXITY_ORDER[s[0]], s[1]))
-    colour = _colours(slices)
-    styles = {c: s for c, s in zip(["small", "medium", "large"], ["-", "--", ":"])}
-    fig, axes = plt.subplots(len(metrics), len(ways), figsize=(4.2 * len(ways), 3.0 * len(metrics)), squeeze=False, sharey="row")
-    for j, way in enumerate(ways):
-        for i, (metric, label) in enumerate(metrics):
+def lam_figure(curve_table: pd.DataFrame, slices: list[tuple[str, str, int]], metrics: list[tuple[str, str, float]]) -> plt.Figure:
+    """Metrics (rows: column, axis label, scale) vs lam, one column per slice, one line per way
+    (median over seeds, band = seed range)."""
+    cols = len(slices)
+    fig, axes = plt.subplots(len(metrics), cols, figsize=(min(10.4, 2.6 * cols + 0.6), 2.4 * len(metrics) + 0.5), squeeze=False,
+                             sharey="row", constrained_layout=True)
+    for j, (dataset, comp, d) in enumerate(slices):
+        part = curve_table[(curve_table["dataset"] == dataset) & (curve_table["complexity"] == comp) & (curve_table["latent"] == d)]
+        for i, (metric, label, scale) in enumerate(metrics):
             ax = axes[i, j]
-            for comp, d in slices:
-                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
-                if g.empty:
-                    continue
-                ax.plot(g["lam"], g[metric], styles[comp], color=colour[(comp, d)], marker="o", ms=3, label=f"{comp}, d={d}")
-                ax.fill_between(g["lam"], g[f"{metric}_min"], g[f"{metric}_max"], color=colour[(comp, d)], alpha=0.15)
-            ax.set_xlabel("lam (weight of classification)")
-            ax.set_ylabel(label)
+            for way in [w for w in WAY_LABELS if w in set(part["way"])]:
+                g = part[part["way"] == way].sort_values("lam")
+                colour = rule_colour(_RULE[way])
+                ax.plot(g["lam"], scale * g[metric], color=colour, marker="o", ms=3, label=WAY_LABELS[way])
+                ax.fill_between(g["lam"], scale * g[f"{metric}_min"], scale * g[f"{metric}_max"], color=colour, alpha=0.15)
+            ax.set_xlabel("lam (weight of classification)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(WAY_LABELS[way], fontsize=9)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+                ax.set_title(f"{dataset}, {comp}, d={d}", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8, frameon=False)
     return fig
 
 
@@ -150,7 +167,7 @@ def grid_figure(frame: pd.DataFrame, originals: np.ndarray | None, dataset: str,
         return None
     ways = [w for w in WAY_LABELS if w in set(rows["way"])]
     lams = sorted(rows["lam"].unique())
-    fig, axes = plt.subplots(1, len(ways), figsize=(4.4 * len(ways), 0.5 * len(lams) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(ways), figsize=(3.4 * len(ways), 0.45 * len(lams) + 1.2), squeeze=False)
     for ax, way in zip(axes[0], ways):
         strips = [np.concatenate(list(originals[:, 0]), axis=1)] if originals is not None else []
         labels = ["original"] if originals is not None else []
@@ -183,15 +200,6 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
     lines: list[str] = []
     if gap_table.empty:
         return ["No run finished; nothing to summarise."]
-    lines.append(
-        "Trade-off gap: for each curve over lam, how far its best compromise is from the ideal point (the "
-        "curve's best accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, "
-        "relative MSE excess); 0 = no trade-off, 0.05 = 5 % worse in one of the two. 'task' uses "
-        "the model's own accuracy and reconstruction MSE; 'latent' uses the probes (linear-probe accuracy, "
-        "fresh-decoder MSE). The gap is relative to each curve's own best values: a front that moves up and "
-        "left at every lam but whose pure-reconstruction end improves most counts as harsher. Read it together "
-        "with the front movement lines and the figures."
-    )
     verdicts = {}
     for factor, other in (("latent", "complexity"), ("complexity", "latent")):
         if gap_table[factor].nunique() < 2:
@@ -255,6 +263,81 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
     return lines
 
 
+QUESTION = ("How much reconstruction must a shared latent give up for classification, and does the answer depend "
+            "on the training rule (PC learning, backprop through inference, backprop), the latent size d or the model size?")
+
+_GAP_TEXT = (
+    "Trade-off gap: for each curve over lam, how far its best compromise is from the ideal point (the curve's best "
+    "accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, relative MSE excess); 0 = no "
+    "trade-off, 0.05 = 5 % worse in one of the two. 'task' uses the model's own accuracy and reconstruction MSE; 'latent' "
+    "uses the probes (linear-probe accuracy, fresh-decoder MSE). The gap is relative to each curve's own best values: a "
+    "front that moves up and left at every lam but whose pure-reconstruction end improves most counts as harsher."
+)
+
+
+def per_seed_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (slice, seed): best test accuracy and best reconstruction MSE over lam, and the task trade-off gap."""
+    rows = []
+    for key, g in table.groupby([*SLICE, "seed"], sort=True):
+        rows.append({**dict(zip([*SLICE, "seed"], key)), "best_accuracy": g["test_accuracy"].max(),
+                     "best_recon_mse": g["recon_mse"].min(), "gap_task": tradeoff_gap(g["test_accuracy"], g["recon_mse"])})
+    return pd.DataFrame(rows)
+
+
+def _paired(per_seed: pd.DataFrame, by: str, a: Any, b: Any, value: str, scale: float = 1.0):
+    """Seed-paired difference of the mean over the other slice columns of ``value`` at ``by == a`` minus ``by == b``
+    (only slices present at both); returns the interval and how many slices each seed averages."""
+    others = [c for c in SLICE if c != by]
+    wide = per_seed.pivot_table(index=[*others, "seed"], columns=by, values=value, aggfunc="first")
+    if a not in wide.columns or b not in wide.columns:
+        return None, 0
+    both = wide[[a, b]].dropna()
+    if both.empty:
+        return None, 0
+    per = both.groupby("seed").mean()
+    slices = int(both.groupby("seed").size().max())
+    return paired_difference(scale * per[a].to_numpy(), scale * per[b].to_numpy()), slices
+
+
+def _curves(k: int) -> str:
+    return "one curve" if k == 1 else f"mean of {k} curves"
+
+
+def findings(table: pd.DataFrame) -> list[str]:
+    """At most six sentences from the runs: each way against backprop (best accuracy, best MSE) and the
+    effect of d and of model size on the trade-off gap, each a seed-paired difference with its interval."""
+    if table.empty:
+        return ["No run finished; no finding."]
+    per_seed = per_seed_curves(table)
+    lines = []
+    ways = set(per_seed["way"])
+    for way in ("pc", "bpti"):
+        if way not in ways or "bp" not in ways:
+            continue
+        name = rule_name(_RULE[way])
+        acc, k = _paired(per_seed, "way", way, "bp", "best_accuracy", 100.0)
+        if acc is not None:
+            lines.append(claim(f"{name[:1].upper() + name[1:]} minus backprop, best test accuracy over lam ({_curves(k)})", acc))
+    if {"pc", "bp"} <= ways:
+        mse, k = _paired(per_seed, "way", "pc", "bp", "best_recon_mse")
+        if mse is not None:
+            lines.append(claim(f"PC learning minus backprop, best reconstruction MSE per pixel ({_curves(k)})", mse,
+                               unit="", digits=4, within=None))
+    latents = sorted(per_seed["latent"].unique())
+    if len(latents) > 1:
+        gap, k = _paired(per_seed, "latent", latents[-1], latents[0], "gap_task")
+        if gap is not None:
+            lines.append(claim(f"Latent size d {latents[0]} -> {latents[-1]}, change of the trade-off gap (0 = no trade-off; "
+                               f"{_curves(k)}, negative = softer)", gap, unit="", digits=3, within=None))
+    comps = _complexities(per_seed)
+    if len(comps) > 1:
+        gap, k = _paired(per_seed, "complexity", comps[-1], comps[0], "gap_task")
+        if gap is not None:
+            lines.append(claim(f"Model {comps[0]} -> {comps[-1]}, change of the trade-off gap ({_curves(k)}, "
+                               "negative = softer)", gap, unit="", digits=3, within=None))
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- report
 _METHODS = """Convention: lam weights classification, L = (1 - lam) * MSE + lam * CE. Rathjens & Wiskott's lambda weights reconstruction; the table's paper_lambda column is 1 - lam.
 
@@ -278,39 +361,50 @@ def _originals(config: dict[str, Any], dataset: str) -> np.ndarray | None:
     return grid_images(test).numpy()
 
 
-def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path) -> Path:
-    """Write the study's report under ``out``; returns the path of ``report.html``."""
-    report = Report("pclab study: the classification-reconstruction trade-off", out, config)
-    report.section("What was run", config.get("description", "") + "\n\n" + _METHODS)
+def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path, started: float | None = None) -> Path:
+    """Write the study's report under ``out`` (``started``: when the study call began); returns the path of ``report.html``."""
+    report = Report("The classification-reconstruction trade-off", out, config, question=QUESTION, study="tradeoff", started=started)
+    report.methods("What was run", config.get("description", ""))
+    report.methods("Model, ways, metrics", _METHODS)
+    report.methods("Trade-off gap", _GAP_TEXT)
     table = tidy_table(frame)
     if table.empty:
-        report.summary(["No run finished."])
+        report.findings(["No run finished; no finding."])
     else:
         curve_table = curves(table)
         gap_table = gaps(curve_table)
-        report.summary(summary_lines(gap_table, curve_table))
-        report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
-        report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
-        report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
+        report.findings(findings(table))
+        report.statements(summary_lines(gap_table, curve_table))
+        key = slices_of(curve_table, config.get("grid_slices"))
+        every = slices_of(curve_table)
+        report.figure(front_figure(curve_table, key), "pareto",
+                      "Pareto fronts: test accuracy vs reconstruction MSE (pixels in [-1, 1]), one panel per model size and latent "
+                      "size d, one colour per training rule, a point per lam; filled = Pareto-optimal within its curve; bars = seed "
+                      "range.", key=True)
+        if len(every) > len(key):
+            report.section("Pareto fronts of every curve")
+            report.figure(front_figure(curve_table, every), "pareto_all", "Test accuracy vs reconstruction MSE for every "
+                          "(dataset, model size, d).")
+        report.section("What the latent holds",
+                       "Linear-probe accuracy vs the MSE of a fresh decoder fitted on the frozen latent (see Methods).")
+        report.figure(front_figure(curve_table, every, "probe_accuracy", "probe_mse", "probe"), "pareto_probes",
+                      "Latent probes: linear-probe accuracy vs fresh-decoder MSE, one colour per training rule, a point per lam.")
+        report.section("Trade-off curves vs lam")
+        report.figure(lam_figure(curve_table, key, [("test_accuracy", "test accuracy (%)", 100.0), ("recon_mse", "recon MSE per pixel", 1.0)]),
+                      "lam", "Test accuracy and reconstruction MSE vs lam (median over seeds, band = seed range).")
+        report.figure(lam_figure(curve_table, key, [("probe_accuracy", "probe accuracy (%)", 100.0), ("probe_mse", "fresh-decoder MSE", 1.0)]),
+                      "lam_probes", "Latent probes vs lam.")
+        report.section("Reconstructions across lam")
         for dataset in sorted(table["dataset"].unique()):
-            report.section(f"{dataset}: Pareto fronts")
-            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test"), f"pareto_{dataset}",
-                          f"{dataset}: test accuracy vs reconstruction MSE, one curve per d; filled = Pareto-optimal "
-                          "within the curve; bars = seed range.")
-            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe"), f"pareto_probes_{dataset}",
-                          f"{dataset}: what the latent holds -- linear-probe accuracy vs fresh-decoder MSE, one curve per d.")
-            report.section(f"{dataset}: trade-off curves vs lam")
-            report.figure(lam_figure(curve_table, dataset, [("test_accuracy", "test accuracy"), ("recon_mse", "recon MSE")]),
-                          f"lam_{dataset}", f"{dataset}: test accuracy and reconstruction MSE vs lam (median, band = seed range).")
-            report.figure(lam_figure(curve_table, dataset, [("probe_accuracy", "linear-probe accuracy"), ("probe_mse", "fresh-decoder MSE")]),
-                          f"lam_probes_{dataset}", f"{dataset}: latent probes vs lam.")
-            report.section(f"{dataset}: reconstructions across lam")
             originals = _originals(config, dataset)
             for complexity, latent in config.get("grid_slices", []):
                 fig = grid_figure(frame, originals, dataset, complexity, int(latent))
                 if fig is not None:
                     report.figure(fig, f"grid_{dataset}_{complexity}_d{latent}",
                                   f"{dataset}, {complexity}, d={latent}: reconstructions of one test image per class (seed {config['seeds'][0]}).")
+        report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
+        report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
+        report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
     if failed:
         report.table(pd.DataFrame(failed), "failures", "Failed runs (recorded, not retried)")
     else:

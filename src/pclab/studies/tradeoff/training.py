@@ -52,7 +52,7 @@ def run_config(params: dict[str, Any]):
         "epochs": params["epochs"],
         "seed": params["seed"],
         "eval_inference": True,
-    }, source=f"tradeoff trial {params}")
+    }, source=f"tradeoff trial {params['dataset']} {params['way']} {params['complexity']} d={params['latent']} lam={params['lam']}")
 
 
 def build_run(params: dict[str, Any], data: tuple[Dataset, Dataset]) -> Run:

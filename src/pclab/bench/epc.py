@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .core import PCN, SGD, Inference, relax
-from .core.epc import ErrorProblem
-from .core.relax import free_nodes
-from .models import mlp, orthogonal_init
+from ..core import PCN, SGD, Inference, relax
+from ..core.epc import ErrorProblem
+from ..core.relax import free_nodes
+from ..models import mlp, orthogonal_init
 
 GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 """Latent SGD step sizes tried for both methods."""
