@@ -16,9 +16,14 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,36 +112,175 @@ def run_trials(
     return [done[i] for i in ids]
 
 
-def _ray_init(address: str | None) -> bool:
-    """Start an embedded local Ray (or join ``address``); True if this call started it."""
+class RayClusterError(RuntimeError):
+    """The Ray cluster at ``address`` cannot be joined: nothing answers there, or it refuses this
+    client's authentication token. The message says what to set."""
+
+
+_OWNER = "PCLAB_RAY_OWNER"  # set in the environment of an embedded Ray's processes, which the reaper ends
+AUTH_HINT = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it) "
+             "or in a file named by RAY_AUTH_TOKEN_PATH")
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for the length of a ``with`` block: an embedded local Ray (``address=None``) or the cluster
+    at ``address`` (``HOST:PORT``). Nothing is started if Ray is initialised already.
+
+    The embedded Ray is private to this process: its own temporary folder, token authentication with
+    a random token (unless ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` names one), no dashboard, and
+    on Linux a reaper process that ends every Ray process it started when this process ends, also by
+    SIGKILL. Ray's GCS and raylet listen on all of the machine's addresses (Ray offers no loopback-only
+    mode), so the token is what keeps other users out. The caller's SIGTERM handler is kept (``ray.init``
+    replaces it) and Tune's own SIGINT handler is off: Ctrl-C raises KeyboardInterrupt, as elsewhere.
+
+    Raises :class:`RayClusterError` if ``address`` cannot be joined.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
 
     if ray.is_initialized():
-        return False
-    if address is None:
-        # workers of the embedded Ray must import this very pclab, installed or not
-        here = str(Path(__file__).resolve().parents[1])
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *[str(Path(p).resolve()) for p in paths if p != here]])
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=True, ignore_reinit_error=True)
-    return True
+        yield
+        return
+    reaper = _start_embedded() if address is None else _join(address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if reaper is not None:
+            reaper.stdin.close()
+            reaper.wait(timeout=60)
+
+
+@contextmanager
+def _keep_sigterm() -> Iterator[None]:
+    """Run ``ray.init`` in the block without it changing this process's SIGTERM handling.
+
+    ``ray.init`` installs a handler that exits with status 15 and, in Ray's native code, one that
+    prints a stack dump (off: ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``); the previous handler is put back
+    after the block, and a SIGTERM that arrives during it is passed on to that handler (pclab's
+    command raises KeyboardInterrupt: exit 130, one line).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as err:
+        if err.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_embedded() -> subprocess.Popen | None:
+    """Start the embedded Ray (see :func:`ray_session`); return its reaper process (Linux) or None."""
+    import ray
+
+    # workers of the embedded Ray must import this very pclab, installed or not
+    here = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, *[str(Path(p).resolve()) for p in paths if p != here]])
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        del os.environ["RAY_AUTH_MODE"]  # unset, ray.init turns token authentication on (and refreshes its config)
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # never written to disk, kept for this process's life
+    # a folder of its own: no other Ray finds this one through /tmp/ray, and its sockets stay short
+    temp_dir = tempfile.mkdtemp(prefix="pclab-ray-", dir=os.environ.get("RAY_TMPDIR") or ("/tmp" if os.name == "posix" else None))
+    marker = secrets.token_hex(8)
+    reaper = None
+    if sys.platform.startswith("linux"):
+        reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("_ray_reaper.py")), f"{_OWNER}={marker}", temp_dir],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    os.environ[_OWNER] = marker  # inherited by the GCS, the raylet and through it every worker and agent
+    try:
+        with _keep_sigterm():
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=True, _temp_dir=temp_dir)
+    except BaseException:
+        ray.shutdown()
+        if reaper is not None:
+            reaper.stdin.close()
+            reaper.wait(timeout=60)
+        raise
+    finally:
+        del os.environ[_OWNER]
+    return reaper
+
+
+def _join(address: str) -> None:
+    """Connect to the Ray cluster at ``address``, or raise :class:`RayClusterError` in one line."""
+    import ray
+
+    if "://" not in address:
+        _check_reachable(address)
+    try:
+        with _keep_sigterm():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    except ConnectionError as err:
+        raise RayClusterError(f"--address {address}: cannot join the Ray cluster there ({err})") from err
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, in one line, if nothing listens at ``address`` or its GCS refuses this client's token."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayClusterError(f"--address: expected HOST:PORT of a Ray head node, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise RayClusterError(f"--address {address}: no Ray head node answers there ({err.strerror or err}); "
+                              f"start one with `ray start --head --port {port}`") from None
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray layout: ray.init reports what it finds
+        return
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs the refusal on stderr as well
+            GcsClient(address=address)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        what = "refused this client's token" if mode.lower() == "token" else "requires token authentication"
+        raise RayClusterError(f"--address {address}: the Ray cluster {what}; {AUTH_HINT}") from None
+    except Exception:  # anything else: ray.init reports it
+        return
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 (native code's stderr too) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int) -> None:
-    import ray
     from ray import tune
 
-    started_here = _ray_init(address)
     out_abs = out.resolve()
 
     def trainable(config: dict[str, Any]) -> None:
         record = _record(out_abs, config["trial"], fn, cpus)
         tune.report({"ok": record["status"] == "ok"})
 
-    try:
+    with ray_session(address):
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
             param_space={"trial": tune.grid_search(pending)},
@@ -152,9 +296,6 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
         )
         grid = tuner.fit()
         _record_crashes(out_abs, grid)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _record_crashes(out: Path, grid: Any) -> None:
@@ -314,11 +455,9 @@ def _search_serial(config, out, remaining, dists, metric, mode, seed, done) -> N
 
 
 def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address, cpus) -> None:
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    started_here = _ray_init(address)
     out_abs = out.resolve()
     keys = list(dists)
     finished = [r for r in done if math.isfinite(_value(r, metric, mode))]
@@ -334,7 +473,7 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
         value = _value(record, metric, mode)
         tune.report({"objective": value if math.isfinite(value) else (-1e30 if mode == "max" else 1e30)})
 
-    try:
+    with ray_session(address):
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True),
@@ -342,6 +481,3 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()
-    finally:
-        if started_here:
-            ray.shutdown()

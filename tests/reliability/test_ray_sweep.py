@@ -17,11 +17,10 @@ pytestmark = pytest.mark.slow
 def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip("ray")
-    from pclab.sweep import _ray_init
+    from pclab.sweep import ray_session
 
-    _ray_init(None)
-    yield ray
-    ray.shutdown()
+    with ray_session():
+        yield ray
 
 
 def test_two_trials_on_ray_one_failing_records_one_result_and_one_failure(tmp_path, local_ray):
