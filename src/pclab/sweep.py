@@ -387,14 +387,17 @@ def search(
     Args:
         config: plain data of the base :class:`~pclab.train.RunConfig` (a preset, a YAML file).
         out: folder; every finished trial is recorded in ``out/trials/<id>.json`` the moment it
-            ends, the best in ``out/best.json``. Run again, finished trials are fed back to the
-            sampler and only the missing ``samples`` are run.
+            ends, the best in ``out/best.json``. These records are the search's state: run again,
+            finished trials are fed back to the sampler and only the missing ``samples`` are run, so
+            a rerun with more ``samples`` extends the search (and an interrupted one resumes).
         samples: total number of trials.
         space: ``config key -> (kind, low, high)``, kind ``"log"``, ``"float"`` or ``"int"``;
             default :data:`DEFAULT_SPACE` (latent lr, T, weight lr).
         metric, mode: what to optimise (a key of the run's results) and ``"max"`` or ``"min"``.
         address, executor, cpus_per_trial: as in :func:`run_trials`.
-        seed: sampler seed.
+        seed: sampler seed. A run that starts from ``n`` recorded trials seeds its sampler with
+            ``seed + n``: seeded alike, the sampler would propose the first points again and their
+            records would be overwritten instead of new trials added.
 
     Returns ``{"best": record or None, "records": [...]}``; a failed trial (e.g. diverged) is
     recorded with its error and the search goes on.
@@ -439,7 +442,7 @@ def _search_serial(config, out, remaining, dists, metric, mode, seed, done) -> N
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+                                sampler=optuna.samplers.TPESampler(seed=seed + len(done)))
     for record in done:
         value = _value(record, metric, mode)
         if math.isfinite(value):
@@ -462,7 +465,7 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
     keys = list(dists)
     finished = [r for r in done if math.isfinite(_value(r, metric, mode))]
     searcher = OptunaSearch(
-        space={k.replace(".", "__"): d for k, d in dists.items()}, metric="objective", mode=mode, seed=seed,
+        space={k.replace(".", "__"): d for k, d in dists.items()}, metric="objective", mode=mode, seed=seed + len(done),
         points_to_evaluate=[{k.replace(".", "__"): r["params"]["overrides"][k] for k in keys} for r in finished] or None,
         evaluated_rewards=[_value(r, metric, mode) for r in finished] or None,
     )
