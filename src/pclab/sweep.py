@@ -246,15 +246,18 @@ def _check_reachable(address: str) -> None:
         from ray.exceptions import AuthenticationError
     except ImportError:  # another Ray layout: ray.init reports what it finds
         return
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     try:
         with _quiet_stderr():  # Ray's C++ client logs the refusal on stderr as well
             GcsClient(address=address)
     except AuthenticationError:
-        mode = os.environ.get("RAY_AUTH_MODE", "")
-        what = "refused this client's token" if mode.lower() == "token" else "requires token authentication"
+        what = "refused this client's token" if token_mode else "requires token authentication"
         raise RayClusterError(f"--address {address}: the Ray cluster {what}; {AUTH_HINT}") from None
     except Exception:  # anything else: ray.init reports it
         return
+    if not token_mode:
+        print(f"warning: the Ray cluster at {address} accepts clients without a token: whoever reaches it can run code "
+              "there; start its nodes with RAY_AUTH_MODE=token", file=sys.stderr)
 
 
 @contextmanager
