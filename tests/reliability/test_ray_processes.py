@@ -170,7 +170,7 @@ def test_a_study_runs_on_an_authenticated_cluster_and_a_client_without_the_token
     _, err = wrong.communicate(timeout=120)
     assert wrong.returncode == 2 and "refused this client's token" in err, err
 
-    study = _study(tmp_path / "study", "--address", address, env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+    study = _study(tmp_path / "study", "--address", address, "--set", "seeds=[0]", env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
     out, err = study.communicate(timeout=600)
     assert study.returncode == 0, out + err
     assert (tmp_path / "study" / "report.html").exists()
