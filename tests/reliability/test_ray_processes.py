@@ -91,11 +91,15 @@ def _wait_for_running_ray(study: subprocess.Popen, out: Path) -> list[int]:
             and any(a.endswith("_ray_reaper.py") for a in _cmdline(int(n)))]
 
 
-def test_sigterm_ends_a_study_with_exit_130_one_line_and_no_ray_process_left(tmp_path):
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_ends_a_study_with_exit_130_one_line_and_no_ray_process_left(tmp_path, ctrl_c):
     study = _study(tmp_path / "study")
     try:
         reapers = _wait_for_running_ray(study, tmp_path / "study")
-        study.send_signal(signal.SIGTERM)
+        if ctrl_c:  # a terminal sends SIGINT to the foreground process group: the driver and Ray's own processes
+            os.killpg(study.pid, signal.SIGINT)
+        else:
+            study.send_signal(signal.SIGTERM)
         _, err = study.communicate(timeout=120)
         assert study.returncode == 130, err
         lines = [line for line in err.splitlines() if line.strip()]
