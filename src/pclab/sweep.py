@@ -6,8 +6,9 @@ is recognised. :func:`run_trials` writes each finished trial to ``<out>/trials/<
 study loses nothing finished and, run again, skips what is already there. A failing trial is
 recorded and the others go on.
 
-By default Ray runs embedded on this machine (no set-up, every core used); ``address`` joins an
-existing Ray cluster instead. ``executor="serial"`` runs trials in this process (debugging, tests).
+By default Ray runs embedded on this machine (no set-up, every core used), private to the study and
+ended with it (see :func:`ray_session`); ``address`` joins an existing Ray cluster instead.
+``executor="serial"`` runs trials in this process (debugging, tests).
 """
 
 from __future__ import annotations
@@ -145,7 +146,11 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    reaper = _start_embedded() if address is None else _join(address)
+    reaper = None
+    if address is None:
+        reaper = _start_embedded()
+    else:
+        _join(address)
     try:
         yield
     finally:
