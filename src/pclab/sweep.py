@@ -126,7 +126,8 @@ AUTH_HINT = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN 
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray for the length of a ``with`` block: an embedded local Ray (``address=None``) or the cluster
-    at ``address`` (``HOST:PORT``). Nothing is started if Ray is initialised already.
+    at ``address`` (``HOST:PORT``; ``None`` and ``RAY_ADDRESS`` set: that one, as in ``ray.init``).
+    Nothing is started if Ray is initialised already.
 
     The embedded Ray is private to this process: its own temporary folder, token authentication with
     a random token (unless ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` names one), no dashboard, and
@@ -146,11 +147,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    source = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
     reaper = None
     if address is None:
         reaper = _start_embedded()
     else:
-        _join(address)
+        _join(address, source)
     try:
         yield
     finally:
@@ -221,30 +226,31 @@ def _start_embedded() -> subprocess.Popen | None:
     return reaper
 
 
-def _join(address: str) -> None:
-    """Connect to the Ray cluster at ``address``, or raise :class:`RayClusterError` in one line."""
+def _join(address: str, source: str = "--address") -> None:
+    """Connect to the Ray cluster at ``address`` (given by ``source``), or raise :class:`RayClusterError`
+    in one line."""
     import ray
 
-    if "://" not in address:
-        _check_reachable(address)
+    if "://" not in address and address != "auto":
+        _check_reachable(address, source)
     try:
         with _keep_sigterm():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     except ConnectionError as err:
-        raise RayClusterError(f"--address {address}: cannot join the Ray cluster there ({err})") from err
+        raise RayClusterError(f"{source} {address}: cannot join the Ray cluster there ({err})") from err
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str, source: str = "--address") -> None:
     """Fail fast, in one line, if nothing listens at ``address`` or its GCS refuses this client's token."""
     import socket
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise RayClusterError(f"--address: expected HOST:PORT of a Ray head node, got {address!r}")
+        raise RayClusterError(f"{source}: expected HOST:PORT of a Ray head node, got {address!r}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as err:
-        raise RayClusterError(f"--address {address}: no Ray head node answers there ({err.strerror or err}); "
+        raise RayClusterError(f"{source} {address}: no Ray head node answers there ({err.strerror or err}); "
                               f"start one with `ray start --head --port {port}`") from None
     try:
         from ray._raylet import GcsClient
@@ -257,7 +263,7 @@ def _check_reachable(address: str) -> None:
             GcsClient(address=address)
     except AuthenticationError:
         what = "refused this client's token" if token_mode else "requires token authentication"
-        raise RayClusterError(f"--address {address}: the Ray cluster {what}; {AUTH_HINT}") from None
+        raise RayClusterError(f"{source} {address}: the Ray cluster {what}; {AUTH_HINT}") from None
     except Exception:  # anything else: ray.init reports it
         return
     if not token_mode:

@@ -46,3 +46,10 @@ def test_a_cluster_that_takes_clients_without_a_token_is_named_in_a_warning(monk
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
         _check_reachable(f"127.0.0.1:{head.getsockname()[1]}")
     assert "accepts clients without a token" in capsys.readouterr().err
+
+
+def test_ray_address_in_the_environment_is_the_default_address(tmp_path, monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    result = CliRunner().invoke(cli.app, ["study", "dynamics", "--preset", "tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and f"error: RAY_ADDRESS {address}: no Ray head node answers there" in result.output, result.output
