@@ -42,6 +42,8 @@ report_app = typer.Typer(no_args_is_help=True, help="Study reports: an index of 
 app.add_typer(report_app, name="report")
 
 EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_RUNDIR, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
+INTERRUPTED = ("\ninterrupted: every file written so far is complete; rerun with --resume (train) "
+               "or the same command (study, tune) to continue")
 
 
 class CommandError(Exception):
@@ -58,12 +60,13 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and an exit code."""
     from .data import DataError
+    from .sweep import RayClusterError
     from .train import ConfigError, DivergenceError
     from .train.loop import RunDirError
 
     try:
         yield
-    except (ConfigError, CommandError) as err:
+    except (ConfigError, CommandError, RayClusterError) as err:
         _debug()
         raise _fail(str(err), EXIT_CONFIG) from None
     except DataError as err:
@@ -75,6 +78,10 @@ def _errors() -> Iterator[None]:
     except RunDirError as err:
         _debug()
         raise _fail(str(err), EXIT_RUNDIR) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main); Typer would exit 130 without a word
+        _debug()
+        typer.echo(INTERRUPTED, err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
     except Exception as err:  # unforeseen: still one line and a non-zero exit (PCLAB_DEBUG=1 shows where)
@@ -400,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="pclab")
     except KeyboardInterrupt:
-        typer.echo("\ninterrupted: every file written so far is complete; rerun with --resume (train) "
-                   "or the same command (study) to continue", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)

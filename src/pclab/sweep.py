@@ -6,8 +6,9 @@ is recognised. :func:`run_trials` writes each finished trial to ``<out>/trials/<
 study loses nothing finished and, run again, skips what is already there. A failing trial is
 recorded and the others go on.
 
-By default Ray runs embedded on this machine (no set-up, every core used); ``address`` joins an
-existing Ray cluster instead. ``executor="serial"`` runs trials in this process (debugging, tests).
+By default Ray runs embedded on this machine (no set-up, every core used), private to the study and
+ended with it (see :func:`ray_session`); ``address`` joins an existing Ray cluster instead.
+``executor="serial"`` runs trials in this process (debugging, tests).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -234,22 +239,176 @@ def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, addre
     return [done[i] for i in ids]
 
 
-def _ray_init(address: str | None) -> bool:
-    """Start an embedded local Ray (or join ``address``); True if this call started it."""
+class RayClusterError(RuntimeError):
+    """The Ray cluster at ``address`` cannot be joined: nothing answers there, or it refuses this
+    client's authentication token. The message says what to set."""
+
+
+_OWNER = "PCLAB_RAY_OWNER"  # set in the environment of an embedded Ray's processes, which the reaper ends
+AUTH_HINT = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it) "
+             "or in a file named by RAY_AUTH_TOKEN_PATH")
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for the length of a ``with`` block: an embedded local Ray (``address=None``) or the cluster
+    at ``address`` (``HOST:PORT``; ``None`` and ``RAY_ADDRESS`` set: that one, as in ``ray.init``).
+    Nothing is started if Ray is initialised already.
+
+    The embedded Ray is private to this process: its own temporary folder, token authentication with
+    a random token (unless ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` names one), no dashboard, and
+    on Linux a reaper process that ends every Ray process it started when this process ends, also by
+    SIGKILL. Ray's GCS and raylet listen on all of the machine's addresses (Ray offers no loopback-only
+    mode), so the token is what keeps other users out. The caller's SIGTERM handler is kept (``ray.init``
+    replaces it) and Tune's own SIGINT handler is off: Ctrl-C raises KeyboardInterrupt, as elsewhere.
+
+    Raises :class:`RayClusterError` if ``address`` cannot be joined.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
 
     if ray.is_initialized():
-        return False
+        yield
+        return
+    source = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
+    reaper = None
     if address is None:
-        # workers of the embedded Ray must import this very pclab, installed or not
-        here = str(Path(__file__).resolve().parents[1])
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *[str(Path(p).resolve()) for p in paths if p != here]])
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=True, ignore_reinit_error=True)
-    return True
+        reaper = _start_embedded()
+    else:
+        _join(address, source)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if reaper is not None:
+            reaper.stdin.close()
+            reaper.wait(timeout=60)
+
+
+@contextmanager
+def _keep_sigterm() -> Iterator[None]:
+    """Run ``ray.init`` in the block without it changing this process's SIGTERM handling.
+
+    ``ray.init`` installs a handler that exits with status 15 and, in Ray's native code, one that
+    prints a stack dump (off: ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``); the previous handler is put back
+    after the block, and a SIGTERM that arrives during it is passed on to that handler (pclab's
+    command raises KeyboardInterrupt: exit 130, one line).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as err:
+        if err.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_embedded() -> subprocess.Popen | None:
+    """Start the embedded Ray (see :func:`ray_session`); return its reaper process (Linux) or None."""
+    import ray
+
+    # workers of the embedded Ray must import this very pclab, installed or not
+    here = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, *[str(Path(p).resolve()) for p in paths if p != here]])
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        del os.environ["RAY_AUTH_MODE"]  # unset, ray.init turns token authentication on (and refreshes its config)
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # never written to disk, kept for this process's life
+    # a folder of its own: no other Ray finds this one through /tmp/ray, and its sockets stay short
+    temp_dir = tempfile.mkdtemp(prefix="pclab-ray-", dir=os.environ.get("RAY_TMPDIR") or ("/tmp" if os.name == "posix" else None))
+    marker = secrets.token_hex(8)
+    reaper = None
+    if sys.platform.startswith("linux"):
+        reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("_ray_reaper.py")), f"{_OWNER}={marker}", temp_dir],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    os.environ[_OWNER] = marker  # inherited by the GCS, the raylet and through it every worker and agent
+    try:
+        with _keep_sigterm():
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=True, _temp_dir=temp_dir)
+    except BaseException:
+        ray.shutdown()
+        if reaper is not None:
+            reaper.stdin.close()
+            reaper.wait(timeout=60)
+        raise
+    finally:
+        del os.environ[_OWNER]
+    return reaper
+
+
+def _join(address: str, source: str = "--address") -> None:
+    """Connect to the Ray cluster at ``address`` (given by ``source``), or raise :class:`RayClusterError`
+    in one line."""
+    import ray
+
+    if "://" not in address and address != "auto":
+        _check_reachable(address, source)
+    try:
+        with _keep_sigterm():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    except ConnectionError as err:
+        raise RayClusterError(f"{source} {address}: cannot join the Ray cluster there ({err})") from err
+
+
+def _check_reachable(address: str, source: str = "--address") -> None:
+    """Fail fast, in one line, if nothing listens at ``address`` or its GCS refuses this client's token."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayClusterError(f"{source}: expected HOST:PORT of a Ray head node, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise RayClusterError(f"{source} {address}: no Ray head node answers there ({err.strerror or err}); "
+                              f"start one with `ray start --head --port {port}`") from None
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray layout: ray.init reports what it finds
+        return
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs the refusal on stderr as well
+            GcsClient(address=address)
+    except AuthenticationError:
+        what = "refused this client's token" if token_mode else "requires token authentication"
+        raise RayClusterError(f"{source} {address}: the Ray cluster {what}; {AUTH_HINT}") from None
+    except Exception:  # anything else: ray.init reports it
+        return
+    if not token_mode:
+        print(f"warning: the Ray cluster at {address} accepts clients without a token: whoever reaches it can run code "
+              "there; start its nodes with RAY_AUTH_MODE=token", file=sys.stderr)
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 (native code's stderr too) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _progress_callback(progress: Progress, out: Path) -> Any:
@@ -280,17 +439,15 @@ def _progress_callback(progress: Progress, out: Path) -> Any:
 
 def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int,
                 progress: Progress | None = None) -> None:
-    import ray
     from ray import tune
 
-    started_here = _ray_init(address)
     out_abs = out.resolve()
 
     def trainable(config: dict[str, Any]) -> None:
         record = _record(out_abs, config["trial"], fn, cpus)
         tune.report({"ok": record["status"] == "ok"})
 
-    try:
+    with ray_session(address):
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
             param_space={"trial": tune.grid_search(pending)},
@@ -307,9 +464,6 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
         with _quiet_tune():
             grid = tuner.fit()
         _record_crashes(out_abs, grid)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -421,14 +575,17 @@ def search(
     Args:
         config: plain data of the base :class:`~pclab.train.RunConfig` (a preset, a YAML file).
         out: folder; every finished trial is recorded in ``out/trials/<id>.json`` the moment it
-            ends, the best in ``out/best.json``. Run again, finished trials are fed back to the
-            sampler and only the missing ``samples`` are run.
+            ends, the best in ``out/best.json``. These records are the search's state: run again,
+            finished trials are fed back to the sampler and only the missing ``samples`` are run, so
+            a rerun with more ``samples`` extends the search (and an interrupted one resumes).
         samples: total number of trials.
         space: ``config key -> (kind, low, high)``, kind ``"log"``, ``"float"`` or ``"int"``;
             default :data:`DEFAULT_SPACE` (latent lr, T, weight lr).
         metric, mode: what to optimise (a key of the run's results) and ``"max"`` or ``"min"``.
         address, executor, cpus_per_trial: as in :func:`run_trials`.
-        seed: sampler seed.
+        seed: sampler seed. A run that starts from ``n`` recorded trials seeds its sampler with
+            ``seed + n``: seeded alike, the sampler would propose the first points again and their
+            records would be overwritten instead of new trials added.
 
     Returns ``{"best": record or None, "records": [...]}``; a failed trial (e.g. diverged) is
     recorded with its error and the search goes on.
@@ -473,7 +630,7 @@ def _search_serial(config, out, remaining, dists, metric, mode, seed, done) -> N
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+                                sampler=optuna.samplers.TPESampler(seed=seed + len(done)))
     for record in done:
         value = _value(record, metric, mode)
         if math.isfinite(value):
@@ -489,16 +646,14 @@ def _search_serial(config, out, remaining, dists, metric, mode, seed, done) -> N
 
 
 def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address, cpus) -> None:
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    started_here = _ray_init(address)
     out_abs = out.resolve()
     keys = list(dists)
     finished = [r for r in done if math.isfinite(_value(r, metric, mode))]
     searcher = OptunaSearch(
-        space={k.replace(".", "__"): d for k, d in dists.items()}, metric="objective", mode=mode, seed=seed,
+        space={k.replace(".", "__"): d for k, d in dists.items()}, metric="objective", mode=mode, seed=seed + len(done),
         points_to_evaluate=[{k.replace(".", "__"): r["params"]["overrides"][k] for k in keys} for r in finished] or None,
         evaluated_rewards=[_value(r, metric, mode) for r in finished] or None,
     )
@@ -509,7 +664,7 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
         value = _value(record, metric, mode)
         tune.report({"objective": value if math.isfinite(value) else (-1e30 if mode == "max" else 1e30)})
 
-    try:
+    with ray_session(address):
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True),
@@ -518,6 +673,3 @@ def _search_ray(config, out, remaining, dists, metric, mode, seed, done, address
         )
         with _quiet_tune():
             tuner.fit()
-    finally:
-        if started_here:
-            ray.shutdown()

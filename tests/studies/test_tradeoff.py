@@ -12,7 +12,7 @@ from pclab.core import SGD, Backprop, BPThroughInference, Inference, PCLearning,
 from pclab.studies import tradeoff
 from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
-from pclab.train.build import hybrid_precisions
+from pclab.train import hybrid_precisions
 
 
 # ------------------------------------------------------------------------------------ end to end

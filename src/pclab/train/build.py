@@ -26,8 +26,8 @@ from ..core import (
 from ..core.batchnorm import WeightPhasePCLearning, weight_phase
 from ..core.graph import all_finite
 from ..data import DataError, Dataset, normalise, one_hot
-from ..models.deep import lecun_init, orthogonal_init, vgg_bn
 from .config import ConfigError, InferenceConfig, RunConfig
+from .networks import network, parameter_count
 
 TASKS = {
     "mlp": "classify",
@@ -59,38 +59,11 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
     check_memory(config, image_shape, classes)
-    model = _network(config, image_shape, classes)
+    model = network(config.model, config.learning.rule, config.learning.lam, image_shape, classes)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=config.device, dtype=dtype)
     if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
         models.conv_channels_last(model)
-    return model
-
-
-def _network(config: RunConfig, image_shape: tuple[int, ...], classes: int, initialise: bool = True) -> PCN:
-    """The bare network of ``config.model`` (on the current default device, default dtype); ``initialise=False``
-    skips a custom weight init (when only shapes matter)."""
-    m = config.model
-    pixels = math.prod(image_shape)
-    if m.kind == "mlp":
-        model = models.mlp(m.widths, m.activation, m.output, m.output_activation)
-        if m.init == "lecun" and initialise:
-            lecun_init(model)
-        elif m.init == "orthogonal":
-            orthogonal_init(model)
-    elif m.kind == "generative_mlp":
-        model = models.generative_mlp(m.widths, m.activation)
-    elif m.kind == "rathjens_wiskott":
-        image_precision, label_precision = 1.0, 1.0
-        if config.learning.rule in ("pc", "ipc"):  # lam enters PC learning through the energy
-            image_precision, label_precision = hybrid_precisions(config.learning.lam, pixels)
-        model = models.rathjens_wiskott(m.complexity, m.latent, pixels, classes, image_precision, label_precision, m.layered)
-    elif m.kind == "vgg":
-        model = models.vgg(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
-    elif m.kind == "vgg_bn":
-        model = vgg_bn(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
-    else:
-        model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
     return model
 
 
@@ -117,34 +90,11 @@ def check_memory(config: RunConfig, image_shape: tuple[int, ...], classes: int) 
     available = available_memory(config.device)
     if available is None:
         return
-    count = parameter_count(config, image_shape, classes)
+    count = parameter_count(config.model, config.learning.rule, config.learning.lam, image_shape, classes)
     needed = count * (8 if config.dtype == "float64" else 4) * 4
     if needed > available:
         raise ConfigError(f"model: expected to fit in the {available / 1e9:.3g} GB available on {config.device}, got {count:.3g} parameters "
                           f"needing at least {needed / 1e9:.3g} GB to train (weights, gradients and two optimiser moments)")
-
-
-def parameter_count(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> int:
-    """Number of parameters of the network of ``config.model``, counted without allocating them
-    (the network is built on PyTorch's ``meta`` device: shapes only)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in _network(config, image_shape, classes, initialise=False).parameters())
-
-
-def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
-    """``(image, label)`` precisions that weight a hybrid PCN's energy like the backprop loss
-    ``(1 - lam) * MSE + lam * CE``.
-
-    The image energy ``1/2 ||x - mu||^2`` sums over ``P = pixels`` while MSE averages, so the image
-    precision is ``(1 - lam) * 2 / P`` against the label's ``lam``; both are divided by the larger,
-    so the stronger energy has precision 1 (a common factor only rescales the latent step size).
-    ``lam = 0``: no label energy; ``lam = 1``: no image energy.
-    """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    image, label = (1.0 - lam) * 2.0 / pixels, lam
-    scale = max(image, label)
-    return image / scale, label / scale
 
 
 def build_inference(config: InferenceConfig) -> Inference:

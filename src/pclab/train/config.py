@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .networks import parameter_count
+
 
 def _number_string(value: Any) -> Any:
     """``"1e-3"`` -> ``0.001``; anything else unchanged (and judged by the field's type)."""
@@ -59,7 +61,7 @@ MAX_LAYERS = 1000
 """Most entries of ``model.widths``."""
 MAX_PARAMETERS = 10**9
 """Most parameters of a model (4 GB of float32 weights; training adds gradients and optimiser moments,
-about four times that). Counted from the config without allocating (:func:`pclab.train.build.parameter_count`)."""
+about four times that). Counted from the config without allocating (:func:`pclab.train.networks.parameter_count`)."""
 MAX_NESTING = 8
 """Deepest nesting of mappings and lists read from YAML; pclab's settings nest at most 6 deep."""
 MAX_CONFIG_BYTES = 1 << 20
@@ -263,15 +265,13 @@ _COUNTS: dict[tuple[str, str], int] = {}
 
 def _size_problems(c: RunConfig) -> list[str]:
     """A model too large to allocate, found by counting its parameters on PyTorch's meta device."""
-    from .build import parameter_count
-
     image_shape, classes = DATA_SHAPES[c.data.dataset]
     key = (c.model.model_dump_json(), c.data.dataset)  # the shapes depend on nothing else
     try:
         if key not in _COUNTS:
             if len(_COUNTS) >= 1024:
                 _COUNTS.clear()
-            _COUNTS[key] = parameter_count(c, image_shape, classes)
+            _COUNTS[key] = parameter_count(c.model, c.learning.rule, c.learning.lam, image_shape, classes)
         count = _COUNTS[key]
     except (ValueError, RuntimeError) as err:
         return [f"model: a {c.model.kind} cannot be built for {c.data.dataset} images {image_shape}: {cut(str(err))}"]
