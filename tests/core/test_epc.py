@@ -348,11 +348,17 @@ def test_pc_learning_after_epc_is_the_local_gradient_and_forward_update_uses_the
         ({"parametrisation": "error", "precision": Spiking()}, "static precisions only"),
         ({"parametrisation": "error", "precision": {"h1": Decaying()}}, "static precisions only"),
         ({"parametrisation": "error", "fixed_prediction": True}, "fixed_prediction"),
+        ({"parametrisation": "error", "accelerators": ("chain",)}, "no accelerator computes the error parametrisation"),
     ],
 )
 def test_inference_refuses_what_epc_does_not_define(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         Inference(**kwargs)
+
+
+def test_no_accelerator_takes_an_error_relaxation():
+    assert Inference(parametrisation="error").accelerators == ()
+    assert Inference(parametrisation="error", accelerators=()).accelerators == ()
 
 
 def test_static_precisions_are_allowed_and_weight_the_error_energy():
