@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pclab.bench import SUITES, summary
-from pclab.bench.epc import compare, energy_trace, steps_to_equilibrium
+from pclab.bench.epc import compare, energy_trace, equilibrium_energy, steps_to_equilibrium
 from pclab.bench.epc import summary as epc_summary
 from pclab.core import SGD, Inference, relax
 from pclab.models import mlp
@@ -18,6 +18,12 @@ def test_steps_to_equilibrium_follows_its_definition():
     rising = torch.tensor([10.0, 1.0, 1.5, 1.0], dtype=torch.float64)
     assert steps_to_equilibrium(rising, target=1.0) == (1, False)
     assert steps_to_equilibrium(torch.tensor([10.0, 9.0, float("nan")], dtype=torch.float64), target=1.0)[1] is False
+
+
+def test_the_equilibrium_energy_ignores_diverged_step_sizes():
+    stable = torch.tensor([10.0, 4.0, 3.0, 3.0], dtype=torch.float64)
+    diverged = torch.tensor([10.0, 1.0, 50.0, float("nan")], dtype=torch.float64)
+    assert equilibrium_energy(torch.stack([stable, diverged], dim=1)) == 3.0
 
 
 def test_the_batched_trace_is_relax_s_own_energy_for_each_step_size():

@@ -77,11 +77,28 @@ def energy_trace(model: PCN, clamp: dict[str, torch.Tensor], lrs: Sequence[float
 def steps_to_equilibrium(trace: torch.Tensor, target: float, tolerance: float = 1e-3) -> tuple[int | None, bool]:
     """``(first t with E_t - E* <= tolerance (E_0 - E*) or None, stable)`` of one energy trace;
     stable: finite and never rising (by more than 1e-12 of its largest value: round-off)."""
-    finite = bool(torch.isfinite(trace).all())
-    rises = bool(((trace[1:] - trace[:-1]) > 1e-12 * trace.abs().max()).any()) if finite else True
     hit = (trace - target) <= tolerance * (trace[0] - target)
     first = int(hit.nonzero()[0, 0]) if bool(hit.any()) else None
-    return first, finite and not rises
+    return first, stable(trace)
+
+
+def stable(trace: torch.Tensor) -> bool:
+    """The energy trace is finite and never rises (by more than 1e-12 of its largest value: round-off)."""
+    if not bool(torch.isfinite(trace).all()):
+        return False
+    return not bool(((trace[1:] - trace[:-1]) > 1e-12 * trace.abs().max()).any())
+
+
+def equilibrium_energy(trace: torch.Tensor) -> float:
+    """``E*``: the lowest energy of a long (ePC) run, over the step sizes whose run stayed stable
+    (a diverging step size's energy goes to NaN or through a spurious low); ``(steps + 1, lrs)``."""
+    columns = [trace[:, i] for i in range(trace.shape[1])]
+    kept = [c for c in columns if stable(c)]
+    pool = torch.stack(kept or columns, dim=1)
+    finite = pool[torch.isfinite(pool)]
+    if finite.numel() == 0:
+        raise ValueError("equilibrium_energy: every energy of the trace is NaN or infinite")
+    return float(finite.min())
 
 
 def deep_mlp_problem(depth: int, batch: int = 16, width: int = 128, seed: int = 0,
@@ -115,7 +132,7 @@ def compare(depths: Sequence[int] = (5, 10, 20), cap: int = 5000, batch: int = 1
     for depth in depths:
         model, clamp = deep_mlp_problem(depth, batch, width, seed)
         traces = {p: energy_trace(model, clamp, grid, cap, p) for p in ("state", "error")}
-        target = float(traces["error"].min())
+        target = equilibrium_energy(traces["error"])
         row: dict[str, Any] = {"depth": depth, "energy_start": float(traces["error"][0, 0]), "energy_equilibrium": target}
         for p, trace in traces.items():
             found = [(lr, *steps_to_equilibrium(trace[:, i], target)) for i, lr in enumerate(grid)]
