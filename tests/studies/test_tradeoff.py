@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pclab import models
 from pclab.core import SGD, Backprop, BPThroughInference, Inference, PCLearning, TaskLoss, relax
 from pclab.studies import tradeoff
-from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
+from pclab.studies.tradeoff.analysis import hypervolume_changes, paired_change
+from pclab.studies.tradeoff.pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
 from pclab.train.build import hybrid_precisions
 
@@ -31,6 +34,12 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     assert runs.groupby(["way", "seed"])["pareto_optimal"].any().all()  # every front has a point
     gaps = pd.read_csv(tmp_path / "tables" / "tradeoff_gaps.csv")
     assert set(gaps["way"]) == {"bp", "bpti", "pc"}
+    hv = pd.read_csv(tmp_path / "tables" / "hypervolumes.csv")
+    assert len(hv) == 3 and hv["hv_task"].between(0, 1).all()
+    # the PC ways' test-time relaxation moves the latent and lowers the energy wherever the image has an energy
+    relaxed = runs[(runs["way"] != "bp") & (runs["lam"] < 1)]
+    assert (relaxed["latent_movement"] > 0.01).all() and (relaxed["energy_drop"] > 0).all()
+    assert runs.loc[runs["way"] == "bp", "latent_movement"].isna().all()
     for name in ("pareto_digits", "lam_digits", "grid_digits_small_d2"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
     # a second call skips the finished runs and rewrites the same table
@@ -53,8 +62,27 @@ def test_presets_cover_the_issue():
     assert full["latents"] == [2, 4, 8, 16, 32, 64]
     assert set(full["complexities"]) == {"small", "medium", "large"} and len(full["seeds"]) >= 2
     quick = tradeoff.PRESETS["quick"]
-    assert len(quick["datasets"]) == 1 and len(quick["latents"]) == 2 and len(quick["lams"]) == 5
-    assert quick["complexities"] == ["small", "medium"] and len(quick["seeds"]) == 1
+    assert quick["datasets"] == ["mnist"] and quick["train_subset"] is None and quick["batch_size"] == 512
+    assert quick["complexities"] == ["small", "medium"] and {0.0, 1.0} <= set(quick["lams"])
+    paper = tradeoff.study_config("paper")
+    assert paper["datasets"] == ["mnist"] and paper["train_subset"] is None
+    assert (paper["epochs"], paper["batch_size"], paper["lr"]) == (10, 512, 1e-3)
+    assert {2, 4, 16} <= set(paper["latents"]) and len(paper["lams"]) >= 5
+    runs = tradeoff.trials(paper)
+    bp = [r for r in runs if r["way"] == "bp"]
+    assert {r["complexity"] for r in bp} == {"small", "medium"} and len({r["seed"] for r in bp}) == 3
+    for way in ("bpti", "pc"):
+        mine = [r for r in runs if r["way"] == way]
+        assert {r["complexity"] for r in mine} == {"small"} and len({r["seed"] for r in mine}) >= 2
+        assert {r["latent"] for r in mine} == set(paper["latents"]) and {r["lam"] for r in mine} == set(paper["lams"])
+
+
+def test_restrict_keeps_only_the_listed_runs_of_the_named_ways():
+    config = tradeoff.study_config("tiny", {"lams": [0.0, 1.0], "restrict": [{"ways": ["pc"], "lams": [1.0]}]})
+    runs = {(r["way"], r["lam"]) for r in tradeoff.trials(config)}
+    assert runs == {("bp", 0.0), ("bp", 1.0), ("bpti", 0.0), ("bpti", 1.0), ("pc", 1.0)}
+    with pytest.raises(ValueError, match="restrict"):
+        tradeoff.study_config("tiny", {"restrict": [{"lams": [1.0]}]})
 
 
 # ------------------------------------------------------------------------------------------ Pareto
@@ -81,6 +109,97 @@ def test_tradeoff_gap_is_zero_without_a_trade_off_and_grows_with_it():
     assert tradeoff_gap([0.1, 0.9, 0.8], [0.1, 0.5, 0.11]) == pytest.approx(1 / 9)
     assert tradeoff_gap([0.1, 0.9], [0.1, 0.5]) == pytest.approx(min(1 - 0.1 / 0.9, 4.0))
     assert np.isnan(tradeoff_gap([0.5], [0.1]))
+
+
+# ------------------------------------------------------------------------------------- hypervolume
+def test_hypervolume_of_known_small_fronts():
+    # one point (acc 0.55, MSE 0.5) against reference (0.1, 1.0): rectangle 0.5 x 0.45 of the 1.0 x 0.9 box
+    assert hypervolume([0.55], [0.5], 1.0) == pytest.approx(0.25)
+    assert hypervolume([1.0], [0.0], 1.0) == pytest.approx(1.0)  # the ideal point dominates the whole box
+    # two points: (0.55, 0.5) and (1.0, 0.75): union = 0.5 x 0.45 + 0.25 x 0.9 (the second's strip) ...
+    # ... = area of [0.5, 1] x [0.1, 0.55] plus [0.75, 1] x [0.55, 1.0]
+    assert hypervolume([0.55, 1.0], [0.5, 0.75], 1.0) == pytest.approx((0.5 * 0.45 + 0.25 * 0.45) / 0.9)
+    assert hypervolume([], [], 1.0) == 0.0
+
+
+def test_hypervolume_ignores_points_beyond_the_reference_and_nans():
+    base = hypervolume([0.55], [0.5], 1.0)
+    assert hypervolume([0.55, 0.05, 0.99, float("nan")], [0.5, 0.01, 1.2, 0.1], 1.0) == pytest.approx(base)
+    assert hypervolume([0.1], [0.5], 1.0) == 0.0  # on the reference accuracy: no area
+    with pytest.raises(ValueError, match="reference"):
+        hypervolume([0.5], [0.5], 0.0)
+
+
+_front = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 2)), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_front, st.tuples(st.floats(0, 1), st.floats(0, 2)), st.floats(0.1, 2))
+def test_hypervolume_is_in_unit_range_and_never_drops_when_a_point_is_added(points, extra, reference):
+    acc, err = [p[0] for p in points], [p[1] for p in points]
+    value = hypervolume(acc, err, reference)
+    assert 0.0 <= value <= 1.0 + 1e-12
+    assert hypervolume([*acc, extra[0]], [*err, extra[1]], reference) >= value - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(_front, st.floats(0, 0.5), st.floats(0, 1), st.floats(0.1, 2))
+def test_hypervolume_grows_when_every_point_improves(points, gain, shrink, reference):
+    """Monotone under dominance: a front whose every point has higher-or-equal accuracy and
+    lower-or-equal error dominates at least the same area."""
+    acc, err = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    better = hypervolume(np.minimum(acc + gain, 1.0), err * shrink, reference)
+    assert better >= hypervolume(acc, err, reference) - 1e-12
+    assert hypervolume(acc, err, reference) == pytest.approx(hypervolume(acc[pareto_optimal(acc, err)], err[pareto_optimal(acc, err)], reference))
+
+
+def test_paired_change_verdicts_come_from_the_interval():
+    assert paired_change([0.05])["verdict"] == "cannot tell, n = 1"
+    up = paired_change([0.10, 0.12, 0.11])
+    assert up["verdict"] == "softens" and up["ci_low"] > 0 and up["mean_change"] == pytest.approx(0.11)
+    # t(0.975, 2) = 4.303; sd 0.01 -> half-width 4.303 * 0.01 / sqrt(3)
+    assert up["ci_high"] - up["mean_change"] == pytest.approx(4.3027 * 0.01 / np.sqrt(3), rel=1e-3)
+    assert paired_change([-0.1, -0.12, -0.11])["verdict"] == "harsher"
+    assert paired_change([0.1, -0.1, 0.05])["verdict"] == "no detectable change"
+
+
+def test_hypervolume_changes_pair_seeds_across_d_and_model_size():
+    rows = []
+    for seed, bump in ((0, 0.10), (1, 0.12)):
+        for comp, extra in (("small", 0.0), ("medium", -0.05)):
+            rows += [{"dataset": "mnist", "way": "bp", "complexity": comp, "latent": 2, "seed": seed, "hv_task": 0.5 + extra, "hv_latent": 0.4},
+                     {"dataset": "mnist", "way": "bp", "complexity": comp, "latent": 16, "seed": seed, "hv_task": 0.5 + extra + bump,
+                      "hv_latent": 0.4}]
+    changes = hypervolume_changes(pd.DataFrame(rows)).set_index(["factor", "held", "front"])
+    assert changes.loc[("d", "complexity=small", "task"), "mean_change"] == pytest.approx(0.11)
+    assert changes.loc[("d", "complexity=small", "task"), "n"] == 2
+    assert changes.loc[("model size", "latent=2", "task"), "mean_change"] == pytest.approx(-0.05)
+    assert changes.loc[("d", "complexity=small", "latent"), "mean_change"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------------- relaxation
+def test_relaxing_the_hybrid_pcn_moves_its_latent_and_lowers_the_energy():
+    """Fails if the relaxation chosen on validation leaves the latent where the encoder put it."""
+    torch.manual_seed(0)
+    model = models.rathjens_wiskott("small", 4, 64, 10, *tradeoff.precisions_for(0.5, 64))
+    x = torch.tanh(torch.randn(200, 4) @ torch.randn(4, 64))  # images the decoder family can explain
+    inference = Inference(steps=10, optimizer=SGD(0.005))
+    choice = tradeoff.choose_relaxation(model, {"x": x}, inference, [0.01, 0.1, 1.0], [5, 10])
+    assert choice["steps"] in (5, 10) and choice["energy_end"] < 0.9 * choice["energy_start"]
+    chosen = Inference(steps=choice["steps"], optimizer=SGD(choice["lr"]))
+    relaxed = relax(model, {"x": x}, chosen)
+    moved = (relaxed.values["z"] - relaxed.initial["z"]).norm(dim=1) / relaxed.initial["z"].norm(dim=1)
+    assert moved.mean() > 0.05
+    assert model.energy(relaxed.values, {"x"}) < model.energy(relaxed.initial, {"x"})
+    # the old fixed setting (10 steps at 0.005) barely moved it: the reason the choice exists
+    old = relax(model, {"x": x}, inference)
+    assert ((old.values["z"] - old.initial["z"]).norm(dim=1) / old.initial["z"].norm(dim=1)).mean() < 0.2 * moved.mean()
+
+
+def test_choice_relaxes_nothing_without_an_energy():
+    model = models.rathjens_wiskott("small", 4, 64, 10, *tradeoff.precisions_for(1.0, 64))  # no image energy at lam = 1
+    choice = tradeoff.choose_relaxation(model, {"x": torch.rand(20, 64)}, Inference(steps=5), [0.1, 1.0], [5])
+    assert choice["steps"] == 0
 
 
 # ------------------------------------------------------------------------------------------ probes

@@ -23,16 +23,19 @@ from typing import Any
 from ...sweep import failures, records_frame, run_trials
 from ...train.config import ConfigError
 from .analysis import build_report, tidy_table
-from .pareto import mark_pareto, pareto_optimal, tradeoff_gap
+from .pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import run_trial
+from .training import choose_relaxation, precisions_for, run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
     "lr": 1e-3,              # Adam, as the paper
-    "steps": 10,             # inference steps T of ways (b) and (c), train and test
-    "latent_lr": 0.005,      # SGD step size of the latent relaxation
+    "batch_size": 512,       # as the paper
+    "validation": 500,       # training images set aside to choose the relaxation (every way trains without them)
+    "relax_step_sizes": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0],  # latent SGD step x largest clamped precision
+    "relax_steps": [5, 10, 20],                              # candidate T of ways (b) and (c)
     "probe_subset": 5000,    # training latents the probes are fitted on
+    "restrict": [],          # grid restrictions per way (see PRESETS)
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,44 +43,49 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_COMMON,
         "description": "seconds, for tests: scikit-learn digits (8x8), Small, d=2, lam 0 / 0.5 / 1, 3 epochs of 400 images",
         "datasets": ["digits"], "complexities": ["small"], "latents": [2], "lams": [0.0, 0.5, 1.0], "seeds": [0],
-        "epochs": 3, "batch_size": 32, "lr": 1e-2, "train_subset": 400, "test_subset": 200, "probe_subset": 400, "steps": 3,
+        "epochs": 3, "batch_size": 32, "lr": 1e-2, "validation": 100, "train_subset": 400, "test_subset": 200, "probe_subset": 400,
+        "relax_step_sizes": [0.01, 0.1, 1.0], "relax_steps": [2, 4],
         "grid_slices": [["small", 2]],
     },
     "quick": {
         **_COMMON,
-        "description": (
-            "the main-job slice, under 10 minutes on 2 CPU cores: MNIST, 4000 stratified training images, 2 epochs, "
-            "batch 64, Adam lr 3e-3 (1e-3 learns too little in 126 steps), 1000 test images, probes fitted on 2000 latents, d in {2, 16}, Small and Medium, "
-            "lam in {0, .25, .5, .75, 1}, seed 0, T = 10; 60 runs"
-        ),
+        "description": "QUICK_DESCRIPTION",
         "datasets": ["mnist"], "complexities": ["small", "medium"], "latents": [2, 16],
-        "lams": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0],
-        "epochs": 2, "batch_size": 64, "lr": 3e-3, "train_subset": 4000, "test_subset": 1000, "probe_subset": 2000,
+        "lams": [0.0, 0.5, 1.0], "seeds": [0],
+        "epochs": 3, "lr": 3e-3, "train_subset": None, "test_subset": None, "probe_subset": 2000,
+        "relax_steps": [5, 10],
         "grid_slices": [["small", 2], ["small", 16], ["medium", 2], ["medium", 16]],
+    },
+    "paper": {
+        **_COMMON,
+        "description": "PAPER_DESCRIPTION",
+        "datasets": ["mnist"], "complexities": ["small", "medium"], "latents": [2, 4, 16],
+        "lams": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0, 1, 2],
+        "epochs": 10, "train_subset": None, "test_subset": None,
+        "grid_slices": [["small", 2], ["small", 16], ["medium", 2], ["medium", 16]],
+        "restrict": [{"ways": ["bpti", "pc"], "complexities": ["small"], "seeds": [0, 1]}],
     },
     "full": {
         **_COMMON,
         "description": (
-            "the one to cite: MNIST and Fashion-MNIST (pclab split), all 60k training images, 10 epochs, batch 512 "
-            "(the paper's settings), d in {2, 4, 8, 16, 32, 64}, Small / Medium / Large, 11 lam, 3 seeds, T = 10; "
-            "3564 runs. Run time: about 13,000 core-seconds per (dataset, d, lam, seed) for the 9 way x complexity runs "
-            "(per-sample training times measured on this machine at T = 10 -- Small bp 34 us, bpti/pc 250 us; Medium bp "
-            "0.2 ms, bpti 3.3 ms, pc 1.9 ms; Large extrapolated x3 from Medium by decoder size -- times 600k samples), "
-            "i.e. roughly 1,500 core-hours in all (measured on a busy machine: expect less when quiet). Weeks on this "
-            "2-core machine: run it on a Ray cluster (--address)."
+            "for a Ray cluster or a GPU: MNIST and Fashion-MNIST (pclab split), all training images but the validation split, "
+            "10 epochs, batch 512, Adam 1e-3 (the paper's settings), d in {2, 4, 8, 16, 32, 64}, Small / Medium / Large, 11 lam, "
+            "3 seeds; 3564 runs."
         ),
         "datasets": ["mnist", "fashion-mnist"], "complexities": ["small", "medium", "large"],
         "latents": [2, 4, 8, 16, 32, 64], "lams": [round(0.1 * i, 1) for i in range(11)], "seeds": [0, 1, 2],
-        "epochs": 10, "batch_size": 512, "train_subset": None, "test_subset": None,
+        "epochs": 10, "train_subset": None, "test_subset": None,
         "grid_slices": [["small", 2], ["small", 64], ["large", 2], ["large", 64]],
     },
 }
 """Study configurations. Keys: datasets, ways, complexities, latents, lams, seeds (the grid);
-epochs, batch_size, lr, steps, latent_lr, train_subset, test_subset, probe_subset
-(every run); grid_slices ([complexity, d] pairs whose first seed stores reconstructions)."""
+epochs, batch_size, lr, validation, relax_step_sizes, relax_steps, train_subset, test_subset,
+probe_subset (every run); grid_slices ([complexity, d] pairs whose first seed stores
+reconstructions); optional restrict (a list of {"ways": [...], <grid key>: [...]}: runs of those
+ways keep only the listed values of the other grid keys)."""
 
 _GRID = ("datasets", "ways", "complexities", "latents", "lams", "seeds")
-_PER_RUN = ("epochs", "batch_size", "lr", "steps", "latent_lr", "train_subset", "test_subset", "probe_subset")
+_PER_RUN = ("epochs", "batch_size", "lr", "validation", "relax_step_sizes", "relax_steps", "train_subset", "test_subset", "probe_subset")
 
 
 def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -94,17 +102,29 @@ def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[s
         raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
         raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
+    for rule in config.get("restrict", []):
+        if not isinstance(rule, dict) or "ways" not in rule or set(rule) - set(_KEY):
+            raise ConfigError(f"restrict: expected entries {{'ways': [...], <one of {sorted(_KEY)}>: [...]}}, got {rule!r}")
     config["preset"] = preset
     return config
 
 
-_COST = {"small": 1, "medium": 8, "large": 16}
-_WAY_COST = {"bp": 1, "bpti": 12, "pc": 7}
+_KEY = {"datasets": "dataset", "ways": "way", "complexities": "complexity", "latents": "latent", "lams": "lam", "seeds": "seed"}
+_COST = {"small": {"bp": 1, "bpti": 14, "pc": 15}, "medium": {"bp": 6, "bpti": 40, "pc": 11}, "large": {"bp": 18, "bpti": 120, "pc": 33}}
+"""Relative training cost per image (small/medium: measured at batch 512 and T = 10; large: x3 medium)."""
 
 
 def _cost(params: dict[str, Any]) -> float:
     """Rough relative CPU cost of a run, to start the longest runs first."""
-    return _COST[params["complexity"]] * _WAY_COST[params["way"]]
+    return _COST[params["complexity"]][params["way"]]
+
+
+def _kept(params: dict[str, Any], restrict: list[dict[str, Any]]) -> bool:
+    """Whether a run survives the preset's ``restrict`` rules."""
+    for rule in restrict:
+        if params["way"] in rule["ways"] and any(params[_KEY[k]] not in values for k, values in rule.items() if k != "ways"):
+            return False
+    return True
 
 
 def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,7 +137,8 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
         params = {"dataset": dataset, "way": way, "complexity": complexity, "latent": int(latent),
                   "lam": float(lam), "seed": int(seed), **{k: config[k] for k in _PER_RUN}}
         params["grid"] = seed == first_seed and (complexity, int(latent)) in slices
-        out.append(params)
+        if _kept(params, config.get("restrict", [])):
+            out.append(params)
     return sorted(out, key=_cost, reverse=True)  # stable: grid order within equal cost
 
 
@@ -131,7 +152,7 @@ def run(
     """Run the study (finished runs are skipped) and write its report; returns ``report.html``.
 
     Args:
-        preset: ``"tiny"``, ``"quick"`` or ``"full"``.
+        preset: ``"tiny"``, ``"quick"``, ``"paper"`` or ``"full"``.
         out: study folder (``trials/`` records, ``tables/``, ``figures/``, ``report.html``).
         address: Ray cluster address (``None``: Ray on this machine).
         executor: ``"ray"`` or ``"serial"``.
@@ -144,6 +165,6 @@ def run(
 
 
 __all__ = [
-    "PRESETS", "build_report", "decoder_probe_mse", "linear_probe_accuracy", "mark_pareto",
-    "pareto_optimal", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
+    "PRESETS", "build_report", "choose_relaxation", "decoder_probe_mse", "hypervolume", "linear_probe_accuracy", "mark_pareto",
+    "pareto_optimal", "precisions_for", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
 ]

@@ -7,19 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from ..report import Report
-from .pareto import mark_pareto, tradeoff_gap
+from .pareto import hypervolume, mark_pareto, tradeoff_gap
 from .training import WAY_LABELS, decode_images, grid_images, trial_data
 
 SLICE = ["dataset", "way", "complexity", "latent"]
 """Columns naming one trade-off curve (a sweep over lam)."""
 
 METRICS = ["test_accuracy", "recon_mse", "probe_accuracy", "probe_mse",
-           "test_accuracy_feedforward", "recon_mse_feedforward", "test_accuracy_relaxed", "recon_mse_relaxed"]
+           "test_accuracy_feedforward", "recon_mse_feedforward", "test_accuracy_relaxed", "recon_mse_relaxed",
+           "latent_movement", "energy_drop"]
+
+REFERENCE_ACCURACY = 0.1
+"""Accuracy of the fronts' reference point: chance on the ten classes of every data set of the study."""
 
 _COMPLEXITY_ORDER = {"small": 0, "medium": 1, "large": 2}
 
@@ -69,6 +73,70 @@ def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_errors(table: pd.DataFrame) -> dict[str, float]:
+    """Per dataset: the fronts' reference error, the test MSE of predicting the mean training image
+    (``mean_image_mse``, the same in every run of a data set)."""
+    return {dataset: float(g["mean_image_mse"].median()) for dataset, g in table.groupby("dataset")}
+
+
+def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per front (dataset, way, complexity, d, seed): the hypervolume (:func:`.pareto.hypervolume`)
+    of the task front (test accuracy vs reconstruction MSE) and of the latent front (probe accuracy
+    vs fresh-decoder MSE) against the data set's reference point (accuracy 10 %, mean-image MSE)."""
+    references = reference_errors(table)
+    rows = []
+    for key, g in table.groupby([*SLICE, "seed"], sort=True):
+        reference = references[key[0]]
+        rows.append({
+            **dict(zip([*SLICE, "seed"], key)),
+            "hv_task": hypervolume(g["test_accuracy"], g["recon_mse"], reference, REFERENCE_ACCURACY),
+            "hv_latent": hypervolume(g["probe_accuracy"], g["probe_mse"], reference, REFERENCE_ACCURACY),
+            "reference_mse": reference,
+            "lams": len(g),
+        })
+    return pd.DataFrame(rows)
+
+
+def paired_change(differences: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of paired differences (one per seed) with its ``confidence`` t-interval and the verdict:
+    ``softens`` (interval above 0: the front dominates more area), ``harsher`` (below 0), ``no
+    detectable change`` (the interval holds 0), ``cannot tell, n = 1`` (one pair: no interval)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return {"n": n, "mean_change": mean, "ci_low": float("nan"), "ci_high": float("nan"), "verdict": f"cannot tell, n = {n}"}
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    low, high = mean - half, mean + half
+    verdict = "softens" if low > 0 else "harsher" if high < 0 else "no detectable change"
+    return {"n": n, "mean_change": mean, "ci_low": low, "ci_high": high, "verdict": verdict}
+
+
+def hypervolume_changes(hv_table: pd.DataFrame) -> pd.DataFrame:
+    """How the hypervolume changes from the smallest to the largest d (within each dataset, way,
+    complexity) and from the smallest to the largest model (within each dataset, way, d): the mean
+    over seeds of the paired difference (same seed, larger minus smaller), its 95 % t-interval and
+    the verdict (:func:`paired_change`), for the task and latent fronts."""
+    rows = []
+    if hv_table.empty:
+        return pd.DataFrame(rows)
+    for factor, other in (("latent", "complexity"), ("complexity", "latent")):
+        for key, g in hv_table.groupby(["dataset", "way", other], sort=True):
+            levels = sorted(g[factor].unique(), key=lambda v: _COMPLEXITY_ORDER.get(v, v))
+            if len(levels) < 2:
+                continue
+            lo = g[g[factor] == levels[0]].set_index("seed")
+            hi = g[g[factor] == levels[-1]].set_index("seed")
+            seeds = lo.index.intersection(hi.index)
+            for front in ("hv_task", "hv_latent"):
+                change = paired_change((hi.loc[seeds, front] - lo.loc[seeds, front]).to_numpy())
+                rows.append({"factor": "d" if factor == "latent" else "model size", "dataset": key[0], "way": key[1],
+                             "held": f"{other}={key[2]}", "from": levels[0], "to": levels[-1], "front": front.split("_")[1],
+                             "hv_from": float(lo.loc[seeds, front].mean()), "hv_to": float(hi.loc[seeds, front].mean()), **change})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------ figures
 def _colours(values: list[Any]) -> dict[Any, Any]:
     cmap = plt.get_cmap("viridis")
@@ -79,13 +147,15 @@ def _complexities(table: pd.DataFrame) -> list[str]:
     return sorted(table["complexity"].unique(), key=_COMPLEXITY_ORDER.get)
 
 
-def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str) -> plt.Figure:
-    """Accuracy vs MSE per way (rows) and complexity (columns); a line per d; filled markers are
-    Pareto-optimal within their (way, complexity, d) front; bars span seeds (min to max)."""
+def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str, reference: float | None = None) -> plt.Figure:
+    """Accuracy vs MSE per way (rows) and complexity (columns), every panel on the same fixed axes;
+    a line per d through the lams; filled markers are Pareto-optimal within their (way, complexity,
+    d) front; bars span seeds (min to max); dotted lines mark the reference point of the hypervolume."""
     data = curve_table[curve_table["dataset"] == dataset]
     ways, comps = [w for w in WAY_LABELS if w in set(data["way"])], _complexities(data)
     latents = sorted(data["latent"].unique())
     colour = _colours(latents)
+    right = 1.05 * float(np.nanmax([data[f"{error}_max"].max(), reference or 0.0]))
     fig, axes = plt.subplots(len(ways), len(comps), figsize=(4.2 * len(comps), 3.4 * len(ways)), squeeze=False)
     for i, way in enumerate(ways):
         for j, comp in enumerate(comps):
@@ -101,11 +171,16 @@ def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error:
                             color=colour[d], lw=1, alpha=0.6, label=f"d={d}")
                 ax.scatter(g[error][optimal], g[accuracy][optimal], color=colour[d], edgecolor="k", s=40, zorder=3)
                 ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
+                for e, a, lam in zip(g[error], g[accuracy], g["lam"]):
+                    ax.annotate(f"{lam:g}", (e, a), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour[d])
+            if reference is not None:
+                ax.axvline(reference, color="grey", ls=":", lw=1)
+                ax.axhline(REFERENCE_ACCURACY, color="grey", ls=":", lw=1)
+            ax.set_xlim(0, right)
+            ax.set_ylim(0, 1)
             ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
-            ax.set_xlabel(f"{what} MSE (pixels in [-1, 1], log scale)")
-            ax.set_ylabel(f"{what} accuracy")
+            ax.set_xlabel(f"{what} reconstruction MSE per pixel (pixels in [-1, 1])")
+            ax.set_ylabel(f"{what} accuracy (fraction correct)")
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
@@ -177,9 +252,55 @@ def _fmt(x: float, pct: bool = False) -> str:
     return "n/a" if not np.isfinite(x) else (f"{100 * x:.1f} %" if pct else f"{x:.3f}")
 
 
+def hypervolume_lines(changes: pd.DataFrame, references: dict[str, float]) -> list[str]:
+    """The verdict on the paper's claim (a larger latent / model softens the trade-off) per way,
+    from the paired hypervolume changes: only intervals that exclude zero count."""
+    lines = [
+        "Hypervolume: the area of the accuracy-vs-MSE plane a front dominates, as a fraction of the box between a fixed "
+        "reference point per data set (accuracy 10 %, the MSE of predicting the mean training image: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in references.items())
+        + ") and the ideal point (accuracy 100 %, MSE 0); 0 = no better than the reference, 1 = ideal. The scale is the same "
+        "for every front, so a front that moves towards the ideal point never loses area. Change = mean over seeds of the "
+        "paired difference (same seed, larger minus smaller d or model) with a 95 % t-interval; 'softens' / 'harsher' only "
+        "where the interval excludes 0."
+    ]
+    if changes.empty:
+        return [*lines, "Effect of d and model size: not testable in this run (one d and one model size)."]
+    for (factor, front), g in changes.groupby(["factor", "front"], sort=False):
+        details = "; ".join(
+            f"{r.dataset}/{r.way}/{r.held}: {r.hv_from:.3f} -> {r.hv_to:.3f}, change {r.mean_change:+.3f}"
+            + (f" [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if np.isfinite(r.ci_low) else "") + f" ({r.verdict})"
+            for r in g.itertuples())
+        lines.append(f"Larger {factor}, {front} front ({g['from'].iloc[0]} -> {g['to'].iloc[0]}): {details}.")
+    for (factor, way), g in changes[changes["front"] == "task"].groupby(["factor", "way"], sort=False):
+        counts = g["verdict"].value_counts()
+        tested = int(counts.get("softens", 0) + counts.get("harsher", 0) + counts.get("no detectable change", 0))
+        if tested == 0:
+            lines.append(f"Paper's claim (larger {factor} softens the trade-off), {WAY_LABELS[way]}: cannot tell -- one seed per slice.")
+            continue
+        lines.append(f"Paper's claim (larger {factor} softens the trade-off), {WAY_LABELS[way]}: softens in {counts.get('softens', 0)}, "
+                     f"harsher in {counts.get('harsher', 0)}, no detectable change in {counts.get('no detectable change', 0)} of {tested} "
+                     "slices (task front, 95 % intervals).")
+    return lines
+
+
+def relaxation_lines(curve_table: pd.DataFrame) -> list[str]:
+    """Per way (b)/(c) and lam: how far the test-time relaxation moves the latent and how much it lowers the energy."""
+    if "latent_movement" not in curve_table:
+        return []
+    lines = []
+    relaxed = curve_table[curve_table["way"] != "bp"].dropna(subset=["latent_movement"])
+    for (dataset, way), g in relaxed.groupby(["dataset", "way"], sort=True):
+        per_lam = g.groupby("lam")[["latent_movement", "energy_drop"]].median()
+        lines.append(f"{dataset}, {WAY_LABELS[way]}, test-time relaxation (median over slices) per lam -- " + "; ".join(
+            f"lam={lam:g}: ||z_T - z_0|| / ||z_0|| = {r.latent_movement:.3f}, energy drop {100 * r.energy_drop:.1f} %"
+            for lam, r in per_lam.iterrows()) + ".")
+    return lines
+
+
 def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[str]:
-    """Sentences from the numbers: how the front moves with d and complexity, how the ways differ,
-    and whether the paper's direction (larger d / model softens the trade-off) holds here."""
+    """Sentences from the numbers: how the front moves with d and complexity (relative gap) and how
+    the ways differ; the verdict on the paper's claim is :func:`hypervolume_lines`'."""
     lines: list[str] = []
     if gap_table.empty:
         return ["No run finished; nothing to summarise."]
@@ -189,10 +310,9 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
         "relative MSE excess); 0 = no trade-off, 0.05 = 5 % worse in one of the two. 'task' uses "
         "the model's own accuracy and reconstruction MSE; 'latent' uses the probes (linear-probe accuracy, "
         "fresh-decoder MSE). The gap is relative to each curve's own best values: a front that moves up and "
-        "left at every lam but whose pure-reconstruction end improves most counts as harsher. Read it together "
-        "with the front movement lines and the figures."
+        "left at every lam but whose pure-reconstruction end improves most counts as harsher, so the verdict on the "
+        "paper's claim below comes from the hypervolume, not from this gap."
     )
-    verdicts = {}
     for factor, other in (("latent", "complexity"), ("complexity", "latent")):
         if gap_table[factor].nunique() < 2:
             lines.append(f"Effect of {'the latent size d' if factor == 'latent' else 'model complexity'}: not testable in this "
@@ -224,18 +344,10 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
                 continue
             name = "a larger latent d" if factor == "latent" else "a more complex model"
             kind = gap.split("_")[1]
-            verdicts[(factor, gap)] = (softer, harder)
             lines.append(
                 f"{name} ({kind} gap, smallest -> largest {factor}): softer in {softer}, harsher in {harder} of "
                 f"{softer + harder} slices [{'; '.join(details)}]."
             )
-    for (factor, gap), (softer, harder) in verdicts.items():
-        name = "larger latent" if factor == "latent" else "larger model"
-        if softer > harder:
-            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): reproduced in most slices here.")
-        else:
-            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): NOT reproduced here "
-                         f"({softer} softer vs {harder} harsher).")
     for dataset, g in gap_table.groupby("dataset"):
         parts = []
         for way, w in g.groupby("way"):
@@ -288,16 +400,22 @@ def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[
     else:
         curve_table = curves(table)
         gap_table = gaps(curve_table)
-        report.summary(summary_lines(gap_table, curve_table))
+        hv_table = hypervolumes(table)
+        changes = hypervolume_changes(hv_table)
+        report.summary([*hypervolume_lines(changes, reference_errors(table)), *relaxation_lines(curve_table),
+                        *summary_lines(gap_table, curve_table)])
         report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
+        report.table(hv_table, "hypervolumes", "Per front (one seed): hypervolume of the task and latent fronts against the fixed reference point")
+        report.table(changes, "hypervolume_changes", "Hypervolume change with d and model size: mean paired difference over seeds, 95 % t-interval, verdict")
         report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
         report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
         for dataset in sorted(table["dataset"].unique()):
             report.section(f"{dataset}: Pareto fronts")
-            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test"), f"pareto_{dataset}",
-                          f"{dataset}: test accuracy vs reconstruction MSE, one curve per d; filled = Pareto-optimal "
-                          "within the curve; bars = seed range.")
-            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe"), f"pareto_probes_{dataset}",
+            reference = reference_errors(table)[dataset]
+            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test", reference), f"pareto_{dataset}",
+                          f"{dataset}: test accuracy vs reconstruction MSE, one curve per d through the lams (numbers = lam); filled = "
+                          "Pareto-optimal within the curve; bars = seed range; dotted = the hypervolume's reference point.")
+            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe", reference), f"pareto_probes_{dataset}",
                           f"{dataset}: what the latent holds -- linear-probe accuracy vs fresh-decoder MSE, one curve per d.")
             report.section(f"{dataset}: trade-off curves vs lam")
             report.figure(lam_figure(curve_table, dataset, [("test_accuracy", "test accuracy"), ("recon_mse", "recon MSE")]),
