@@ -82,10 +82,14 @@ def reference_errors(table: pd.DataFrame) -> dict[str, float]:
 def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
     """Per front (dataset, way, complexity, d, seed): the hypervolume (:func:`.pareto.hypervolume`)
     of the task front (test accuracy vs reconstruction MSE) and of the latent front (probe accuracy
-    vs fresh-decoder MSE) against the data set's reference point (accuracy 10 %, mean-image MSE)."""
+    vs fresh-decoder MSE) against the data set's reference point (accuracy 10 %, mean-image MSE).
+    Only complete fronts (every lam of the data set) are measured."""
     references = reference_errors(table)
+    complete = table.groupby("dataset")["lam"].nunique()
     rows = []
     for key, g in table.groupby([*SLICE, "seed"], sort=True):
+        if g["lam"].nunique() < max(2, complete[key[0]]):  # a partial front (a run excluded or failed) is not comparable
+            continue
         reference = references[key[0]]
         rows.append({
             **dict(zip([*SLICE, "seed"], key)),
