@@ -50,14 +50,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         **_COMMON,
         "description": (
-            "the main-job slice: MNIST, all training images but the 500 of the validation split, the full test set, 3 epochs, "
+            "the main-job slice: MNIST, all training images but the 500 of the validation split, the full test set, 5 epochs, "
             "batch 512, Adam lr 3e-3 (at the paper's 1e-3, 3 epochs leave Medium below 95 %), d in {2, 32}, lam in {0, .5, 1}, "
             "seed 0; (a) on Small and Medium, (b) and (c) on Small plus the Medium, d = 32, lam = 1 point (the accuracy check); "
             "relaxation chosen from T in {4, 8}; 26 runs; probes fitted on 2000 latents"
         ),
         "datasets": ["mnist"], "complexities": ["small", "medium"], "latents": [2, 32],
         "lams": [0.0, 0.5, 1.0], "seeds": [0],
-        "epochs": 3, "lr": 3e-3, "train_subset": None, "test_subset": None, "probe_subset": 2000,
+        "epochs": 5, "lr": 3e-3, "train_subset": None, "test_subset": None, "probe_subset": 2000,
         "relax_steps": [4, 8],
         "exclude": [{"ways": ["bpti", "pc"], "complexities": ["medium"], "lams": [0.0, 0.5]},
                     {"ways": ["bpti", "pc"], "complexities": ["medium"], "latents": [2]}],
@@ -70,7 +70,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lams": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0, 1, 2],
         "epochs": 10, "train_subset": None, "test_subset": None,
         "grid_slices": [["small", 2], ["small", 16], ["medium", 2], ["medium", 16]],
-        "exclude": [{"ways": ["bpti", "pc"], "complexities": ["medium"]}, {"ways": ["bpti", "pc"], "seeds": [2]}],
+        "relax_steps": [4, 8, 16],
+        "exclude": [{"ways": ["bpti", "pc"], "complexities": ["medium"]}],
     },
     "full": {
         **_COMMON,
