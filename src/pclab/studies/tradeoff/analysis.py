@@ -56,10 +56,13 @@ def curves(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
-    """Per slice: best accuracy, best MSE and the trade-off gap (:func:`.pareto.tradeoff_gap`) of
-    the task metrics and of the latent probes."""
+    """Per slice with a complete front (every lam of its data set): best accuracy, best MSE and the
+    trade-off gap (:func:`.pareto.tradeoff_gap`) of the task metrics and of the latent probes."""
     rows = []
+    complete = curve_table.groupby("dataset")["lam"].nunique()
     for key, group in curve_table.groupby(SLICE, sort=True):
+        if group["lam"].nunique() < complete[key[0]]:
+            continue
         rows.append({
             **dict(zip(SLICE, key)),
             "best_accuracy": group["test_accuracy"].max(),
