@@ -47,6 +47,24 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     assert len(pd.read_csv(tmp_path / "tables" / "runs.csv")) == len(runs)
 
 
+@pytest.mark.slow
+def test_a_tiny_paper_preset_pairs_seeds_and_states_verdicts(tmp_path):
+    """The paper preset's shape (PC ways on Small only, several seeds) on tiny data: every d and
+    model-size change has n = 2 pairs, an interval and one of the three verdicts."""
+    tiny = tradeoff.PRESETS["tiny"]
+    overrides = {k: tiny[k] for k in ("datasets", "epochs", "batch_size", "lr", "validation", "train_subset", "test_subset",
+                                      "probe_subset", "relax_step_sizes", "relax_steps")}
+    overrides.update(latents=[2, 4], lams=[0.0, 1.0], seeds=[0, 1], grid_slices=[])
+    tradeoff.run("paper", tmp_path, executor="serial", overrides=overrides)
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
+    assert set(runs.loc[runs["way"] != "bp", "complexity"]) == {"small"} and set(runs.loc[runs["way"] == "bp", "complexity"]) == {"small", "medium"}
+    changes = pd.read_csv(tmp_path / "tables" / "hypervolume_changes.csv")
+    assert (changes["n"] == 2).all() and changes[["ci_low", "ci_high"]].notna().all().all()
+    assert set(changes["verdict"]) <= {"softens", "harsher", "no detectable change"}
+    assert set(changes.loc[changes["factor"] == "model size", "way"]) == {"bp"}  # the PC ways' Medium runs are excluded
+    assert set(changes.loc[changes["factor"] == "d", "way"]) == {"bp", "bpti", "pc"}
+
+
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="unknown tradeoff setting"):
         tradeoff.study_config("tiny", {"latent_size": 3})
