@@ -363,7 +363,7 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
                 f"mean task gap {_fmt(w['gap_task'].mean())}, mean latent gap {_fmt(w['gap_latent'].mean())}"
             )
         lines.append(f"{dataset}, ways compared over all slices -- " + "; ".join(parts) + ".")
-        c = curve_table[curve_table["dataset"] == dataset]
+        c = curve_table[curve_table["dataset"] == dataset].merge(g[SLICE], on=SLICE)  # complete fronts only
         ends = []
         for way, w in c.groupby("way"):
             zero, one = w[w["lam"] == w["lam"].min()], w[w["lam"] == w["lam"].max()]
