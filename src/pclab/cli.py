@@ -9,7 +9,8 @@ directory) print one line -- what, where, expected, received -- and exit with a 
 2     bad command line or configuration
 3     data missing, damaged or invalid
 4     training diverged (see the run directory's failure.json)
-5     run directory unusable (damaged checkpoint, other config)
+5     run or study directory unusable (damaged or refused checkpoint, other config,
+      not a directory, in use by another pclab process)
 130   interrupted (SIGINT / SIGTERM); ``--resume`` continues
 ====  ==========================================================
 
@@ -25,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and import data sets.")
 app.add_typer(data_app, name="data")
+report_app = typer.Typer(no_args_is_help=True, help="Study reports: an index of the reports under a folder.")
+app.add_typer(report_app, name="report")
 
 EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_RUNDIR, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
+INTERRUPTED = ("\ninterrupted: every file written so far is complete; rerun with --resume (train) "
+               "or the same command (study, tune) to continue")
 
 
 class CommandError(Exception):
@@ -46,7 +51,8 @@ class CommandError(Exception):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    line = " ".join(str(message).splitlines())  # one line, always, and of bounded length
+    typer.echo("error: " + (line if len(line) <= 2000 else line[:1997] + "..."), err=True)
     return typer.Exit(code)
 
 
@@ -54,12 +60,13 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and an exit code."""
     from .data import DataError
+    from .sweep import RayClusterError
     from .train import ConfigError, DivergenceError
     from .train.loop import RunDirError
 
     try:
         yield
-    except (ConfigError, CommandError) as err:
+    except (ConfigError, CommandError, RayClusterError) as err:
         _debug()
         raise _fail(str(err), EXIT_CONFIG) from None
     except DataError as err:
@@ -71,6 +78,15 @@ def _errors() -> Iterator[None]:
     except RunDirError as err:
         _debug()
         raise _fail(str(err), EXIT_RUNDIR) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main); Typer would exit 130 without a word
+        _debug()
+        typer.echo(INTERRUPTED, err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # unforeseen: still one line and a non-zero exit (PCLAB_DEBUG=1 shows where)
+        _debug()
+        raise _fail(f"unexpected {type(err).__name__}: {str(err)[:300]} (set PCLAB_DEBUG=1 for the traceback)", EXIT_FAILURE) from None
 
 
 def _debug() -> None:
@@ -97,6 +113,15 @@ def _config(config_file: Path | None, preset_name: str | None, sets: list[str]) 
     return apply_overrides(data, sets)
 
 
+def _out_path(raw: str | None) -> Path | None:
+    """The ``--out`` directory (None: not given); an empty one is refused, not taken as the current directory."""
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise CommandError(f"--out: expected a directory path (`--out .` for the current directory), got {raw!r}")
+    return Path(raw)
+
+
 def _run_state(out: Path) -> str | None:
     """``"finished"``, ``"unfinished"`` or None (no run in ``out``)."""
     if (out / "results.json").exists():
@@ -116,28 +141,30 @@ def train(
     config: Path | None = CONFIG_ARG,
     preset: str | None = PRESET_OPT,
     set_: list[str] = SET_OPT,
-    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default: runs/<preset or config name>)."),
+    out_: str | None = typer.Option(None, "--out", "-o", help="run directory (default: runs/<preset or config name>)."),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="start over even if --out already holds a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar."),
 ) -> None:
     """Train a PCN: writes config, metrics, checkpoints, telemetry and results.json to a run directory."""
     with _errors():
+        from .io import own_directory
         from .train import train as run_training
         from .train import validate
 
         data = _config(config, preset, set_)
         source = f"preset {preset}" if preset else str(config)
         resolved = validate(data, source + (" with --set " + " ".join(set_) if set_ else ""))
-        out = out or Path("runs") / (preset or (config.stem if config else "run"))
-        state = _run_state(out)
-        if state and not resume and not force:
-            raise CommandError(f"--out {out} already holds a{'' if state == 'unfinished' else ' finished'} run; "
-                               f"pass --resume to continue it, --force to start over, or choose another --out")
-        if resume and state == "finished":
-            typer.echo(f"{out} is finished already; results in {out / 'results.json'}", err=True)
-        started = time.time()
-        results = run_training(resolved, out, resume=resume, progress=not quiet)
+        out = _out_path(out_) or Path("runs") / (preset or (config.stem if config else "run"))
+        with own_directory(out, ("telemetry",)):  # the run's only writer, from this check to its end
+            state = _run_state(out)
+            if state and not resume and not force:
+                raise CommandError(f"--out {out} already holds a{'' if state == 'unfinished' else ' finished'} run; "
+                                   f"pass --resume to continue it, --force to start over, or choose another --out")
+            if resume and state == "finished":
+                typer.echo(f"{out} is finished already; results in {out / 'results.json'}", err=True)
+            started = time.time()
+            results = run_training(resolved, out, resume=resume, progress=not quiet)
         shown = {k: round(v, 4) for k, v in results.items() if k.startswith(("test_", "recon_", "best_")) and isinstance(v, float)}
         typer.echo(f"finished {results['epochs']} epochs in {time.time() - started:.1f} s: {json.dumps(shown)}")
         typer.echo(f"run directory: {out}  (results: {out / 'results.json'})")
@@ -150,16 +177,18 @@ def evaluate(
 ) -> None:
     """Evaluate a run's last checkpoint; prints the metrics and writes evaluation.json."""
     with _errors():
-        from .io import write_json
+        from .io import own_directory, to_json, write_json
         from .train import evaluate as run_evaluation
         from .train import load_run
 
         if split not in ("test", "train"):
             raise CommandError(f"--split: expected 'test' or 'train', got {split!r}")
-        _, run = load_run(run_dir)
-        metrics = run_evaluation(run, run.test if split == "test" else run.train)
-        write_json(run_dir / f"evaluation{'' if split == 'test' else '-train'}.json", metrics)
-        typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+        # it writes evaluation.json: not while another pclab process writes the run (no folder is made for a wrong path)
+        with own_directory(run_dir) if run_dir.is_dir() else nullcontext():
+            _, run = load_run(run_dir)
+            metrics = run_evaluation(run, run.test if split == "test" else run.train)
+            write_json(run_dir / f"evaluation{'' if split == 'test' else '-train'}.json", metrics)
+        typer.echo(to_json(metrics, indent=2, sort_keys=True))
 
 
 @app.command()
@@ -244,14 +273,20 @@ def _study_module(name: str) -> Any:
 def study(
     name: str = typer.Argument(..., help="dynamics | tradeoff | depth | clarity"),
     preset: str = typer.Option("quick", "--preset", "-p", help="tiny (seconds) | quick (minutes) | full (the one to cite); depth also: targets."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="report folder (default: reports/<name>-<preset>)."),
+    out_: str | None = typer.Option(None, "--out", "-o", help="report folder (default: reports/<name>-<preset>)."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray on this machine)."),
     executor: str = typer.Option("ray", help="'ray' or 'serial' (in this process)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a study setting: KEY=VALUE (repeatable)."),
     runs: list[Path] = typer.Option([], "--run", help="clarity: run directories whose models to examine (repeatable)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show Ray Tune's own output (banners, status tables)."),
 ) -> None:
-    """Run a study (a set of trials on Ray; finished trials are skipped) and write report.html."""
+    """Run a study (a set of trials on Ray; finished trials are skipped) and write report.html.
+
+    Prints one line per finished trial (done / failed / running, elapsed, estimated time left), then
+    where the report is and its Findings."""
     with _errors():
+        from .io import own_directory
+        from .sweep import STUDY_FOLDERS
         from .train import apply_overrides
 
         module = _study_module(name)
@@ -261,15 +296,50 @@ def study(
             raise CommandError(f"--executor: expected 'ray' or 'serial', got {executor!r}")
         if runs and name != "clarity":
             raise CommandError(f"--run: only the clarity study examines run directories, got study {name!r}")
-        out = out or Path("reports") / f"{name}-{preset}"
+        out = _out_path(out_) or Path("reports") / f"{name}-{preset}"
         overrides = apply_overrides({}, set_) or None
         kwargs: dict[str, Any] = {"address": address, "executor": executor, "overrides": overrides}
         if runs:
             kwargs["runs"] = runs
+        from .sweep import verbosity
+
         started = time.time()
-        report = module.run(preset, out, **kwargs)
+        with own_directory(out, STUDY_FOLDERS), verbosity(verbose):  # one study per folder at a time
+            report = module.run(preset, out, **kwargs)
         typer.echo(f"study {name} ({preset}) finished in {time.time() - started:.0f} s")
         typer.echo(f"report: {Path(report).resolve()}")
+        findings = _findings(Path(report))
+        if findings:
+            typer.echo("Findings:")
+            for line in findings:
+                typer.echo(f"  - {line}")
+
+
+def _findings(report: Path) -> list[str]:
+    """The Findings a study wrote next to its report (``report.json``), or none."""
+    from .io import read_json
+
+    try:
+        meta = read_json(report.with_name("report.json"))
+    except (OSError, ValueError):
+        return []
+    return [str(s) for s in meta.get("findings", [])] if isinstance(meta, dict) else []
+
+
+@report_app.command("index")
+def report_index(
+    folder: Path = typer.Argument(..., help="folder holding study reports (searched recursively)."),
+) -> None:
+    """Write FOLDER/index.html listing the study reports under FOLDER (question, preset, Findings, links).
+
+    Writes nothing else; refuses (exit 5) to overwrite an index.html that pclab did not write."""
+    from .studies.report import IndexRefused, write_index
+
+    try:
+        path = write_index(folder)
+    except IndexRefused as err:
+        raise _fail(str(err), err.code) from None
+    typer.echo(f"index: {path.resolve()}")
 
 
 @app.command()
@@ -278,7 +348,7 @@ def tune(
     preset: str | None = PRESET_OPT,
     set_: list[str] = SET_OPT,
     samples: int = typer.Option(20, "--samples", "-n", min=1, help="number of trials."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="search folder (default: tune/<preset or config name>)."),
+    out_: str | None = typer.Option(None, "--out", "-o", help="search folder (default: tune/<preset or config name>)."),
     metric: str = typer.Option("test_accuracy", help="result to optimise."),
     mode: str = typer.Option("max", help="'max' or 'min'."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
@@ -287,7 +357,8 @@ def tune(
 ) -> None:
     """Search latent lr, inference steps T and weight lr (Optuna TPE on Ray Tune)."""
     with _errors():
-        from .sweep import DEFAULT_SPACE, search
+        from .io import own_directory
+        from .sweep import DEFAULT_SPACE, STUDY_FOLDERS, search
         from .train import validate
 
         data = _config(config, preset, set_)
@@ -296,9 +367,10 @@ def tune(
             raise CommandError(f"--mode: expected 'max' or 'min', got {mode!r}")
         if executor not in ("ray", "serial"):
             raise CommandError(f"--executor: expected 'ray' or 'serial', got {executor!r}")
-        out = out or Path("tune") / (preset or (config.stem if config else "run"))
-        typer.echo(f"searching {', '.join(DEFAULT_SPACE)} with {samples} trials; records in {out / 'trials'}")
-        found = search(data, out, samples, metric=metric, mode=mode, address=address, executor=executor, seed=seed)
+        out = _out_path(out_) or Path("tune") / (preset or (config.stem if config else "run"))
+        with own_directory(out, STUDY_FOLDERS):  # one search per folder at a time
+            typer.echo(f"searching {', '.join(DEFAULT_SPACE)} with {samples} trials; records in {out / 'trials'}")
+            found = search(data, out, samples, metric=metric, mode=mode, address=address, executor=executor, seed=seed)
         summary = found["summary"]
         typer.echo(f"{summary['samples']} trials, {summary['failed']} failed")
         if summary["best"] is None:
@@ -335,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="pclab")
     except KeyboardInterrupt:
-        typer.echo("\ninterrupted: every file written so far is complete; rerun with --resume (train) "
-                   "or the same command (study) to continue", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -135,7 +135,7 @@ def test_study_command_runs_a_study_module_and_prints_the_report(tmp_path, monke
 
     def run(preset, out, address=None, executor="ray", overrides=None):
         calls.update(preset=preset, out=out, address=address, executor=executor, overrides=overrides)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # made (and locked) by the command
         (out / "report.html").write_text("<html></html>")
         return out / "report.html"
 
@@ -163,7 +163,7 @@ def test_tune_searches_latent_lr_steps_and_weight_lr(tmp_path):
 def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch):
     from pclab import bench
 
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     out = tmp_path / "speed.json"
     result = pclab("bench", "target", "--quick", "--no-compile", "--threads", "1", "--rounds", "1", "--chunk", "2",
                    "--json", out)
@@ -175,7 +175,7 @@ def test_bench_runs_the_speed_harness_and_writes_its_json(tmp_path, monkeypatch)
 def test_bench_bpti_suite_reports_paired_ratios_and_writes_its_json(tmp_path, monkeypatch):
     from pclab import bench
 
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     out = tmp_path / "speed.json"
     result = pclab("bench", "bpti", "--quick", "--no-compile", "--threads", "1", "--batch", "4", "--steps", "2", "--json", out)
     assert result.exit_code == 0, result.output
@@ -202,3 +202,46 @@ def test_bench_on_cuda_without_cuda_is_a_one_line_error():
 @pytest.mark.parametrize("study", ["depth", "dynamics", "tradeoff"])
 def test_study_rejects_an_unknown_setting_in_one_line(study, tmp_path):
     one_line_error(pclab("study", study, "--preset", "tiny", "--set", "epoch_count=3", "--out", tmp_path), 2, "epoch_count")
+
+
+def test_study_prints_where_the_report_is_and_its_findings(tmp_path, monkeypatch):
+    seen = {}
+
+    def run(preset, out, address=None, executor="ray", overrides=None):
+        from pclab.sweep import _VERBOSE
+
+        seen["verbose"] = _VERBOSE.get()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.html").write_text("<html></html>")
+        (out / "report.json").write_text(json.dumps({"findings": ["PC minus bp: +1.00 points (n=1).", "Second finding."]}))
+        return out / "report.html"
+
+    fake = types.ModuleType("pclab_fake_study2")
+    fake.PRESETS, fake.run = {"tiny": {}}, run
+    monkeypatch.setitem(sys.modules, "pclab_fake_study2", fake)
+    monkeypatch.setitem(cli.importlib.import_module("pclab.studies").STUDIES, "fake2", "pclab_fake_study2")
+    result = pclab("study", "fake2", "--preset", "tiny", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert seen["verbose"] is False
+    tail = result.output[result.output.index("report: "):].splitlines()
+    assert tail[1:] == ["Findings:", "  - PC minus bp: +1.00 points (n=1).", "  - Second finding."]
+    assert pclab("study", "fake2", "--preset", "tiny", "--out", tmp_path / "v", "--verbose").exit_code == 0
+    assert seen["verbose"] is True
+
+
+def test_report_index_writes_only_its_own_file(tmp_path):
+    from pclab.studies.report import Report
+
+    Report("T", tmp_path / "s", {"preset": "tiny"}, question="Q?", study="demo").write()
+    result = pclab("report", "index", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"index: {(tmp_path / 'index.html').resolve()}" in result.output
+    assert "href='s/report.html'" in (tmp_path / "index.html").read_text()
+    assert pclab("report", "index", tmp_path).exit_code == 0  # rewrites its own index
+    (tmp_path / "index.html").write_text("<html>mine</html>")
+    one_line_error(pclab("report", "index", tmp_path), 5, "index.html exists and was not written by pclab")
+    assert (tmp_path / "index.html").read_text() == "<html>mine</html>"
+    (tmp_path / "empty").mkdir()
+    one_line_error(pclab("report", "index", tmp_path / "empty"), 2, "no study report")
+    assert not (tmp_path / "empty" / "index.html").exists()
+    one_line_error(pclab("report", "index", tmp_path / "missing"), 2, "not a folder")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pc_testnets import F64, central_difference, chain, hybrid, randn, rel_err, some_indices
 
+from nets import F64, central_difference, chain, hybrid, randn, rel_err, some_indices
 from pclab.core import (
     SGD,
     Adam,

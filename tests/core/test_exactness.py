@@ -18,8 +18,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from pc_testnets import F64, backprop_grads, chain, examples, flat, one_hot, randn, rel_err
 
+from nets import F64, backprop_grads, chain, examples, flat, one_hot, randn, rel_err
 from pclab.core import SGD, CrossEntropy, Gaussian, Inference, PCLearning, ZeroDivergenceIL, relax
 
 EXACT = 1e-6

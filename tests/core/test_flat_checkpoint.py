@@ -14,8 +14,8 @@ import weakref
 
 import pytest
 import torch
-from pc_testnets import chain, hybrid, randn, rel_err
 
+from nets import chain, hybrid, randn, rel_err
 from pclab.core import (
     SGD,
     Adam,

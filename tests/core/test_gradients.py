@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pc_testnets import (
+from torch import nn
+
+from nets import (
     ALL_ACTIVATIONS,
     F64,
     AutogradVjp,
@@ -22,8 +24,6 @@ from pc_testnets import (
     seeded,
     some_indices,
 )
-from torch import nn
-
 from pclab.core import PCN, CrossEntropy, Decaying, Dense, Gaussian, Inference, Node, Spiking, free_nodes
 
 FD_TOL = 1e-6
@@ -262,3 +262,25 @@ def test_latent_grads_are_per_sample():
     full, _ = model.latent_grads(values, ["h1"], set(clamp))
     part, _ = model.latent_grads({n: v[:2] for n, v in values.items()}, ["h1"], set(clamp))
     assert torch.allclose(full["h1"][:2], part["h1"], rtol=0, atol=1e-14)
+
+
+def test_curvature_table_is_the_second_derivative_of_every_activation():
+    from pclab.core.layers import ACTIVATIONS as TABLE
+    from pclab.core.layers import CURVATURE, slope_times
+
+    assert set(CURVATURE) == set(TABLE)
+    a = torch.linspace(-3, 3, 61, dtype=torch.float64).reshape(1, -1) + 0.013  # off relu's kink
+    for name, entry in CURVATURE.items():
+        f = TABLE[name][0]
+        x = a.clone().requires_grad_()
+        (d1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
+        (d2,) = torch.autograd.grad(d1.sum(), x) if d1.requires_grad else (torch.zeros_like(a),)
+        mu = f(a)
+        slope = slope_times(name, torch.ones_like(a), a, mu)
+        assert torch.allclose(slope, d1.detach(), rtol=1e-12, atol=1e-14), name
+        if entry is None:
+            assert float(d2.abs().max()) == 0.0, name
+            continue
+        factor, through_slope, scale = entry
+        second = scale * factor(a, mu) * (slope if through_slope else 1.0)
+        assert torch.allclose(second, d2, rtol=1e-10, atol=1e-12), name

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pc_testnets import F64, chain, hybrid, randn
 from torch import nn
 
+from nets import F64, chain, hybrid, randn
 from pclab.core import PCN, CrossEntropy, Dense, Node
 
 

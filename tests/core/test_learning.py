@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from pc_testnets import F64, chain, examples, hybrid, one_hot, randn, rel_err, seeded
 from torch import nn
 
+from nets import F64, chain, examples, hybrid, one_hot, randn, rel_err, seeded
 from pclab.core import (
     PCN,
     SGD,
@@ -80,17 +80,15 @@ def test_incremental_pc_weight_steps_use_the_current_latents():
 
 
 @pytest.mark.parametrize("case", ["sgd", "momentum-spiking", "adam-ce-decaying"])
-def test_incremental_pc_on_the_chain_path_equals_the_general_loop(case, monkeypatch):
-    """:func:`pclab.core.chain.incremental` (hand-derived, no autograd) against the general loop
+def test_incremental_pc_on_the_chain_path_equals_the_general_loop(case):
+    """:func:`pclab.core.fast.chain.incremental` (hand-derived, no autograd) against the general loop
     (``relax(..., on_step=...)``, autograd weight gradients) over three batches: latent SGD,
     heavy-ball SGD with the spiking schedule, latent Adam with a cross-entropy label and the
     decaying schedule; parameter Adam throughout."""
     from pclab.core import Decaying, Spiking
-    from pclab.core import chain as dense
+    from pclab.core.fast import path
 
     runs = []
-    incremental = dense.incremental
-    monkeypatch.setattr(dense, "incremental", lambda *args: runs.append(1) or incremental(*args))
     latent, precision, output = {
         "sgd": (SGD(lr=0.1), None, None),
         "momentum-spiking": (SGD(lr=0.1, momentum=0.5), Spiking(0.05), None),
@@ -106,10 +104,12 @@ def test_incremental_pc_on_the_chain_path_equals_the_general_loop(case, monkeypa
     for k in range(3):
         y = one_hot(torch.tensor([0, 2, 1, 1]), 3) if output is not None else randn(4, 3, seed=30 + k)
         batch = {"x": randn(4, 5, seed=20 + k), "y": y}
+        runs.append(path(fast.model, fast.inference, fast, batch))
+        assert path(general.model, general.inference, general, batch) == "reference"
         assert fast.step(batch)["energy"] == pytest.approx(general.step(batch)["energy"], rel=1e-10)
         for p, q in zip(fast.model.parameters(), general.model.parameters()):
             assert rel_err(p.detach(), q.detach()) < 1e-10
-    assert len(runs) == 3  # every batch of the "auto" rule took the chain path
+    assert runs == ["chain"] * 3  # every batch of the "auto" rule took the chain path
 
 
 @pytest.mark.parametrize("forward_update", [False, True], ids=["relaxed_presynaptic", "forward_update"])
@@ -160,6 +160,10 @@ def test_pc_learning_step_descends_the_gradient_of_its_weight_energy(setup):
     """``PCLearning.step`` (with any fast path it takes) moves the parameters by
     ``-lr * d weight_energy / d theta`` at the relaxed state of the reference (autograd) path."""
     model, batch, inference, forward_update = setup
+    if "y" not in batch:  # from the feed-forward start nothing has an error: refused, not a silent no-op
+        with pytest.raises(ValueError, match="expected the batch to clamp a node that has a prediction"):
+            PCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.5), forward_update=forward_update).step(batch)
+        return
     reference_inference = Inference(
         steps=inference.steps, optimizer=inference.optimizer, fixed_prediction=inference.fixed_prediction, method="autograd",
     )
@@ -178,13 +182,14 @@ def test_pc_learning_step_descends_the_gradient_of_its_weight_energy(setup):
 
 @pytest.mark.parametrize("rule_cls", [PCLearning, IncrementalPC])
 @pytest.mark.parametrize("method", ["auto", "autograd"])
-def test_pc_rules_on_a_batch_without_energy_leave_the_parameters_unchanged(rule_cls, method):
+def test_pc_rules_on_a_batch_without_energy_refuse_it_and_leave_the_parameters_unchanged(rule_cls, method):
     """Only the input of a one-layer classifier clamped: the released label is a read-out, no
-    node has energy, the weight gradient is zero and a step changes nothing (whichever path)."""
+    node has energy, a step would learn nothing: refused, naming the missing label (whichever path)."""
     model = chain([3, 4], "identity", output=CrossEntropy(), seed=20)
     before = [p.detach().clone() for p in model.parameters()]
     rule = rule_cls(model, Inference(steps=2, method=method), torch.optim.SGD(model.parameters(), lr=0.1))
-    assert rule.step({"x": randn(5, 3, seed=21)})["energy"] == 0.0
+    with pytest.raises(ValueError, match=rf"{rule_cls.__name__}.step: expected the batch to clamp a node that has a prediction, e.g. \['y'\]"):
+        rule.step({"x": randn(5, 3, seed=21)})
     for b, p in zip(before, model.parameters()):
         assert torch.equal(b, p.detach())
 

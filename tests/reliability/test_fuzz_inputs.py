@@ -54,8 +54,8 @@ def test_fuzzed_configs_validate_or_fail_with_a_config_error(data):
     try:
         config = validate(data, "fuzz")
     except ConfigError as err:
-        lines = str(err).splitlines()
-        assert lines[0] == "invalid configuration (fuzz):" and len(lines) >= 2
+        message = str(err)
+        assert message.startswith("invalid configuration (fuzz): ") and "\n" not in message and len(message) < 1500
         return
     # accepted: every given value survives unchanged (no silent coercion of bools, strings, NaN)
     resolved = dict(_leaves(to_dict(config)))

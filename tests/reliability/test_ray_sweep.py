@@ -1,12 +1,17 @@
 """Sweeps on an embedded local Ray: a failing trial is recorded and the others go on; a rerun skips
-finished trials; the Optuna search runs on the same Ray. One Ray start for the module (~15 s)."""
+finished trials; the Optuna search runs on the same Ray and extends; the Ray refuses clients without
+its token. One Ray start for the module (~15 s)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import pclab
 from pclab.sweep import load_records, run_trials, search, tune_trial
 from pclab.train import preset
 
@@ -17,11 +22,10 @@ pytestmark = pytest.mark.slow
 def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip("ray")
-    from pclab.sweep import _ray_init
+    from pclab.sweep import ray_session
 
-    _ray_init(None)
-    yield ray
-    ray.shutdown()
+    with ray_session():
+        yield ray
 
 
 def test_two_trials_on_ray_one_failing_records_one_result_and_one_failure(tmp_path, local_ray):
@@ -55,3 +59,27 @@ def test_trials_reuse_the_ray_worker_processes(tmp_path, local_ray):
     assert all(r["status"] == "ok" for r in records)
     pids = {json.loads(p.read_text().splitlines()[0])["pid"] for p in (tmp_path / "ray").rglob("result.json")}
     assert len(trials) > len(pids) >= 1
+
+
+def test_a_search_rerun_with_more_samples_on_ray_adds_trials(tmp_path, local_ray):
+    config = {**preset("tiny"), "epochs": 1}
+    space = {"inference.lr": ("log", 1e-3, 0.5), "learning.lr": ("log", 1e-5, 1e-2)}
+    search(config, tmp_path, samples=2, space=space, executor="ray")
+    first = {i: r["params"]["overrides"] for i, r in load_records(tmp_path).items()}
+    search(config, tmp_path, samples=3, space=space, executor="ray")
+    after = {i: r["params"]["overrides"] for i, r in load_records(tmp_path).items()}
+    assert len(first) == 2 and len(after) == 3 and {i: after[i] for i in first} == first
+
+
+@pytest.mark.parametrize("auth, message", [({}, "requires token authentication; set RAY_AUTH_MODE=token"),
+                                           ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, "refused this client's token")])
+def test_the_embedded_ray_refuses_a_client_without_its_token(tmp_path, local_ray, auth, message):
+    """Its GCS listens on the machine's addresses: the token is what keeps others out."""
+    address = local_ray.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(pclab.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-m", "pclab", "study", "dynamics", "--preset", "tiny", "--address", address, "--out", str(tmp_path)],
+                            env={**env, **auth}, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --address {address}: "), result.stderr
+    assert message in lines[0]

@@ -171,7 +171,7 @@ def tiny_study(tmp_path_factory) -> Path:
 def test_tiny_study_writes_report_tables_and_figures(tiny_study: Path):
     out = tiny_study
     html = (out / "report.html").read_text()
-    assert "Summary (from this run" in html and "Width test" in html
+    assert "Findings" in html and "Width test" in html
     for name in ("grid_gradient", "grid_pcn", "depth_gradient", "width_test"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     layers = pd.read_csv(out / "tables" / "layers.csv")

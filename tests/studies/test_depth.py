@@ -19,7 +19,7 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     report = depth.run("tiny", tmp_path, executor="serial")
     assert report == tmp_path / "report.html" and report.exists()
     html = report.read_text()
-    for text in ("Accuracy vs depth", "Diagnostics", "muPC", "Summary (from this run"):
+    for text in ("Accuracy vs depth", "Diagnostics", "muPC", "Findings"):
         assert text in html
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     preset = depth.PRESETS["tiny"]
@@ -177,3 +177,23 @@ def test_a_misspelt_study_setting_is_an_error_naming_it():
         depth._resolve("quick", {"mupc": {"iteration": 10}})
     config = depth._resolve("targets", {"vgg_variants": ["bp"], "mupc": {"iterations": 10}})
     assert config["vgg_variants"] == ["bp"] and config["mupc"]["iterations"] == 10 and config["mupc"]["width"] == 128
+
+
+def test_findings_are_seed_paired_differences_with_their_interval():
+    from pclab.studies.stats import describe, paired_difference
+
+    rows = [{"dataset": "mnist", "model": "mlp", "depth": d, "variant": v, "seed": s, "best_test_accuracy": acc}
+            for (d, v), values in {(3, "pc"): [97.0, 97.2], (3, "bp"): [97.5, 97.3], (3, "spiking+fu"): [97.1, 97.0],
+                                   (15, "pc"): [11.0, 10.0], (15, "bp"): [95.5, 95.7], (15, "spiking+fu"): [94.0, 94.4]}.items()
+            for s, acc in enumerate(values)]
+    mupc = pd.DataFrame([{"parameterisation": "mupc", "rule": "pc", "final_test_accuracy": a, "iterations_run": 900, "depth": 30}
+                         for a in (92.0, 93.0)])
+    lines = depth.findings(pd.DataFrame(rows), mupc)
+    pc, best = describe(paired_difference([11.0, 10.0], [95.5, 95.7])), describe(paired_difference([94.0, 94.4], [95.5, 95.7]))
+    assert lines[0] == f"mnist MLP, depth 15: vanilla PC minus backprop, best test accuracy: {pc}."
+    assert lines[0].startswith("mnist MLP, depth 15: vanilla PC minus backprop, best test accuracy: -85.10 points (95 % CI -92.7")
+    assert lines[1] == f"mnist MLP, depth 15: best of 1 PC variant (spiking+fu) minus backprop: {best}."
+    assert lines[2].startswith("mnist MLP: vanilla PC at depth 15 minus at depth 3: -86.60 points")
+    assert lines[3].startswith("Residual MLP, depth 30, muPC, pc: test accuracy after 900 iterations: 92.50 % (95 % CI 86.1")
+    one_seed = depth.findings(pd.DataFrame([r for r in rows if r["seed"] == 0]), mupc.iloc[:0])
+    assert all("(n=1 seed: the interval cannot be computed)" in line for line in one_seed) and len(one_seed) == 3

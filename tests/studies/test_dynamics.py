@@ -137,7 +137,7 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path):
     report = dynamics.run("tiny", tmp_path, executor="serial", overrides={"seeds": [0]})
     assert report == tmp_path / "report.html"
     text = report.read_text()
-    for heading in ("Summary (from this run", "Energy and fixed-point residual", "Layer x step", "Read-outs along inference",
+    for heading in ("Findings", "Energy and fixed-point residual", "Layer x step", "Read-outs along inference",
                     "Reconstructions along inference", "Alignment of the PC update", "No trial failed"):
         assert heading in text
     conv = pd.read_csv(tmp_path / "tables" / "convergence.csv")

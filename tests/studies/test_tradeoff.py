@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from pclab.studies import tradeoff
 from pclab.studies.tradeoff.analysis import hypervolume_changes, paired_change
 from pclab.studies.tradeoff.pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
-from pclab.train.build import hybrid_precisions
+from pclab.train import hybrid_precisions
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -23,7 +25,7 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     report = tradeoff.run("tiny", tmp_path, executor="serial")
     assert report.exists()
     html = report.read_text()
-    for needle in ("Pareto fronts", "trade-off curves vs lam", "reconstructions across lam", "Summary", "paper_lambda"):
+    for needle in ("Findings", "Pareto fronts", "Trade-off curves vs lam", "Reconstructions across lam", "paper_lambda"):
         assert needle in html
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     config = tradeoff.PRESETS["tiny"]
@@ -40,8 +42,13 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     relaxed = runs[(runs["way"] != "bp") & (runs["lam"] < 1)]
     assert (relaxed["latent_movement"] > 0.01).all() and (relaxed["energy_drop"] > 0).all()
     assert runs.loc[runs["way"] == "bp", "latent_movement"].isna().all()
-    for name in ("pareto_digits", "lam_digits", "grid_digits_small_d2"):
+    for name in ("pareto_digits", "pareto_probes_digits", "pareto_ways", "lam_digits", "lam_probes_digits", "grid_digits_small_d2"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
+    # the key figure (the fronts, one curve per d) comes right after the Findings, before every other figure
+    assert html.index("id='findings'") < html.index('id="fig-pareto_digits"') < html.index('id="fig-pareto_ways"')
+    meta = json.loads((tmp_path / "report.json").read_text())
+    assert 1 <= len(meta["findings"]) <= 6 and meta["findings"][0].startswith("Hypervolume change with d or model size: not testable")
+    assert any(line.startswith("Test-time relaxation") for line in meta["findings"])
     # a second call skips the finished runs and rewrites the same table
     tradeoff.run("tiny", tmp_path, executor="serial")
     assert len(pd.read_csv(tmp_path / "tables" / "runs.csv")) == len(runs)
@@ -338,3 +345,34 @@ def test_default_hybrid_has_the_latent_as_its_only_path_and_the_layered_function
     grads, _ = model.latent_grads(flat, ["z"], {"x"}, method="manual")
     auto, _ = model.latent_grads(flat, ["z"], {"x"}, method="autograd")
     torch.testing.assert_close(grads["z"], auto["z"])
+
+
+def test_findings_answer_from_hypervolume_changes_and_pair_each_way_with_backprop_over_seeds():
+    from pclab.studies.stats import describe, paired_difference
+    from pclab.studies.tradeoff.analysis import findings
+
+    rows = []
+    best = {"bp": [0.90, 0.92, 0.91], "pc": [0.85, 0.88, 0.86], "bpti": [0.89, 0.92, 0.90]}
+    for way, accs in best.items():
+        for seed, acc in enumerate(accs):
+            for lam, (a, mse) in {0.0: (0.1, 0.05), 0.5: (acc, 0.08), 1.0: (acc - 0.01, 0.3)}.items():
+                for latent in (2, 16):
+                    recon = mse * (1.0 if way == "bp" else 1.1) / (1 + latent / 16)
+                    rows.append({"dataset": "mnist", "way": way, "complexity": "small", "latent": latent, "lam": lam, "seed": seed,
+                                 "test_accuracy": a, "recon_mse": recon, "probe_accuracy": a, "probe_mse": recon, "mean_image_mse": 0.5,
+                                 "latent_movement": 0.2 if way != "bp" else float("nan"), "energy_drop": 0.3 if way != "bp" else float("nan")})
+    lines = findings(pd.DataFrame(rows))
+    assert len(lines) == 4  # d (one model size: no model-size sentence), two ways, the relaxation
+    # a larger d lowers every MSE at the same accuracy: each front dominates more area, on every seed
+    assert lines[0].startswith("Larger d (2 -> 16), change of the task front's hypervolume")
+    assert lines[0].count(": softens") == 3 and "n=3 seeds" in lines[0]
+    pc = describe(paired_difference([85.0, 88.0, 86.0], [90.0, 92.0, 91.0]))
+    assert lines[1] == f"PC learning minus backprop, test accuracy at the same runs (lam > 0; mean of 4 points per seed): {pc}."
+    assert lines[1].endswith("n=3 seeds).")  # an interval, and it excludes zero
+    assert lines[2].startswith("Backprop through inference minus backprop, test accuracy at the same runs (lam > 0; mean of 4 points "
+                               "per seed): -0.67 points")
+    assert "no detectable difference" in lines[2]
+    assert lines[3].startswith("Test-time relaxation") and "0.200" in lines[3] and "30.0 %" in lines[3]
+    single = findings(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    assert all("(n=1 seed: the interval cannot be computed)" in line for line in single[:3])
+    assert ": softens" not in single[0]  # no verdict without an interval

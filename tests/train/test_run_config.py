@@ -85,7 +85,7 @@ def test_config_files_missing_invalid_or_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+    with pytest.raises(ConfigError, match=r"expected a mapping at the top level \(settings such as `epochs: 2`\), got list"):
         load(tmp_path / "list.yaml")
 
 
@@ -118,3 +118,90 @@ def test_runs_use_the_fused_optimiser_where_it_applies(name):
     assert _optimizer(config, model.to(torch.float64)).defaults["fused"] is True
     complex_model = build_model(config, (1, 8, 8), 10).to(torch.complex64)  # no fused kernel: PyTorch's default
     assert not _optimizer(config, complex_model).defaults["fused"]
+
+
+# --- hostile files and values: refused in one line, before any work --------------------------------------------------
+
+
+def _load_error(tmp_path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("a: &a [1, 2]\nb: *a\n", "line 1, column 4: found the anchor &a; anchors are not allowed"),
+    ("b: *a\n", "found the alias *a; aliases are not allowed"),
+    ("epochs: 1\nseed: 2\nepochs: 3\n", "line 3, column 1: duplicate key 'epochs'; each setting may appear once"),
+    ("model: " + "[" * 9 + "]" * 9 + "\n", "expected settings nested at most 8 deep, got deeper"),
+    ("model: " + "[" * 5000 + "]" * 5000 + "\n", "expected settings nested at most 8 deep, got deeper"),
+    ("", "expected a mapping of settings (e.g. `epochs: 2`), got an empty file"),
+    ("# defaults, please\n", "expected a mapping of settings (e.g. `epochs: 2`), got an empty file"),
+    ("seed: " + "1" * 5000 + "\n", "is not valid YAML: Exceeds the limit (4300 digits)"),
+    ("x: !!python/object/apply:os.system ['true']\n", "is not valid YAML: line 1, column 4: could not determine a constructor for the tag"),
+])
+def test_restricted_yaml(tmp_path, text, needle):
+    assert needle in _load_error(tmp_path, text)
+
+
+def test_an_oversized_config_file_is_not_read(tmp_path):
+    assert "expected at most 1048576 bytes of YAML, got more" in _load_error(tmp_path, "name: " + "x" * (1 << 20) + "\n")
+
+
+def test_nesting_up_to_the_limit_is_read_and_judged_by_the_schema(tmp_path):
+    (tmp_path / "ok.yaml").write_text("model:\n  widths: " + "[" * 6 + "]" * 6 + "\n")  # 8 deep in all
+    data = load(tmp_path / "ok.yaml")
+    with pytest.raises(ConfigError, match=r"model.widths\[0\]: expected a valid integer, got \[\[\[\[\[\]\]\]\]\]"):
+        validate(data)
+
+
+def test_deep_python_data_is_refused_without_recursion():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match="expected settings nested at most 8 deep"):
+        validate({"model": {"widths": deep}})
+
+
+def test_received_values_are_shown_shortened():
+    message = _error({"name": 5, "model": {"widths": list(range(10**5))}})
+    assert len(message) < 700 and "..." in message
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["seed=4294967296"], "seed: expected less than or equal to 4294967295"),
+    (["inference.steps=100001"], "inference.steps: expected less than or equal to 100000"),
+    (["epochs=10001"], "epochs: expected less than or equal to 10000"),
+    (["epochs=2", "learning.warmup_epochs=2.5"], "learning.warmup_epochs: expected at most epochs = 2"),
+    (["model.widths=[64,1000000000000,10]"], "model: expected at most 1e+09 parameters"),
+    (["model.kind=vgg", "model.width=4096", "model.depth=50", "data.dataset=cifar10", "model.widths=[3072, 10]"],
+     "model: expected at most 1e+09 parameters (4 bytes each in float32, about four times that to train), got 4.41e+11"),
+])
+def test_stated_limits(overrides, needle):
+    assert needle in _error(apply_overrides(preset("tiny"), overrides))
+
+
+def test_the_limits_leave_room():
+    config = validate(apply_overrides(preset("tiny"), ["seed=4294967295", "inference.steps=100000", "epochs=10000", "learning.warmup_epochs=10000"]))
+    assert config.seed == 2**32 - 1
+
+
+def test_a_model_that_does_not_fit_in_memory_is_refused_before_allocating(monkeypatch):
+    from pclab.train import build
+
+    config = validate(apply_overrides(preset("tiny"), ["model.widths=[64, 4096, 4096, 10]"]))
+    monkeypatch.setattr(build, "available_memory", lambda device: 10**6)
+    with pytest.raises(ConfigError, match=r"model: expected to fit in the 0.001 GB available on cpu, got 1.71e\+07 parameters needing at least"):
+        build.build_model(config, (1, 8, 8), 10)
+
+
+def test_a_run_directory_config_is_read_by_the_restricted_loader(tmp_path):
+    from pclab.train import load_run
+    from pclab.train.loop import RunDirError
+
+    (tmp_path / "config.yaml").write_text("a: &a [1]\nb: *a\n")
+    with pytest.raises(RunDirError, match="anchors are not allowed"):
+        load_run(tmp_path)

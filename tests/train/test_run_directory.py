@@ -101,7 +101,10 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, tiny):
         train(config, tmp_path, resume=True, progress=False)
 
 
-def test_temporaries_of_a_killed_writer_are_removed(tmp_path, tiny):
-    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"partial")
+def test_temporaries_of_a_killed_writer_are_removed_and_no_other_file(tmp_path, tiny):
+    (tmp_path / ".checkpoint.pt.pclab-abc123.tmp").write_bytes(b"partial")
+    (tmp_path / "telemetry").mkdir()
+    (tmp_path / "telemetry" / ".epoch_001.parquet.pclab-x1y2.tmp").write_bytes(b"partial")
+    (tmp_path / ".draft.tmp").write_text("someone else's")
     train(tiny("epochs=1"), tmp_path, progress=False)
-    assert not list(tmp_path.rglob(".*.tmp"))
+    assert sorted(p.name for p in tmp_path.rglob(".*.tmp")) == [".draft.tmp"]

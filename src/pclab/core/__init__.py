@@ -12,9 +12,9 @@ from .learning import (
     IncrementalPC,
     LearningRule,
     PCLearning,
-    TaskLoss,
     ZeroDivergenceIL,
 )
+from .loss import TaskLoss
 from .optim import SGD, Adam, LatentOptimizer, TorchOptimizer
 from .precision import Constant, Decaying, PrecisionSchedule, Spiking, schedule
 from .readout import classify, generate, reconstruct

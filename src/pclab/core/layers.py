@@ -1,4 +1,5 @@
-"""Prediction modules with hand-derived vector-Jacobian products.
+"""Prediction modules with hand-derived vector-Jacobian products, and the activations with their
+first and second derivatives (:data:`ACTIVATIONS`, :func:`slope_times`, :data:`CURVATURE`).
 
 Any ``nn.Module`` can be a prediction edge of a :class:`~pclab.core.graph.PCN`; relaxation then
 gets ``dE/dz`` from autograd. Modules that also define ``forward_with_vjp`` let relaxation skip
@@ -47,6 +48,63 @@ ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[t
     "sigmoid": (torch.sigmoid, _sigmoid_grad),
     "silu": (torch.nn.functional.silu, _silu_grad),
 }
+
+
+aten = torch.ops.aten
+
+
+def slope_times(activation: str, x: torch.Tensor, a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """``f'(a) * x`` (elementwise; ``mu = f(a)``), by PyTorch's fused backward op of the activation
+    (what autograd computes)."""
+    if activation == "identity":
+        return x
+    if activation == "tanh":
+        return aten.tanh_backward(x, mu)
+    if activation == "sigmoid":
+        return aten.sigmoid_backward(x, mu)
+    if activation == "relu":
+        return aten.threshold_backward(x, a, 0)
+    if activation == "leaky_relu":
+        return aten.leaky_relu_backward(x, a, 0.01, False)
+    if activation == "gelu":
+        return aten.gelu_backward(x, a)
+    if activation == "silu":
+        return aten.silu_backward(x, a)
+    raise ValueError(f"no hand-written derivative for activation {activation!r}")
+
+
+def _gelu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    # f = a Phi(a): f'' = 2 phi(a) - a^2 phi(a)
+    pdf = torch.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
+    return pdf * (2.0 - a * a)
+
+
+def _silu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    # f = a s(a): f'' = s (1 - s) (2 + a (1 - 2 s))
+    s = torch.sigmoid(a)
+    return s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
+
+
+# ``(factor, through_slope, scale)``: ``f''(a) == scale * factor(a, mu) * f'(a)`` when
+# ``through_slope`` (tanh, sigmoid: f'' is a multiple of f', so q = f' (r + scale factor e da)
+# takes one slope product), else ``f''(a) == scale * factor(a, mu)``; ``None``: f'' = 0.
+CURVATURE: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bool, float] | None] = {
+    "identity": None,
+    "relu": None,
+    "leaky_relu": None,
+    "tanh": (lambda a, mu: mu, True, -2.0),  # f'' = -2 f f'
+    "sigmoid": (lambda a, mu: 1.0 - 2.0 * mu, True, 1.0),  # f'' = f' (1 - 2 f)
+    "gelu": (_gelu_curvature, False, 1.0),
+    "silu": (_silu_curvature, False, 1.0),
+}
+"""Second derivatives of the activations (the reverse pass of :mod:`pclab.core.fast.chain_adjoint` reads them)."""
+
+
+SLOPE_FROM_OUTPUT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": lambda mu: mu * (1.0 - mu),
+}
+"""``f'(a)`` from ``mu = f(a)`` where that equals :data:`ACTIVATIONS`' derivative bit for bit (the
+Dense-chain accelerator reuses the prediction instead of recomputing ``f(a)``)."""
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

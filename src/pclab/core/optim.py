@@ -10,6 +10,7 @@ differentiable).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,8 +46,8 @@ class SGD:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0):
-            raise ValueError(f"latent SGD lr must be > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not (0 < self.lr < math.inf):
+            raise ValueError(f"latent SGD lr: expected a finite number > 0, got {self.lr!r}")
         if not (0.0 <= self.momentum < 1.0):
             raise ValueError(f"latent SGD momentum must be in [0, 1), got {self.momentum!r}")
         if self.nesterov and self.momentum == 0.0:
@@ -58,13 +59,13 @@ class SGD:
     def update(self, z, grad, state, differentiable):
         if self.momentum == 0.0:
             if differentiable:
-                return z - self.lr * grad, state
+                return torch.add(z, grad, alpha=-self.lr), state
             return z.sub_(grad, alpha=self.lr), state
         v = state["velocity"]
-        if differentiable:
-            v = grad if v is None else self.momentum * v + grad
-            step = grad + self.momentum * v if self.nesterov else v
-            return z - self.lr * step, {"velocity": v}
+        if differentiable:  # new tensors only (the unrolled graph keeps the old ones)
+            v = grad if v is None else torch.add(grad, v, alpha=self.momentum)
+            step = torch.add(grad, v, alpha=self.momentum) if self.nesterov else v
+            return torch.add(z, step, alpha=-self.lr), {"velocity": v}
         v = grad.clone() if v is None else v.mul_(self.momentum).add_(grad)
         step = grad.add(v, alpha=self.momentum) if self.nesterov else v
         return z.sub_(step, alpha=self.lr), {"velocity": v}
@@ -79,8 +80,8 @@ class Adam:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0):
-            raise ValueError(f"latent Adam lr must be > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not (0 < self.lr < math.inf):
+            raise ValueError(f"latent Adam lr: expected a finite number > 0, got {self.lr!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"latent Adam betas must be in [0, 1), got {self.betas!r}")
 

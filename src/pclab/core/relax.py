@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import chain as dense
-from . import chain_adjoint, compiled
 from .binomial import checkpointed_loop
+from .fast import dispatch
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
 from .precision import Constant, PrecisionSchedule
@@ -40,16 +39,17 @@ class Inference:
             the current ones (the fixed-prediction assumption).
         method: latent gradients by ``"auto"``, ``"manual"`` or ``"autograd"`` (see
             :meth:`PCN.latent_grads`).
-        compile: run the Dense-chain fast path under ``torch.compile``: relaxation, PC and
-            incremental-PC steps with their optimiser update (:mod:`pclab.core.compiled`) and
-            bp-through-inference's relaxation and hand-derived reverse pass
-            (:mod:`pclab.core.compiled_adjoint`). The first compiled batch (the second, with an
-            optimiser that first has to create its state) compiles for seconds to tens of
-            seconds, later ones run faster. Any other PCN (conv, transposed-conv, any graph)
-            relaxed with pclab's ``SGD`` gets its latent gradient -- predictions, energies and
-            their gradient -- as one compiled graph per step (:func:`pclab.core.compiled.latent_grads`),
-            in non-differentiable relaxations whose edge modules neither sample nor move running
-            statistics; everything else runs the eager code.
+        compile: let the compiled accelerators run (:mod:`pclab.core.fast.dispatch`): a Dense
+            chain's relaxation and learning steps with their optimiser update as compiled graphs,
+            and any other PCN relaxed by pclab's ``SGD`` its latent gradient as one compiled graph
+            per step. The first compiled batch (the second, with an optimiser that first has to
+            create its state) compiles for seconds to tens of seconds, later ones run faster.
+        accelerators: names of the accelerators relaxation and learning may use
+            (:data:`pclab.core.fast.ACCELERATORS`); ``None``: every one that applies; ``()``: the
+            reference code only. Each computes what the reference code does (tests/fast).
+        check_finite: :func:`relax` raises ``FloatingPointError`` naming the first node whose final
+            values hold NaN or Inf (one check after the last step). ``False`` returns them as they are,
+            for callers that diagnose divergence themselves (the training loop).
     """
 
     steps: int = 20
@@ -60,9 +60,11 @@ class Inference:
     fixed_prediction: bool = False
     method: str = "auto"
     compile: bool = False
+    check_finite: bool = True
+    accelerators: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 0:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"inference steps must be an integer >= 0, got {self.steps!r}")
         if self.init not in ("forward", "zeros", "random"):
             raise ValueError(f"inference init must be 'forward', 'zeros' or 'random', got {self.init!r}")
@@ -72,6 +74,10 @@ class Inference:
             raise ValueError(f"inference method must be 'auto', 'manual' or 'autograd', got {self.method!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"inference compile must be True or False, got {self.compile!r}")
+        if self.accelerators is not None:
+            unknown = [a for a in self.accelerators if a not in dispatch.ACCELERATORS] if isinstance(self.accelerators, tuple) else None
+            if unknown is None or unknown:
+                raise ValueError(f"inference accelerators must be None or a tuple of names from {dispatch.ACCELERATORS}, got {self.accelerators!r}")
 
     def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
         """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""
@@ -144,8 +150,6 @@ class Relaxed:
     clamped: frozenset[str]
     steps: int
     trajectory: Trajectory | None = None
-    chain: tuple[dense.Plan, dense.ChainState] | None = field(default=None, repr=False, compare=False)
-    """Set when the Dense-chain fast path relaxed: its plan, values and predictions (internal)."""
 
 
 def free_nodes(model: PCN, clamped: frozenset[str]) -> list[str]:
@@ -192,11 +196,12 @@ def relax(
         initial: start from these values instead of ``inference.init``.
         generator: random source for ``init="random"``.
 
-    A chain of :class:`~pclab.core.layers.Dense` layers relaxed with pclab's ``SGD`` or ``Adam`` takes
-    the hand-derived fast path of :mod:`pclab.core.chain` (the same values; under
-    ``inference.compile`` a compiled graph) unless ``record``, ``on_step``, a tolerance,
-    ``truncate``, ``checkpoint_steps`` or ``checkpoint_slots`` ask for the general code.
+    This is the reference algorithm; where an accelerator computes the same relaxation (e.g. a
+    chain of :class:`~pclab.core.layers.Dense` layers), :mod:`pclab.core.fast.dispatch` hands it
+    over (:func:`pclab.core.fast.path` names it).
     """
+    if initial is not None:
+        model.check_state(initial, clamp, "relax initial")
     if truncate is not None and not (isinstance(truncate, int) and truncate >= 0):
         raise ValueError(f"truncate must be an integer >= 0 or None, got {truncate!r}")
     if (truncate is not None or checkpoint_steps or checkpoint_slots is not None) and not differentiable:
@@ -208,13 +213,12 @@ def relax(
             raise ValueError("checkpoint_steps and checkpoint_slots are two checkpointing schemes; choose one")
         if record or on_step is not None:
             raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
-        return _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator)
+        return _finite(model, _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator), inference)
     clamped = frozenset(clamp)
-    general = record or on_step is not None or inference.tolerance is not None or truncate is not None or checkpoint_steps
-    if not general:  # the Dense-chain fast path (differentiable too: autograd through its ops)
-        structure = fast_chain(model, inference)
-        if structure is not None:
-            return _relax_chain(model, structure, clamp, inference, initial, generator, differentiable)
+    fast = dispatch.relaxation(model, clamp, inference, differentiable=differentiable, record=record, on_step=on_step,
+                               truncate=truncate, checkpoint_steps=checkpoint_steps, initial=initial)
+    if fast is not None:  # an accelerator computes this relaxation
+        return _finite(model, Relaxed(*fast(initial, generator), clamped, inference.steps), inference)
     with torch.set_grad_enabled(differentiable):
         if initial is None:
             initial = model.initial_state(clamp, inference.init, generator)
@@ -238,17 +242,13 @@ def relax(
         if on_step is None and not inference.fixed_prediction:
             cached = model.clamped_contributions(values, clamped)
 
-        # compiled gradients with pclab's SGD only: Adam-like rules divide by the gradient's own
-        # size, and where a feed-forward start makes it exactly zero the compiled graph's rounding
-        # (~1e-8, its tanh is not ATen's) would become steps of ~lr/2
-        traced = inference.compile and not differentiable and sources is None and type(opt) is SGD and compiled.traceable(model, free)
+        fast_grads = dispatch.latent_grads(model, inference, free, differentiable=differentiable, fixed_prediction=sources is not None)
 
         def grads_at(t: int, vals: State):
             multipliers = inference.multipliers(model, t)
-            if traced:  # a compiled graph (any PCN)
-                out = compiled.latent_grads(model, vals, free, clamped, multipliers, cached)
-                if out is not None:
-                    return out
+            out = None if fast_grads is None else fast_grads(vals, clamped, multipliers, cached)  # (None: run the reference)
+            if out is not None:
+                return out
             return model.latent_grads(
                 vals, free, clamped, multipliers, sources, cached, differentiable=differentiable, method=inference.method,
             )
@@ -291,8 +291,24 @@ def relax(
         if trajectory is not None:
             measure(taken, values)
         values = _release_readouts(model, values, clamped, sources)
-    result = Relaxed(values, initial, clamped, taken, trajectory)
-    return result
+    return _finite(model, Relaxed(values, initial, clamped, taken, trajectory), inference)
+
+
+def _finite(model: PCN, result: Relaxed, inference: Inference) -> Relaxed:
+    """``result``, after one check that every final value is finite (``inference.check_finite``): the L2
+    norm of each node by one foreach kernel and one synchronisation (a finite norm means finite entries);
+    only if a norm is not finite (NaN, Inf, or an overflow of the norm itself) are the entries inspected."""
+    if not inference.check_finite or not result.values:
+        return result
+    values = [v.detach() for v in result.values.values() if v.numel()]
+    with torch.no_grad():
+        if not values or bool(torch.stack([n.float() for n in torch._foreach_norm(values)]).isfinite().all()):
+            return result
+        name = next((n for n, v in result.values.items() if not bool(torch.isfinite(v.detach()).all())), None)
+    if name is None:  # large but finite values: the norm overflowed
+        return result
+    raise FloatingPointError(f"relax: node {name!r} holds NaN or Inf after {result.steps} inference steps (expected finite values); "
+                             f"lower the latent step size (the inference optimizer's lr) or check the clamped values")
 
 
 def _relax_binomial(
@@ -370,88 +386,6 @@ def _relax_binomial(
     with torch.enable_grad():
         values = _release_readouts(model, values, clamped, sources)
     return Relaxed(values, initial, clamped, taken)
-
-
-def fast_chain(model: PCN, inference: Inference) -> dense.DenseChain | None:
-    """The Dense-chain structure of ``model`` when :mod:`pclab.core.chain` can relax it with
-    ``inference`` (the caller also checks that nothing asks for the general loop)."""
-    if inference.method != "auto" or not dense.supports(inference.optimizer):
-        return None
-    return dense.dense_chain(model)
-
-
-def chain_plan(model: PCN, structure: dense.DenseChain, clamped: frozenset[str], inference: Inference, feed_forward: bool) -> dense.Plan:
-    """The static description of relaxing ``structure`` with ``inference`` (see :class:`~pclab.core.chain.Plan`)."""
-    names = structure.nodes
-    free = set(free_nodes(model, clamped))
-    precisions = (0.0, *(e.precision for e in structure.energies))
-    if inference.multipliers(model, 0) is None:
-        weights = (precisions,) * inference.steps
-    else:
-        weights = tuple(
-            (0.0, *(p * m.get(n, 1.0) for p, n in zip(precisions[1:], names[1:])))
-            for m in (inference.multipliers(model, t) for t in range(inference.steps))
-        )
-    return dense.Plan(
-        chain=structure,
-        clamped=tuple(n in clamped for n in names),
-        free=tuple(n in free for n in names),
-        active=tuple(i >= 1 and model.active(n, clamped) for i, n in enumerate(names)),
-        steps=inference.steps,
-        optimizer=inference.optimizer,
-        weights=weights,
-        fixed_prediction=inference.fixed_prediction,
-        feed_forward=feed_forward,
-    )
-
-
-def _relax_chain(
-    model: PCN,
-    structure: dense.DenseChain,
-    clamp: Mapping[str, torch.Tensor],
-    inference: Inference,
-    initial: State | None,
-    generator: torch.Generator | None,
-    differentiable: bool = False,
-) -> Relaxed:
-    """:func:`relax` on the Dense-chain fast path (same result, see :mod:`pclab.core.chain`)."""
-    clamped = frozenset(clamp)
-    names = structure.nodes
-    order = [*clamp, *(n for n in names if n not in clamped)]  # the general loop's key order
-    feed_forward = initial is None and inference.init == "forward"
-    plan = chain_plan(model, structure, clamped, inference, feed_forward)
-    params = structure.params()
-    with torch.set_grad_enabled(differentiable):
-        if feed_forward:
-            model.check_clamp(clamp)
-            given = [clamp.get(n) for n in names]
-            out = compiled.relax_values(plan, params, given) if inference.compile and not differentiable else None
-            if out is not None:  # compiled: the values only, no predictions to hand on
-                values, start = dict(zip(names, out[0])), dict(zip(names, out[1]))
-                return Relaxed({n: values[n] for n in order}, {n: start[n] for n in order}, clamped, inference.steps)
-            # bp-through-inference: the hand-derived reverse pass where it applies, else autograd
-            state = chain_adjoint.relax(plan, params, given, compile=inference.compile) if differentiable else None
-            if state is None:
-                start, predictions = dense.feed_forward(plan, params, given)
-        else:
-            if initial is None:
-                values = model.initial_state(clamp, inference.init, generator)
-            else:
-                model.check_clamp(clamp)
-                values = {**initial, **clamp}
-            start = [values[n] if differentiable else values[n].detach() for n in names]
-            predictions = None
-            state = chain_adjoint.relax(plan, params, [clamp.get(n) for n in names], start, compile=inference.compile) if differentiable else None
-        if state is None:
-            state = dense.relax_chain(plan, params, start, predictions, differentiable)
-    index = {n: i for i, n in enumerate(names)}
-    return Relaxed(
-        values={n: state.values[index[n]] for n in order},
-        initial={n: state.initial[index[n]] for n in order},
-        clamped=clamped,
-        steps=inference.steps,
-        chain=(plan, state),
-    )
 
 
 def _detach(state):

@@ -9,8 +9,9 @@ Layout of ``<root>/<name>/`` (``root`` defaults to :func:`data_dir`)::
     manifest.json      name, description, source, and the size and SHA-256 of every file above
 
 The manifest is written last, so a folder without one is an incomplete cache. Loading a split reads
-each of its two files once, checks size and SHA-256 against the manifest (about 50 ms for MNIST's
-train images), and only then parses it.
+each of its two files once, checks size and SHA-256 against the manifest, and only then parses it. The
+manifest's checksums are in turn compared with those pinned in the package (``arrays_sha256`` of
+:data:`pclab.data.sources.SOURCES`), so an edited array with a re-hashed manifest is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pclab.data.errors import ChecksumError, DataError, MissingDataError, fix_hint
 from pclab.data.idx import check_images, check_labels
+from pclab.data.sources import SOURCES, IdxSource
 from pclab.data.storage import sha256_bytes, write_bytes_atomic
 
 __all__ = [
@@ -81,8 +83,15 @@ def data_dir() -> Path:
 
 
 def resolve_root(root: Path | str | None) -> Path:
-    """``root`` as a Path, or :func:`data_dir` when None."""
-    return data_dir() if root is None else Path(root).expanduser()
+    """``root`` as a Path, or :func:`data_dir` when None; DataError if it (or its nearest existing
+    ancestor) is not a folder, e.g. ``$PCLAB_DATA`` naming a file."""
+    path = data_dir() if root is None else Path(root).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        origin = f" (${DATA_ENV})" if root is None and os.environ.get(DATA_ENV) else ""
+        what = "" if existing == path else f" inside {existing}"
+        raise DataError(f"data root {path}{origin}: expected a folder{what}, got a file ({existing} is not a folder)")
+    return path
 
 
 def cache_folder(name: str, root: Path | str | None = None) -> Path:
@@ -162,7 +171,25 @@ def read_manifest(folder: Path, name: str) -> Manifest:
                     f"invalid manifest {path}: field 'splits.{split}' names {filename!r}, which is "
                     f"missing from field 'files'; {fix_hint(name, folder)}"
                 )
+    check_pinned(manifest, folder)
     return manifest
+
+
+def check_pinned(manifest: Manifest, folder: Path) -> None:
+    """ChecksumError if a file's SHA-256 in ``manifest`` differs from the one pinned in the package
+    (``arrays_sha256`` of the data set's source: of its npm package for a fetched cache, of its IDX
+    files for an imported one) or a pinned file is not listed."""
+    source = SOURCES.get(manifest.name)
+    if source is not None and manifest.source.get("kind") == "idx" and not isinstance(source, IdxSource):
+        source = source.idx
+    for filename, expected in source.arrays_sha256 if source is not None else ():
+        record = manifest.files.get(filename)
+        if record is None or record.sha256 != expected:
+            got = "not listed" if record is None else f"sha256 {record.sha256}"
+            raise ChecksumError(
+                f"cache file {folder / filename}: expected the sha256 pinned in pclab for {manifest.name} ({expected}), "
+                f"got {got} in {folder / MANIFEST} (the cache was changed after pclab wrote it); {fix_hint(manifest.name, folder)}"
+            )
 
 
 def _expect(path: Path, field: str, expected: object, got: object, name: str, folder: Path) -> None:

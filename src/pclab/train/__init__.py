@@ -1,8 +1,9 @@
 """Configured training runs: configs and presets, building, the loop, run directories."""
 
-from .build import build_inference, build_model, build_rule, hybrid_precisions, make_batch, prepare_images, task, task_loss
+from .build import build_inference, build_model, build_rule, make_batch, prepare_images, task, task_loss
 from .config import ConfigError, RunConfig, apply_overrides, to_dict, validate
 from .loop import DivergenceError, Run, evaluate, load_data, load_run, prepare, read_metrics, train
+from .networks import hybrid_precisions
 from .presets import PRESETS, preset
 
 __all__ = [

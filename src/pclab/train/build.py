@@ -26,8 +26,8 @@ from ..core import (
 from ..core.batchnorm import WeightPhasePCLearning, weight_phase
 from ..core.graph import all_finite
 from ..data import DataError, Dataset, normalise, one_hot
-from ..models.deep import lecun_init, vgg_bn
 from .config import ConfigError, InferenceConfig, RunConfig
+from .networks import network, parameter_count
 
 TASKS = {
     "mlp": "classify",
@@ -58,23 +58,8 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
             )
         if m.kind == "mlp" and m.widths[last] != classes:
             raise ConfigError(f"model.widths[-1]: must equal the {classes} classes of {config.data.dataset}, got {m.widths[-1]}")
-    if m.kind == "mlp":
-        model = models.mlp(m.widths, m.activation, m.output)
-        if m.init == "lecun":
-            lecun_init(model)
-    elif m.kind == "generative_mlp":
-        model = models.generative_mlp(m.widths, m.activation)
-    elif m.kind == "rathjens_wiskott":
-        image_precision, label_precision = 1.0, 1.0
-        if config.learning.rule in ("pc", "ipc"):  # lam enters PC learning through the energy
-            image_precision, label_precision = hybrid_precisions(config.learning.lam, pixels)
-        model = models.rathjens_wiskott(m.complexity, m.latent, pixels, classes, image_precision, label_precision, m.layered)
-    elif m.kind == "vgg":
-        model = models.vgg(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
-    elif m.kind == "vgg_bn":
-        model = vgg_bn(m.depth, tuple(image_shape), classes, m.width, m.activation, m.output)
-    else:
-        model = models.deconv_generator(m.latent, tuple(image_shape), m.width, m.activation)
+    check_memory(config, image_shape, classes)
+    model = network(config.model, config.learning.rule, config.learning.lam, image_shape, classes)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=config.device, dtype=dtype)
     if torch.device(config.device).type == "cpu":  # oneDNN's layout; the same values (models.conv_channels_last)
@@ -82,20 +67,34 @@ def build_model(config: RunConfig, image_shape: tuple[int, ...], classes: int) -
     return model
 
 
-def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
-    """``(image, label)`` precisions that weight a hybrid PCN's energy like the backprop loss
-    ``(1 - lam) * MSE + lam * CE``.
+def available_memory(device: str) -> int | None:
+    """Bytes of memory available for new tensors on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on the
+    CPU (Linux), the free memory of a CUDA device; None where unknown."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if device == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
-    The image energy ``1/2 ||x - mu||^2`` sums over ``P = pixels`` while MSE averages, so the image
-    precision is ``(1 - lam) * 2 / P`` against the label's ``lam``; both are divided by the larger,
-    so the stronger energy has precision 1 (a common factor only rescales the latent step size).
-    ``lam = 0``: no label energy; ``lam = 1``: no image energy.
-    """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    image, label = (1.0 - lam) * 2.0 / pixels, lam
-    scale = max(image, label)
-    return image / scale, label / scale
+
+def check_memory(config: RunConfig, image_shape: tuple[int, ...], classes: int) -> None:
+    """ConfigError, before anything is allocated, if training the model of ``config`` needs more memory than
+    the device has available: its parameters (counted on the meta device) times 4 -- weights, gradients and
+    an optimiser's two moments -- at 4 or 8 bytes each. Activations come on top; this is a lower bound."""
+    available = available_memory(config.device)
+    if available is None:
+        return
+    count = parameter_count(config.model, config.learning.rule, config.learning.lam, image_shape, classes)
+    needed = count * (8 if config.dtype == "float64" else 4) * 4
+    if needed > available:
+        raise ConfigError(f"model: expected to fit in the {available / 1e9:.3g} GB available on {config.device}, got {count:.3g} parameters "
+                          f"needing at least {needed / 1e9:.3g} GB to train (weights, gradients and two optimiser moments)")
 
 
 def build_inference(config: InferenceConfig) -> Inference:
@@ -109,13 +108,15 @@ def build_inference(config: InferenceConfig) -> Inference:
         "spiking": Spiking(config.alpha),
         "decaying": Decaying(config.decay),
     }[config.precision]
-    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile)
+    # the training loop diagnoses a diverging relaxation itself (step, node, failure.json)
+    return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile,
+                     check_finite=False)
 
 
 def _fusable(params: list[torch.nn.Parameter]) -> bool:
     """PyTorch's fused (one kernel per step) optimisers apply: floating-point parameters on the CPU
-    or CUDA. On the project's 2-core CPU, fused Adam's step on MLP 784-128-128-10 measured 54 us
-    against 169 us for the default per-tensor loop, about a tenth of a T = 20 PC step."""
+    or CUDA. On a small CPU fused Adam's step is a fraction of the default per-tensor loop's time,
+    which on a small MLP is a noticeable part of a PC step."""
     return bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
 
 

@@ -7,17 +7,27 @@ received value. ``--set a.b=v`` overrides go through :func:`apply_overrides`.
 Types are strict: ``true`` is not an integer, ``2.5`` is not a layer width, ``"20"`` is not a
 step count. The one leniency: a float may be written as a string such as ``1e-3`` (YAML 1.1 reads
 an exponent without a dot as a string).
+
+Config files are read by a restricted YAML loader: a regular file of at most
+:data:`MAX_CONFIG_BYTES`, no aliases or anchors (no expansion bombs), no duplicate keys, nesting at
+most :data:`MAX_NESTING` deep. Every error is one line, and a received value is shown shortened to
+about :data:`MAX_SHOWN` characters.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .networks import parameter_count
 
 
 def _number_string(value: Any) -> Any:
@@ -41,6 +51,43 @@ DATA_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar10": ((3, 32, 32), 10),
 }
 
+MAX_STEPS = 10**5
+"""Largest ``inference.steps``: room for the studies' longest relaxations (a few thousand steps)."""
+MAX_EPOCHS = 10**4
+"""Largest ``epochs``."""
+MAX_SEED = 2**32 - 1
+"""Largest ``seed``: every seed derived from it (``seed * 1_000_003 + epoch``) fits torch's 64-bit generator."""
+MAX_LAYERS = 1000
+"""Most entries of ``model.widths``."""
+MAX_PARAMETERS = 10**9
+"""Most parameters of a model (4 GB of float32 weights; training adds gradients and optimiser moments,
+about four times that). Counted from the config without allocating (:func:`pclab.train.networks.parameter_count`)."""
+MAX_NESTING = 8
+"""Deepest nesting of mappings and lists read from YAML; pclab's settings nest at most 6 deep."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read."""
+MAX_SHOWN = 200
+"""Received values in error messages are shortened to about this many characters."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 4, 12, 12, 8, 8
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = MAX_SHOWN, 60, MAX_SHOWN
+
+
+def cut(text: str) -> str:
+    """``text`` on one line, cut to :data:`MAX_SHOWN` characters."""
+    text = " ".join(str(text)[: 4 * MAX_SHOWN].split())
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` on one line, cut to :data:`MAX_SHOWN` characters (bounded work for any size or depth)."""
+    try:
+        return cut(_REPR.repr(value))
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit, a pathological object
+        return f"<{type(value).__name__}>"
+
+
 # Fields that change how a run is kept, never its numbers: a run may resume with other values.
 OPERATIONAL = ("checkpoint_every", "checkpoint_seconds", "name")
 
@@ -53,7 +100,7 @@ class ModelConfig(_Strict):
     """Which network to build (see :mod:`pclab.models`)."""
 
     kind: Literal["mlp", "generative_mlp", "rathjens_wiskott", "vgg", "vgg_bn", "deconv_generator"] = "mlp"
-    widths: list[int] = Field(default_factory=lambda: [784, 128, 128, 10], description="mlp / generative_mlp widths")
+    widths: list[int] = Field(default_factory=lambda: [784, 128, 128, 10], max_length=MAX_LAYERS, description="mlp / generative_mlp widths")
     activation: str = "tanh"
     output: Literal["gaussian", "ce"] = "gaussian"
     complexity: Literal["small", "medium", "large"] = "small"
@@ -68,18 +115,18 @@ class ModelConfig(_Strict):
         from ..core.layers import ACTIVATIONS
 
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+            raise ValueError(f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {short(self.activation)}")
         if self.init != "default" and self.kind != "mlp":
             raise ValueError(f"model.init: only an 'mlp' has an init choice (expected 'default'), got {self.init!r} with kind {self.kind!r}")
         if self.kind in ("mlp", "generative_mlp") and (len(self.widths) < 2 or min(self.widths) < 1):
-            raise ValueError(f"model.widths: expected at least 2 positive widths, got {self.widths}")
+            raise ValueError(f"model.widths: expected at least 2 positive widths, got {short(self.widths)}")
         return self
 
 
 class InferenceConfig(_Strict):
     """How to relax (see :class:`pclab.core.Inference`)."""
 
-    steps: int = Field(20, ge=1, description="inference steps T")
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="inference steps T")
     optimizer: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
     lr: Real = Field(0.1, gt=0, description="latent step size")
     momentum: Real = Field(0.0, ge=0, lt=1)
@@ -137,8 +184,8 @@ class RunConfig(_Strict):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     learning: LearningConfig = Field(default_factory=LearningConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    epochs: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
     telemetry: bool = Field(False, description="record per-step, per-node energies of training batches (Parquet)")
@@ -160,7 +207,7 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
     """Combinations that cannot run: widths that do not fit the data, energies without classes, ..."""
     problems = []
     if not _DEVICE.match(c.device):
-        problems.append(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}")
+        problems.append(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {short(c.device)}")
     (channels, height, width), classes = DATA_SHAPES[c.data.dataset]
     pixels = channels * height * width
     m, lc = c.model, c.learning
@@ -189,32 +236,61 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
         problems.append(f"learning.truncate: expected at most inference.steps = {c.inference.steps}, got {lc.truncate}")
     if c.telemetry and lc.rule == "bp":
         problems.append("telemetry: records inference steps, and rule 'bp' trains without inference (expected false), got true")
+    if lc.warmup_epochs > c.epochs:
+        problems.append(f"learning.warmup_epochs: expected at most epochs = {c.epochs} (a longer warm-up never reaches the learning rate), "
+                        f"got {lc.warmup_epochs}")
+    if not problems:
+        problems += _size_problems(c)
     return problems
+
+
+_COUNTS: dict[tuple[str, str], int] = {}
+"""Parameter counts by (model section as JSON, data set): studies validate thousands of configs of a few models."""
+
+
+def _size_problems(c: RunConfig) -> list[str]:
+    """A model too large to allocate, found by counting its parameters on PyTorch's meta device."""
+    image_shape, classes = DATA_SHAPES[c.data.dataset]
+    key = (c.model.model_dump_json(), c.data.dataset)  # the shapes depend on nothing else
+    try:
+        if key not in _COUNTS:
+            if len(_COUNTS) >= 1024:
+                _COUNTS.clear()
+            _COUNTS[key] = parameter_count(c.model, c.learning.rule, c.learning.lam, image_shape, classes)
+        count = _COUNTS[key]
+    except (ValueError, RuntimeError) as err:
+        return [f"model: a {c.model.kind} cannot be built for {c.data.dataset} images {image_shape}: {cut(str(err))}"]
+    if count > MAX_PARAMETERS:
+        return [f"model: expected at most {MAX_PARAMETERS:.0e} parameters (4 bytes each in float32, about four times that to train), "
+                f"got {count:.3g} from {c.model.kind} {short(c.model.widths) if c.model.kind.endswith('mlp') else ''}".rstrip()]
+    return []
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the field, expected and received."""
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
+def _format(err: ValidationError, source: str, most: int = 3) -> str:
+    """One line: ``invalid configuration (source): field: expected ..., got ...; ...`` (the first ``most`` problems)."""
+    problems = []
+    errors = err.errors()
+    for e in errors[:most]:
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "(top level)"
-        got = e.get("input")
+        got = short(e.get("input"))
         if e["type"] == "extra_forbidden":
             known = _known_fields(e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"  {field}: unknown field (expected one of {known}), got {got!r}{hint}")
+            problems.append(f"{cut(field)}: unknown field (expected one of {known}), got {got}{hint}")
         elif e["type"] == "value_error":
-            message = str(e.get("ctx", {}).get("error", e["msg"]))
-            lines.append(f"  {message}")
+            problems.append(str(e.get("ctx", {}).get("error", e["msg"])))
         elif e["type"] == "literal_error":
-            lines.append(f"  {field}: {e['msg'].replace('Input should be', 'expected')}, got {got!r}")
+            problems.append(f"{cut(field)}: {e['msg'].replace('Input should be', 'expected')}, got {got}")
         else:
             expected = e["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-            lines.append(f"  {field}: {expected}, got {got!r}")
-    return "\n".join(lines)
+            problems.append(f"{cut(field)}: {expected}, got {got}")
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return " ".join(f"invalid configuration ({cut(source)}): {'; '.join(problems)}{more}".split())
 
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:
@@ -229,33 +305,159 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
 
 
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """A :class:`RunConfig` from plain data, or a :class:`ConfigError` naming every bad field."""
+    """A :class:`RunConfig` from plain data, or a :class:`ConfigError` naming the bad fields (one line)."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration ({source}): expected a mapping at the top level, got {type(data).__name__}")
+    depth = nesting(data)
+    if depth > MAX_NESTING:
+        raise ConfigError(f"invalid configuration ({source}): expected settings nested at most {MAX_NESTING} deep, got deeper")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Plain data of a YAML config file (validated later, after overrides)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path}: expected an existing YAML file, got {'a folder' if path.exists() else 'no such file'}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+def validate_section(section: type[BaseModel], data: Any, source: str) -> BaseModel:
+    """``section`` (e.g. :class:`InferenceConfig`) from plain data, or a one-line :class:`ConfigError`."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"invalid configuration ({cut(source)}): expected a mapping, got {type(data).__name__}")
+    try:
+        return section.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def nesting(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep mappings and lists nest in ``value`` (a scalar: 0); counting stops past ``limit``.
+
+    Iterative, so a value nested thousands deep costs no recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, depth)
+            if depth <= limit:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that pclab does not read (an alias, an anchor, a duplicate key, too deep a nesting)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases or anchors, duplicate keys, or nesting beyond :data:`MAX_NESTING`."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"found the alias *{cut(event.anchor)}; aliases are not allowed (write the value out)", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(f"found the anchor &{cut(event.anchor)}; anchors are not allowed (write the value out)", event.start_mark)
+        if isinstance(event, yaml.CollectionStartEvent) and self._depth >= MAX_NESTING:
+            raise _Refused(f"expected settings nested at most {MAX_NESTING} deep, got deeper", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if duplicate:
+                raise _Refused(f"duplicate key {short(key)}; each setting may appear once", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str) -> Any:
+    """Plain data of YAML ``text`` read by :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
+def _yaml_problem(err: Exception) -> str:
+    """One line saying what is wrong with the YAML and where (line, column)."""
+    if isinstance(err, _Refused | yaml.MarkedYAMLError):
+        mark = err.mark if isinstance(err, _Refused) else (err.problem_mark or err.context_mark)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = err.problem if isinstance(err, _Refused) else " ".join(p for p in (err.context, err.problem) if p)
+        return cut(where + str(what))
+    return cut(str(err))
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Plain data of a YAML config file (validated later, after overrides).
+
+    The file must be a regular file (never a FIFO or a device: it is opened without blocking and
+    checked before anything is read) of at most :data:`MAX_CONFIG_BYTES`, holding a mapping."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {cut(str(path))}: expected an existing YAML file, got no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {cut(str(path))}: expected a YAML file, got a folder") from None
+    except OSError as err:
+        raise ConfigError(f"config file {cut(str(path))}: expected a readable YAML file, got {err.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"config file {cut(str(path))}: expected a regular YAML file, got {_file_kind(info.st_mode)}, which is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {cut(str(path))}: expected at most {MAX_CONFIG_BYTES} bytes of YAML, got more")
+    try:
+        data = _yaml(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {cut(str(path))}: expected UTF-8 text, got byte {raw[err.start]:#04x} at offset {err.start}") from None
+    except _Refused as err:
+        raise ConfigError(f"config file {cut(str(path))}, {_yaml_problem(err)}") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer longer than Python reads
+        raise ConfigError(f"config file {cut(str(path))} is not valid YAML: {_yaml_problem(err).split(';')[0]}") from None
+    if data is None:
+        raise ConfigError(f"config file {cut(str(path))}: expected a mapping of settings (e.g. `epochs: 2`), got an empty file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {cut(str(path))}: expected a mapping at the top level (settings such as `epochs: 2`), "
+                          f"got {type(data).__name__}")
     return data
 
 
 def parse_value(raw: str) -> Any:
-    """A ``--set`` value: a YAML scalar or list (``20``, ``1e-3``, ``true``, ``[784, 10]``, ``null``)."""
+    """A ``--set`` value: a YAML scalar or list (``20``, ``1e-3``, ``true``, ``[784, 10]``, ``null``).
+
+    Text that is not valid YAML is kept as a string; aliases, duplicate keys, nesting beyond
+    :data:`MAX_NESTING` and integers too long to read raise :class:`ConfigError`."""
     try:
-        value = yaml.safe_load(raw)
+        value = _yaml(raw)
+    except _Refused as err:
+        raise ConfigError(f"--set value {short(raw)}: {_yaml_problem(err)}") from None
+    except ValueError as err:
+        raise ConfigError(f"--set value {short(raw)}: expected a value pclab can read, got {_yaml_problem(err).split(';')[0]}") from None
     except yaml.YAMLError:
         return raw
     return _number_string(value) if isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", value) else value
@@ -268,17 +470,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. inference.steps=20")
+            raise ConfigError(f"--set {short(item)}: expected KEY=VALUE, e.g. inference.steps=20")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item!r}: expected a dotted key such as inference.steps, got {key!r}")
+            raise ConfigError(f"--set {short(item)}: expected a dotted key such as inference.steps, got {short(key)}")
+        if len(parts) > MAX_NESTING:
+            raise ConfigError(f"--set {short(item)}: expected a key at most {MAX_NESTING} deep, got {len(parts)} parts")
         node = data
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
-                raise ConfigError(f"--set {item!r}: {where} is a value, not a section (got {child!r})")
+                raise ConfigError(f"--set {short(item)}: {cut(where)} is a value, not a section (got {short(child)})")
             node = child
         node[parts[-1]] = parse_value(raw)
     return data

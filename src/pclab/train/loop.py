@@ -10,8 +10,11 @@ A run directory holds::
                        epoch_seconds (compilation excluded; compile_seconds apart), ...
                        (present only once the run has finished)
     failure.json       what went wrong, if the run failed or diverged (the last good checkpoint is kept)
+    .pclab.lock        locked by the one process writing the run (:func:`pclab.io.own_directory`)
 
-Every file is written atomically (temporary name, then rename). Checkpoints are written after each
+Every file is written atomically (temporary name, then rename). A checkpoint holds tensors and plain
+data only and is loaded without running code (:func:`pclab.io.load_torch`), then checked: keys,
+configuration, position, state shapes. Checkpoints are written after each
 epoch and, within an epoch, every ``checkpoint_every`` batches and every ``checkpoint_seconds``.
 Randomness is derived from ``(seed, epoch)`` and the RNG state is part of a mid-epoch checkpoint,
 so a run resumed from any checkpoint (``resume=True``) ends with exactly the results of an
@@ -21,21 +24,22 @@ uninterrupted run (timings aside).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ..core import PCN, Inference, LearningRule, compiled, relax
+from ..core import PCN, Inference, LearningRule, relax
+from ..core.fast import compiled
 from ..data import DataError, Dataset, batches, load
-from ..io import append_line, atomic_write, load_torch, read_json_lines, remove_stale_temporaries, save_torch, write_json
+from ..io import RunDirError, UnsafeFileError, append_line, atomic_write, load_torch, own_directory, read_json_lines, save_torch, to_json, write_json
 from .build import build_inference, build_model, build_rule, data_shape, make_batch, prepare_images, task
 from .config import ConfigError, RunConfig, same_run, to_dict
 
@@ -51,10 +55,6 @@ class DivergenceError(RuntimeError):
     def __init__(self, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.details = details or {}
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (damaged checkpoint, other configuration...)."""
 
 
 @dataclass
@@ -192,8 +192,8 @@ def _bad(value: float, limit: float) -> bool:
 def _parameters_ok(parameters: Sequence[torch.Tensor], limit: float) -> bool:
     """The largest |parameter| is finite and at most ``limit``. Checked on every batch, so by one
     foreach L2 norm per parameter (at least its largest |entry|; non-finite if an entry is) and one
-    synchronisation, 16 us on the issue-2 MLP against 29 us for the exact maxima, which are
-    taken only when a norm is not below ``limit``."""
+    synchronisation, cheaper than the exact maxima, which are taken only when a norm is not below
+    ``limit``."""
     parameters = [p for p in parameters if p.numel()]
     if not parameters:
         return True
@@ -328,18 +328,96 @@ def _where(position: _Position) -> dict[str, Any]:
     return {"epoch": position.epoch, "batch": None}
 
 
-def read_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked: readable, pclab's format, written by this configuration."""
+CHECKPOINT_KEYS = {"format", "config", "model", "rule", "history", "position"}
+
+
+def read_checkpoint(path: Path, config: RunConfig, per_epoch: int | None = None) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked: data only (never code, :func:`~pclab.io.load_torch`),
+    pclab's format with every key, written by this configuration and, given the number of batches
+    ``per_epoch``, at a position this run can reach (see :func:`_check_position`)."""
     try:
         state = load_torch(path, map_location=config.device)
+    except UnsafeFileError as err:
+        raise RunDirError(f"{err}; pclab did not write it: delete it or restore your own") from None
     except ValueError as err:
         raise RunDirError(f"{err}. Delete it to start the run over") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path}: expected a pclab checkpoint (format {CHECKPOINT_FORMAT}), got another file")
+    if set(state) != CHECKPOINT_KEYS:
+        raise RunDirError(f"{path}: expected a checkpoint with keys {sorted(CHECKPOINT_KEYS)}, got {_brief(sorted(map(str, state)))}; "
+                          f"it is damaged, delete it to start the run over")
+    kinds = {"config": dict, "model": dict, "rule": dict, "history": list, "position": dict}
+    for key, kind in kinds.items():
+        if not isinstance(state[key], kind):
+            raise RunDirError(f"{path}: expected {key!r} to be a {kind.__name__}, got {type(state[key]).__name__}; "
+                              f"it is damaged, delete it to start the run over")
     if not same_run(state["config"], to_dict(config)):
         raise RunDirError(f"{path}: written by a different configuration; use a new --out, or the config in "
                           f"{path.parent / 'config.yaml'} to resume")
+    if per_epoch is not None:
+        problem = _check_position(state["position"], state["history"], config.epochs, per_epoch)
+        if problem:
+            raise RunDirError(f"{path}: {problem}; it is damaged, delete it to start the run over")
     return state
+
+
+def _check_position(position: dict[str, Any], history: list[Any], epochs: int, per_epoch: int) -> str | None:
+    """What is wrong with a checkpoint's position (expected ... got ...), or None.
+
+    A position is after ``batch`` batches (0 .. per_epoch - 1) of the 0-based ``epoch`` (0 .. epochs;
+    ``epochs``: finished), with one ``history`` record per finished epoch; mid-epoch it also holds
+    the epoch's running sums, the samples seen, the seconds spent, the telemetry rows and the CPU
+    random state.
+    """
+    keys = {f.name for f in fields(_Position)}
+    if set(position) != keys:
+        return f"expected a position with keys {sorted(keys)}, got {_brief(sorted(map(str, position)))}"
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    epoch, batch = position["epoch"], position["batch"]
+    if not count(epoch) or not 0 <= epoch <= epochs:
+        return f"expected position epoch (epochs finished) 0 .. {epochs}, got {_brief(epoch)}"
+    if not count(batch) or not 0 <= batch < per_epoch or (batch and epoch == epochs):
+        return f"expected position batch (batches done in the epoch) 0 .. {per_epoch - 1}, 0 once all {epochs} epochs are, got {_brief(batch)}"
+    if len(history) != epoch or not all(isinstance(h, dict) for h in history):
+        return f"expected {epoch} per-epoch records (one per finished epoch), got {len(history)} entries"
+    if not batch:
+        return None
+    totals, rng, telemetry = position["totals"], position["rng"], position["telemetry"]
+    if not isinstance(totals, dict) or not all(isinstance(k, str) and real(v) for k, v in totals.items()):
+        return f"expected position totals mapping names to numbers, got {_brief(totals)}"
+    if not count(position["seen"]) or position["seen"] < 0 or not real(position["seconds"]):
+        return f"expected position seen >= 0 (an integer) and seconds (a float), got {_brief(position['seen'])} and {_brief(position['seconds'])}"
+    if telemetry is not None and not (isinstance(telemetry, list) and all(isinstance(r, dict) for r in telemetry)):
+        return f"expected position telemetry rows (a list of records), got {type(telemetry).__name__}"
+    reference = torch.get_rng_state()
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == reference.dtype and rng.shape == reference.shape):
+        got = f"{rng.dtype} of shape {tuple(rng.shape)}" if isinstance(rng, torch.Tensor) else type(rng).__name__
+        return f"expected position rng a {reference.dtype} tensor of shape {tuple(reference.shape)}, got {got}"
+    return None
+
+
+def _load_states(path: Path, run: Run, state: dict[str, Any]) -> None:
+    """Load a checked checkpoint's model and learning-rule states into ``run``; a state that does not
+    fit (missing or unexpected parameters, other shapes) is a :class:`RunDirError`."""
+    for name, target in (("model", run.model), ("rule", run.rule)):
+        try:
+            target.load_state_dict(state[name])
+        except Exception as err:  # torch and the rules raise several kinds, with multi-line messages
+            raise RunDirError(f"{path}: expected the {name} state of this run's {name}, got one that does not fit "
+                              f"({type(err).__name__}: {_brief(err, 300)}); it is damaged, delete it to start the run over") from None
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    for parameter, values in run.rule.optimizer.state.items():  # loaded as given: a shape is checked only at a step
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameter.shape:
+                raise RunDirError(f"{path}: expected optimiser state {key!r} of {names.get(id(parameter), 'a parameter')} of shape "
+                                  f"{tuple(parameter.shape)}, got {tuple(value.shape)}; it is damaged, delete it to start the run over")
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """``str(value)`` on one line, cut to ``limit`` characters (a file's content may be anything)."""
+    text = " ".join((repr(value) if isinstance(value, str) else str(value)).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -364,35 +442,35 @@ def train(
     Raises:
         DivergenceError: a non-finite or exploding energy, loss or parameter (``failure.json`` says
             where; the last good checkpoint is kept).
-        RunDirError: ``resume`` with a damaged checkpoint or one of another configuration.
+        RunDirError: ``out`` is not a directory, another pclab process writes it (each run
+            directory has one writer: a lock held for the whole run), or ``resume`` with a damaged
+            checkpoint or one of another configuration.
     """
     out_path = Path(out) if out is not None else None
-    run = prepare(config, data)
-    try:
-        return _train(run, out_path, resume, progress)
-    except (DivergenceError, KeyboardInterrupt):
-        raise
-    except Exception as err:
-        if out_path is not None:
-            write_json(out_path / "failure.json", {
-                "kind": "error", "message": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-            })
-        raise
+    with own_directory(out_path, ("telemetry",)) if out_path is not None else nullcontext():
+        run = prepare(config, data)
+        try:
+            return _train(run, out_path, resume, progress)
+        except (DivergenceError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            if out_path is not None:
+                write_json(out_path / "failure.json", {
+                    "kind": "error", "message": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                })
+            raise
 
 
 def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any]], _Position, dict[str, Any] | None]:
     """Set up the run directory; return history, position and the checkpoint resumed from."""
     if out is None:
         return [], _Position(), None
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
     checkpoint = out / "checkpoint.pt"
     history: list[dict[str, Any]] = []
     position, last = _Position(), None
     if resume and checkpoint.exists():
-        state = read_checkpoint(checkpoint, run.config)
-        run.model.load_state_dict(state["model"])
-        run.rule.load_state_dict(state["rule"])
+        state = read_checkpoint(checkpoint, run.config, math.ceil(len(run.train) / run.config.data.batch_size))
+        _load_states(checkpoint, run, state)
         history = state["history"]
         position = _Position(**state["position"])
         last = _where(position)
@@ -400,8 +478,9 @@ def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any
         for stale in ("metrics.jsonl", "results.json", "checkpoint.pt"):
             (out / stale).unlink(missing_ok=True)
         if (out / "telemetry").is_dir():
-            for part in (out / "telemetry").glob("*.parquet"):
-                part.unlink()
+            for part in (out / "telemetry").glob("epoch_*.parquet"):
+                if part.stem[len("epoch_"):].isdigit():  # pclab's own names only
+                    part.unlink()
     # the checkpoint is the truth: a crash between it and the metrics line loses no record
     lines = "".join(_json(h) + "\n" for h in history)
     atomic_write(out / "metrics.jsonl", lambda h: h.write(lines))
@@ -412,7 +491,7 @@ def _start(run: Run, out: Path | None, resume: bool) -> tuple[list[dict[str, Any
 
 PROGRESS_ACCURACY_EVERY = 10
 """The progress bar's running training accuracy is the feed-forward accuracy of every 10th batch:
-on every batch it made a compiled ``speed-mlp`` epoch 1.28-1.39 s instead of 1.06-1.09 s."""
+on every batch it would add a noticeable part of a compiled PC epoch's time."""
 
 
 def _batch_accuracy(run: Run, batch: dict[str, torch.Tensor]) -> float | None:
@@ -471,7 +550,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
             shown = {k: f"{v / seen:.4g}" for k, v in totals.items()}
             if counted:
                 shown["acc"] = f"{correct / counted:.3f}"
-            bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (a redraw per batch cost ~0.1 ms)
+            bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (a redraw per batch costs time)
             now = time.perf_counter()
             due = (config.checkpoint_every and (index + 1) % config.checkpoint_every == 0) or (
                 config.checkpoint_seconds is not None and now - last_saved >= config.checkpoint_seconds)
@@ -507,7 +586,7 @@ def _train(run: Run, out: Path | None, resume: bool, progress: bool) -> dict[str
 
 
 def _json(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True)
+    return to_json(record, sort_keys=True)
 
 
 def _results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -526,23 +605,22 @@ def _results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]
 
 def load_run(out: str | Path) -> tuple[RunConfig, Run]:
     """The config and trained model of a run directory (from its checkpoint)."""
-    from .config import validate
+    from .config import load, validate
 
     out = Path(out)
     if not (out / "config.yaml").is_file():
         found = "a folder without one" if out.is_dir() else "no such folder"
         raise RunDirError(f"{out}: expected a pclab run directory (with config.yaml), got {found}")
     try:
-        data = yaml.safe_load((out / "config.yaml").read_text())
-    except yaml.YAMLError as err:
+        data = load(out / "config.yaml")  # the restricted loader: no aliases, bounded size and depth
+    except ConfigError as err:
         raise RunDirError(f"{out / 'config.yaml'}: damaged ({err})") from None
     config = validate(data, str(out / "config.yaml"))
     if not (out / "checkpoint.pt").is_file():
         raise RunDirError(f"{out}: no checkpoint.pt yet (the run has not finished an epoch)")
     run = prepare(config)
     state = read_checkpoint(out / "checkpoint.pt", config)
-    run.model.load_state_dict(state["model"])
-    run.rule.load_state_dict(state["rule"])
+    _load_states(out / "checkpoint.pt", run, state)
     return config, run
 
 

@@ -11,12 +11,12 @@ import pandas as pd
 
 from ...io import load_torch
 from ...sweep import trial_id
-from ..report import Report
+from ..report import Report, rule_colour, rule_name
+from ..stats import claim, paired_difference
 
 METRICS = ["m_g", "m_r", "m_i", "m_i_perturbation", "embedding_norm", "psnr", "ssim"]
 ROUTE_NAMES = {"gradient": "gradient descent on the input (L1 embedding loss)",
                "pcn": "PCN relaxation with the layer clamped"}
-RULE_COLOURS = {"untrained": "0.35", "pc": "tab:blue", "ipc": "tab:cyan", "bp-through-inference": "tab:orange", "bp": "tab:green"}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -81,7 +81,11 @@ def models_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- figures
 def _style(rule: str) -> dict[str, Any]:
-    return {"color": RULE_COLOURS.get(rule, "tab:red"), "linestyle": "--" if rule == "untrained" else "-"}
+    try:
+        colour = rule_colour(rule)
+    except KeyError:  # a rule the palette does not know (a run directory's own)
+        colour = "black"
+    return {"color": colour, "linestyle": "--" if rule == "untrained" else "-"}
 
 
 def image_grid(records: list[dict[str, Any]], out: Path, route: str, count: int, seed: int) -> plt.Figure | None:
@@ -119,7 +123,7 @@ def image_grid(records: list[dict[str, Any]], out: Path, route: str, count: int,
                 mosaic[y0:y0 + h, x0 + k * (w + 1):x0 + k * (w + 1) + w] = images[k].float().mean(0).numpy()
             if d > 0:
                 labels.append((x0, y0, layer))
-    fig, ax = plt.subplots(figsize=(min(2.0 * len(columns) + 0.8, 22), 1.1 * (max_depth + 1) + 0.8))
+    fig, ax = plt.subplots(figsize=(min(1.2 * len(columns) + 0.8, 10.4), 1.0 * (max_depth + 1) + 0.8))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     for x0, y0, layer in labels:
         ax.text(x0 + 0.5, y0 + 0.5, layer, color="yellow", fontsize=6, va="top", ha="left")
@@ -140,7 +144,7 @@ def depth_curves(table: pd.DataFrame, route: str) -> plt.Figure | None:
     archs = list(dict.fromkeys(part["arch"]))
     panels = [("m_i", "input distance m_i (L2, unit pixels)"), ("m_g", "embedding distance reached m_g (L2)"),
               ("psnr", "PSNR (dB)"), ("ssim", "SSIM")]
-    fig, axes = plt.subplots(len(archs), len(panels), figsize=(13, 2.6 * len(archs) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(archs), len(panels), figsize=(10.4, 2.4 * len(archs) + 0.4), squeeze=False)
     for i, arch in enumerate(archs):
         for j, (metric, label) in enumerate(panels):
             ax = axes[i, j]
@@ -164,12 +168,40 @@ def depth_curves(table: pd.DataFrame, route: str) -> plt.Figure | None:
     return fig
 
 
+def key_figure(table: pd.DataFrame) -> plt.Figure | None:
+    """Median input distance m_i (gradient route) against layer depth, one panel per architecture,
+    one line per model in its rule's colour (dashed: untrained), IQR band over test images."""
+    part = table[(table["test"] == "models") & (table["route"] == "gradient")]
+    if part.empty:
+        return None
+    archs = list(dict.fromkeys(part["arch"]))
+    cols = min(4, len(archs))
+    rows = -(-len(archs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(10.4, 2.6 * cols + 0.6), 2.5 * rows + 0.3), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(archs):]:
+        ax.set_axis_off()
+    for ax, arch in zip(axes.flat, archs):
+        for _model, rows_ in part[part["arch"] == arch].groupby("model", sort=False):
+            rows_ = rows_.sort_values("depth")
+            style = _style(rows_["rule"].iloc[0])
+            ax.plot(rows_["depth"], rows_["m_i_median"], marker="o", ms=3, label=rows_["rule"].iloc[0], **style)
+            ax.fill_between(rows_["depth"], rows_["m_i_q25"], rows_["m_i_q75"], color=style["color"], alpha=0.12)
+        ax.set_title(arch, fontsize=9)
+        ax.set_xticks(sorted(set(part[part["arch"] == arch]["depth"])))
+        ax.set_xlabel("layer depth (maps from the image)", fontsize=8)
+        ax.set_ylabel("m_i (L2, pixels in [0, 1])", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
 def width_figure(table: pd.DataFrame) -> plt.Figure | None:
     """m_i, m_g vs m_r and SSIM of the hidden layer of untrained one-layer chains against its width."""
     part = table[table["test"] == "width"]
     if part.empty:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(10.4, 3.0))
     for route, rows in part.groupby("route", sort=False):
         rows = rows.sort_values("width")
         colour = "tab:purple" if route == "gradient" else "tab:brown"
@@ -351,21 +383,88 @@ def _route_sentences(models_rows: pd.DataFrame, models: pd.DataFrame) -> list[st
     return lines
 
 
+# ---------------------------------------------------------------------------- findings
+QUESTION = ("What does each layer of a network represent -- can the input be reconstructed from a layer's embedding -- and does "
+            "training by PC learning or by backprop make layers clearer?")
+
+_MI = "median input distance m_i (L2, pixels in [0, 1])"
+
+
+def _per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Median m_i over test images per (test, arch, model, rule, layer, depth, width, route, seed)."""
+    keys = ["test", "arch", "model", "rule", "layer", "depth", "width", "route", "seed"]
+    return frame.groupby(keys, sort=False)["m_i"].median().reset_index()
+
+
+def findings(frame: pd.DataFrame) -> list[str]:
+    """Sentences from the per-image metrics, each a seed-paired difference of median m_i with its
+    interval: depth (untrained, deepest minus first layer), training (each rule minus untrained at the
+    first layer, mean over architectures), width (narrowest minus widest untrained layer), and the PCN
+    route minus the gradient route."""
+    if frame.empty:
+        return ["No trial finished; no finding."]
+    seeds = _per_seed(frame)
+    grad = seeds[(seeds["route"] == "gradient") & (seeds["test"] == "models")]
+    lines = []
+    untrained = grad[grad["rule"] == "untrained"]
+    if not untrained.empty:
+        arch = untrained["arch"].iloc[0]
+        rows = untrained[untrained["arch"] == arch]
+        first, last = int(rows["depth"].min()), int(rows["depth"].max())
+        if first != last:
+            wide = rows.pivot_table(index="seed", columns="depth", values="m_i", aggfunc="first")[[first, last]].dropna()
+            lines.append(claim(f"Untrained {arch} network, gradient route: {_MI} at depth {last} minus at depth {first}",
+                               paired_difference(wide[last].to_numpy(), wide[first].to_numpy()), unit="", digits=3, within=None))
+    first_layer = grad[grad["depth"] == grad.groupby("arch")["depth"].transform("min")]
+    base = first_layer[first_layer["rule"] == "untrained"].groupby(["arch", "seed"])["m_i"].first()
+    for rule in [r for r in dict.fromkeys(first_layer["rule"]) if r != "untrained"]:
+        trained = first_layer[first_layer["rule"] == rule].groupby(["arch", "seed"])["m_i"].first()
+        both = pd.concat({"trained": trained, "untrained": base}, axis=1).dropna()
+        if both.empty:
+            continue
+        per_seed = both.groupby(level="seed").mean()
+        archs = both.index.get_level_values("arch").nunique()
+        lines.append(claim(f"{rule_name(rule)} minus untrained, {_MI} at the first layer "
+                           f"({'mean of ' + str(archs) + ' architectures' if archs > 1 else both.index[0][0]})",
+                           paired_difference(per_seed["trained"].to_numpy(), per_seed["untrained"].to_numpy()),
+                           unit="", digits=3, within=None))
+    width = seeds[(seeds["test"] == "width") & (seeds["route"] == "gradient")]
+    if width["width"].nunique() > 1:
+        lo, hi = int(width["width"].min()), int(width["width"].max())
+        wide = width.pivot_table(index="seed", columns="width", values="m_i", aggfunc="first")[[lo, hi]].dropna()
+        lines.append(claim(f"Width test (untrained layer): {_MI} at width {lo} minus at width {hi}",
+                           paired_difference(wide[lo].to_numpy(), wide[hi].to_numpy()), unit="", digits=3, within=None))
+    models = seeds[seeds["test"] == "models"]
+    if (models["route"] == "pcn").any():
+        cells = models.pivot_table(index=["model", "layer", "seed"], columns="route", values="m_i", aggfunc="first")
+        if {"pcn", "gradient"} <= set(cells.columns):
+            cells = cells[["pcn", "gradient"]].dropna()
+            per_seed = cells.groupby(level="seed").mean()
+            lines.append(claim(f"PCN route minus gradient route, {_MI} (mean of {len(cells) // max(1, len(per_seed))} model x layer "
+                               "cells)", paired_difference(per_seed["pcn"].to_numpy(), per_seed["gradient"].to_numpy()),
+                               unit="", digits=3, within=None))
+    return lines or ["No comparison possible in this run."]
+
+
 # ---------------------------------------------------------------------------- the report
-def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], config: dict[str, Any], out: Path) -> Path:
-    """Aggregate the trial records into ``out/report.html`` with tables and figures; returns its path."""
-    report = Report("Representation clarity: what each layer represents (Badger 2022; REFERENCE 6)", out, config)
+def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], config: dict[str, Any], out: Path,
+                 started: float | None = None) -> Path:
+    """Aggregate the trial records into ``out/report.html`` with tables and figures (``started``: when the
+    study call began); returns its path."""
+    report = Report("Representation clarity: what each layer represents", out, config, question=QUESTION, study="clarity",
+                    started=started)
     frame = per_image_frame(records)
     table = layer_table(frame) if not frame.empty else pd.DataFrame()
     models = models_table(records)
-    report.summary(summary_lines(table, models, len(failed)) if not table.empty else ["No trial finished; nothing to report."])
+    report.findings(findings(frame))
+    report.statements(summary_lines(table, models, len(failed)) if not table.empty else ["No trial finished; nothing to report."])
     cpu = sum(r["result"].get("cpu_seconds", 0.0) for r in records if r["status"] == "ok")
     wall = sum(r["seconds"] for r in records)
     cost = f"{cpu:.0f} CPU-seconds of trial processes, " if cpu > 0 else ""
-    report.summary([f"Cost: {len(records)} trials, {cost}{wall:.0f} s summed trial wall time (trials run in parallel, "
+    report.statements([f"Cost: {len(records)} trials, {cost}{wall:.0f} s summed trial wall time (trials run in parallel, "
                     "one CPU each; both include training the models)."])
-    report.section(
-        "Method",
+    report.methods(
+        "Method (Badger 2022)",
         "Layer l's embedding O_l(a) of an image a is the feed-forward value of node l (a cross-entropy label node gives its "
         "logits). Gradient route: starting from noise a_0 ~ N(mu, sigma^2) (unit pixel scale, Badger's N(0.7, 1/20) read as "
         "fractions of the pixel range), a descends sum |O_l(a_target) - O_l(a)| with the configured optimiser, step size and "
@@ -378,6 +477,11 @@ def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], co
         "image, PSNR and SSIM (Gaussian window 11, sigma 1.5, cut to the image) of the reconstruction clipped to [0, 1]. "
         "m_g < m_r with a large m_i means the embedding is matched but does not determine the image (non-unique).",
     )
+    fig = key_figure(table) if not table.empty else None
+    if fig is not None:
+        report.figure(fig, "clarity_vs_depth", "How far the reconstruction from each layer is from the test image (m_i, lower = "
+                      "clearer; gradient route), by layer depth; one colour per training rule, dashed = untrained; median over "
+                      "test images, IQR band.", key=True)
     for route in ("gradient", "pcn"):
         fig = image_grid(records, out, route, config.get("grid_images", 4), config["seeds"][0])
         if fig is not None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, run_trials
+from ...train import validate
+from ...train.config import DATA_SHAPES, MAX_EPOCHS, MAX_STEPS, ConfigError, InferenceConfig, validate_section
+from ..settings import check_settings, preflight
 from .inversion import InversionConfig
 from .reporting import write_report
 from .trials import run_trial
@@ -56,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grid_images": 3,
     },
     "quick": {
-        "description": "a few minutes on 2 quiet cores (~130 CPU-seconds of trials): MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
+        "description": "a few minutes on 2 CPU cores: MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
                        "chains by pc, bp-through-inference and bp, a PC-trained hybrid, 16 test images, 500 steps",
         "training": _MNIST_TRAINING,
         "architectures": {
@@ -74,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grid_images": 4,
     },
     "full": {
-        "description": "roughly 2-3 hours on 2 quiet cores (estimated from the quick preset's CPU time, not yet measured): "
+        "description": "about 2-3 hours on 2 CPU cores (a budget scaled from the quick preset): "
                        "full MNIST, 5 epochs, three seeds, a deeper chain, 64 test images, 1500 steps",
         "training": {**_MNIST_TRAINING, "train_subset": None, "test_subset": None, "epochs": 5},
         "architectures": {
@@ -106,27 +110,55 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_POSITIVE = ("images", "grid_images", "width_test.images", "width_test.widths[]", "inversion.steps", "inversion.lr", "native.steps",
+             "native.lr", "training.batch_size", "training.train_subset", "training.test_subset", "training.epochs")
+_LIMITS = {"images": (1, 10_000), "width_test.images": (1, 10_000), "grid_images": (1, 64), "width_test.widths[]": (1, 100_000),
+           "inversion.steps": (1, MAX_STEPS), "native.steps": (1, MAX_STEPS), "training.epochs": (1, MAX_EPOCHS)}
+
+
 def resolve(preset: str, overrides: dict[str, Any] | None = None, runs: list[Path] | None = None) -> dict[str, Any]:
     """The study configuration: ``PRESETS[preset]`` with ``overrides`` merged in (nested dicts merge,
     except ``architectures``, ``rules`` and ``extra_models``, which replace). ``runs`` (or
-    ``overrides["runs"]``) lists run directories to study instead of training the default models."""
+    ``overrides["runs"]``) lists run directories to study instead of training the default models.
+
+    Settings are checked against the presets' shape (:func:`pclab.studies.settings.check_settings`);
+    :class:`~pclab.train.ConfigError` names the first bad one."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown clarity preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"clarity --preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     overrides = dict(overrides or {})
     given = overrides.pop("runs", None)
     if runs is not None and given is not None:
-        raise ValueError("give run directories either as runs=... or as overrides['runs'], not both")
-    unknown = set(overrides) - set(PRESETS[preset])
-    if unknown:
-        raise ValueError(f"unknown clarity settings {sorted(unknown)}; expected some of {sorted(PRESETS[preset])}")
+        raise ConfigError("clarity runs: give run directories either as runs=... or as overrides['runs'], not both")
     config = _merge(PRESETS[preset], overrides)
-    InversionConfig.from_dict(config["inversion"])  # fail before any work
+    check_settings("clarity", config, PRESETS, positive=_POSITIVE, signed=("inversion.init_mean",), limits=_LIMITS,
+                   open_keys=("architectures", "rules", "extra_models"))
+    try:
+        InversionConfig.from_dict(config["inversion"])  # fail before any work
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"clarity study setting inversion: {' '.join(str(err).split())[:300]}") from None
+    if given is not None and not (isinstance(given, list) and all(isinstance(p, str) for p in given)):
+        raise ConfigError(f"clarity study setting runs: expected a list of run directories, got {given!r}"[:300])
     paths = runs if runs is not None else given
     config["runs"] = [str(Path(p).resolve()) for p in paths] if paths else []
     for p in config["runs"]:
         if not (Path(p) / "config.yaml").exists() or not (Path(p) / "checkpoint.pt").exists():
-            raise ValueError(f"run directory {p} is not a finished pclab run (needs config.yaml and checkpoint.pt)")
+            raise ConfigError(f"run directory {p} is not a finished pclab run: expected config.yaml and checkpoint.pt in it")
     return config
+
+
+def check_trials(config: dict[str, Any]) -> int:
+    """Validate what every trial of a resolved configuration builds first (run configs, the relaxation
+    of the PCN route, the width test's chains) before any trial starts; returns how many checks ran."""
+    items: list[tuple[str, Any]] = [("native", functools.partial(validate_section, InferenceConfig, config["native"], "clarity native"))]
+    for t in trials(config):
+        if t["kind"] == "model" and "train" in t["source"]:
+            items.append((f"{t['label']} seed {t['seed']}", functools.partial(validate, t["source"]["train"], f"clarity model {t['label']}")))
+        elif t["kind"] == "width":
+            (c, h, w), classes = DATA_SHAPES.get(t["dataset"], ((1, 1, 1), 1))
+            data = {"model": {"kind": "mlp", "widths": [c * h * w, t["width"], classes], "activation": t["activation"]},
+                    "data": {"dataset": t["dataset"]}, "seed": t["seed"]}
+            items.append((f"width {t['width']} seed {t['seed']}", functools.partial(validate, data, f"clarity width test {t['width']}")))
+    return preflight("clarity", items)
 
 
 def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -201,9 +233,11 @@ def run(
         runs: pclab run directories to study (with their untrained architectures) instead of the
             models the study trains by default (``pclab study clarity --run RUN_DIR``).
     """
+    started = time.time()
     out = Path(out)
     config = resolve(preset, overrides, runs)
+    check_trials(config)
     config["preset"] = preset
     records = run_trials(functools.partial(run_trial, out=str(out.resolve())), trials(config), out,
                          address=address, executor=executor)
-    return write_report(records, failures(records), config, out)
+    return write_report(records, failures(records), config, out, started)

@@ -20,6 +20,7 @@ Modules: :mod:`.presets` (presets, trials), :mod:`.trial` (one trial), :mod:`.me
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -30,10 +31,11 @@ import pandas as pd
 
 from ...sweep import failures, run_trials, trial_id
 from ..report import Report
+from ..settings import preflight
 from . import analysis, figures
 from .metrics import DIVERGE_FACTOR, MOVE_THRESHOLD
 from .presets import PRESETS, resolve, trials
-from .trial import run_trial
+from .trial import run_config, run_trial
 
 __all__ = ["PRESETS", "run", "run_trial"]
 
@@ -52,9 +54,10 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     spec = resolve(preset, overrides)
     out = Path(out).resolve()
     params = trials(spec, str(out))
+    preflight("dynamics", [(f"{t['family']}/{t['rule']} seed {t['seed']}", functools.partial(run_config, t)) for t in params])
     records = run_trials(run_trial, params, out, address=address, executor=executor)
-    report = Report(f"pclab study: inference dynamics of PC- vs backprop-trained PCNs ({preset})", out,
-                    {"preset": preset, "overrides": overrides or {}, **spec})
+    report = Report("Inference dynamics of PC- vs backprop-trained PCNs", out, {"preset": preset, "overrides": overrides or {}, **spec},
+                    question=analysis.QUESTION, study="dynamics", preset=preset, started=started)
     write_report(report, records, spec, out, time.time() - started)
     return report.write()
 
@@ -63,9 +66,9 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
     """Fill ``report`` from the trial records."""
     failed = failures(records)
     ok = [r for r in records if r["status"] == "ok"]
-    report.section("What was run", _design_text(spec))
+    report.methods("What was run", _design_text(spec))
     if not ok:
-        report.summary([f"All {len(records)} trials failed; see the failures table."])
+        report.findings([f"All {len(records)} trials failed; see the failures table."])
         _failures(report, failed)
         return
     T = int(ok[0]["result"]["trained_steps"])
@@ -81,16 +84,19 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
                  + f" Wall time of this study run (trials not already finished, plus the report): {seconds / 60:.1f} min; "
                  f"summed trial wall time {sum(r['seconds'] for r in records) / 60:.1f} min, "
                  f"summed trial CPU time {sum(r['result'].get('cpu_seconds', 0.0) for r in ok) / 60:.1f} min.")
-    report.summary(lines)
+    report.findings(analysis.findings(scalars, align))
+    report.statements(lines)
 
+    report.figure(figures.energy_row(step_band, T), "energy", "Total energy along inference (log scale), median over seeds x test "
+                  "batches, IQR shaded, one colour per training rule; dashed line: the trained horizon T.", key=True)
     report.section("Energy and fixed-point residual along inference",
                    "Total energy (sum over nodes of the batch-mean node energy) and the fixed-point residual "
                    "||dE/dz|| (L2 norm over all free nodes, batch mean) at every step; median over seeds x test "
                    "batches, IQR shaded, log scale. Dashed line: the trained horizon T.")
-    report.figure(figures.curves(step_band, T, [("energy", "total energy E (log)", True),
-                                                 ("residual", "||dE/dz|| (log)", True),
-                                                 ("drift", "drift from init ||z_t - z_0||", False)]),
-                  "energy_vs_step", "Energy, residual and total latent drift vs inference step, per learning rule.")
+    report.figure(figures.curves(step_band, T, [("energy", "total energy E (energy units, log)", True),
+                                                 ("residual", "||dE/dz|| (energy units per unit z, log)", True),
+                                                 ("drift", "drift ||z_t - z_0|| (units of z)", False)]),
+                  "energy_vs_step", "Energy, residual and total latent drift vs inference step, one colour per training rule.")
     report.section("Layer x step", "Median energy of each node at each step (log colour; blank = zero energy, e.g. a "
                    "released read-out), and the drift of each free node from its initial value.")
     for family, probe in dict.fromkeys(zip(steps["family"], steps["probe"])):
@@ -118,7 +124,6 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
         report.figure(figures.alignment_curves(align), "alignment", "PC update vs backprop gradient over training.")
         report.table(analysis.band(align, ["family", "reference", "layer", "progress"], ["cosine", "norm_ratio"]), "alignment",
                      "Alignment per family, layer and training point (median, IQR, min-max over seeds)")
-    report.section("Tables")
     report.table(conv, "convergence", "Convergence per family, rule and probe (medians over seeds x batches; fractions; "
                  "past-T counts)")
     report.table(step_band, "steps", "Per-step quantities: median, IQR, min-max over seeds x batches", max_rows=20)

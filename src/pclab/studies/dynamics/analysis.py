@@ -211,3 +211,40 @@ def summary_lines(conv: pd.DataFrame, align: pd.DataFrame, tolerance: float, hor
             lines.append(f"{family}: at the end of PC training, the PC weight update against the backprop gradient at the "
                          f"{reference} state (median over seeds) -- {layers}.")
     return lines
+
+
+# ---------------------------------------------------------------------------------- findings
+QUESTION = ("Does training a PCN by PC learning instead of backprop (through inference) change how its inference converges, "
+            "and how closely does the PC weight update follow the backprop gradient?")
+
+
+def findings(scalars: pd.DataFrame, align: pd.DataFrame) -> list[str]:
+    """At most six sentences: per family (its first probe), PC learning minus backprop through inference
+    in steps to 99 % of the energy decrease (seed-paired, median over test batches per seed); per family,
+    the cosine of the PC update with the backprop gradient at the end of training (mean over layers,
+    interval over seeds)."""
+    from ..report import rule_name
+    from ..stats import claim, mean_interval, paired_difference
+
+    lines = []
+    if not scalars.empty:
+        for family, rows in scalars.groupby("family", sort=False):
+            probe = "released" if (rows["probe"] == "released").any() else rows["probe"].iloc[0]  # the probe that shows dynamics
+            per_seed = rows[rows["probe"] == probe].groupby(["rule", "seed"])["steps_to_99"].median().unstack("rule")
+            other = next((r for r in ("bp-through-inference", "bp") if r in per_seed.columns), None)
+            if "pc" not in per_seed.columns or other is None:
+                continue
+            both = per_seed[["pc", other]].dropna()
+            T = int(rows["trained_steps"].iloc[0])
+            lines.append(claim(f"{family.capitalize()} model ({probe}, T = {T}): PC learning minus {rule_name(other)}, steps until "
+                               "inference has made 99 % of its energy decrease", paired_difference(both["pc"], both[other]),
+                               unit="steps", digits=1))
+    if not align.empty:
+        last = align[align["progress"] == align.groupby("family")["progress"].transform("max")]
+        for family, g in last.groupby("family", sort=False):
+            reference = "inference" if (g["reference"] == "inference").any() else g["reference"].iloc[0]
+            per_seed = g[g["reference"] == reference].groupby("seed")["cosine"].mean()
+            lines.append(claim(f"{family.capitalize()} model, end of PC training: cosine of the PC weight update with the backprop "
+                               f"gradient at the {reference} state (mean over layers)", mean_interval(per_seed.to_numpy()).clipped(-1.0, 1.0),
+                               unit="", digits=3, within=None, null="no detectable alignment"))
+    return lines or ["No trial finished; no finding."]

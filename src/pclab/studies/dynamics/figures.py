@@ -15,11 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from ..report import rule_colour  # noqa: E402
 from .analysis import RULE_ORDER  # noqa: E402
 
-COLORS = {"pc": "tab:blue", "bp-through-inference": "tab:orange", "bp": "tab:green"}
+COLORS = {rule: rule_colour(rule) for rule in RULE_ORDER}
 
 
 def _rules(frame: pd.DataFrame) -> list[str]:
@@ -41,6 +43,9 @@ def _curve(ax, frame: pd.DataFrame, quantity: str, T: int, log: bool = False) ->
         ax.axvline(T, color="grey", linestyle="--", linewidth=1)
         if log:
             ax.set_yscale("log")
+            # plain tick labels ("5.4", not "5.4 x 10^0") where the axis spans less than a decade
+            ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.grid(alpha=0.3)
     return drawn
 
@@ -52,7 +57,7 @@ def _panels(steps: pd.DataFrame) -> list[tuple[str, str]]:
 def curves(steps: pd.DataFrame, T: int, quantities: Sequence[tuple[str, str, bool]]) -> plt.Figure:
     """One row per (family, probe), one column per ``(quantity, y label, log scale)``."""
     panels = _panels(steps)
-    fig, axes = plt.subplots(len(panels), len(quantities), figsize=(4.2 * len(quantities), 2.9 * len(panels)),
+    fig, axes = plt.subplots(len(panels), len(quantities), figsize=(3.4 * len(quantities), 2.6 * len(panels)),
                              squeeze=False, constrained_layout=True)
     for i, (family, probe) in enumerate(panels):
         sub = steps[(steps["family"] == family) & (steps["probe"] == probe)]
@@ -68,6 +73,32 @@ def curves(steps: pd.DataFrame, T: int, quantities: Sequence[tuple[str, str, boo
     return fig
 
 
+def energy_row(steps: pd.DataFrame, T: int) -> plt.Figure:
+    """The key figure: total energy vs inference step, one panel per (family, probe) side by side
+    (up to four a row), one colour per training rule; median over seeds x batches, IQR shaded."""
+    panels = _panels(steps)
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(10.4, 2.6 * cols + 0.4), 2.5 * rows + 0.5), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, (family, probe) in zip(axes.flat, panels):
+        sub = steps[(steps["family"] == family) & (steps["probe"] == probe)]
+        _curve(ax, sub, "energy", T, log=True)
+        ax.set_title(f"{family} / {probe}", fontsize=9)
+        ax.set_xlabel("inference step t", fontsize=8)
+        ax.set_ylabel("total energy E (energy units, log)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:len(panels)]:  # a rule missing from the first panel (bp has no generative model)
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8, frameon=False)
+    return fig
+
+
 def readout_curves(steps: pd.DataFrame, T: int) -> plt.Figure:
     """Accuracy of the label read-out and reconstruction MSE vs step, for every panel that has them."""
     items = []
@@ -78,7 +109,7 @@ def readout_curves(steps: pd.DataFrame, T: int) -> plt.Figure:
                 items.append((family, probe, quantity, label, sub))
     cols = min(3, max(1, len(items)))
     rows = max(1, math.ceil(len(items) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), squeeze=False, constrained_layout=True)
     for ax in axes.flat[len(items):]:
         ax.set_axis_off()
     for ax, (family, probe, quantity, label, sub) in zip(axes.flat, items):
@@ -97,7 +128,7 @@ def heatmap(nodes: pd.DataFrame, family: str, probe: str, T: int, quantity: str 
     order = list(dict.fromkeys(sub["node"]))
     positive = sub["median"][sub["median"] > 0]
     norm = LogNorm(vmin=max(float(positive.min()), float(positive.max()) * 1e-8), vmax=float(positive.max())) if len(positive) else None
-    fig, axes = plt.subplots(1, len(rules), figsize=(4.3 * len(rules), 0.5 * len(order) + 1.8), squeeze=False,
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.4 * len(rules), 0.5 * len(order) + 1.8), squeeze=False,
                              constrained_layout=True)
     image = None
     for ax, rule in zip(axes[0], rules):

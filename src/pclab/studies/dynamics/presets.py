@@ -27,7 +27,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ...train.config import ConfigError
+from ...train.config import ConfigError, short
+from ..settings import check_settings
 
 _GEN = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _HYB = {"name": "recognise", "clamp": ["x"], "init": "forward"}
@@ -101,7 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "full": _preset(
         "the one to cite: MNIST, all 60k training images, 3 epochs, T=20, 5 seeds, 2048 test images "
-        "(measured: 34.5 minutes on 2 shared CPU cores, see BENCHMARKS.md)",
+        "(under an hour on 2 CPU cores; measured times: the benchmarks page)",
         "mnist", 784, {"latent": 16, "hidden": 128}, steps=20, batch=128, epochs=3, train_subset=None,
         seeds=[0, 1, 2, 3, 4], test_batches=8, test_batch_size=256, alignment_points=9, image_steps=[0, 1, 2, 5, 10],
     ),
@@ -114,16 +115,20 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, A
     if preset not in PRESETS:
         raise ConfigError(f"unknown dynamics preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = copy.deepcopy(PRESETS[preset])
-    _merge(spec, overrides or {}, "overrides")
+    _merge(spec, overrides or {}, "")
+    check_settings("dynamics", spec, PRESETS, positive=_POSITIVE, limits={"test_batch_size": (1, 100_000), "horizon_factor": (1, 100)})
     return spec
+
+
+_POSITIVE = ("test_batches", "test_batch_size", "horizon_factor", "tolerance", "alignment_points")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> None:
     for key, value in extra.items():
         if key not in base:
-            raise ConfigError(f"{where}: unknown key {key!r}; expected one of {sorted(base)}")
+            raise ConfigError(f"dynamics study setting{' ' + where if where else ''}: unknown key {short(key)}; expected one of {sorted(base)}")
         if isinstance(value, dict) and isinstance(base[key], dict):
-            _merge(base[key], value, f"{where}.{key}")
+            _merge(base[key], value, f"{where}.{key}".lstrip("."))
         else:
             base[key] = copy.deepcopy(value)
 

@@ -18,16 +18,19 @@ Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("qui
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
 from ...sweep import failures, records_frame, run_trials
-from ...train.config import ConfigError
+from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError, short
+from ..settings import check_settings, preflight
 from .analysis import build_report, tidy_table
 from .pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
-from .training import choose_relaxation, precisions_for, run_trial
+from .training import choose_relaxation, precisions_for, run_config, run_trial
 
 _COMMON: dict[str, Any] = {
     "ways": ["bp", "bpti", "pc"],
@@ -88,7 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "for a Ray cluster or a GPU: MNIST and Fashion-MNIST (pclab split), all training images but the validation split, "
             "10 epochs, batch 512, Adam 1e-3 (the paper's settings), d in {2, 4, 8, 16, 32, 64}, Small / Medium / Large, 11 lam, "
-            "3 seeds; 3564 runs."
+            "3 seeds; 3564 runs. Budget: roughly 1,500 core-hours in all (weeks on 2 cores): run it on a Ray cluster "
+            "(--address); measured per-sample times are on the benchmarks page."
         ),
         "datasets": ["mnist", "fashion-mnist"], "complexities": ["small", "medium", "large"],
         "latents": [2, 4, 8, 16, 32, 64], "lams": [round(0.1 * i, 1) for i in range(11)], "seeds": [0, 1, 2],
@@ -102,6 +106,8 @@ probe_subset (every run); grid_slices ([complexity, d] pairs whose first seed st
 reconstructions); exclude (a list of {<grid key>: [values], ...}: a run matching every key of
 one entry is left out)."""
 
+_POSITIVE = ("lr", "validation", "relax_step_sizes[]", "relax_steps[]", "probe_subset", "latents[]", "epochs", "batch_size",
+             "train_subset", "test_subset")
 _GRID = ("datasets", "ways", "complexities", "latents", "lams", "seeds")
 _PER_RUN = ("epochs", "batch_size", "lr", "validation", "relax_step_sizes", "relax_steps", "train_subset", "test_subset", "probe_subset")
 
@@ -113,16 +119,20 @@ def study_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[s
     config = copy.deepcopy(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ConfigError(f"unknown tradeoff setting {key!r}; settings are {sorted(config)}")
+            raise ConfigError(f"unknown tradeoff setting {short(key)}; settings are {sorted(config)}")
         config[key] = value
+    check_settings("tradeoff", config, PRESETS, positive=_POSITIVE, open_keys=("exclude",),  # exclude: checked below
+                   limits={"lams[]": (0, 1), "relax_steps[]": (1, MAX_STEPS), "epochs": (1, MAX_EPOCHS), "latents[]": (1, 100_000)})
     unknown = set(config["ways"]) - {"bp", "bpti", "pc"}
     if unknown:
-        raise ConfigError(f"ways: expected a subset of ['bp', 'bpti', 'pc'], got {config['ways']}")
+        raise ConfigError(f"tradeoff study setting ways: expected a subset of ['bp', 'bpti', 'pc'], got {short(config['ways'])}")
     if any(not 0.0 <= float(lam) <= 1.0 for lam in config["lams"]):
-        raise ConfigError(f"lams: every value must be in [0, 1], got {config['lams']}")
-    for rule in config["exclude"]:
-        if not isinstance(rule, dict) or not rule or set(rule) - set(_KEY):
-            raise ConfigError(f"exclude: expected entries {{<grid key, one of {sorted(_KEY)}>: [values], ...}}, got {rule!r}")
+        raise ConfigError(f"tradeoff study setting lams: expected values in [0, 1], got {short(config['lams'])}")
+    for i, rule in enumerate(config["exclude"]):
+        if (not isinstance(rule, dict) or not rule or set(rule) - set(_KEY)
+                or not all(isinstance(values, list) for values in rule.values())):
+            raise ConfigError(f"tradeoff study setting exclude[{i}]: expected {{<grid key, one of {sorted(_KEY)}>: [values], ...}}, "
+                              f"got {short(rule)}")
     config["preset"] = preset
     return config
 
@@ -157,6 +167,10 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=_cost, reverse=True)  # stable: grid order within equal cost
 
 
+def _label(p: dict[str, Any]) -> str:
+    return f"{p['dataset']} {p['way']} {p['complexity']} d={p['latent']} lam={p['lam']} seed {p['seed']}"
+
+
 def run(
     preset: str,
     out: Path,
@@ -173,10 +187,13 @@ def run(
         executor: ``"ray"`` or ``"serial"``.
         overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}``.
     """
+    started = time.time()
     config = study_config(preset, overrides)
     out = Path(out)
-    records = run_trials(run_trial, trials(config), out, address=address, executor=executor)
-    return build_report(config, records_frame(records), failures(records), out)
+    params = trials(config)
+    preflight("tradeoff", [(_label(p), functools.partial(run_config, p)) for p in params])
+    records = run_trials(run_trial, params, out, address=address, executor=executor)
+    return build_report(config, records_frame(records), failures(records), out, started)
 
 
 __all__ = [

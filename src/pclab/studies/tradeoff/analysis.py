@@ -1,5 +1,7 @@
-"""The trade-off study's report: tidy table, Pareto fronts, curves vs lam, reconstruction grids and
-a summary written from the run's own numbers."""
+"""The trade-off study's report (:class:`..report.Report`): Findings from the run's numbers (how the
+hypervolume of the fronts changes with d and model size, the ways' accuracy against backprop, what
+the test-time relaxation does), the key figure (Pareto fronts, one panel per way and model size, one
+curve per d), curves vs lam, reconstruction grids, the longer statements and the tables."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
-import scipy.stats
 
-from ..report import Report
+from ..report import Report, rule_colour, rule_name
+from ..stats import Interval, claim, describe, mean_interval, paired_difference
 from .pareto import hypervolume, mark_pareto, tradeoff_gap
 from .training import WAY_LABELS, decode_images, grid_images, trial_data
 
@@ -105,19 +108,16 @@ def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_change(differences: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of paired differences (one per seed) with its ``confidence`` t-interval and the verdict:
-    ``softens`` (interval above 0: the front dominates more area), ``harsher`` (below 0), ``no
-    detectable change`` (the interval holds 0), ``cannot tell, n = 1`` (one pair: no interval)."""
-    d = np.asarray(differences, dtype=float)
-    d = d[np.isfinite(d)]
-    n = len(d)
-    mean = float(d.mean()) if n else float("nan")
-    if n < 2:
-        return {"n": n, "mean_change": mean, "ci_low": float("nan"), "ci_high": float("nan"), "verdict": f"cannot tell, n = {n}"}
-    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    low, high = mean - half, mean + half
-    verdict = "softens" if low > 0 else "harsher" if high < 0 else "no detectable change"
-    return {"n": n, "mean_change": mean, "ci_low": low, "ci_high": high, "verdict": verdict}
+    """Mean of paired differences (one per seed) with its ``confidence`` t-interval
+    (:func:`..stats.mean_interval`) and the verdict: ``softens`` (interval above 0: the front dominates
+    more area), ``harsher`` (below 0), ``no detectable change`` (the interval holds 0), ``cannot tell,
+    n = 1`` (one pair: no interval)."""
+    interval = mean_interval(differences, confidence)
+    if not interval.computable:
+        return {"n": interval.n, "mean_change": interval.mean, "ci_low": float("nan"), "ci_high": float("nan"),
+                "verdict": f"cannot tell, n = {interval.n}"}
+    verdict = "softens" if interval.low > 0 else "harsher" if interval.high < 0 else "no detectable change"
+    return {"n": interval.n, "mean_change": interval.mean, "ci_low": interval.low, "ci_high": interval.high, "verdict": verdict}
 
 
 def hypervolume_changes(hv_table: pd.DataFrame) -> pd.DataFrame:
@@ -145,81 +145,145 @@ def hypervolume_changes(hv_table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _colours(values: list[Any]) -> dict[Any, Any]:
-    cmap = plt.get_cmap("viridis")
-    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+_RULE = {"bp": "bp", "bpti": "bp-through-inference", "pc": "pc"}
 
 
 def _complexities(table: pd.DataFrame) -> list[str]:
     return sorted(table["complexity"].unique(), key=_COMPLEXITY_ORDER.get)
 
 
+def _colours(values: list[Any]) -> dict[Any, Any]:
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+
+
+PAGE_WIDTH = 10.4
+"""Width (inches) of the report's figures: the page's width, so no figure is scaled up or scrolls."""
+
+
 def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str, reference: float | None = None) -> plt.Figure:
-    """Accuracy vs MSE per way (rows) and complexity (columns), every panel on the same fixed axes;
-    a line per d through the lams; filled markers are Pareto-optimal within their (way, complexity,
-    d) front; bars span seeds (min to max); dotted lines mark the reference point of the hypervolume."""
+    """Accuracy (%) vs MSE, one panel per way (columns) and model size (rows), every panel on the same
+    fixed axes; a line per d through the lams (its colour; numbers = lam); filled markers are
+    Pareto-optimal within their (way, complexity, d) front; bars span seeds (min to max); dotted lines
+    mark the reference point of the hypervolume. At most :data:`PAGE_WIDTH` inches wide."""
     data = curve_table[curve_table["dataset"] == dataset]
     ways, comps = [w for w in WAY_LABELS if w in set(data["way"])], _complexities(data)
     latents = sorted(data["latent"].unique())
     colour = _colours(latents)
     right = 1.05 * float(np.nanmax([data[f"{error}_max"].max(), reference or 0.0]))
-    fig, axes = plt.subplots(len(ways), len(comps), figsize=(4.2 * len(comps), 3.4 * len(ways)), squeeze=False)
-    for i, way in enumerate(ways):
-        for j, comp in enumerate(comps):
+    width = min(3.4, PAGE_WIDTH / len(ways))
+    fig, axes = plt.subplots(len(comps), len(ways), figsize=(width * len(ways), 0.8 * width * len(comps) + 0.5), squeeze=False,
+                             sharex=True, sharey=True, constrained_layout=True)
+    for i, comp in enumerate(comps):
+        for j, way in enumerate(ways):
             ax = axes[i, j]
             for d in latents:
                 g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
                 if g.empty:
                     continue
                 optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
-                ax.errorbar(g[error], g[accuracy],
-                            xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
-                            yerr=[g[accuracy] - g[f"{accuracy}_min"], g[f"{accuracy}_max"] - g[accuracy]],
+                acc = 100 * g[accuracy]
+                ax.errorbar(g[error], acc, xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
+                            yerr=[acc - 100 * g[f"{accuracy}_min"], 100 * g[f"{accuracy}_max"] - acc],
                             color=colour[d], lw=1, alpha=0.6, label=f"d={d}")
-                ax.scatter(g[error][optimal], g[accuracy][optimal], color=colour[d], edgecolor="k", s=40, zorder=3)
-                ax.scatter(g[error][~optimal], g[accuracy][~optimal], facecolor="white", edgecolor=colour[d], s=30, zorder=3)
-                for e, a, lam in zip(g[error], g[accuracy], g["lam"]):
+                ax.scatter(g[error][optimal], acc[optimal], color=colour[d], edgecolor="k", s=30, zorder=3)
+                ax.scatter(g[error][~optimal], acc[~optimal], facecolor="white", edgecolor=colour[d], s=24, zorder=3)
+                for e, a, lam in zip(g[error], acc, g["lam"]):
                     ax.annotate(f"{lam:g}", (e, a), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour[d])
             if reference is not None:
                 ax.axvline(reference, color="grey", ls=":", lw=1)
-                ax.axhline(REFERENCE_ACCURACY, color="grey", ls=":", lw=1)
+                ax.axhline(100 * REFERENCE_ACCURACY, color="grey", ls=":", lw=1)
             ax.set_xlim(0, right)
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=9)
-            ax.set_xlabel(f"{what} reconstruction MSE per pixel (pixels in [-1, 1])")
-            ax.set_ylabel(f"{what} accuracy (fraction correct)")
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=8)
+            if i == len(comps) - 1:
+                ax.set_xlabel(f"{what} MSE per pixel (pixels in [-1, 1])", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colour[d], marker="o", lw=1, label=f"d={d}") for d in latents]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
 
 
-def lam_figure(curve_table: pd.DataFrame, dataset: str, metrics: list[tuple[str, str]]) -> plt.Figure:
-    """Metrics (rows) vs lam per way (columns); a line per (complexity, d): median over seeds with a
-    min-max band."""
-    data = curve_table[curve_table["dataset"] == dataset]
-    ways = [w for w in WAY_LABELS if w in set(data["way"])]
-    slices = sorted({(c, d) for c, d in zip(data["complexity"], data["latent"])}, key=lambda s: (_COMPLEXITY_ORDER[s[0]], s[1]))
-    colour = _colours(slices)
-    styles = {c: s for c, s in zip(["small", "medium", "large"], ["-", "--", ":"])}
-    fig, axes = plt.subplots(len(metrics), len(ways), figsize=(4.2 * len(ways), 3.0 * len(metrics)), squeeze=False, sharey="row")
-    for j, way in enumerate(ways):
-        for i, (metric, label) in enumerate(metrics):
+def slices_of(table: pd.DataFrame, chosen: list[list[Any]] | None = None) -> list[tuple[str, str, int]]:
+    """The (dataset, complexity, d) curves of ``table``, in order; only the ``chosen`` [complexity, d]
+    pairs when given (and present)."""
+    present = sorted({(ds, c, int(d)) for ds, c, d in zip(table["dataset"], table["complexity"], table["latent"])},
+                     key=lambda s: (s[0], _COMPLEXITY_ORDER[s[1]], s[2]))
+    if chosen:
+        wanted = {(c, int(d)) for c, d in chosen}
+        picked = [s for s in present if (s[1], s[2]) in wanted]
+        return picked or present
+    return present
+
+
+def _grid(n: int, columns: int = 4, width: float = PAGE_WIDTH, height: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols / columns if n < columns else width, height * rows + 0.5),
+                             squeeze=False, constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def front_figure(curve_table: pd.DataFrame, slices: list[tuple[str, str, int]], accuracy: str = "test_accuracy",
+                 error: str = "recon_mse", what: str = "test") -> plt.Figure:
+    """Accuracy (%) vs reconstruction MSE, one panel per (dataset, complexity, d) slice and one line
+    per training way (its rule colour), a point per lam; filled points are Pareto-optimal within their
+    curve, bars span the seeds (min to max)."""
+    fig, axes = _grid(len(slices))
+    for ax, (dataset, comp, d) in zip(axes.flat, slices):
+        part = curve_table[(curve_table["dataset"] == dataset) & (curve_table["complexity"] == comp) & (curve_table["latent"] == d)]
+        for way in [w for w in WAY_LABELS if w in set(part["way"])]:
+            g = part[part["way"] == way].sort_values("lam")
+            colour = rule_colour(_RULE[way])
+            optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
+            ax.errorbar(g[error], 100 * g[accuracy], xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
+                        yerr=[100 * (g[accuracy] - g[f"{accuracy}_min"]), 100 * (g[f"{accuracy}_max"] - g[accuracy])],
+                        color=colour, lw=1.2, alpha=0.8, label=WAY_LABELS[way])
+            ax.scatter(g[error][optimal], 100 * g[accuracy][optimal], color=colour, edgecolor="k", s=30, zorder=3)
+            ax.scatter(g[error][~optimal], 100 * g[accuracy][~optimal], facecolor="white", edgecolor=colour, s=24, zorder=3)
+        ax.set_title(f"{dataset}, {comp}, d={d}", fontsize=9)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: labels in range
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
+        ax.set_xlabel(f"{what} MSE per pixel (log)", fontsize=8)
+        ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8, frameon=False)
+    return fig
+
+
+def lam_figure(curve_table: pd.DataFrame, slices: list[tuple[str, str, int]], metrics: list[tuple[str, str, float]]) -> plt.Figure:
+    """Metrics (rows: column, axis label, scale) vs lam, one column per slice, one line per way
+    (median over seeds, band = seed range)."""
+    cols = len(slices)
+    fig, axes = plt.subplots(len(metrics), cols, figsize=(min(10.4, 2.6 * cols + 0.6), 2.4 * len(metrics) + 0.5), squeeze=False,
+                             sharey="row", constrained_layout=True)
+    for j, (dataset, comp, d) in enumerate(slices):
+        part = curve_table[(curve_table["dataset"] == dataset) & (curve_table["complexity"] == comp) & (curve_table["latent"] == d)]
+        for i, (metric, label, scale) in enumerate(metrics):
             ax = axes[i, j]
-            for comp, d in slices:
-                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
-                if g.empty:
-                    continue
-                ax.plot(g["lam"], g[metric], styles[comp], color=colour[(comp, d)], marker="o", ms=3, label=f"{comp}, d={d}")
-                ax.fill_between(g["lam"], g[f"{metric}_min"], g[f"{metric}_max"], color=colour[(comp, d)], alpha=0.15)
-            ax.set_xlabel("lam (weight of classification)")
-            ax.set_ylabel(label)
+            for way in [w for w in WAY_LABELS if w in set(part["way"])]:
+                g = part[part["way"] == way].sort_values("lam")
+                colour = rule_colour(_RULE[way])
+                ax.plot(g["lam"], scale * g[metric], color=colour, marker="o", ms=3, label=WAY_LABELS[way])
+                ax.fill_between(g["lam"], scale * g[f"{metric}_min"], scale * g[f"{metric}_max"], color=colour, alpha=0.15)
+            ax.set_xlabel("lam (weight of classification)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(WAY_LABELS[way], fontsize=9)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+                ax.set_title(f"{dataset}, {comp}, d={d}", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8, frameon=False)
     return fig
 
 
@@ -232,7 +296,7 @@ def grid_figure(frame: pd.DataFrame, originals: np.ndarray | None, dataset: str,
         return None
     ways = [w for w in WAY_LABELS if w in set(rows["way"])]
     lams = sorted(rows["lam"].unique())
-    fig, axes = plt.subplots(1, len(ways), figsize=(4.4 * len(ways), 0.5 * len(lams) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(ways), figsize=(3.4 * len(ways), 0.45 * len(lams) + 1.2), squeeze=False)
     for ax, way in zip(axes[0], ways):
         strips = [np.concatenate(list(originals[:, 0]), axis=1)] if originals is not None else []
         labels = ["original"] if originals is not None else []
@@ -263,13 +327,8 @@ def hypervolume_lines(changes: pd.DataFrame, references: dict[str, float]) -> li
     """The verdict on the paper's claim (a larger latent / model softens the trade-off) per way,
     from the paired hypervolume changes: only intervals that exclude zero count."""
     lines = [
-        "Hypervolume: the area of the accuracy-vs-MSE plane a front dominates, as a fraction of the box between a fixed "
-        "reference point per data set (accuracy 10 %, the MSE of predicting the mean training image: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in references.items())
-        + ") and the ideal point (accuracy 100 %, MSE 0); 0 = no better than the reference, 1 = ideal. The scale is the same "
-        "for every front, so a front that moves towards the ideal point never loses area. Change = mean over seeds of the "
-        "paired difference (same seed, larger minus smaller d or model) with a 95 % t-interval; 'softens' / 'harsher' only "
-        "where the interval excludes 0."
+        "Hypervolume reference point (accuracy 10 %, the test MSE of predicting the mean training image): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in references.items()) + "; 0 = no better than the reference, 1 = ideal (Methods)."
     ]
     if changes.empty:
         return [*lines, "Effect of d and model size: not testable in this run (one d and one model size)."]
@@ -311,15 +370,6 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
     lines: list[str] = []
     if gap_table.empty:
         return ["No run finished; nothing to summarise."]
-    lines.append(
-        "Trade-off gap: for each curve over lam, how far its best compromise is from the ideal point (the "
-        "curve's best accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, "
-        "relative MSE excess); 0 = no trade-off, 0.05 = 5 % worse in one of the two. 'task' uses "
-        "the model's own accuracy and reconstruction MSE; 'latent' uses the probes (linear-probe accuracy, "
-        "fresh-decoder MSE). The gap is relative to each curve's own best values: a front that moves up and "
-        "left at every lam but whose pure-reconstruction end improves most counts as harsher, so the verdict on the "
-        "paper's claim below comes from the hypervolume, not from this gap."
-    )
     for factor, other in (("latent", "complexity"), ("complexity", "latent")):
         if gap_table[factor].nunique() < 2:
             lines.append(f"Effect of {'the latent size d' if factor == 'latent' else 'model complexity'}: not testable in this "
@@ -374,6 +424,126 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
     return lines
 
 
+QUESTION = ("How much reconstruction must a shared latent give up for classification, and does the answer depend "
+            "on the training rule (PC learning, backprop through inference, backprop), the latent size d or the model size?")
+
+_GAP_TEXT = (
+    "Trade-off gap: for each curve over lam, how far its best compromise is from the ideal point (the curve's best "
+    "accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, relative MSE excess); 0 = no "
+    "trade-off, 0.05 = 5 % worse in one of the two. 'task' uses the model's own accuracy and reconstruction MSE; 'latent' "
+    "uses the probes (linear-probe accuracy, fresh-decoder MSE). The gap is relative to each curve's own best values: a "
+    "front that moves up and left at every lam but whose pure-reconstruction end improves most counts as harsher, so the "
+    "Findings' verdict on the paper's claim comes from the hypervolume, not from this gap; the gap is listed with the statements."
+)
+
+
+def _verdict(interval: Interval) -> str:
+    """``describe`` of a hypervolume change, with the verdict only where the interval excludes zero."""
+    text = describe(interval, unit="", digits=3, within=None, null="no detectable change")
+    if interval.computable and interval.low > 0:
+        return f"{text}: softens"
+    if interval.computable and interval.high < 0:
+        return f"{text}: harsher"
+    return text
+
+
+def hypervolume_findings(changes: pd.DataFrame) -> list[str]:
+    """One sentence per factor (d, model size): the seed-paired change of each task front's
+    hypervolume from the smallest to the largest level, with its interval and a verdict where the
+    interval excludes zero; beyond four slices only the counts of the verdicts."""
+    if changes.empty:
+        return ["Hypervolume change with d or model size: not testable in this run (one d and one model size)."]
+    lines = []
+    task = changes[changes["front"] == "task"]
+    several = task["dataset"].nunique() > 1
+    for factor, g in task.groupby("factor", sort=False):
+        common = len(set(zip(g["from"], g["to"]))) == 1
+        head = f"Larger {factor} ({g['from'].iloc[0]} -> {g['to'].iloc[0]})" if common else f"Larger {factor}"
+        subject = (f"{head}, change of the task front's hypervolume (same seed, larger minus smaller; 'softens' / 'harsher' only "
+                   "where the 95 % interval excludes 0)")
+        if len(g) > 4:
+            counts = g["verdict"].value_counts()
+            lines.append(f"{subject}: softens in {counts.get('softens', 0)}, harsher in {counts.get('harsher', 0)}, no detectable "
+                         f"change in {counts.get('no detectable change', 0)}, no interval (one seed) in "
+                         f"{sum(v for k, v in counts.items() if k.startswith('cannot'))} of {len(g)} slices (each in the statements).")
+            continue
+        items = []
+        for _, r in g.iterrows():
+            where = f"{r['dataset']}, " if several else ""
+            span = "" if common else f" {r['from']} -> {r['to']}"
+            items.append(f"{where}{rule_name(_RULE[r['way']])}, {r['held'].split('=')[1]}{span}: "
+                         f"{_verdict(Interval(r['mean_change'], r['ci_low'], r['ci_high'], int(r['n'])))}")
+        lines.append(f"{subject}: " + "; ".join(items) + ".")
+    return lines
+
+
+def accuracy_findings(table: pd.DataFrame) -> list[str]:
+    """Each PC way against backprop at the same runs (dataset, model size, d, lam > 0 -- where the head
+    learns -- and seed): the mean over those points of the test-accuracy difference per seed, paired
+    over seeds (:func:`..stats.paired_difference`)."""
+    lines = []
+    points = ["dataset", "complexity", "latent", "lam", "seed"]
+    trained = table[table["lam"] > 0]
+    bp = trained[trained["way"] == "bp"].set_index(points)["test_accuracy"]
+    for way in ("pc", "bpti"):
+        other = trained[trained["way"] == way].set_index(points)["test_accuracy"]
+        both = pd.concat({"way": other, "bp": bp}, axis=1, join="inner").dropna()
+        if both.empty:
+            continue
+        per_seed = both.groupby(level="seed").mean()
+        k = int(both.groupby(level="seed").size().max())
+        name = rule_name(_RULE[way])
+        interval = paired_difference(100 * per_seed["way"].to_numpy(), 100 * per_seed["bp"].to_numpy())
+        lines.append(claim(f"{name[:1].upper() + name[1:]} minus backprop, test accuracy at the same runs (lam > 0; "
+                           f"{'one point' if k == 1 else f'mean of {k} points'} per seed)", interval))
+    return lines
+
+
+def relaxation_finding(table: pd.DataFrame) -> list[str]:
+    """One sentence: per PC way, how far the test-time relaxation moves the latent and how much it lowers
+    the image energy (median and range over the runs with an image energy, lam < 1)."""
+    if "latent_movement" not in table:
+        return []
+    relaxed = table[(table["way"] != "bp") & (table["lam"] < 1)].dropna(subset=["latent_movement", "energy_drop"])
+    parts = []
+    for way in ("bpti", "pc"):
+        g = relaxed[relaxed["way"] == way]
+        if g.empty:
+            continue
+        move, drop = g["latent_movement"], 100 * g["energy_drop"]
+        parts.append(f"{rule_name(_RULE[way])} moves the latent by ||z_T - z_0|| / ||z_0|| = {move.median():.3f} "
+                     f"({move.min():.3f}-{move.max():.3f}) and lowers the image energy by {drop.median():.1f} % "
+                     f"({drop.min():.1f}-{drop.max():.1f} %)")
+    if not parts:
+        return []
+    return [f"Test-time relaxation (image clamped, label released; median and range over {len(relaxed)} runs with lam < 1): "
+            + "; ".join(parts) + "."]
+
+
+def findings(table: pd.DataFrame) -> list[str]:
+    """At most six sentences from the runs answering the study's question: how the task front's
+    hypervolume changes with d and with model size (seed-paired, a verdict only where the interval
+    excludes zero), each PC way's test accuracy against backprop at the same runs, and what the
+    test-time relaxation does."""
+    if table.empty:
+        return ["No run finished; no finding."]
+    changes = hypervolume_changes(hypervolumes(table))
+    return [*hypervolume_findings(changes), *accuracy_findings(table), *relaxation_finding(table)]
+
+
+def accuracy_lines(curve_table: pd.DataFrame) -> list[str]:
+    """Test accuracy at the largest lam (pure classification) of every (dataset, model size, d) run by more
+    than one way: the numbers behind the ways' accuracy comparison (median over seeds)."""
+    top = curve_table[curve_table["lam"] == curve_table["lam"].max()]
+    parts = []
+    for (dataset, comp, d), g in top.groupby(["dataset", "complexity", "latent"], sort=True):
+        if g["way"].nunique() > 1:
+            parts.append(f"{dataset}/{comp}/d={d}: " + ", ".join(f"{w} {_fmt(a, True)}" for w, a in zip(g["way"], g["test_accuracy"])))
+    if not parts:
+        return []
+    return [f"Test accuracy at lam = {top['lam'].max():g} (pure classification; median over seeds) -- " + "; ".join(parts) + "."]
+
+
 # ------------------------------------------------------------------------------------------- report
 _METHODS = """Convention: lam weights classification, L = (1 - lam) * MSE + lam * CE. Rathjens & Wiskott's lambda weights reconstruction; the table's paper_lambda column is 1 - lam.
 
@@ -401,45 +571,62 @@ def _originals(config: dict[str, Any], dataset: str) -> np.ndarray | None:
     return grid_images(test).numpy()
 
 
-def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path) -> Path:
-    """Write the study's report under ``out``; returns the path of ``report.html``."""
-    report = Report("pclab study: the classification-reconstruction trade-off", out, config)
-    report.section("What was run", config.get("description", "") + "\n\n" + _METHODS)
+def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[str, Any]], out: Path, started: float | None = None) -> Path:
+    """Write the study's report under ``out`` (``started``: when the study call began); returns the path of ``report.html``."""
+    report = Report("The classification-reconstruction trade-off", out, config, question=QUESTION, study="tradeoff", started=started)
+    report.methods("What was run", config.get("description", ""))
+    report.methods("Model, ways, metrics", _METHODS)
+    report.methods("Trade-off gap", _GAP_TEXT)
     table = tidy_table(frame)
     if table.empty:
-        report.summary(["No run finished."])
+        report.findings(["No run finished; no finding."])
     else:
         curve_table = curves(table)
         gap_table = gaps(curve_table)
         hv_table = hypervolumes(table)
         changes = hypervolume_changes(hv_table)
-        report.summary([*hypervolume_lines(changes, reference_errors(table)), *relaxation_lines(curve_table),
-                        *summary_lines(gap_table, curve_table)])
-        report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
-        report.table(hv_table, "hypervolumes", "Per front (one seed): hypervolume of the task and latent fronts against the fixed reference point")
-        report.table(changes, "hypervolume_changes", "Hypervolume change with d and model size: mean paired difference over seeds, 95 % t-interval, verdict")
-        report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
-        report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
-        for dataset in sorted(table["dataset"].unique()):
-            report.section(f"{dataset}: Pareto fronts")
-            reference = reference_errors(table)[dataset]
-            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test", reference), f"pareto_{dataset}",
-                          f"{dataset}: test accuracy vs reconstruction MSE, one curve per d through the lams (numbers = lam); filled = "
-                          "Pareto-optimal within the curve; bars = seed range; dotted = the hypervolume's reference point.")
-            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe", reference), f"pareto_probes_{dataset}",
-                          f"{dataset}: what the latent holds -- linear-probe accuracy vs fresh-decoder MSE, one curve per d.")
-            report.section(f"{dataset}: trade-off curves vs lam")
-            report.figure(lam_figure(curve_table, dataset, [("test_accuracy", "test accuracy"), ("recon_mse", "recon MSE")]),
-                          f"lam_{dataset}", f"{dataset}: test accuracy and reconstruction MSE vs lam (median, band = seed range).")
-            report.figure(lam_figure(curve_table, dataset, [("probe_accuracy", "linear-probe accuracy"), ("probe_mse", "fresh-decoder MSE")]),
+        references = reference_errors(table)
+        report.findings(findings(table))
+        report.statements([*hypervolume_lines(changes, references), *relaxation_lines(curve_table), *accuracy_lines(curve_table),
+                           *summary_lines(gap_table, curve_table)])
+        datasets = sorted(table["dataset"].unique())
+        for dataset in datasets:
+            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test", references[dataset]), f"pareto_{dataset}",
+                          f"{dataset}: Pareto fronts -- test accuracy vs reconstruction MSE on fixed axes, one panel per training way and "
+                          "model size, one colour per latent size d through the lams (numbers = lam); filled = Pareto-optimal within "
+                          "its curve; bars = seed range; dotted = the hypervolume's reference point.", key=True)
+        key = slices_of(curve_table, config.get("grid_slices"))
+        report.section("Pareto fronts, the ways side by side")
+        report.figure(front_figure(curve_table, key), "pareto_ways",
+                      "Test accuracy vs reconstruction MSE (log scale), one panel per (dataset, model size, d), one colour per training "
+                      "rule, a point per lam; filled = Pareto-optimal within its curve; bars = seed range.")
+        report.section("What the latent holds",
+                       "Linear-probe accuracy vs the MSE of a fresh decoder fitted on the frozen latent (see Methods).")
+        for dataset in datasets:
+            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe", references[dataset]),
+                          f"pareto_probes_{dataset}", f"{dataset}: latent probes -- linear-probe accuracy vs fresh-decoder MSE, one "
+                          "colour per d.")
+        report.section("Trade-off curves vs lam")
+        for dataset in datasets:
+            shown = [s for s in key if s[0] == dataset] or slices_of(curve_table[curve_table["dataset"] == dataset])
+            report.figure(lam_figure(curve_table, shown, [("test_accuracy", "test accuracy (%)", 100.0), ("recon_mse", "recon MSE per pixel", 1.0)]),
+                          f"lam_{dataset}", f"{dataset}: test accuracy and reconstruction MSE vs lam (median over seeds, band = seed range).")
+            report.figure(lam_figure(curve_table, shown, [("probe_accuracy", "probe accuracy (%)", 100.0), ("probe_mse", "fresh-decoder MSE", 1.0)]),
                           f"lam_probes_{dataset}", f"{dataset}: latent probes vs lam.")
-            report.section(f"{dataset}: reconstructions across lam")
+        report.section("Reconstructions across lam")
+        for dataset in datasets:
             originals = _originals(config, dataset)
             for complexity, latent in config.get("grid_slices", []):
                 fig = grid_figure(frame, originals, dataset, complexity, int(latent))
                 if fig is not None:
                     report.figure(fig, f"grid_{dataset}_{complexity}_d{latent}",
                                   f"{dataset}, {complexity}, d={latent}: reconstructions of one test image per class (seed {config['seeds'][0]}).")
+        report.table(changes, "hypervolume_changes",
+                     "Hypervolume change with d and model size: mean paired difference over seeds, 95 % t-interval, verdict")
+        report.table(hv_table, "hypervolumes", "Per front (one seed): hypervolume of the task and latent fronts against the fixed reference point")
+        report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
+        report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
+        report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")
     if failed:
         report.table(pd.DataFrame(failed), "failures", "Failed runs (recorded, not retried)")
     else:

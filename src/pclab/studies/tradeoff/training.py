@@ -68,12 +68,12 @@ def run_config(params: dict[str, Any]):
         "epochs": params["epochs"],
         "seed": params["seed"],
         "eval_inference": True,
-    }, source=f"tradeoff trial {params}")
+    }, source=f"tradeoff trial {params['dataset']} {params['way']} {params['complexity']} d={params['latent']} lam={params['lam']}")
 
 
 def build_run(params: dict[str, Any], data: tuple[Dataset, Dataset]) -> Run:
     """Model and learning rule of a trial, seeded from ``params["seed"]`` (:func:`pclab.train.prepare`:
-    for way (c) the image and label precisions are :func:`pclab.train.build.hybrid_precisions`)."""
+    for way (c) the image and label precisions are :func:`pclab.train.networks.hybrid_precisions`)."""
     return prepare(run_config(params), data)
 
 

@@ -1,12 +1,13 @@
 """Backprop through the Dense-chain relaxation by a hand-derived reverse pass (bp-through-inference).
 
 :class:`~pclab.core.learning.BPThroughInference` differentiates a task loss on the state after ``T``
-relaxation steps. Autograd through the fast relaxation of :mod:`pclab.core.chain` records every
+relaxation steps. Autograd through the fast relaxation of :mod:`pclab.core.fast.chain` records every
 op of every step and replays its backward, roughly two forward relaxations plus autograd's
-bookkeeping. This module computes the same gradients by hand: an ``autograd.Function`` whose
-forward relaxes without autograd, keeping only the tensors the reverse pass reads (per step and
-layer: the pre-activation, prediction, error and the presynaptic value, all of which the forward
-computes anyway), and whose backward walks the steps in reverse.
+bookkeeping. This module computes the same gradients by hand: the forward is that same relaxation
+(:func:`pclab.core.fast.chain.relax_chain`) keeping a tape of only the tensors the reverse pass
+reads (per step and layer: the pre-activation, prediction, error and the presynaptic value, all of
+which the forward computes anyway), and :func:`reverse` walks the steps back
+(:mod:`pclab.core.fast.differentiable` makes the two an ``autograd.Function``).
 
 The algebra. One step of plain SGD is ``z' = z - lr g(z; theta)`` with ``g = dE/dz`` of the
 step's energy ``E = sum_l w_l E_l(z_l, mu_l)``, ``mu_l = f(a_l)``, ``a_l = W_l z_{l-1} + b_l``
@@ -32,8 +33,8 @@ is backpropagated by hand at the end.
 What keeps it cheap:
 
 * a free node right above a clamped one is relaxed as the PC fast path does it
-  (:class:`pclab.core.chain.Anchored`: one product with ``G = W W^T`` per step) and differentiated
-  in those variables (see :func:`_reverse`): per step one product with ``G`` and one for
+  (:class:`pclab.core.fast.chain.Anchored`: one product with ``G = W W^T`` per step) and differentiated
+  in those variables (see :func:`reverse`): per step one product with ``G`` and one for
   ``dL/dG``, where a plain free input needs four (``W u``, ``q W`` and two for ``dL/dW``);
 * a layer whose input is clamped has a constant pre-activation: its per-step factors are summed
   first (``f'(a)`` applied once) and multiplied by the input once, the feed-forward term included;
@@ -41,112 +42,58 @@ What keeps it cheap:
   one slope product;
 * the relaxation's exactly-zero errors are skipped as in the forward (the reverse differentiates
   the computation that ran, which equals the full one as a function of the parameters, see
-  :func:`pclab.core.chain.relax_chain`), and so are exactly-zero adjoints (a node the loss does
+  :func:`pclab.core.fast.chain.relax_chain`), and so are exactly-zero adjoints (a node the loss does
   not read, until the error reaches it).
 
 Eagerly, the weight-gradient products of a layer with a free input are added step by step, not
-stacked into one ``(T B x out)^T (T B x in)`` product: on this project's 2-core machine (MKL, one
-thread, MLP 784-128-128-10, batch 64, T = 20) stacking measured slower (median 12.8 ms against
-8.6 ms per forward and reverse pass, loaded machine), the copy into the stacked rows and reading
-them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
+stacked into one ``(T B x out)^T (T B x in)`` product: on a CPU stacking was slower, the copy into
+the stacked rows and reading them back cold costing more than the small products' latency. Under ``torch.compile`` the terms of
 layers up to 128 x 128 are stacked (so is an anchored node's ``dL/dG``; :func:`stacked`).
 
-Applies (:func:`relax`; otherwise the caller differentiates with autograd) to latent ``SGD``
+Applies (:func:`applies`; otherwise the caller differentiates with autograd) to latent ``SGD``
 (momentum and Nesterov included), any precisions and precision schedules, feed-forward or given
 initial values, no fixed predictions, activations with a hand-written second derivative
-(:data:`CURVATURE`), clamped values that do not require a gradient, and a relaxation with
+(:data:`pclab.core.layers.CURVATURE`), clamped values that do not require a gradient, and a relaxation with
 something to move (a feed-forward start with no clamped target is plain backprop, left to autograd).
-With ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.compiled_adjoint`).
+The relaxation autograd differentiates by this reverse pass is :func:`pclab.core.fast.differentiable.relax`;
+with ``Inference(compile=True)`` both passes run under ``torch.compile`` (:mod:`pclab.core.fast.compiled_adjoint`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from . import chain as dense
-from .energy import Gaussian
-from .optim import SGD
-
-aten = torch.ops.aten
-
-
-# ---------------------------------------------------------------------------- activations
-def _slope_times(activation: str, x: torch.Tensor, a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """``f'(a) * x`` (elementwise; ``mu = f(a)``), by the fused backward op of the activation."""
-    if activation == "identity":
-        return x
-    if activation == "tanh":
-        return aten.tanh_backward(x, mu)
-    if activation == "sigmoid":
-        return aten.sigmoid_backward(x, mu)
-    if activation == "relu":
-        return aten.threshold_backward(x, a, 0)
-    if activation == "leaky_relu":
-        return aten.leaky_relu_backward(x, a, 0.01, False)
-    if activation == "gelu":
-        return aten.gelu_backward(x, a)
-    if activation == "silu":
-        return aten.silu_backward(x, a)
-    raise ValueError(f"no hand-written derivative for activation {activation!r}")
-
-
-def _gelu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    # f = a Phi(a): f'' = 2 phi(a) - a^2 phi(a)
-    pdf = torch.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
-    return pdf * (2.0 - a * a)
-
-
-def _silu_curvature(a: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    # f = a s(a): f'' = s (1 - s) (2 + a (1 - 2 s))
-    s = torch.sigmoid(a)
-    return s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
-
-
-# ``(factor, through_slope, scale)``: ``f''(a) == scale * factor(a, mu) * f'(a)`` when
-# ``through_slope`` (tanh, sigmoid: f'' is a multiple of f', so q = f' (r + scale factor e da)
-# takes one slope product), else ``f''(a) == scale * factor(a, mu)``; ``None``: f'' = 0.
-CURVATURE: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bool, float] | None] = {
-    "identity": None,
-    "relu": None,
-    "leaky_relu": None,
-    "tanh": (lambda a, mu: mu, True, -2.0),  # f'' = -2 f f'
-    "sigmoid": (lambda a, mu: 1.0 - 2.0 * mu, True, 1.0),  # f'' = f' (1 - 2 f)
-    "gelu": (_gelu_curvature, False, 1.0),
-    "silu": (_silu_curvature, False, 1.0),
-}
-"""Second derivatives of the activations the hand-derived reverse pass supports."""
+from ..energy import Gaussian
+from ..layers import CURVATURE, slope_times
+from ..optim import SGD
+from .chain import (
+    Anchored,
+    Params,
+    Plan,
+    Predictions,
+    StepRecord,
+    back_through,
+    feed_forward,
+    forward_through,
+    narrow,
+    narrow_rows,
+    relax_chain,
+)
 
 
 # ---------------------------------------------------------------------------- when it applies
-_enabled = True
-
-
-@contextmanager
-def autograd_only() -> Iterator[None]:
-    """Inside this block :func:`relax` declines, so bp-through-inference on a Dense chain runs
-    autograd through the fast relaxation (for comparisons: benchmarks and tests)."""
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
-
-
-def applies(plan: dense.Plan, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None = None) -> bool:
-    """Whether :func:`relax` can relax and differentiate ``plan`` by hand.
+def applies(plan: Plan, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None = None) -> bool:
+    """Whether the reverse pass can differentiate the relaxation of ``plan`` by hand.
 
     ``given[i]``: node ``i``'s clamped value or ``None``; ``start``: the initial values when the
     relaxation does not start from the feed-forward pass.
     """
     optimizer = plan.optimizer
-    if not _enabled or type(optimizer) is not SGD or plan.fixed_prediction or plan.steps == 0:
+    if type(optimizer) is not SGD or plan.fixed_prediction or plan.steps == 0:
         return False
     if any(layer.activation not in CURVATURE for layer in plan.chain.layers):
         return False
@@ -163,128 +110,6 @@ def applies(plan: dense.Plan, given: Sequence[torch.Tensor | None], start: Seque
     return True
 
 
-# ---------------------------------------------------------------------------- forward
-@dataclass
-class _Layer:
-    """What the reverse pass reads of layer ``l`` at one step (all ``(batch, width)``).
-
-    ``a, mu``: pre-activation and prediction at the step's values; ``e``: the precision-weighted
-    error ``w_l dE_l/dz_l``; ``delta``: ``e * f'(a)`` when the node below is free (else ``None``);
-    ``source``: the value of node ``l - 1``; ``w``: the precision ``w_l``.
-    """
-
-    l: int
-    a: torch.Tensor
-    mu: torch.Tensor
-    e: torch.Tensor
-    delta: torch.Tensor | None
-    source: torch.Tensor
-    w: float
-
-
-@dataclass
-class _Step:
-    """One relaxation step: the layers that carried error and the nodes updated.
-
-    ``updates``: ``(node, has_gradient, first)``; ``has_gradient`` False: a momentum step at an
-    exactly-zero gradient; ``first``: the node's velocity was unset before. Anchored nodes are
-    not in ``updates``.
-    """
-
-    layers: list[_Layer]
-    updates: list[tuple[int, bool, bool]]
-    carried: dict[int, float]
-    """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
-
-
-def _relax(
-    plan: dense.Plan, params: dense.Params, z: list[torch.Tensor], predictions: dense.Predictions
-) -> tuple[list[_Step], dict[int, dense.Anchored]]:
-    """Relax ``z`` in place of its list entries (tensors are never written), recording every step.
-
-    The same computation as :func:`pclab.core.chain.relax_chain`: exactly-zero errors skipped,
-    predictions recomputed only when their input moved, a free node above a clamped one carried
-    through the next pre-activation (:class:`~pclab.core.chain.Anchored`, returned by node).
-    """
-    chain, L, optimizer = plan.chain, plan.chain.depth, plan.optimizer
-    lr, momentum, nesterov = optimizer.lr, optimizer.momentum, optimizer.nesterov
-    zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
-    touched = [False] * (L + 1)
-    velocity: list[torch.Tensor | None] = [None] * (L + 1)
-    layers_with_error = [l for l in range(1, L + 1) if plan.active[l]]
-    free_nodes = [i for i in range(L + 1) if plan.free[i]]
-    anchored = dense._anchored(plan, params, predictions, z)
-    layers_with_error = [l for l in layers_with_error if l not in anchored]
-    tape: list[_Step] = []
-    for t in range(plan.steps):
-        w = plan.weights[t]
-        e: list[torch.Tensor | None] = [None] * (L + 2)
-        records: dict[int, _Layer] = {}
-        for l in layers_with_error:
-            if not zero[l] and w[l] != 0.0:
-                mu = predictions.get(l, z)
-                e[l] = dense._error(chain.energies[l - 1], z[l], mu, w[l])
-                records[l] = _Layer(l, predictions.a[l], mu, e[l], None, z[l - 1], w[l])
-        updates, moved, tracked, carried = [], [], [], {}
-        for i in free_nodes:
-            own, above = e[i], e[i + 1]
-            if i in anchored:
-                back = None
-                if above is not None:
-                    back = predictions.backward(i + 1, above)
-                    records[i + 1].delta = back
-                carried[i] = 1.0 - lr * w[i]
-                a = anchored[i].step(back, carried[i])
-                if a is not None:
-                    tracked.append((i + 1, a))
-                    zero[i] = zero[i + 1] = False
-                continue
-            if above is not None:
-                back = predictions.backward(i + 1, above)
-                records[i + 1].delta = back
-                weight = params[i][0]
-                if dense.narrow(weight):
-                    through = dense.back_through(back, weight)
-                    grad = -through if own is None else own - through
-                elif own is None:
-                    grad = torch.mm(back, weight).neg_()
-                else:
-                    grad = torch.addmm(own, back, weight, alpha=-1)
-            elif own is not None:
-                grad = own
-            else:  # exactly-zero gradient: only momentum still moves a node that moved before
-                if not touched[i] or momentum == 0.0:
-                    continue
-                grad = None
-            first = velocity[i] is None
-            if momentum == 0.0:
-                z[i] = torch.add(z[i], grad, alpha=-lr)
-            else:
-                v = velocity[i]
-                if grad is None:
-                    v = v * momentum
-                    step = v * momentum if nesterov else v
-                else:
-                    v = grad if v is None else torch.add(grad, v, alpha=momentum)
-                    step = grad.add(v, alpha=momentum) if nesterov else v
-                velocity[i] = v
-                z[i] = torch.add(z[i], step, alpha=-lr)
-            touched[i] = True
-            updates.append((i, grad is not None, first))
-            moved.append(i)
-        for i in moved:
-            zero[i] = False
-            if i < L:
-                zero[i + 1] = False
-                predictions.stale[i + 1] = True
-        for l, a in tracked:  # after every backward product of this step used the old slopes
-            predictions.set(l, a)
-        tape.append(_Step(list(records.values()), updates, carried))
-    for i, node in anchored.items():
-        z[i] = node.value(predictions.mu[i])
-    return tape, anchored
-
-
 # ---------------------------------------------------------------------------- reverse
 def _add(x: torch.Tensor | None, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``x + alpha y`` with ``None`` as an exact zero."""
@@ -292,7 +117,7 @@ def _add(x: torch.Tensor | None, y: torch.Tensor, alpha: float = 1.0) -> torch.T
         return y if alpha == 1.0 else y * alpha
     if alpha != 1.0 and torch.compiler.is_compiling():
         # Inductor (torch 2.13) rewrites add(mm(a, b), y, alpha=k) into addmm(y, a, b), losing
-        # alpha (x is such a product in the anchored branch of _reverse)
+        # alpha (x is such a product in the anchored branch of reverse)
         return x + y * alpha
     return torch.add(x, y, alpha=alpha)
 
@@ -304,12 +129,11 @@ def stacked(n_out: int, n_in: int) -> bool:
     """Whether the per-step weight-gradient terms ``(batch, n_out)^T (batch, n_in)`` are stacked into
     one ``(n_out x T B) @ (T B x n_in)`` product at the end: under compilation and for layers of at
     most 128 x 128 weights. Inductor writes each step's factors straight into the stacked rows (no
-    copies) and one product replaces ``T`` small ones with their launches: measured on compiled
-    steps (in-process A/B), -3 to -7 % for MLP 784-128-128-10 and -2.7 % for a 6-layer MLP 128,
-    but +5 to +18 % for width 256 and +5 % for width 512, whose per-step products already run at
-    the large product's rate while the stacked rows are read back cold. Eagerly the stacking is a copy
-    and each step's term is added at once instead (stacked eagerly: 1 % faster on MLP 128, 1 % slower
-    on MLP 512, and it kept a tensor per step alive; for free-input layers 50 % slower earlier)."""
+    copies) and one product replaces ``T`` small ones with their launches: faster on compiled steps
+    of width-128 MLPs, slower from width 256, whose per-step products already run at the large
+    product's rate while the stacked rows are read back cold. Eagerly the stacking is a copy and
+    each step's term is added at once instead (stacking gained nothing there and kept a tensor per
+    step alive)."""
     return torch.compiler.is_compiling() and n_out * n_in <= _STACKED
 
 
@@ -319,8 +143,8 @@ class _Reverse:
 
     Layer ``l`` with a free input: ``dL/dW_l = scale * sum (q^T source + delta^T u)`` and
     ``dL/db_l = scale * sum q`` over the steps; eagerly each step's products are added as they
-    come (while the factors are still in cache; stacking them into one product per layer measured
-    slower here), under compilation they are stacked into one (see the module docstring). With a
+    come (while the factors are still in cache; stacking them into one product per layer was
+    slower), under compilation they are stacked into one (see the module docstring). With a
     clamped input, ``const[l]`` collects the
     ``(batch, out)`` terms to be taken through ``f'`` once and multiplied by that input once.
     """
@@ -336,7 +160,7 @@ class _Reverse:
     def add(self, l: int, q: torch.Tensor, source: torch.Tensor, delta: torch.Tensor | None = None, below: torch.Tensor | None = None) -> None:
         """Add ``q^T source (+ delta^T below)`` to layer ``l``'s weight term, ``sum q`` to its bias term."""
         self.q[l].append(q)
-        if dense.narrow_rows(q.shape[1]):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
+        if narrow_rows(q.shape[1]):  # (out, batch) @ (batch, in) for a narrow layer: a fused reduction
             term = (q[:, :, None] * source[:, None, :]).sum(0)
             if delta is not None:
                 term = term + (delta[:, :, None] * below[:, None, :]).sum(0)
@@ -354,7 +178,7 @@ class _Reverse:
         if delta is not None:
             self.dw[l].addmm_(delta.t(), below)
 
-    def grads(self, plan: dense.Plan, z0: Sequence[torch.Tensor], const_a: Sequence[torch.Tensor | None],
+    def grads(self, plan: Plan, z0: Sequence[torch.Tensor], const_a: Sequence[torch.Tensor | None],
               const_mu: Sequence[torch.Tensor | None], need: Sequence[tuple[bool, bool]]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         """``(dL/dW_l, dL/db_l)`` of every layer (``None`` where none is needed or nothing reached it)."""
         out: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
@@ -368,7 +192,7 @@ class _Reverse:
                 db = qs[0].sum(0) if len(qs) == 1 else torch.stack(qs).sum((0, 1))
             if self.const[l]:
                 summed = self.const[l][0] if len(self.const[l]) == 1 else torch.stack(self.const[l]).sum(0)
-                q = _slope_times(plan.chain.layers[l - 1].activation, summed, const_a[l], const_mu[l])
+                q = slope_times(plan.chain.layers[l - 1].activation, summed, const_a[l], const_mu[l])
                 if need_w:
                     dw = _add(dw, torch.mm(q.t(), z0[l - 1]))
                 db = _add(db, q.sum(0))
@@ -381,16 +205,16 @@ class _Reverse:
         return out
 
 
-def _reverse(
-    plan: dense.Plan, params: dense.Params, tape: list[_Step], lam: list[torch.Tensor | None],
-    z0: Sequence[torch.Tensor], ff: dense.Predictions | None, need: Sequence[tuple[bool, bool]],
-    anchored: dict[int, dense.Anchored],
+def reverse(
+    plan: Plan, params: Params, tape: list[StepRecord], lam: list[torch.Tensor | None],
+    z0: Sequence[torch.Tensor], ff: Predictions | None, need: Sequence[tuple[bool, bool]],
+    anchored: dict[int, Anchored],
 ) -> tuple[list[torch.Tensor | None], list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """Walk the recorded steps backwards from ``lam = dL/dz_T`` (``None``: exactly zero).
 
     Args:
         plan, params: the relaxation.
-        tape: what :func:`_relax` recorded.
+        tape: what :func:`record` recorded.
         lam: adjoint of every node's final value (only free nodes are read).
         z0: the initial values.
         ff: the feed-forward predictions when the relaxation started from them (its adjoint is
@@ -399,7 +223,7 @@ def _reverse(
         anchored: the anchored nodes of the forward (plain SGD, feed-forward start; only their
             ``gram`` and ``d`` are read).
 
-    An anchored node ``i`` (:class:`~pclab.core.chain.Anchored`) is differentiated in the variables
+    An anchored node ``i`` (:class:`~pclab.core.fast.chain.Anchored`) is differentiated in the variables
     the forward used: ``a = a_{i+1}`` and ``D`` with ``a' = a_ff + c (a - a_ff) + lr g G``,
     ``D' = c D + g``, ``z_i = mu_i + lr D W`` (``G = W W^T``, ``W = W_{i+1}``, ``g`` the error above
     taken back through the activation, ``c = 1 - lr w_i``). With ``alpha = dL/da`` the adjoint of
@@ -485,8 +309,8 @@ def _reverse(
             if carried or below is None:
                 da = below
             else:
-                da = dense.forward_through(below, weight)
-            nu = None if da is None else _slope_times(act, da, rec.a, rec.mu)
+                da = forward_through(below, weight)
+            nu = None if da is None else slope_times(act, da, rec.a, rec.mu)
             if type(chain.energies[l - 1]) is Gaussian:
                 if own is None:
                     r = -nu
@@ -508,11 +332,11 @@ def _reverse(
             if da is not None and curvature[l] is not None:
                 factor, through_slope, scale = curvature[l]
                 if through_slope:
-                    q = _slope_times(act, torch.addcmul(pre, rec.e * factor(rec.a, rec.mu), da, value=scale), rec.a, rec.mu)
+                    q = slope_times(act, torch.addcmul(pre, rec.e * factor(rec.a, rec.mu), da, value=scale), rec.a, rec.mu)
                 else:
-                    q = torch.addcmul(_slope_times(act, pre, rec.a, rec.mu), rec.e * factor(rec.a, rec.mu), da, value=scale)
+                    q = torch.addcmul(slope_times(act, pre, rec.a, rec.mu), rec.e * factor(rec.a, rec.mu), da, value=scale)
             else:
-                q = _slope_times(act, pre, rec.a, rec.mu)
+                q = slope_times(act, pre, rec.a, rec.mu)
             if carried:  # alpha = c alpha' + lr q, dL/dG += lr g^T alpha'
                 bp = below_beta[l]
                 q_steps[l].append(q)
@@ -526,8 +350,8 @@ def _reverse(
                     else:
                         gram_adj[l].addmm_(rec.delta.t(), bp, alpha=lr * lr)
                 continue
-            if dense.narrow(weight):
-                through = dense.back_through(q, weight)
+            if narrow(weight):
+                through = back_through(q, weight)
                 new[l - 1] = through * -c if new[l - 1] is None else new[l - 1] - c * through
             else:
                 new[l - 1] = torch.addmm(new[l - 1], q, weight, alpha=-c) if new[l - 1] is not None else torch.mm(q, weight).mul_(-c)
@@ -556,7 +380,7 @@ def _reverse(
                 const_a[l], const_mu[l] = ff.a[l], ff.mu[l]
                 acc.const[l].append(lam[l] * inv)
                 continue
-            g = _slope_times(act, lam[l], ff.a[l], ff.mu[l])
+            g = slope_times(act, lam[l], ff.a[l], ff.mu[l])
             acc.add(l, g * inv, z0[l - 1])
             if l - 1 >= 1:  # a free root starts at zero whatever the parameters
                 lam[l - 1] = torch.addmm(lam[l - 1], g, params[l - 1][0]) if lam[l - 1] is not None else torch.mm(g, params[l - 1][0])
@@ -578,143 +402,21 @@ def _reverse(
 
 
 # ---------------------------------------------------------------------------- autograd
-def _run(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
-    """The forward of :class:`_ChainRelaxation` (also traced by :mod:`pclab.core.compiled_adjoint`):
-    ``(final values of the free nodes, z0, ff, tape, anchored)``; ``start`` detached, or ``None``
-    for a feed-forward start."""
+def record(plan: Plan, params: Params, given: Sequence[torch.Tensor | None], start: Sequence[torch.Tensor] | None):
+    """The relaxation of :func:`pclab.core.fast.chain.relax_chain` with its tape for :func:`reverse`
+    (the forward of :func:`pclab.core.fast.differentiable.relax`, also traced by
+    :mod:`pclab.core.fast.compiled_adjoint`): ``(final values of the free nodes, z0, ff, tape,
+    anchored)``; ``start`` detached, or ``None`` for a feed-forward start (``ff``: its predictions)."""
     ff = None
     if start is None:
-        z, predictions = dense.feed_forward(plan, params, given)
-        ff = predictions.copy()
+        z0, ff = feed_forward(plan, params, given)
     else:
-        z = [v.clone() if plan.free[i] else v for i, v in enumerate(start)]
-        predictions = dense.Predictions(plan.chain, params)
-    z0 = list(z)
-    tape, anchored = _relax(plan, params, z, predictions)
-    # a node that never moved is still its initial tensor: hand out a copy, so that the
-    # initial state stays a plain tensor
-    out = [z[i].clone() if z[i] is z0[i] else z[i] for i in range(len(z)) if plan.free[i]]
-    return out, z0, ff, tape, anchored
-
-
-class _ChainRelaxation(torch.autograd.Function):
-    """``(params..., free initial values...) -> final values of the free nodes``.
-
-    With ``job.compile`` forward and backward run compiled (:mod:`pclab.core.compiled_adjoint`)
-    where a compiled graph serves the batch size; the forward then keeps the tape flattened
-    (``job.saved``, ``job.spec``) and the backward hands it to the compiled reverse pass.
-    """
-
-    @staticmethod
-    def forward(ctx, job: _Job, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        plan, params = job.plan, job.params
-        start = None if job.start is None else [v.detach() for v in job.start]
-        out = None
-        if job.compile:
-            from . import compiled_adjoint  # (it imports this module)
-
-            out = compiled_adjoint.forward(job, start)
-        if out is None:
-            out, job.z0, job.ff, job.tape, job.anchored = _run(plan, params, job.given, start)
-        ctx.job = job
-        ctx.set_materialize_grads(False)
-        return tuple(out)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
-        job: _Job = ctx.job
-        plan = job.plan
-        n_params = len(job.flat)
-        needs = ctx.needs_input_grad[1:]
-        need, k = [], 0
-        for _weight, bias in job.params:
-            nw = needs[k]
-            k += 1
-            nb = False
-            if bias is not None:
-                nb = needs[k]
-                k += 1
-            need.append((nw, nb))
-        lam: list[torch.Tensor | None] = [None] * (plan.chain.depth + 1)
-        for i, g in zip(job.free, grads):
-            lam[i] = g
-        with torch.no_grad():
-            if job.spec is not None:
-                from . import compiled_adjoint
-
-                lam0, pgrads = compiled_adjoint.reverse(job, lam, tuple(need))
-            else:
-                lam0, pgrads = _reverse(plan, job.params, job.tape, lam, job.z0, job.ff, need, job.anchored)
-        # the tape is kept (released with the graph): autograd.grad(..., retain_graph=True) may call backward again
-        flat = [g for (dw, db), (_, bias) in zip(pgrads, job.params) for g in ((dw, db) if bias is not None else (dw,))]
-        assert len(flat) == n_params
-        starts = [lam0[i] for i in job.free] if job.start is not None else []
-        return (None, *flat, *starts)
-
-
-@dataclass
-class _Job:
-    """The non-tensor inputs of one differentiated relaxation and what its forward keeps."""
-
-    plan: dense.Plan
-    params: dense.Params  # detached
-    flat: list[torch.Tensor]
-    given: list[torch.Tensor | None]
-    start: list[torch.Tensor] | None
-    free: list[int]
-    compile: bool = False
-    ff: dense.Predictions | None = None
-    z0: list[torch.Tensor] | None = None
-    tape: list[_Step] | None = None
-    anchored: dict[int, dense.Anchored] | None = None
-    saved: list[torch.Tensor] | None = None  # compiled forward: z0, ff, anchored and tape, flattened
-    spec: tuple | None = None  # ... and their structure (see compiled_adjoint)
-
-
-def relax(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
-          start: Sequence[torch.Tensor] | None = None, compile: bool = False) -> dense.ChainState | None:
-    """:func:`pclab.core.chain.relax_chain` ``(differentiable=True)`` with the hand-derived reverse
-    pass, or ``None`` when it does not apply (:func:`applies`; the caller then uses autograd).
-
-    Args:
-        plan: the relaxation (``plan.feed_forward``: start from the feed-forward pass).
-        params: the layers' ``(weight, bias)`` (the parameters the gradients go to).
-        given: ``given[i]`` node ``i``'s clamped value (``(batch, width_i)``) or ``None``.
-        start: initial values of every node when not starting from the feed-forward pass (their
-            free entries may require grad and get ``dL/dz_0``).
-        compile: run the relaxation and the reverse pass under ``torch.compile``
-            (:mod:`pclab.core.compiled_adjoint`; batch sizes no compiled graph serves run eagerly).
-
-    Returns:
-        The relaxed state: ``values`` carry the gradient to the parameters (a released read-out
-        is ``softmax(mu_L)`` of the relaxed values, by autograd); ``initial`` and the
-        predictions are plain tensors.
-    """
-    if not applies(plan, given, None if plan.feed_forward else start):
-        return None
-    if not plan.feed_forward and start is None:
-        return None
-    chain, L = plan.chain, plan.chain.depth
-    flat = [t for pair in params for t in pair if t is not None]
-    detached = [(w.detach(), None if b is None else b.detach()) for w, b in params]
-    free = [i for i in range(L + 1) if plan.free[i]]
-    job = _Job(plan, detached, flat, [None if v is None else v.detach() for v in given],
-               None if plan.feed_forward else list(start), free, compile)
-    starts = [] if plan.feed_forward else [start[i] for i in free]
-    out = _ChainRelaxation.apply(job, *flat, *starts)
-    values: list[torch.Tensor] = list(job.z0)
-    for i, v in zip(free, out):
-        values[i] = v
-    for i in range(L + 1):
-        if given[i] is not None:
-            values[i] = given[i]
-    initial = list(job.z0)
-    initial_predictions = job.ff if job.ff is not None else dense.Predictions(chain, detached)
-    state = dense.ChainState(values, initial, dense.Predictions(chain, params), initial_predictions, tuple(job.anchored or ()))
-    if plan.readout:  # by autograd from the relaxed values
-        weight, bias = params[L - 1]
-        state.values[L] = chain.energies[L - 1].released(chain.layers[L - 1]._f(F.linear(values[L - 1], weight, bias)))
-    return state
+        z0 = list(start)
+    tape: list[StepRecord] = []
+    state = relax_chain(plan, params, z0, ff, differentiable=True, tape=tape)
+    # free values are copies even where a node never moved: the initial state stays a plain tensor
+    out = [state.values[i] for i in range(len(z0)) if plan.free[i]]
+    return out, z0, ff, tape, state.anchored
 
 
 # ---------------------------------------------------------------------------- a task loss, whole
@@ -746,18 +448,18 @@ def _term_grad(term: LossTerm, mu: torch.Tensor, target: torch.Tensor) -> tuple[
 
 
 def task_loss_grads(
-    plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None], terms: Sequence[LossTerm],
+    plan: Plan, params: Params, given: Sequence[torch.Tensor | None], terms: Sequence[LossTerm],
     targets: Sequence[torch.Tensor], need: Sequence[tuple[bool, bool]],
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """Bp-through-inference on a chain without autograd: relax from the feed-forward pass (the
-    recorded forward of :func:`relax`), the task loss ``sum_k weight_k term_k(mu_k, target_k)`` on
-    the predictions at the relaxed values, its derivative by hand, and :func:`_reverse` to the
+    recorded forward, :func:`record`), the task loss ``sum_k weight_k term_k(mu_k, target_k)`` on
+    the predictions at the relaxed values, its derivative by hand, and :func:`reverse` to the
     parameters -- what ``loss.backward()`` through :func:`relax` gives, as plain tensor code
-    (:mod:`pclab.core.compiled` traces it into one graph with the optimiser's step). Run under
+    (:mod:`pclab.core.fast.compiled` traces it into one graph with the optimiser's step). Run under
     ``no_grad``; requires :func:`applies` and a feed-forward plan.
 
     Args:
-        plan, params, given: as :func:`relax`.
+        plan, params, given: as :func:`record`.
         terms: the loss's terms; ``targets[j]`` is term ``j``'s target.
         need: ``(weight, bias)`` gradient wanted, per layer.
 
@@ -767,11 +469,11 @@ def task_loss_grads(
         reaches a parameter or none is needed).
     """
     chain, L = plan.chain, plan.chain.depth
-    out, z0, ff, tape, anchored = _run(plan, params, given, None)
+    out, z0, ff, tape, anchored = record(plan, params, given, None)
     z = list(z0)
     for i, v in zip((i for i in range(L + 1) if plan.free[i]), out):
         z[i] = v
-    predictions = dense.Predictions(chain, params)
+    predictions = Predictions(chain, params)
     lam: list[torch.Tensor | None] = [None] * (L + 1)
     direct: list[list[torch.Tensor | None]] = [[None, None] for _ in range(L)]
     values: list[torch.Tensor] = []
@@ -787,8 +489,8 @@ def task_loss_grads(
         if need[k - 1][1] and params[k - 1][1] is not None:
             direct[k - 1][1] = _add(direct[k - 1][1], delta.sum(0))
         if plan.free[k - 1]:
-            lam[k - 1] = _add(lam[k - 1], dense.back_through(delta, params[k - 1][0]))
-    _, grads = _reverse(plan, params, tape, lam, z0, ff, need, anchored)
+            lam[k - 1] = _add(lam[k - 1], back_through(delta, params[k - 1][0]))
+    _, grads = reverse(plan, params, tape, lam, z0, ff, need, anchored)
     merged = []
     for (dw, db), (extra_w, extra_b) in zip(grads, direct):
         merged.append((dw if extra_w is None else _add(dw, extra_w), db if extra_b is None else _add(db, extra_b)))

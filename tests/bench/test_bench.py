@@ -80,7 +80,7 @@ for line in sys.stdin:
 
 
 def test_pcx_timed_in_the_target_rounds_through_the_worker_protocol(tmp_path):
-    """The worker protocol of ``bench_pcx.py --serve`` with a stand-in process (no JAX here):
+    """The worker protocol of ``pcx_script.py --serve`` with a stand-in process (no JAX here):
     PCX's chunks join the target's rounds, and the pclab/PCX ratios come from them."""
     import sys
 
@@ -88,7 +88,7 @@ def test_pcx_timed_in_the_target_rounds_through_the_worker_protocol(tmp_path):
     script.write_text(STAND_IN)
     with bench.PcxWorker([sys.executable, str(script)]) as worker:
         result = bench.target(batch=4, steps=2, chunk=2, rounds=2, compile=False, pcx=worker)
-        pcx = bench._pcx_from_target(worker, result)
+        pcx = bench.pcx_from_target(worker, result)
     assert worker.process.returncode == 0
     rows = {r["algorithm"]: r for r in result["rows"]}
     assert rows["pcx-pc"]["batch_ms"] == pytest.approx(2.0) and rows["pcx-bp"]["batch_ms"] == pytest.approx(0.5)
@@ -111,14 +111,14 @@ def test_a_pcx_worker_that_fails_to_start_says_why(tmp_path):
 
 def test_every_algorithm_steps_on_mlp_and_conv():
     for kind in ("mlp128", "conv"):
-        model, shape = bench._model(kind)
+        model, shape = bench.model_of(kind)
         (x, y), = bench.data(2, 1, shape)
         for name in ("bp", "pc", "pc-reference", "ipc", "bpti", "bpti-ckpt", "bpti-x"):
             bench.make_algorithm(name, model, 2)(x, y)
 
 
 def test_run_speed_benchmark_returns_the_target_ratio(monkeypatch):
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: {f"{batch}x128x128": 1.0})
     result = bench.run_speed_benchmark(suites=("target",), quick=True, compile=False, threads=1)
     assert set(result["target"]["ratio_to_bp"]) == {"pc"}
     assert result["target"]["ratio_to_bp"]["pc"]["median"] > 0

@@ -1,5 +1,5 @@
 """``Inference(compile=True)`` beyond Dense chains: any PCN's latent gradient as one compiled graph
-(:func:`pclab.core.compiled.latent_grads`) gives the eager gradients' numbers.
+(:func:`pclab.core.fast.compiled.latent_grads`) gives the eager gradients' numbers.
 
 Compiling takes seconds (tens on a cold Inductor cache), so this file is marked slow.
 """
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from pclab.core import PCN, SGD, Adam, CrossEntropy, IncrementalPC, Inference, Node, PCLearning, compiled, relax
+from pclab.core import PCN, SGD, Adam, CrossEntropy, IncrementalPC, Inference, Node, PCLearning, relax
+from pclab.core.fast import compiled
 from pclab.core.precision import Decaying
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]

@@ -1,6 +1,6 @@
 """PCX (JAX) timing of the same PC problem as pclab's speed target: a standalone script.
 
-It imports only JAX, optax and PCX, never pclab: :func:`pclab.bench.pcx_comparison` creates a
+It imports only JAX, optax and PCX, never pclab: :func:`pclab.bench.pcx.pcx_comparison` creates a
 separate virtual environment with ``pcx`` 0.6 (JAX CPU) and runs this file there with that
 environment's Python. Printed result: one JSON object.
 
@@ -12,9 +12,9 @@ Compilation (the first call of each jitted function) is timed apart.
 
 Usage (with the PCX environment's Python)::
 
-    python src/pclab/bench_pcx.py --batches 200 --steps 20 --batch 64
+    python src/pclab/bench/pcx_script.py --batches 200 --steps 20 --batch 64
 
-With ``--serve`` it times on request instead (:class:`pclab.bench.PcxWorker`, which interleaves PCX's
+With ``--serve`` it times on request instead (:class:`pclab.bench.pcx.PcxWorker`, which interleaves PCX's
 chunks with pclab's in one timing loop): after setting up and compiling it prints one JSON line
 (versions, compile times), then answers each JSON line ``{"what": "pc" | "bp", "start": k, "count": m}``
 on standard input with ``{"seconds": s}``, the wall time of ``m`` training steps on batches ``k, k + 1,
@@ -173,7 +173,7 @@ def main() -> None:
         for line in sys.stdin:
             request = json.loads(line)
             if request.get("what") not in ("pc", "bp"):
-                raise SystemExit(f"bench_pcx --serve: expected what 'pc' or 'bp', got {request.get('what')!r}")
+                raise SystemExit(f"pcx_script --serve: expected what 'pc' or 'bp', got {request.get('what')!r}")
             print(json.dumps({"seconds": run(request["what"], int(request["start"]), int(request["count"]))}), flush=True)
         return
 

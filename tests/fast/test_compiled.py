@@ -9,16 +9,17 @@ import copy
 
 import pytest
 import torch
-from perf_chains import chain, max_rel, randn, twin
 from torch._dynamo.utils import counters
 
-from pclab.core import SGD, IncrementalPC, Inference, PCLearning, compiled, relax
+from nets import max_rel, mlp, randn, twin
+from pclab.core import SGD, IncrementalPC, Inference, PCLearning, relax
+from pclab.core.fast import compiled, path
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
 
 def test_compiled_pc_steps_equal_the_eager_fast_path_and_serve_only_their_batch_size():
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     other = twin(model)
     eager = PCLearning(other, Inference(steps=2, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05))
     fast = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.05))
@@ -35,18 +36,19 @@ def test_compiled_pc_steps_equal_the_eager_fast_path_and_serve_only_their_batch_
 
 
 def test_compiled_relaxation_equals_the_eager_fast_path():
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     x = randn(5, 12, seed=1, dtype=torch.float32)
     inference = Inference(steps=3, optimizer=SGD(0.1))
     eager = relax(model, {"x": x}, inference)
-    fast = relax(model, {"x": x}, Inference(steps=3, optimizer=SGD(0.1), compile=True))
-    assert fast.chain is None and eager.chain is not None
+    fast_inference = Inference(steps=3, optimizer=SGD(0.1), compile=True)
+    fast = relax(model, {"x": x}, fast_inference)
+    assert path(model, fast_inference, batch={"x": x}) == "compiled-chain" and path(model, inference, batch={"x": x}) == "chain"
     assert max_rel(fast.values, eager.values) < 1e-5
     assert max_rel(fast.initial, eager.initial) < 1e-6
 
 
 def test_a_hook_added_after_compiling_sends_the_step_back_to_the_general_path():
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     rule = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.0))
     data = {"x": randn(6, 12, seed=3, dtype=torch.float32), "y": randn(6, 4, seed=4, dtype=torch.float32)}
     rule.step(data)
@@ -74,7 +76,7 @@ def test_a_run_with_inference_compile_learns_like_the_eager_run_and_reports_comp
 
 def _twins(optimizer, scheduler: bool = False):
     """An eager and a compiled PC rule on twin chains, each with its own ``optimizer(params)``."""
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     other = twin(model)
     rules = []
     for m, compile in ((other, False), (model, True)):
@@ -191,7 +193,7 @@ def _frozen_twins(**second_group: float) -> tuple[PCLearning, PCLearning, torch.
     """Eager and compiled forward-update PC rules on twin chains whose h1 -> h2 weight is frozen,
     with two Adam parameter groups (the first at lr 0.02, the second with ``second_group``'s
     settings); and the frozen weight's value."""
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     other = twin(model)
     rules = []
     for m, compile in ((other, False), (model, True)):
@@ -220,7 +222,7 @@ def test_the_ninth_compiled_model_of_a_process_is_compiled_too():
     """TorchDynamo keeps at most 8 compiled versions per code object and then runs it eagerly;
     every compiled function here has a code object of its own, so model after model compiles."""
     for seed in range(9):
-        model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32, seed=seed)
+        model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32, seed=seed)
         other = twin(model)
         fast = PCLearning(model, Inference(steps=2, optimizer=SGD(0.1), compile=True), torch.optim.SGD(model.parameters(), 0.05))
         eager = PCLearning(other, Inference(steps=2, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05))
@@ -236,7 +238,7 @@ def test_the_ninth_compiled_model_of_a_process_is_compiled_too():
     lambda ps: torch.optim.RMSprop(ps, 0.01),  # not traceable here: every step eager
 ], ids=["adam", "sgd-momentum", "rmsprop"])
 def test_compiled_incremental_pc_takes_every_weight_step_in_one_graph_as_the_eager_rule_does(optimizer):
-    model = chain([12, 8, 8, 4], "tanh", dtype=torch.float32)
+    model = mlp([12, 8, 8, 4], "tanh", dtype=torch.float32)
     other = twin(model)
     eager = IncrementalPC(other, Inference(steps=3, optimizer=SGD(0.1)), optimizer(other.parameters()))
     fast = IncrementalPC(model, Inference(steps=3, optimizer=SGD(0.1), compile=True), optimizer(model.parameters()))
@@ -316,6 +318,6 @@ def test_only_guards_that_a_module_reached_under_two_names_is_one_object_are_dro
                                 is_global=True, orig_guard=None)
 
     tensor = torch.zeros(2)
-    entries = [entry("DUPLICATE_INPUT", compiled.dense), entry("DUPLICATE_INPUT", tensor), entry("TENSOR_MATCH", tensor),
-               entry("ID_MATCH", compiled.dense)]
-    assert compiled._guard_filter(entries) == [False, True, True, True]
+    entries = [entry("DUPLICATE_INPUT", compiled.chain_adjoint), entry("DUPLICATE_INPUT", tensor), entry("TENSOR_MATCH", tensor),
+               entry("ID_MATCH", compiled.chain_adjoint)]
+    assert compiled.guard_filter(entries) == [False, True, True, True]

@@ -4,7 +4,7 @@ Most PCNs people train are a chain ``n0 -> n1 -> ... -> nL`` with one fully-conn
 edge (an MLP). For such a network :func:`~pclab.core.relax.relax` and
 :class:`~pclab.core.learning.PCLearning` use this module instead of the general graph code. It
 computes the same quantities as the reference path (``PCN.latent_grads`` / autograd of
-``PCN.energy``) and tests in ``tests/perf`` check that they agree. What makes it faster:
+``PCN.energy``) and tests in ``tests/fast`` check that they agree. What makes it faster:
 
 * no per-step dictionaries, graph walks or autograd: a step is a handful of tensor ops per layer;
 * **unchanged predictions are not recomputed**: ``mu_l = f(W_l z_{l-1} + b_l)`` changes only when
@@ -29,25 +29,25 @@ graph is one path of 1-d nodes, hidden nodes are Gaussian, no amortisers, and th
 is pclab's ``SGD`` or ``Adam``. Everything else (arbitrary modules, trajectories, early stopping,
 step hooks, truncated or checkpointed backprop through the inference) takes the reference path.
 Backprop through the inference otherwise uses the hand-derived reverse pass of
-:mod:`pclab.core.chain_adjoint` (latent SGD), or autograd through these same ops
+:mod:`pclab.core.fast.chain_adjoint` (latent SGD), or autograd through these same ops
 (``relax_chain(..., differentiable=True)``) where that does not apply.
 
-:mod:`pclab.core.compiled` runs the same functions under ``torch.compile``.
+:mod:`pclab.core.fast.compiled` runs the same functions under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .energy import CrossEntropy, Energy, Gaussian
-from .graph import PCN, _edge_key
-from .layers import Dense
-from .optim import SGD, Adam, LatentOptimizer, OptState
+from ..energy import CrossEntropy, Energy, Gaussian
+from ..graph import PCN, edge_key
+from ..layers import ACTIVATIONS, SLOPE_FROM_OUTPUT, Dense
+from ..optim import SGD, Adam, LatentOptimizer, OptState
 
 Params = list[tuple[torch.Tensor, torch.Tensor | None]]
 """``(weight, bias)`` of each layer, ``weight: (out, in)``."""
@@ -122,7 +122,7 @@ def still_valid(chain: DenseChain, model: PCN) -> bool:
     check than :func:`dense_chain`, for a structure found before)."""
     modules = model.edge_modules._modules
     return len(modules) == chain.depth and all(
-        modules.get(_edge_key(source, target)) is layer and _plain_dense(layer)
+        modules.get(edge_key(source, target)) is layer and _plain_dense(layer)
         for source, target, layer in zip(chain.nodes, chain.nodes[1:], chain.layers)
     )
 
@@ -179,13 +179,6 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------- predictions
-# f'(a) from mu = f(a), equal bit for bit to how ``layers.ACTIVATIONS`` computes it from a
-# (tanh has its own fused op in ``Predictions.backward``)
-_SLOPE_FROM_OUTPUT = {
-    "sigmoid": lambda mu: mu * (1.0 - mu),
-}
-
-
 _NARROW = 16  # compiled: products through layers this narrow become fused reductions
 
 
@@ -219,8 +212,10 @@ class Predictions:
     Index ``l = 1 .. L``; index 0 is unused.
     """
 
-    def __init__(self, chain: DenseChain, params: Params):
+    def __init__(self, chain: DenseChain, params: Params, functions: list | None = None):
         self.chain, self.params = chain, params
+        # ``(f, f')`` of every layer's activation (layers.ACTIVATIONS), index l - 1
+        self.functions = functions if functions is not None else [ACTIVATIONS[layer.activation] for layer in chain.layers]
         n = chain.depth + 1
         self.a: list[torch.Tensor | None] = [None] * n
         self.mu: list[torch.Tensor | None] = [None] * n
@@ -235,14 +230,14 @@ class Predictions:
             a = a if bias is None else a + bias
         else:
             a = F.linear(source, weight, bias)
-        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.a[l], self.mu[l] = a, self.functions[l - 1][0](a)
         self.slopes[l] = None
         self.stale[l] = False
         return self.mu[l]
 
     def set(self, l: int, a: torch.Tensor) -> None:
         """Take ``a_l`` as given (tracked elsewhere) and ``mu_l = f(a_l)``."""
-        self.a[l], self.mu[l] = a, self.chain.layers[l - 1]._f(a)
+        self.a[l], self.mu[l] = a, self.functions[l - 1][0](a)
         self.slopes[l] = None
         self.stale[l] = False
 
@@ -258,18 +253,18 @@ class Predictions:
         if layer.activation == "tanh":  # one fused op: g * (1 - mu^2)
             return torch.ops.aten.tanh_backward(g, self.mu[l])
         if self.slopes[l] is None:
-            from_output = _SLOPE_FROM_OUTPUT.get(layer.activation)
-            self.slopes[l] = from_output(self.mu[l]) if from_output is not None else layer._df(self.a[l])
+            from_output = SLOPE_FROM_OUTPUT.get(layer.activation)  # (tanh: the fused op above)
+            self.slopes[l] = from_output(self.mu[l]) if from_output is not None else self.functions[l - 1][1](self.a[l])
         return g * self.slopes[l]
 
     def copy(self) -> Predictions:
-        other = Predictions(self.chain, self.params)
+        other = Predictions(self.chain, self.params, self.functions)
         other.a, other.mu, other.slopes, other.stale = list(self.a), list(self.mu), list(self.slopes), list(self.stale)
         return other
 
 
 # ---------------------------------------------------------------------------- relaxation
-def _error(energy: Energy, z: torch.Tensor, mu: torch.Tensor, weight: float) -> torch.Tensor:
+def weighted_error(energy: Energy, z: torch.Tensor, mu: torch.Tensor, weight: float) -> torch.Tensor:
     """``weight * dE/dz`` of a node, as ``-weight * dE/dmu`` (equal for Gaussian and clamped
     cross-entropy nodes, whose ``z`` gradient is not used)."""
     g = energy.grad_z(z, mu) if type(energy) is Gaussian else -energy.grad_mu(z, mu)
@@ -292,7 +287,41 @@ class ChainState:
     initial: list[torch.Tensor]
     predictions: Predictions
     initial_predictions: Predictions
-    anchored: tuple[int, ...] = ()
+    anchored: dict[int, Anchored] = field(default_factory=dict)
+
+
+@dataclass
+class LayerRecord:
+    """What the reverse pass (:mod:`pclab.core.fast.chain_adjoint`) reads of layer ``l`` at one
+    relaxation step (all ``(batch, width)``).
+
+    ``a, mu``: pre-activation and prediction at the step's values; ``e``: the precision-weighted
+    error ``w_l dE_l/dz_l``; ``delta``: ``e * f'(a)`` when the node below is free (else ``None``);
+    ``source``: the value of node ``l - 1``; ``w``: the precision ``w_l``.
+    """
+
+    l: int
+    a: torch.Tensor
+    mu: torch.Tensor
+    e: torch.Tensor
+    delta: torch.Tensor | None
+    source: torch.Tensor
+    w: float
+
+
+@dataclass
+class StepRecord:
+    """One relaxation step: the layers that carried error and the nodes updated.
+
+    ``updates``: ``(node, has_gradient, first)``; ``has_gradient`` False: a momentum step at an
+    exactly-zero gradient; ``first``: the node's velocity was unset before. Anchored nodes are
+    not in ``updates``.
+    """
+
+    layers: list[LayerRecord]
+    updates: list[tuple[int, bool, bool]]
+    carried: dict[int, float]
+    """Anchored node ``i`` -> ``c = 1 - lr w_i`` of this step."""
 
 
 def feed_forward(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], Predictions]:
@@ -328,7 +357,7 @@ class Anchored:
 
     That is one product with the ``(n_{i+1}, n_{i+1})`` matrix ``W W^T`` per step instead of two
     with ``W`` (the backward product, then the next forward one): the same arithmetic reordered,
-    equal to the direct updates up to float rounding (``tests/perf``).
+    equal to the direct updates up to float rounding (``tests/fast``).
     """
 
     def __init__(self, i: int, weight: torch.Tensor, a_ff: torch.Tensor, lr: float):
@@ -367,7 +396,7 @@ class Anchored:
         return mu.clone() if self.d is None else torch.addmm(mu, self.d, self.weight, alpha=self.lr)
 
 
-def _anchored(plan: Plan, params: Params, predictions: Predictions, z: list[torch.Tensor]) -> dict[int, Anchored]:
+def anchor(plan: Plan, params: Params, predictions: Predictions, z: list[torch.Tensor]) -> dict[int, Anchored]:
     """The free nodes relaxation carries through the next layer (see :class:`Anchored`)."""
     optimizer, L = plan.optimizer, plan.chain.depth
     if type(optimizer) is not SGD or optimizer.momentum != 0.0 or not plan.feed_forward or plan.fixed_prediction:
@@ -390,6 +419,7 @@ def _anchored(plan: Plan, params: Params, predictions: Predictions, z: list[torc
 
 def relax_chain(
     plan: Plan, params: Params, initial: list[torch.Tensor], predictions: Predictions | None = None, differentiable: bool = False,
+    tape: list[StepRecord] | None = None,
 ) -> ChainState:
     """Relax the free nodes of a chain for ``plan.steps`` steps.
 
@@ -403,6 +433,9 @@ def relax_chain(
             ``no_grad`` and the latents are updated in place. Skipping exactly-zero errors stays
             exact for the gradients: such an error is zero *as a function of the parameters* (a
             node still at its feed-forward value minus the same prediction), so its derivative is 0.
+        tape: a list to append one :class:`StepRecord` per step to, what the hand-derived reverse
+            pass of :mod:`pclab.core.fast.chain_adjoint` reads (latent SGD, no fixed predictions;
+            a released read-out is then left to the caller).
 
     Per step: the precision-weighted error ``e_l = pi_l dE_l/dz_l`` of every layer carrying
     error, then for every free node ``dE/dz_i = e_i - J_{i+1}^T e_{i+1}`` with
@@ -420,8 +453,9 @@ def relax_chain(
     zero = [plan.feed_forward and plan.free[l] for l in range(L + 1)]
     touched = [False] * (L + 1)  # has had a gradient not known to be zero
     idle_updates = type(optimizer) is not SGD  # Adam counts its steps even at zero gradient
+    still = type(optimizer) is SGD and optimizer.momentum == 0.0  # a zero gradient leaves the node where it is
     zeros: list[torch.Tensor | None] = [None] * (L + 1)
-    anchored = _anchored(plan, params, current, z)
+    anchored = anchor(plan, params, current, z)
     layers_with_error = [l for l in range(1, L + 1) if plan.active[l] and l not in anchored]
     free_nodes = [i for i in range(L + 1) if plan.free[i]]
 
@@ -430,21 +464,30 @@ def relax_chain(
         # e[l] = pi_l dE_l/dz_l, the precision-weighted error (Gaussian: pi (z - mu)); None when
         # exactly zero. dE_l/dmu_l = -e[l].
         e: list[torch.Tensor | None] = [None] * (L + 2)
+        records: dict[int, LayerRecord] = {}
         for l in layers_with_error:
             if not zero[l] and w[l] != 0.0:
-                e[l] = _error(chain.energies[l - 1], z[l], current.get(l, sources), w[l])
+                mu = current.get(l, sources)
+                e[l] = weighted_error(chain.energies[l - 1], z[l], mu, w[l])
+                if tape is not None:
+                    records[l] = LayerRecord(l, current.a[l], mu, e[l], None, z[l - 1], w[l])
         moved, tracked = [], []
+        updates: list[tuple[int, bool, bool]] = []
+        carried: dict[int, float] = {}
         for i in free_nodes:
             # dE/dz_i = e_i - J_{i+1}^T e_{i+1},  J^T g = (g * f'(a)) @ W
             own, above = e[i], e[i + 1]
+            back = None if above is None else current.backward(i + 1, above)
+            if tape is not None and back is not None:
+                records[i + 1].delta = back
             if i in anchored:
-                a = anchored[i].step(None if above is None else current.backward(i + 1, above), 1.0 - optimizer.lr * w[i])
+                carried[i] = 1.0 - optimizer.lr * w[i]
+                a = anchored[i].step(back, carried[i])
                 if a is not None:
                     tracked.append((i + 1, a))
                     zero[i] = zero[i + 1] = False
                 continue
-            if above is not None:
-                back = current.backward(i + 1, above)
+            if back is not None:
                 if own is None:
                     if zeros[i] is None:
                         zeros[i] = torch.zeros_like(z[i])
@@ -456,15 +499,20 @@ def relax_chain(
                     grad = torch.addmm(own, back, weight, alpha=-1)
             elif own is not None:
                 grad = own
-            else:  # exactly zero
-                if not touched[i] and not idle_updates:
-                    continue  # never moved: nothing changes
+            else:  # exactly zero: only a moving optimiser state (momentum, Adam's moments) still moves a node
+                moves = touched[i] and not still
+                if not moves and not idle_updates:
+                    continue
                 if zeros[i] is None:
                     zeros[i] = torch.zeros_like(z[i])
+                if tape is not None:
+                    updates.append((i, False, states[i]["velocity"] is None))
                 z[i], states[i] = optimizer.update(z[i], zeros[i], states[i], differentiable)
-                if touched[i]:  # momentum still moves it
+                if moves:
                     moved.append(i)
                 continue
+            if tape is not None:
+                updates.append((i, True, states[i]["velocity"] is None))
             z[i], states[i] = optimizer.update(z[i], grad, states[i], differentiable)
             touched[i] = True
             moved.append(i)
@@ -476,6 +524,8 @@ def relax_chain(
                     current.stale[i + 1] = True
         for l, a in tracked:  # after every backward product of this step used the old slopes
             current.set(l, a)
+        if tape is not None:
+            tape.append(StepRecord(list(records.values()), updates, carried))
     for i, node in anchored.items():
         z[i] = node.value(current.mu[i])
         current.stale[i + 1] = True  # predict exactly from the relaxed value (weight update, read-out)
@@ -483,8 +533,8 @@ def relax_chain(
         # ``current`` holds the predictions at the initial values; hand on predictions *at the
         # relaxed values* (the PC weight energy uses those).
         current = Predictions(chain, params)
-    state = ChainState(z, list(initial), current, predictions, tuple(anchored))
-    if plan.readout:
+    state = ChainState(z, list(initial), current, predictions, anchored)
+    if plan.readout and tape is None:
         state.values[L] = chain.energies[L - 1].released(
             (predictions if plan.fixed_prediction else current).get(L, sources)
         )
@@ -565,7 +615,7 @@ def incremental(
         e: list[torch.Tensor | None] = [None] * (L + 2)
         for l in range(1, L + 1):
             if plan.active[l] and w[l] != 0.0:
-                e[l] = _error(chain.energies[l - 1], z[l], predictions.get(l, z), w[l])
+                e[l] = weighted_error(chain.energies[l - 1], z[l], predictions.get(l, z), w[l])
         grads: dict[int, torch.Tensor] = {}
         for i in range(L + 1):
             if not plan.free[i]:

@@ -1,8 +1,8 @@
 """``torch.compile`` of the Dense-chain fast path (opt in with ``Inference(compile=True)``), and of
 any other PCN's latent gradient (:func:`latent_grads`).
 
-The functions of :mod:`pclab.core.chain` are plain tensor code whose control flow depends only on
-the :class:`~pclab.core.chain.Plan` (which layers carry error at which step is known before any
+The functions of :mod:`pclab.core.fast.chain` are plain tensor code whose control flow depends only on
+the :class:`~pclab.core.fast.chain.Plan` (which layers carry error at which step is known before any
 tensor is seen), so TorchDynamo traces a whole relaxation -- ``T`` steps unrolled, the
 exactly-zero errors already pruned -- plus the PC weight gradients into one graph, and Inductor
 fuses the elementwise work between the matrix products into a few C++ loops. (Under compilation
@@ -18,7 +18,7 @@ Costs and rules:
   size (an epoch's short last batch) runs the eager fast path, which gives the same numbers up to
   float rounding;
 * results equal the eager fast path up to float rounding (Inductor's own ``tanh`` etc.), which
-  ``tests/perf`` checks;
+  ``tests/fast`` checks;
 * the PC rule's weight update joins the compiled call (:func:`pc_train_step`), what PCX gets from
   jitting optax's update into its train step. For ``torch.optim.Adam``, ``AdamW`` and ``SGD``
   the update is traced into the same graph as the relaxation (:func:`functional_groups`): SGD
@@ -27,20 +27,20 @@ Costs and rules:
   outside the graph (:func:`_adam_update`); a stateful optimiser's first step runs eagerly, so that
   ``torch.optim`` creates its state, and the next one compiles; any other optimiser, or one
   with step hooks, runs its ``step`` from the compiled frame, as a second graph (``torch.optim``
-  breaks the graph there on purpose). Against that second graph, the one-graph step saved
-  7 % of a step on the issue-2 target MLP (the optimiser's frames, guards and launch). All this
+  breaks the graph there on purpose). The one graph saves the second graph's frames, guards and
+  launch (the benchmarks page has the measurement). All this
   holds while the optimiser's hyperparameters stay those of the first call; a changed float
   learning rate would recompile, so after a change (or with a scheduler over float rates) the
   step runs eagerly instead. A tensor rate (:func:`rates_are_tensors`) is an
   input of the compiled step: a scheduler updates it in place and nothing recompiles;
 * bp-through-inference with a plain :class:`~pclab.core.learning.TaskLoss` is traced whole, like a
   PC step: relaxation, loss and its hand-derived reverse pass
-  (:func:`pclab.core.chain_adjoint.task_loss_grads`) and the functional update
-  (:func:`bpti_train_step`; :func:`bpti_step` without the update for other optimisers). On the
-  issue-2 MLP that step took 2.45 against 3.14 ms a batch as autograd through the compiled forward
-  and reverse pass with the update as a third graph (its Python, the autograd ``Function`` and the
-  ~100-tensor tape between the graphs). With any other loss, the gradients come from ``backward``
-  (through the compiled passes of :mod:`pclab.core.compiled_adjoint`) and the optimiser step then
+  (:func:`pclab.core.fast.chain_adjoint.task_loss_grads`) and the functional update
+  (:func:`bpti_train_step`; :func:`bpti_step` without the update for other optimisers), which
+  is faster than autograd through the compiled forward and reverse pass with the update as a third
+  graph (that costs its Python, the autograd ``Function`` and the tape of tensors between the
+  graphs). With any other loss, the gradients come from ``backward``
+  (through the compiled passes of :mod:`pclab.core.fast.compiled_adjoint`) and the optimiser step then
   runs as a graph of its own, the same update under the same rules (:func:`optimizer_update`).
 """
 
@@ -57,16 +57,18 @@ import torch
 from torch.optim import optimizer as _optim_base
 from torch.optim.sgd import sgd as _sgd
 
-from . import chain as dense
+from ..graph import PCN, evaluates_once
 from . import chain_adjoint
-from .graph import PCN, _evaluates_once
+from .chain import Params, Plan, feed_forward, incremental, relax_chain, set_grads, weight_gradients
 
 
-def _flat(params: dense.Params) -> list[torch.Tensor]:
+def flatten(params: Params) -> list[torch.Tensor]:
+    """The chain's parameters as one list: each layer's weight, then its bias if it has one."""
     return [t for pair in params for t in pair if t is not None]
 
 
-def _unflat(plan: dense.Plan, flat: Sequence[torch.Tensor]) -> dense.Params:
+def unflatten(plan: Plan, flat: Sequence[torch.Tensor]) -> Params:
+    """The inverse of :func:`flatten` for ``plan``'s chain."""
     out, k = [], 0
     for layer in plan.chain.layers:
         weight = flat[k]
@@ -79,65 +81,65 @@ def _unflat(plan: dense.Plan, flat: Sequence[torch.Tensor]) -> dense.Params:
     return out
 
 
-def _relax_values(plan: dense.Plan, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
-    params = _unflat(plan, flat)
-    start, predictions = dense.feed_forward(plan, params, clamp)
-    state = dense.relax_chain(plan, params, start, predictions)
+def _relax_values(plan: Plan, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
+    params = unflatten(plan, flat)
+    start, predictions = feed_forward(plan, params, clamp)
+    state = relax_chain(plan, params, start, predictions)
     return state.values, state.initial
 
 
-def _learn(plan: dense.Plan, forward_update: bool, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
-    params = _unflat(plan, flat)
-    start, predictions = dense.feed_forward(plan, params, clamp)
-    state = dense.relax_chain(plan, params, start, predictions)
-    return dense.weight_gradients(plan, state, forward_update)
+def _learn(plan: Plan, forward_update: bool, clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]):
+    params = unflatten(plan, flat)
+    start, predictions = feed_forward(plan, params, clamp)
+    state = relax_chain(plan, params, start, predictions)
+    return weight_gradients(plan, state, forward_update)
 
 
-def _train(plan: dense.Plan, forward_update: bool, optimizer: torch.optim.Optimizer,
+def _train(plan: Plan, forward_update: bool, optimizer: torch.optim.Optimizer,
            clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor]) -> torch.Tensor:
     energy, grads = _learn(plan, forward_update, clamp, flat)
-    dense.set_grads(plan.chain, grads)  # (the caller cleared every .grad: zero_grad breaks the graph)
+    set_grads(plan.chain, grads)  # (the caller cleared every .grad: zero_grad breaks the graph)
     optimizer.step()
     return energy
 
 
-def _flat_grads(plan: dense.Plan, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> list[torch.Tensor | None]:
-    """Per-layer ``(dW, db)`` in :func:`_flat`'s order of the parameters."""
+def _flat_grads(plan: Plan, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> list[torch.Tensor | None]:
+    """Per-layer ``(dW, db)`` in :func:`flatten`'s order of the parameters."""
     return [g for (dw, db), layer in zip(grads, plan.chain.layers) for g in ((dw, db) if layer.linear.bias is not None else (dw,))]
 
 
-def _train_functional(plan: dense.Plan, forward_update: bool, groups: Sequence[FunctionalGroup],
+def _train_functional(plan: Plan, forward_update: bool, groups: Sequence[FunctionalGroup],
                       clamp: Sequence[torch.Tensor | None], flat: Sequence[torch.Tensor],
-                      state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
+                      state: Sequence[Sequence[Any]], corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, Params]:
     energy, grads = _learn(plan, forward_update, clamp, flat)
     _update(groups, flat, _flat_grads(plan, grads), state, corrections)
     return energy, grads
 
 
-def _incremental_functional(plan: dense.Plan, groups: Sequence[FunctionalGroup], clamp: Sequence[torch.Tensor | None],
+def _incremental_functional(plan: Plan, groups: Sequence[FunctionalGroup], clamp: Sequence[torch.Tensor | None],
                             flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]],
-                            corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
-    last: list[dense.Params] = []
+                            corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, Params]:
+    last: list[Params] = []
 
     def learn(grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
         # in place: the next inference step predicts with the new weights; this batch's k-th weight step
         _update(groups, flat, _flat_grads(plan, grads), state, corrections, k=len(last))
         last.append(grads)
 
-    energy = dense.incremental(plan, _unflat(plan, flat), clamp, learn)
+    energy = incremental(plan, unflatten(plan, flat), clamp, learn)
     return energy, last[-1]
 
 
-def _bpti_learn(plan: dense.Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
+def _bpti_learn(plan: Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
                 inputs: tuple[Sequence[torch.Tensor | None], Sequence[torch.Tensor]], flat: Sequence[torch.Tensor]):
     given, targets = inputs
-    return chain_adjoint.task_loss_grads(plan, _unflat(plan, flat), given, terms, targets, need)
+    return chain_adjoint.task_loss_grads(plan, unflatten(plan, flat), given, terms, targets, need)
 
 
-def _bpti_functional(plan: dense.Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
+def _bpti_functional(plan: Plan, terms: tuple[chain_adjoint.LossTerm, ...], need: tuple[tuple[bool, bool], ...],
                      groups: Sequence[FunctionalGroup], inputs: tuple[Sequence[torch.Tensor | None], Sequence[torch.Tensor]],
                      flat: Sequence[torch.Tensor], state: Sequence[Sequence[Any]],
-                     corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, dense.Params]:
+                     corrections: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, Params]:
     values, grads = _bpti_learn(plan, terms, need, inputs, flat)
     _update(groups, flat, _flat_grads(plan, grads), state, corrections)
     return values, grads
@@ -199,9 +201,8 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     """One step of ``torch.optim.Adam``/``AdamW`` on one parameter, in place: the arithmetic of its
     single-tensor form (``torch.optim.adam._single_tensor_adam``, not capturable), but with the bias
     corrections given. Traced, ``1 - beta^t`` from the step count in the state would be
-    recomputed by Inductor inside the update's element loop, two ``pow`` calls per 16 values:
-    measured, a compiled update of the issue-2 MLP's parameters took 113-188 us with them and
-    43 us with the corrections as inputs."""
+    recomputed by Inductor inside the update's element loop, two ``pow`` calls per 16 values,
+    several times the cost of the update with the corrections as inputs."""
     if maximize:
         grad = -grad
     step += 1
@@ -267,7 +268,7 @@ def _options(kind: str, group: dict[str, Any]) -> tuple[dict[str, Any], tuple[st
     return options, (("momentum_buffer",) if group["momentum"] != 0 else ())
 
 
-def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+def functional_groups(plan: Plan, flat: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
                       reached: Sequence[bool] | None = None) -> tuple[FunctionalGroup, ...] | None:
     """``optimizer.step()`` for the gradients of ``plan``'s chain as :class:`FunctionalGroup`\\ s
     (one per parameter group), or ``None`` where ``torch.optim``'s ``step`` must run instead.
@@ -278,7 +279,7 @@ def functional_groups(plan: dense.Plan, flat: Sequence[torch.Tensor], optimizer:
         return None
     position = {id(p): i for i, p in enumerate(flat)}
     if reached is None:
-        # flat positions that get a gradient, as dense.set_grads gives them: an active layer's, requiring grad
+        # flat positions that get a gradient, as set_grads gives them: an active layer's, requiring grad
         active = _flat_grads(plan, [(True, True) if plan.active[l] else (None, None) for l in range(1, plan.chain.depth + 1)])
         reached = [bool(has) and param.requires_grad for param, has in zip(flat, active)]
     return _groups(kind, optimizer, position, {i for i, has in enumerate(reached) if has})
@@ -326,11 +327,11 @@ def optimizer_update(optimizer: torch.optim.Optimizer) -> bool:
     state = _state(optimizer, params, groups)
     if state is None:
         return False
-    entry = CACHE.get(key, lambda: _compile(lambda p, g, s, k: _update(groups, p, g, s, k)))
+    entry = CACHE.get(key, lambda: compile_graph(lambda p, g, s, k: _update(groups, p, g, s, k)))
     entry.groups = groups
     corrections = [group.corrections(tensors, 1) for group, tensors in zip(groups, state)]
     with torch.no_grad():
-        _call(entry, 0, params, grads, state, corrections)  # (any batch size: 0 stands for all)
+        run(entry, 0, params, grads, state, corrections)  # (any batch size: 0 stands for all)
     optimizer._opt_called = True  # what torch.optim's step tells a learning-rate scheduler
     return True
 
@@ -363,27 +364,26 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-def _compile(fn: Callable[..., Any], fullgraph: bool = True) -> Callable[..., Any]:
+def compile_graph(fn: Callable[..., Any], fullgraph: bool = True) -> Callable[..., Any]:
     """``torch.compile`` of (a copy of, :func:`_own_code`) ``fn`` with static shapes, into one whole
-    graph unless ``fullgraph=False``, with :func:`_guard_filter`."""
-    return torch.compile(_own_code(fn), fullgraph=fullgraph, dynamic=False, options={**INDUCTOR_OPTIONS, "guard_filter_fn": _guard_filter})
+    graph unless ``fullgraph=False``, with :func:`guard_filter`."""
+    return torch.compile(_own_code(fn), fullgraph=fullgraph, dynamic=False, options={**INDUCTOR_OPTIONS, "guard_filter_fn": guard_filter})
 
 
-def _guard_filter(entries: Sequence[Any]) -> list[bool]:
+def guard_filter(entries: Sequence[Any]) -> list[bool]:
     """TorchDynamo's ``guard_filter_fn``: every guard but those that a module object reached under
-    two names is one object. This module calls :mod:`pclab.core.chain` as ``dense``, the inlined
-    functions of ``chain`` reach it as their own module, and TorchDynamo checks the two are the
-    same once per inlined call: 325 identical checks on every call of the issue-2 MLP's PC step
-    (~2 % of it, measured in one process)."""
+    two names is one object: the functions traced here reach :mod:`pclab.core.fast.chain` both
+    from this module and as their own module, and TorchDynamo would check the two are the same once
+    per inlined call, hundreds of identical checks on every call of a PC step."""
     return [not (e.guard_type == "DUPLICATE_INPUT" and e.has_value and isinstance(e.value, types.ModuleType)) for e in entries]
 
 
 @dataclass
-class _Compiled:
+class Compiled:
     """One compiled function and the batch size it serves."""
 
     fn: Callable[..., Any]
-    setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor: ~1 s)
+    setup_seconds: float = 0.0  # making ``fn`` (the first ``torch.compile`` of a process imports Inductor)
     batch: int | None = None
     compile_seconds: float | None = None
     groups: tuple[FunctionalGroup, ...] | None = None  # a functional optimiser step's
@@ -394,16 +394,16 @@ class CompileCache:
     """Compiled relaxations / PC steps by plan (a small bounded cache)."""
 
     limit: int = 8
-    entries: dict[tuple, _Compiled] = field(default_factory=dict)
+    entries: dict[tuple, Compiled] = field(default_factory=dict)
 
-    def get(self, key: tuple, make: Callable[[], Callable[..., Any]]) -> _Compiled:
+    def get(self, key: tuple, make: Callable[[], Callable[..., Any]]) -> Compiled:
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= self.limit:
                 self.entries.pop(next(iter(self.entries)))
             start = time.perf_counter()
             fn = make()
-            entry = self.entries[key] = _Compiled(fn, time.perf_counter() - start)
+            entry = self.entries[key] = Compiled(fn, time.perf_counter() - start)
         return entry
 
 
@@ -418,7 +418,7 @@ def total_compile_seconds() -> float:
     return _compile_seconds
 
 
-def _call(entry: _Compiled, batch: int, *args) -> Any | None:
+def run(entry: Compiled, batch: int, *args) -> Any | None:
     """Run the compiled function if it serves ``batch`` (the first batch size it saw)."""
     if entry.batch is None:
         entry.batch = batch
@@ -436,22 +436,22 @@ def _call(entry: _Compiled, batch: int, *args) -> Any | None:
     return entry.fn(*args)
 
 
-def relax_values(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None]):
+def relax_values(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None]):
     """``(values, initial)``: relaxed and feed-forward values ``z[0] .. z[L]`` from the compiled
     relaxation, or ``None`` when this batch size is served by the eager path."""
     key = ("relax", plan)
-    entry = CACHE.get(key, lambda: _compile(lambda c, f: _relax_values(plan, c, f)))
+    entry = CACHE.get(key, lambda: compile_graph(lambda c, f: _relax_values(plan, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
-    return _call(entry, batch, list(clamp), _flat(params))
+    return run(entry, batch, list(clamp), flatten(params))
 
 
-def pc_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None], forward_update: bool):
-    """``(E, grads)`` of :func:`pclab.core.chain.weight_gradients` after a compiled relaxation, or
+def pc_step(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None], forward_update: bool):
+    """``(E, grads)`` of :func:`pclab.core.fast.chain.weight_gradients` after a compiled relaxation, or
     ``None`` when this batch size is served by the eager path."""
     key = ("learn", plan, forward_update)
-    entry = CACHE.get(key, lambda: _compile(lambda c, f: _learn(plan, forward_update, c, f)))
+    entry = CACHE.get(key, lambda: compile_graph(lambda c, f: _learn(plan, forward_update, c, f)))
     batch = next(v for v in clamp if v is not None).shape[0]
-    return _call(entry, batch, list(clamp), _flat(params))
+    return run(entry, batch, list(clamp), flatten(params))
 
 
 # ---------------------------------------------------------------------------- any PCN
@@ -480,7 +480,7 @@ def traceable(model: PCN, free: Sequence[str]) -> bool:
     """Whether :func:`latent_grads` applies to ``model``: some node is free, and no edge module
     samples or moves running statistics when called (dropout, a ``torch.nn`` BatchNorm in training
     mode). Checked once per relaxation (it walks the modules), not at every step."""
-    return bool(free) and all(_evaluates_once(m) for m in model.edge_modules.values())
+    return bool(free) and all(evaluates_once(m) for m in model.edge_modules.values())
 
 
 def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[str], clamped: frozenset[str],
@@ -491,19 +491,19 @@ def latent_grads(model: PCN, values: Mapping[str, torch.Tensor], free: Sequence[
     one compiled: the eager code must run instead.
 
     Precision multipliers go in as tensors, so a schedule's changing values do not recompile.
-    The same numbers as the eager gradients up to float rounding (``tests/perf``); :func:`pclab.core.relax.relax`
+    The same numbers as the eager gradients up to float rounding (``tests/fast``); :func:`pclab.core.relax.relax`
     calls it for pclab's ``SGD`` only (an Adam-like rule would blow that rounding up where a
-    feed-forward start makes the gradient exactly zero). Measured (``BENCHMARKS.md``): a PC step of
-    ``pclab bench``'s small conv net (T = 20) 0.71-0.80x the eager time; the depth study's VGG-BN
-    PC steps, whose convolutions dominate, 0.96x summed (within the machine's noise)."""
+    feed-forward start makes the gradient exactly zero). It pays where the elementwise work between
+    the products is a large part of a step, less where convolutions dominate (measured times: the
+    benchmarks page)."""
     # (train / eval mode: a graph each, each compiled and timed on its first call)
     key = ("grads", model, model.training, clamped, tuple(free), multipliers is None, None if cached is None else tuple(cached))
-    entry = CACHE.get(key, lambda: _compile(_energy_grads(model, clamped)))
+    entry = CACHE.get(key, lambda: compile_graph(_energy_grads(model, clamped)))
     like = values[free[0]]
     if multipliers is not None:
         multipliers = {n: torch.tensor(float(m), dtype=like.dtype, device=like.device) for n, m in multipliers.items()}
     fixed = {n: v for n, v in values.items() if n not in free}
-    return _call(entry, like.shape[0], {n: values[n] for n in free}, fixed, None if cached is None else dict(cached), multipliers)
+    return run(entry, like.shape[0], {n: values[n] for n in free}, fixed, None if cached is None else dict(cached), multipliers)
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple:
@@ -522,7 +522,7 @@ def rates_are_tensors(optimizer: torch.optim.Optimizer) -> bool:
     return all(isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups)
 
 
-def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None], forward_update: bool,
+def pc_train_step(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None], forward_update: bool,
                   optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """One whole PC training step -- relaxation, weight gradients (left in ``.grad``, as
     ``backward`` would) and the optimiser's step -- from one compiled frame; the batch-mean energy,
@@ -532,7 +532,7 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
 
     The step is compiled with ``optimizer``'s hyperparameters of the first call: the caller keeps
     them (:func:`hyperparameters`) and steps eagerly after a change, which would recompile."""
-    flat = _flat(params)
+    flat = flatten(params)
     batch = next(v for v in clamp if v is not None).shape[0]
     if _functional_kind(optimizer) is None:
         return _optimizer_train_step(plan, flat, clamp, forward_update, optimizer, batch)
@@ -540,17 +540,17 @@ def pc_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.
                             lambda groups: lambda c, f, s, k: _train_functional(plan, forward_update, groups, c, f, s, k))
 
 
-def bpti_step(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
+def bpti_step(plan: Plan, params: Params, given: Sequence[torch.Tensor | None],
               terms: tuple[chain_adjoint.LossTerm, ...], targets: Sequence[torch.Tensor], need: tuple[tuple[bool, bool], ...]):
-    """``(values, grads)`` of :func:`pclab.core.chain_adjoint.task_loss_grads` (bp-through-inference
+    """``(values, grads)`` of :func:`pclab.core.fast.chain_adjoint.task_loss_grads` (bp-through-inference
     with a task loss) as one compiled graph, or ``None`` when this batch size is served by the eager path."""
     key = ("bpti", plan, terms, need)
-    entry = CACHE.get(key, lambda: _compile(lambda i, f: _bpti_learn(plan, terms, need, i, f)))
+    entry = CACHE.get(key, lambda: compile_graph(lambda i, f: _bpti_learn(plan, terms, need, i, f)))
     batch = next(v for v in given if v is not None).shape[0]
-    return _call(entry, batch, (list(given), list(targets)), _flat(params))
+    return run(entry, batch, (list(given), list(targets)), flatten(params))
 
 
-def bpti_train_step(plan: dense.Plan, params: dense.Params, given: Sequence[torch.Tensor | None],
+def bpti_train_step(plan: Plan, params: Params, given: Sequence[torch.Tensor | None],
                     terms: tuple[chain_adjoint.LossTerm, ...], targets: Sequence[torch.Tensor], need: tuple[tuple[bool, bool], ...],
                     reached: Sequence[bool], optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """:func:`bpti_step` and ``optimizer``'s step (a functional update of the parameters in
@@ -558,15 +558,15 @@ def bpti_train_step(plan: dense.Plan, params: dense.Params, given: Sequence[torc
     the loss and term values, or ``None`` where this does not apply (as :func:`pc_train_step`)."""
     if _functional_kind(optimizer) is None:
         return None
-    flat = _flat(params)
+    flat = flatten(params)
     batch = next(v for v in given if v is not None).shape[0]
     return _functional_step(("bpti-train", plan, terms, need), plan, flat, (list(given), list(targets)), optimizer, batch, 1,
                             lambda groups: lambda i, f, s, k: _bpti_functional(plan, terms, need, groups, i, f, s, k), reached)
 
 
-def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequence[torch.Tensor | None],
+def incremental_train_step(plan: Plan, params: Params, clamp: Sequence[torch.Tensor | None],
                            optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-    """Incremental PC (:func:`pclab.core.chain.incremental`) on one batch as one compiled graph: the
+    """Incremental PC (:func:`pclab.core.fast.chain.incremental`) on one batch as one compiled graph: the
     ``T`` latent steps, each with its weight gradients and ``optimizer``'s functional update
     (:func:`functional_groups`), the last gradients left in ``.grad``; the energy of the last step,
     or ``None`` where this does not apply (another optimiser class or step hooks, no optimiser
@@ -574,13 +574,13 @@ def incremental_train_step(plan: dense.Plan, params: dense.Params, clamp: Sequen
     :func:`pc_train_step`."""
     if _functional_kind(optimizer) is None:
         return None
-    flat = _flat(params)
+    flat = flatten(params)
     batch = next(v for v in clamp if v is not None).shape[0]
     return _functional_step(("incremental", plan), plan, flat, list(clamp), optimizer, batch, plan.steps,
                             lambda groups: lambda c, f, s, k: _incremental_functional(plan, groups, c, f, s, k))
 
 
-def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], inputs: Any,
+def _functional_step(kind: tuple, plan: Plan, flat: list[torch.Tensor], inputs: Any,
                      optimizer: torch.optim.Optimizer, batch: int, updates: int,
                      traced: Callable[[tuple[FunctionalGroup, ...]], Callable[..., Any]],
                      reached: Sequence[bool] | None = None) -> torch.Tensor | None:
@@ -596,14 +596,14 @@ def _functional_step(kind: tuple, plan: dense.Plan, flat: list[torch.Tensor], in
     state = _state(optimizer, flat, groups)
     if state is None or (entry is not None and entry.batch not in (None, batch)):
         return None
-    entry = CACHE.get(key, lambda: _compile(traced(groups)))
+    entry = CACHE.get(key, lambda: compile_graph(traced(groups)))
     entry.groups = groups
     corrections = [group.corrections(tensors, updates) for group, tensors in zip(groups, state)]
-    energy, grads = _call(entry, batch, inputs, flat, state, corrections)
-    for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its ~10 us of profiler and dispatch
+    energy, grads = run(entry, batch, inputs, flat, state, corrections)
+    for group in optimizer.param_groups:  # zero_grad(set_to_none=True), without its profiler and dispatch overhead
         for param in group["params"]:
             param.grad = None
-    dense.set_grads(plan.chain, grads)
+    set_grads(plan.chain, grads)
     optimizer._opt_called = True  # what torch.optim's step tells a learning-rate scheduler
     return energy
 
@@ -625,20 +625,20 @@ def _state(optimizer: torch.optim.Optimizer, flat: Sequence[torch.Tensor],
     return out
 
 
-def _optimizer_train_step(plan: dense.Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
+def _optimizer_train_step(plan: Plan, flat: list[torch.Tensor], clamp: Sequence[torch.Tensor | None],
                           forward_update: bool, optimizer: torch.optim.Optimizer, batch: int) -> torch.Tensor | None:
     """:func:`pc_train_step` with ``optimizer.step()`` itself run from the compiled frame (a second graph)."""
     key = ("train", plan, forward_update, optimizer)
 
     def make() -> Callable[..., Any]:
         train = _own_code(_train)  # its own resume functions after torch.optim's graph breaks, too
-        return _compile(lambda c, f: train(plan, forward_update, optimizer, c, f), fullgraph=False)
+        return compile_graph(lambda c, f: train(plan, forward_update, optimizer, c, f), fullgraph=False)
 
     entry = CACHE.get(key, make)
     if entry.batch is not None and entry.batch != batch:
         return None
     optimizer.zero_grad(set_to_none=True)
-    return _call(entry, batch, list(clamp), flat)
+    return run(entry, batch, list(clamp), flat)
 
 
 def compile_seconds() -> dict[str, float]:

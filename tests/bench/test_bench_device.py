@@ -36,10 +36,10 @@ def fake_cuda(monkeypatch):
         seen["data"].append(torch.device(device))
         return real_data(batch, batches, shape, classes, seed)
 
-    monkeypatch.setattr(bench, "mlp_pcn", mlp_pcn)
-    monkeypatch.setattr(bench, "conv_pcn", conv_pcn)
-    monkeypatch.setattr(bench, "data", data)
-    monkeypatch.setattr(bench, "synchronize", lambda device: seen["sync"].append(torch.device(device)))
+    monkeypatch.setattr(bench.models, "mlp_pcn", mlp_pcn)
+    monkeypatch.setattr(bench.models, "conv_pcn", conv_pcn)
+    monkeypatch.setattr(bench.timing, "data", data)
+    monkeypatch.setattr(bench.hardware, "synchronize", lambda device: seen["sync"].append(torch.device(device)))
     return seen
 
 
@@ -56,7 +56,7 @@ def test_every_timing_suite_builds_on_the_device_and_synchronises_it(fake_cuda):
 def test_cpu_run_records_the_device_and_keeps_everything_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rated = []
-    monkeypatch.setattr(bench, "matmul_rate", lambda repeats=30, device=None, batch=64: rated.append(device) or {f"{batch}x128x128": 1.0})
+    monkeypatch.setattr(bench.hardware, "matmul_rate", lambda repeats=30, device=None, batch=64: rated.append(device) or {f"{batch}x128x128": 1.0})
     made = []
     real_make = bench.make_algorithm
 
@@ -64,7 +64,7 @@ def test_cpu_run_records_the_device_and_keeps_everything_on_the_cpu(monkeypatch)
         made.append({p.device for p in model.parameters()})
         return real_make(name, model, steps, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "make_algorithm", make_algorithm)
+    monkeypatch.setattr(bench.steps, "make_algorithm", make_algorithm)
     result = bench.run_speed_benchmark(suites=("target",), quick=True, compile=False, threads=1, device="auto")
     assert result["config"]["device"] == "auto"
     assert result["machine"]["device"] == result["target"]["device"] == "cpu"
@@ -110,9 +110,9 @@ def test_memory_probe_is_chosen_by_device(monkeypatch):
         return {"heap": 3.0, "rss": 4.0}
 
     monkeypatch.setattr(subprocess, "run", run)
-    monkeypatch.setattr(bench, "cuda_peak_memory_mib", cuda_probe)
+    monkeypatch.setattr(bench.peak_memory, "cuda_peak_memory_mib", cuda_probe)
     assert bench.peak_memory_mib("pc", 10) == {"heap": 1.0, "rss": 2.0}
-    assert len(runs) == 1 and bench._MEMORY_PROBE in runs[0] and cuda_calls == []
+    assert len(runs) == 1 and "pclab.bench.heap_probe" in runs[0] and cuda_calls == []
     result = bench.memory(ts=(10, 20), algorithms_=("pc",), device=CUDA)
     assert len(runs) == 1 and cuda_calls == [("pc", 10, CUDA), ("pc", 20, CUDA)]
     assert result["device"] == "cuda" and result["rows"][0] == {"T": 10, "pc": 3.0, "pc_rss": 4.0}
@@ -128,7 +128,7 @@ def test_cuda_memory_probe_reads_the_allocator_peaks_after_a_warm_up(monkeypatch
         step = real_make(name, model, steps)
         return lambda x, y: (events.append("step"), step(x, y))
 
-    monkeypatch.setattr(bench, "make_algorithm", make_algorithm)
+    monkeypatch.setattr(bench.steps, "make_algorithm", make_algorithm)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: counters["allocated"])
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: counters["reserved"])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: counters["peak_allocated"])
@@ -145,7 +145,7 @@ def test_machine_names_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.version, "cuda", "12.4")
-    monkeypatch.setattr(bench, "_gpu_driver", lambda index: "550.54")
+    monkeypatch.setattr(bench.hardware, "gpu_driver", lambda index: "550.54")
     record = bench.machine(CUDA)
     assert record["device"] == "cuda" and record["gpu"] == "Test GPU" and record["gpu_memory_gib"] == 8.0
     assert record["cuda"] == "12.4" and record["driver"] == "550.54" and record["gpu_capability"] == "8.6"

@@ -1,19 +1,22 @@
-"""Small float64 networks and numerical helpers shared by the core tests.
+"""Small networks and numerical helpers shared by the tests of the core (``tests/core``) and of its
+accelerators (``tests/fast``).
 
 Everything here is deterministic: each builder takes a seed and draws from its own RNG scope,
-so a test never depends on the order in which other tests ran.
+so a test never depends on the order in which other tests ran. Networks are float64 unless a
+``dtype`` says otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from hypothesis import settings
 from torch import nn
 
-from pclab.core import PCN, CrossEntropy, Dense, Gaussian, Node
+from pclab.core import PCN, CrossEntropy, Dense, Gaussian, Inference, Node
 
 F64 = torch.float64
 SMOOTH = ("identity", "tanh", "sigmoid", "gelu", "silu")
@@ -34,10 +37,10 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def randn(*shape: int, seed: int) -> torch.Tensor:
-    """Standard normal float64 tensor from its own generator."""
+def randn(*shape: int, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
+    """Standard normal tensor from its own generator (drawn in float64, then cast to ``dtype``)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=F64)
+    return torch.randn(*shape, generator=g, dtype=F64).to(dtype)
 
 
 def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -55,14 +58,18 @@ def chain(
     output: Gaussian | CrossEntropy | None = None,
     hidden_precision: Sequence[float] | None = None,
     seed: int = 0,
+    dtype: torch.dtype = F64,
+    bias: bool = True,
 ) -> PCN:
-    """Feed-forward chain ``x -> h1 -> ... -> y`` of :class:`Dense` edges in float64.
+    """Feed-forward chain ``x -> h1 -> ... -> y`` of :class:`Dense` edges.
 
     Args:
         widths: node widths, ``len(widths) = layers + 1``.
-        activations: one name, or one per weight layer.
+        activations: one name for every layer (the output's too), or one per weight layer.
         output: energy of ``y`` (Gaussian(1) by default).
         hidden_precision: Gaussian precision of each hidden node.
+        dtype: the parameters' dtype.
+        bias: the layers have biases.
     """
     layers = len(widths) - 1
     if isinstance(activations, str):
@@ -74,8 +81,53 @@ def chain(
         nodes.append(Node(names[i], (widths[i],), Gaussian(precision)))
     nodes.append(Node("y", (widths[-1],), output if output is not None else Gaussian()))
     with seeded(seed):
-        edges = [(names[i], names[i + 1], Dense(widths[i], widths[i + 1], activations[i])) for i in range(layers)]
-        return PCN(nodes, edges).to(F64)
+        edges = [(names[i], names[i + 1], Dense(widths[i], widths[i + 1], activations[i], bias=bias)) for i in range(layers)]
+        return PCN(nodes, edges).to(dtype)
+
+
+def mlp(
+    widths: Sequence[int],
+    activations: Sequence[str] | str = "tanh",
+    output: Gaussian | CrossEntropy | None = None,
+    precisions: Sequence[float] | None = None,
+    dtype: torch.dtype = F64,
+    seed: int = 0,
+    bias: bool = True,
+) -> PCN:
+    """:func:`chain` as an MLP: one activation name applies to the hidden layers, the output layer is
+    linear; ``precisions``: the Gaussian precision of every node after ``x`` (the output's unless
+    ``output`` is given)."""
+    layers = len(widths) - 1
+    if isinstance(activations, str):
+        activations = [activations] * (layers - 1) + ["identity"]
+    precisions = list(precisions) if precisions is not None else [1.0] * layers
+    output = output if output is not None else Gaussian(precisions[-1])
+    return chain(widths, activations, output, precisions[:-1], seed=seed, dtype=dtype, bias=bias)
+
+
+def reference(inference: Inference) -> Inference:
+    """The same inference on the general graph code (hand-derived VJPs, no accelerator)."""
+    return Inference(**{**inference.__dict__, "method": "manual"})
+
+
+def autograd(inference: Inference) -> Inference:
+    """The same inference with latent gradients from autograd."""
+    return Inference(**{**inference.__dict__, "method": "autograd"})
+
+
+def twin(model: PCN) -> PCN:
+    """An independent copy of ``model`` (same weights)."""
+    return copy.deepcopy(model)
+
+
+def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest relative difference over the entries of two states (norm-wise per entry)."""
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    worst = 0.0
+    for k in a:
+        scale = max(float(b[k].norm()), 1e-30)
+        worst = max(worst, float((a[k] - b[k]).norm()) / scale)
+    return worst
 
 
 def hybrid(image: int = 6, latent: int = 3, classes: int = 4, seed: int = 0) -> PCN:

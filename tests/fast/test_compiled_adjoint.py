@@ -1,5 +1,5 @@
 """``Inference(compile=True)`` for bp-through-inference on Dense chains: the compiled forward and
-reverse pass (:mod:`pclab.core.compiled_adjoint`) give the eager hand-derived pass's numbers.
+reverse pass (:mod:`pclab.core.fast.compiled_adjoint`) give the eager hand-derived pass's numbers.
 
 Compiling takes seconds (tens on a cold Inductor cache), so this file is marked slow.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from perf_chains import chain, randn, twin
 from torch._dynamo.utils import counters
 
-from pclab.core import SGD, BPThroughInference, Inference, TaskLoss, chain_adjoint, compiled, relax
-from pclab.core.chain import Anchored
+from nets import mlp, randn, twin
+from pclab.core import SGD, BPThroughInference, Inference, TaskLoss, relax
+from pclab.core.fast import anchored, chain_adjoint, compiled, path
+from pclab.core.fast.chain import Anchored
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
@@ -23,7 +24,7 @@ F32 = torch.float32
 CHAINS = {"plain": [12, 8, 8, 4], "anchored": [12, 16, 4, 4], "wide": [12, 20, 24, 20, 4]}
 
 
-def _entries(model) -> dict[str, compiled._Compiled]:
+def _entries(model) -> dict[str, compiled.Compiled]:
     """The compiled graphs of ``model``'s chain (forward / reverse pass, whole step), by kind."""
     first = model.module("x", "h1")
     return {key[0]: e for key, e in compiled.CACHE.entries.items()
@@ -44,7 +45,7 @@ def eager_calls(monkeypatch):
     """Counts the eager forward and reverse passes (not while TorchDynamo traces them into a
     compiled graph: it would replay the count with every call of the graph, and guard on it)."""
     calls = {"forward": 0, "reverse": 0}
-    run, reverse = chain_adjoint._run, chain_adjoint._reverse
+    run, reverse = chain_adjoint.record, chain_adjoint.reverse
 
     def counted_run(*args):
         if not torch.compiler.is_compiling():
@@ -56,8 +57,8 @@ def eager_calls(monkeypatch):
             calls["reverse"] += 1
         return reverse(*args)
 
-    monkeypatch.setattr(chain_adjoint, "_run", counted_run)
-    monkeypatch.setattr(chain_adjoint, "_reverse", counted_reverse)
+    monkeypatch.setattr(chain_adjoint, "record", counted_run)
+    monkeypatch.setattr(chain_adjoint, "reverse", counted_reverse)
     return calls
 
 
@@ -69,7 +70,7 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
     forward and reverse pass, then the optimiser's step as a compiled graph of its own."""
     widths, steps = CHAINS[case], 4
     assert Anchored.pays(6, widths[1], widths[2], steps - 1) == (case == "anchored")
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     other = twin(model)
     task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
     eager = BPThroughInference(other, Inference(steps=steps, optimizer=SGD(0.1)), torch.optim.SGD(other.parameters(), 0.05), task, ("x", "y"))
@@ -102,8 +103,9 @@ def test_compiled_bp_through_inference_learns_like_the_eager_reverse_pass(case, 
         assert not updates
     total = sum(e.compile_seconds for e in [*entries.values(), *updates])
     assert compiled.total_compile_seconds() - before == pytest.approx(total)
-    relaxed = relax(model, {"x": data["x"], "y": data["y"]}, fast.inference, differentiable=True)
-    assert relaxed.chain[1].anchored == ((1,) if case == "anchored" else ())
+    clamp = {"x": data["x"], "y": data["y"]}
+    assert path(model, fast.inference, batch=clamp, differentiable=True) == "compiled-adjoint"
+    assert anchored(model, clamp, fast.inference) == (("h1",) if case == "anchored" else ())
 
 
 def _loss(model, values) -> torch.Tensor:
@@ -117,7 +119,7 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
     """A loss on the output and the hidden values; with ``start-momentum`` a given start (whose
     values get their gradient too) relaxed by heavy-ball SGD."""
     widths = CHAINS["anchored"]
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     momentum = case == "start-momentum"
     optimizer = SGD(0.05, momentum=0.5) if momentum else SGD(0.1)
     clamp = {"x": randn(6, 12, seed=1, dtype=F32), "y": randn(6, widths[-1], seed=2, dtype=F32)}
@@ -133,15 +135,16 @@ def test_compiled_gradients_equal_the_eager_hand_derived_ones(case, eager_calls)
         first = torch.autograd.grad(loss, inputs, retain_graph=True)
         again = torch.autograd.grad(loss, inputs)  # the saved record is reused, not consumed
         assert all(torch.equal(x, y) for x, y in zip(first, again))
-        return first, relaxed
+        assert path(model, inference, batch=clamp, differentiable=True, initial=start) == ("compiled-adjoint" if compile else "chain-adjoint")
+        return first, relaxed, anchored(model, clamp, inference)
 
     for seed in (10, 20):  # the second call runs the compiled graphs
         calls = dict(eager_calls)
-        fast, relaxed = grads(True, seed)
+        fast, relaxed, fast_anchored = grads(True, seed)
         if seed == 20:
             assert eager_calls == calls
-        slow, reference = grads(False, seed)
-        assert relaxed.chain[1].anchored == reference.chain[1].anchored == (() if momentum else (1,))
+        slow, reference, slow_anchored = grads(False, seed)
+        assert fast_anchored == slow_anchored == (() if momentum else ("h1",))
         assert max(_rel(a, b) for a, b in zip(fast, slow)) <= 1e-5
         assert max(_rel(relaxed.values[n], reference.values[n]) for n in relaxed.values) <= 1e-5
     entries = _entries(model)
@@ -159,7 +162,7 @@ def test_the_optimiser_step_of_compiled_bp_through_inference_matches_torch_optim
     ``step`` after a compiled graph of the gradients. A TaskLoss subclass: the step after the
     compiled reverse pass compiles on its own (compiled.optimizer_update), RMSprop's excepted."""
     widths = CHAINS["anchored"]
-    model = chain(widths, "tanh", dtype=F32)
+    model = mlp(widths, "tanh", dtype=F32)
     other = twin(model)
     task = (TaskLoss if loss == "plain" else _OwnLoss)(reconstruct={"y": 1.0})
     rules = [BPThroughInference(m, Inference(steps=3, optimizer=SGD(0.1), compile=compile), optimizer(m.parameters()), task, ("x", "y"))

@@ -1,24 +1,26 @@
-"""The hand-derived reverse pass of the Dense-chain relaxation (:mod:`pclab.core.chain_adjoint`)
+"""The hand-derived reverse pass of the Dense-chain relaxation (:mod:`pclab.core.fast.chain_adjoint`)
 gives the gradients of autograd through the unrolled relaxation.
 
-References: autograd through the fast relaxation (``chain_adjoint.autograd_only()``) and autograd
+References: autograd through the fast relaxation (``Inference(accelerators=("chain",))``) and autograd
 through the general graph code (``method="manual"``), both float64.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from perf_chains import chain, names, randn, reference
 
-from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, chain_adjoint, relax
-from pclab.core.chain_adjoint import CURVATURE
-from pclab.core.relax import chain_plan
+from nets import chain_names, mlp, randn, reference
+from pclab.core import SGD, Adam, Constant, CrossEntropy, Decaying, Inference, Spiking, TaskLoss, relax
+from pclab.core.fast import anchored, chain_adjoint, path
+from pclab.core.fast.dispatch import chain_plan
+from pclab.core.layers import CURVATURE
 
 OPTIMIZERS = {
     "sgd": SGD(0.1),
@@ -56,14 +58,13 @@ def _grads(model, clamp, inference, target, start=None, hand: bool = True):
     path ran (``True``: the hand-derived reverse pass)."""
     params = list(model.parameters())
     inputs = params + ([start[n] for n in start if n not in clamp] if start is not None else [])
-    if hand:
-        relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
-    else:
-        with chain_adjoint.autograd_only():
-            relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
+    if not hand:  # the Dense-chain relaxation without its reverse pass
+        inference = replace(inference, accelerators=("chain",))
+    relaxed = relax(model, clamp, inference, differentiable=True, initial=start)
     loss = _loss(model, relaxed.values, relaxed.clamped, target)
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-    used = any(v.grad_fn is not None and type(v.grad_fn).__name__ == "_ChainRelaxationBackward" for v in relaxed.values.values())
+    used = any(v.grad_fn is not None and type(v.grad_fn).__name__ == "ChainRelaxationBackward" for v in relaxed.values.values())
+    assert used == (path(model, inference, batch=clamp, differentiable=True, initial=start) == "chain-adjoint")
     return float(loss.detach()), grads, used, relaxed
 
 
@@ -101,7 +102,7 @@ def _compare(model, clamp, inference, target, start=None, general: bool = True) 
 )
 def test_hand_derived_reverse_pass_equals_autograd(depth, widths, activation, optimizer, pattern, output, schedule, steps, bias):
     ce = output == "ce"
-    model = chain(widths[: depth + 1], activation, output=CrossEntropy(0.7) if ce else None,
+    model = mlp(widths[: depth + 1], activation, output=CrossEntropy(0.7) if ce else None,
                   precisions=[1.0 + 0.25 * l for l in range(depth)], bias=bias)
     clamp = _clamp(model, pattern, batch=4, ce=ce)
     inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer], precision=SCHEDULES[schedule])
@@ -112,18 +113,18 @@ def test_hand_derived_reverse_pass_equals_autograd(depth, widths, activation, op
 @pytest.mark.parametrize("output", ["gaussian", "ce"])
 def test_every_activation_and_output_energy_on_a_training_chain(activation, output):
     """Input and label clamped, wide enough for the anchored first hidden node (the MLP case)."""
-    model = chain([9, 8, 8, 3], activation, output=CrossEntropy() if output == "ce" else None)
+    model = mlp([9, 8, 8, 3], activation, output=CrossEntropy() if output == "ce" else None)
     clamp = _clamp(model, "io", batch=6, ce=output == "ce")
     inference = Inference(steps=12, optimizer=SGD(0.1))
     _, _, used, relaxed = _grads(model, clamp, inference, randn(6, 3, seed=3))
-    assert used and relaxed.chain[1].anchored == (1,)
+    assert used and anchored(model, clamp, inference) == ("h1",)
     _compare(model, clamp, inference, randn(6, 3, seed=3))
 
 
 def test_the_graph_can_be_differentiated_again_with_retain_graph():
     """autograd.grad(..., retain_graph=True) twice (one call per layer, as the dynamics study's
     alignment does) gives the same gradients as one call for all parameters."""
-    model = chain([9, 8, 8, 3], "tanh")
+    model = mlp([9, 8, 8, 3], "tanh")
     clamp = _clamp(model, "io", batch=6, ce=False)
     relaxed = relax(model, clamp, Inference(steps=6, optimizer=SGD(0.1)), differentiable=True)
     loss = _loss(model, relaxed.values, relaxed.clamped, randn(6, 3, seed=3))
@@ -137,12 +138,12 @@ def test_the_graph_can_be_differentiated_again_with_retain_graph():
 @pytest.mark.parametrize("init", ["zeros", "given"])
 def test_start_values_get_their_gradient(init):
     """Not a feed-forward start: the start values are inputs of the reverse pass too."""
-    model = chain([5, 6, 4, 3], "tanh")
+    model = mlp([5, 6, 4, 3], "tanh")
     clamp = _clamp(model, "io", batch=4, ce=False)
     inference = Inference(steps=7, optimizer=SGD(0.05, momentum=0.5), init="zeros")
     start = None
     if init == "given":
-        start = {n: randn(4, model.nodes[n].shape[0], seed=30 + i).requires_grad_() for i, n in enumerate(names(3)) if n not in clamp}
+        start = {n: randn(4, model.nodes[n].shape[0], seed=30 + i).requires_grad_() for i, n in enumerate(chain_names(3)) if n not in clamp}
     _compare(model, clamp, inference, randn(4, 3, seed=3), start=start)
 
 
@@ -163,15 +164,15 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
     targets include PyTorch's ignore_index (-100)."""
     import torch.nn.functional as F
 
-    from pclab.core import chain as dense
+    from pclab.core.fast.chain import dense_chain
 
-    model = chain([widths[i] for i in range(depth + 1)], activation)
+    model = mlp([widths[i] for i in range(depth + 1)], activation)
     if frozen_bias:
         next(iter(model.edge_modules.values())).linear.bias.requires_grad_(False)
     clamp = _clamp(model, pattern, batch=5, ce=False)
     inference = Inference(steps=steps, optimizer=OPTIMIZERS[optimizer])
     ns = list(model.nodes)
-    structure = dense.dense_chain(model)
+    structure = dense_chain(model)
     plan = chain_plan(model, structure, frozenset(clamp), inference, feed_forward=True)
     given = [clamp.get(n) for n in ns]
     if not chain_adjoint.applies(plan, given):
@@ -211,26 +212,18 @@ def test_task_loss_grads_equal_autograd_through_the_relaxation(depth, widths, ac
 
 def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextlib.nullcontext):
     """One bp-through-inference step on twin chains 7-6-5-3, by the Dense-chain rule and by the
-    general graph code; ``(fast metrics, general metrics, task_loss_grads ran, fast model, general model)``."""
+    general graph code, checking they agree; whether the Dense-chain rule took its whole step without autograd
+    (:func:`~pclab.core.fast.chain_adjoint.task_loss_grads`, path ``"chain-adjoint"``)."""
     from pclab.core import BPThroughInference
 
-    model, other = chain([7, 6, 5, 3], activation), chain([7, 6, 5, 3], activation)
+    model, other = mlp([7, 6, 5, 3], activation), mlp([7, 6, 5, 3], activation)
     inference = Inference(steps=steps, optimizer=SGD(0.1))
     fast = BPThroughInference(model, inference, torch.optim.SGD(model.parameters(), 0.0), loss, clamp)
     slow = BPThroughInference(other, reference(inference), torch.optim.SGD(other.parameters(), 0.0), loss, clamp)
-    calls = []
-    original = chain_adjoint.task_loss_grads
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    chain_adjoint.task_loss_grads = counted
-    try:
-        with warns():
-            a = fast.step(batch)
-    finally:
-        chain_adjoint.task_loss_grads = original
+    whole = path(model, inference, fast, batch) == "chain-adjoint"
+    assert path(other, slow.inference, slow, batch) == "reference"
+    with warns():
+        a = fast.step(batch)
     with warns():
         b = slow.step(batch)
     assert a.keys() == b.keys()
@@ -238,7 +231,7 @@ def _rule_steps(activation: str, batch, loss, clamp, steps: int, warns=contextli
         assert a[key] == pytest.approx(b[key], rel=1e-12)
     for p, q in zip(model.parameters(), other.parameters()):
         assert _rel(p.grad, q.grad) < 1e-9
-    return bool(calls)
+    return whole
 
 
 @pytest.mark.parametrize("loss", [TaskLoss(reconstruct={"y": 1.0}), TaskLoss(reconstruct={"y": 0.4}, classify={"y": 0.6})])
@@ -265,7 +258,7 @@ def test_bp_through_inference_on_a_free_output_takes_class_indices_and_leaves_od
 
 @pytest.mark.parametrize("case", ["adam", "fixed-prediction", "clamp-requires-grad", "nothing-moves", "no-steps"])
 def test_autograd_is_used_where_the_reverse_pass_does_not_apply(case):
-    model = chain([5, 6, 4, 3], "tanh")
+    model = mlp([5, 6, 4, 3], "tanh")
     clamp = _clamp(model, "in" if case == "nothing-moves" else "io", batch=4, ce=False)
     inference = Inference(
         steps=0 if case == "no-steps" else 5,
@@ -275,26 +268,5 @@ def test_autograd_is_used_where_the_reverse_pass_does_not_apply(case):
     if case == "clamp-requires-grad":
         clamp = {n: v.clone().requires_grad_() for n, v in clamp.items()}
     relaxed = relax(model, clamp, inference, differentiable=True)
-    assert relaxed.chain is not None  # still the fast relaxation, differentiated by autograd
-    assert not any(v.grad_fn is not None and type(v.grad_fn).__name__ == "_ChainRelaxationBackward" for v in relaxed.values.values())
-
-
-def test_curvature_table_is_the_second_derivative_of_every_activation():
-    from pclab.core.layers import ACTIVATIONS as TABLE
-
-    assert set(CURVATURE) == set(TABLE)
-    a = torch.linspace(-3, 3, 61, dtype=torch.float64).reshape(1, -1) + 0.013  # off relu's kink
-    for name, entry in CURVATURE.items():
-        f = TABLE[name][0]
-        x = a.clone().requires_grad_()
-        (d1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
-        (d2,) = torch.autograd.grad(d1.sum(), x) if d1.requires_grad else (torch.zeros_like(a),)
-        mu = f(a)
-        slope = chain_adjoint._slope_times(name, torch.ones_like(a), a, mu)
-        assert torch.allclose(slope, d1.detach(), rtol=1e-12, atol=1e-14), name
-        if entry is None:
-            assert float(d2.abs().max()) == 0.0, name
-            continue
-        factor, through_slope, scale = entry
-        second = scale * factor(a, mu) * (slope if through_slope else 1.0)
-        assert torch.allclose(second, d2, rtol=1e-10, atol=1e-12), name
+    assert path(model, inference, batch=clamp, differentiable=True) == "chain"  # still the fast relaxation, differentiated by autograd
+    assert not any(v.grad_fn is not None and type(v.grad_fn).__name__ == "ChainRelaxationBackward" for v in relaxed.values.values())
