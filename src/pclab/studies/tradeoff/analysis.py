@@ -450,17 +450,19 @@ def _verdict(interval: Interval) -> str:
 def hypervolume_findings(changes: pd.DataFrame) -> list[str]:
     """One sentence per factor (d, model size): the seed-paired change of each task front's
     hypervolume from the smallest to the largest level, with its interval and a verdict where the
-    interval excludes zero; beyond four slices only the counts of the verdicts."""
+    interval excludes zero (with one seed: the numbers, and that no interval can be computed);
+    beyond four slices only the counts of the verdicts."""
     if changes.empty:
         return ["Hypervolume change with d or model size: not testable in this run (one d and one model size)."]
     lines = []
     task = changes[changes["front"] == "task"]
     several = task["dataset"].nunique() > 1
     for factor, g in task.groupby("factor", sort=False):
+        g = g.sort_values(["dataset", "way", "held"], key=lambda c: c.map(_held_order) if c.name == "held" else c)
         common = len(set(zip(g["from"], g["to"]))) == 1
         head = f"Larger {factor} ({g['from'].iloc[0]} -> {g['to'].iloc[0]})" if common else f"Larger {factor}"
-        subject = (f"{head}, change of the task front's hypervolume (same seed, larger minus smaller; 'softens' / 'harsher' only "
-                   "where the 95 % interval excludes 0)")
+        subject = f"{head}, change of the task front's hypervolume (paired by seed; a verdict only where the 95 % interval excludes 0)"
+        single = bool((g["n"] < 2).all())
         if len(g) > 4:
             counts = g["verdict"].value_counts()
             lines.append(f"{subject}: softens in {counts.get('softens', 0)}, harsher in {counts.get('harsher', 0)}, no detectable "
@@ -471,10 +473,23 @@ def hypervolume_findings(changes: pd.DataFrame) -> list[str]:
         for _, r in g.iterrows():
             where = f"{r['dataset']}, " if several else ""
             span = "" if common else f" {r['from']} -> {r['to']}"
-            items.append(f"{where}{rule_name(_RULE[r['way']])}, {r['held'].split('=')[1]}{span}: "
-                         f"{_verdict(Interval(r['mean_change'], r['ci_low'], r['ci_high'], int(r['n'])))}")
-        lines.append(f"{subject}: " + "; ".join(items) + ".")
+            interval = Interval(r["mean_change"], r["ci_low"], r["ci_high"], int(r["n"]))
+            items.append(f"{where}{rule_name(_RULE[r['way']])}, {_held(r['held'])}{span}: "
+                         + (f"{interval.mean:+.3f}" if single else _verdict(interval)))
+        tail = f" (n={int(g['n'].max())} seed each: the intervals cannot be computed, so no verdict)" if single else ""
+        lines.append(f"{subject}: " + "; ".join(items) + tail + ".")
     return lines
+
+
+def _held(held: str) -> str:
+    """``latent=2`` -> ``d=2``; ``complexity=small`` -> ``small``."""
+    key, value = held.split("=", 1)
+    return f"d={value}" if key == "latent" else value
+
+
+def _held_order(held: str) -> tuple[int, float]:
+    value = held.split("=", 1)[1]
+    return (_COMPLEXITY_ORDER[value], 0.0) if value in _COMPLEXITY_ORDER else (9, float(value))
 
 
 def accuracy_findings(table: pd.DataFrame) -> list[str]:
@@ -511,13 +526,12 @@ def relaxation_finding(table: pd.DataFrame) -> list[str]:
         if g.empty:
             continue
         move, drop = g["latent_movement"], 100 * g["energy_drop"]
-        parts.append(f"{rule_name(_RULE[way])} moves the latent by ||z_T - z_0|| / ||z_0|| = {move.median():.3f} "
-                     f"({move.min():.3f}-{move.max():.3f}) and lowers the image energy by {drop.median():.1f} % "
-                     f"({drop.min():.1f}-{drop.max():.1f} %)")
+        parts.append(f"{rule_name(_RULE[way])} {move.median():.3f} ({move.min():.3f}-{move.max():.3f}) and "
+                     f"{drop.median():.1f} % ({drop.min():.1f}-{drop.max():.1f} %)")
     if not parts:
         return []
-    return [f"Test-time relaxation (image clamped, label released; median and range over {len(relaxed)} runs with lam < 1): "
-            + "; ".join(parts) + "."]
+    return [f"Test-time relaxation (image clamped, label released), latent movement ||z_T - z_0|| / ||z_0|| and image-energy drop, "
+            f"median (range) over the {len(relaxed)} runs with lam < 1: " + "; ".join(parts) + "."]
 
 
 def findings(table: pd.DataFrame) -> list[str]:
