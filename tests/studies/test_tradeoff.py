@@ -109,6 +109,10 @@ def test_exclude_leaves_out_the_runs_matching_every_key_of_an_entry():
     assert runs == {("bp", 0.0), ("bp", 1.0), ("pc", 1.0)}
     with pytest.raises(ValueError, match="exclude"):
         tradeoff.study_config("tiny", {"exclude": [{"lam": [1.0]}]})
+    for bad in ([{"ways": "pc"}], [{}], ["pc"], {"ways": ["pc"]}):  # one clear line, before any trial
+        with pytest.raises(ValueError, match=r"^tradeoff study setting exclude(\[0\])?: expected") as err:
+            tradeoff.study_config("tiny", {"exclude": bad})
+        assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ Pareto

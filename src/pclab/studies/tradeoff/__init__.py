@@ -8,9 +8,10 @@ hybrid PCN by backprop through ``T`` inference steps, (c) the hybrid PCN by PC l
 ``L = (1 - lam) MSE + lam CE``; the paper's lambda weights reconstruction and equals ``1 - lam``).
 Each run reports test accuracy, test reconstruction MSE (label not clamped), what its latent
 holds (:mod:`.probes`) and, for ways (b) and (c), what the test-time relaxation does. The report
-(:mod:`.analysis`) shows Pareto fronts, their hypervolumes against a fixed reference point and how
-these change with ``d`` and model size over seeds, curves vs ``lam``, reconstructions across
-``lam`` and a summary written from the run's numbers.
+(:mod:`.analysis`) has the shape of every study's report: Findings written from the run's numbers
+(how the fronts' hypervolume against a fixed reference point changes with ``d`` and model size,
+paired over seeds; each PC way's accuracy against backprop; the test-time relaxation), the Pareto
+fronts as key figure, curves vs ``lam``, reconstructions across ``lam``, statements and tables.
 
 Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("quick", out)``.
 """
