@@ -20,6 +20,7 @@ Set ``PCLAB_DEBUG=1`` to see the traceback as well.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -256,6 +257,17 @@ def data_import(
         typer.echo(f"{name}: imported into {target}")
 
 
+STUDIES_EXTRA = ("matplotlib", "pandas", "ray", "optuna")  # pyproject's `studies` extra, by import name
+
+
+def _require_studies_extra(command: str) -> None:
+    """Studies and searches need the ``studies`` extra; without it, say how to install it (exit 2)."""
+    missing = [name for name in STUDIES_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CommandError(f"`pclab {command}` needs the studies extra (missing: {', '.join(missing)}); "
+                           f"install it with: pip install -c constraints.txt -e '.[studies]'")
+
+
 def _study_module(name: str) -> Any:
     from .studies import STUDIES
 
@@ -289,6 +301,7 @@ def study(
         from .sweep import STUDY_FOLDERS
         from .train import apply_overrides
 
+        _require_studies_extra("study")
         module = _study_module(name)
         if preset not in module.PRESETS:
             raise CommandError(f"--preset: study {name} expects one of {list(module.PRESETS)}, got {preset!r}")
@@ -357,6 +370,7 @@ def tune(
 ) -> None:
     """Search latent lr, inference steps T and weight lr (Optuna TPE on Ray Tune)."""
     with _errors():
+        _require_studies_extra("tune")
         from .io import own_directory
         from .sweep import DEFAULT_SPACE, STUDY_FOLDERS, search
         from .train import validate

@@ -274,7 +274,8 @@ def own_directory(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -
     this process ends, however it ends, so a lock of a killed process never blocks a later run.
     Once owned, the temporaries a killed writer left in ``folder`` and in its ``subfolders`` (not
     deeper) are removed (:func:`remove_stale_temporaries`). Owning a folder this process already
-    owns (a study's trials, nested calls) is allowed and changes nothing. Where the system has no
+    owns (a study's trials, nested calls) is allowed and changes nothing. A folder made here is removed
+    again when the block fails before anything but the lock was written in it. Where the system has no
     ``fcntl`` (Windows) no lock is taken.
 
     Raises:
@@ -290,6 +291,7 @@ def own_directory(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -
         finally:
             _owned[key] -= 1
         return
+    created = not folder.exists() and not folder.is_symlink()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -319,6 +321,11 @@ def own_directory(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -
         _owned[key] = 1
         try:
             yield folder
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # failed before writing anything:
+                lock.unlink(missing_ok=True)  # leave no empty folder behind (e.g. a study refused its settings)
+                folder.rmdir()
+            raise
         finally:
             del _owned[key]
     finally:

@@ -224,14 +224,15 @@ def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, addre
     pending = [p for p, i in zip(trials, ids) if i not in done or (retry_failed and done[i]["status"] != "ok")]
     if pending:
         progress = Progress(pending)
-        print(f"{len(pending)} trials to run ({len(trials) - len(pending)} finished already, skipped); records in "
-              f"{out / 'trials'}", file=sys.stderr, flush=True)
+        header = (f"{len(pending)} trials to run ({len(trials) - len(pending)} finished already, skipped); records in "
+                  f"{out / 'trials'}")
         if executor == "serial":
+            print(header, file=sys.stderr, flush=True)
             for params in pending:
                 progress.start()
                 progress.finished(_record(out, params, fn, None))
         else:
-            _run_on_ray(fn, pending, out, address, cpus_per_trial, progress)
+            _run_on_ray(fn, pending, out, address, cpus_per_trial, progress, header)
     done = load_records(out)
     missing = [i for i in ids if i not in done]
     if missing:
@@ -438,7 +439,7 @@ def _progress_callback(progress: Progress, out: Path) -> Any:
 
 
 def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int,
-                progress: Progress | None = None) -> None:
+                progress: Progress | None = None, header: str | None = None) -> None:
     from ray import tune
 
     out_abs = out.resolve()
@@ -448,6 +449,8 @@ def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: 
         tune.report({"ok": record["status"] == "ok"})
 
     with ray_session(address):
+        if header:  # printed once Ray is up: an unusable --address is the only line then
+            print(header, file=sys.stderr, flush=True)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
             param_space={"trial": tune.grid_search(pending)},

@@ -150,6 +150,14 @@ def test_study_command_runs_a_study_module_and_prints_the_report(tmp_path, monke
     one_line_error(pclab("study", "fake", "--preset", "full"), 2, "expects one of ['tiny', 'quick'], got 'full'")
 
 
+@pytest.mark.parametrize("command", [["study", "tradeoff", "--preset", "tiny"], ["tune", "--preset", "tiny", "--samples", "2"]])
+def test_study_and_tune_without_the_studies_extra_say_how_to_install_it(command, tmp_path, monkeypatch):
+    find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name in ("ray", "optuna") else find_spec(name, *a))
+    one_line_error(pclab(*command, "--out", tmp_path / "out"), 2, f"pclab {command[0]}", "missing: ray, optuna", "'.[studies]'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_tune_searches_latent_lr_steps_and_weight_lr(tmp_path):
     result = pclab("tune", "--preset", "tiny", "--set", "epochs=1", "--samples", "3", "--executor", "serial", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -238,3 +238,20 @@ def test_failure_json_and_metrics_of_a_diverged_run_are_strict(tmp_path, tiny):
     assert math.isnan(read_json(tmp_path / "failure.json")["metrics"]["energy"])
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         strict(line)
+
+
+def test_a_folder_made_for_a_command_that_fails_before_writing_is_removed(tmp_path):
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError), own_directory(new):
+        raise RuntimeError("refused settings")
+    assert not new.exists()
+    kept = tmp_path / "kept"  # something was written: the folder and its files stay
+    with pytest.raises(RuntimeError), own_directory(kept):
+        (kept / "config.yaml").write_text("epochs: 1\n")
+        raise RuntimeError("diverged")
+    assert (kept / "config.yaml").exists()
+    existing = tmp_path / "existing"  # a folder that was there before stays, empty or not
+    existing.mkdir()
+    with pytest.raises(RuntimeError), own_directory(existing):
+        raise RuntimeError("refused settings")
+    assert existing.is_dir()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pclab import models
 from pclab.core import SGD, Backprop, BPThroughInference, Inference, PCLearning, TaskLoss, relax
 from pclab.studies import tradeoff
-from pclab.studies.tradeoff.pareto import mark_pareto, pareto_optimal, tradeoff_gap
+from pclab.studies.tradeoff.analysis import hypervolume_changes, paired_change
+from pclab.studies.tradeoff.pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from pclab.studies.tradeoff.probes import decoder_probe_mse, linear_probe_accuracy
 from pclab.train import hybrid_precisions
 
@@ -31,11 +36,40 @@ def test_sweep_runs_end_to_end_on_tiny_data_and_writes_the_report(tmp_path):
     assert runs.groupby(["way", "seed"])["pareto_optimal"].any().all()  # every front has a point
     gaps = pd.read_csv(tmp_path / "tables" / "tradeoff_gaps.csv")
     assert set(gaps["way"]) == {"bp", "bpti", "pc"}
-    for name in ("pareto", "pareto_probes", "lam", "lam_probes", "grid_digits_small_d2"):
+    hv = pd.read_csv(tmp_path / "tables" / "hypervolumes.csv")
+    assert len(hv) == 3 and hv["hv_task"].between(0, 1).all()
+    # the PC ways' test-time relaxation moves the latent and lowers the energy wherever the image has an energy
+    relaxed = runs[(runs["way"] != "bp") & (runs["lam"] < 1)]
+    assert (relaxed["latent_movement"] > 0.01).all() and (relaxed["energy_drop"] > 0).all()
+    assert runs.loc[runs["way"] == "bp", "latent_movement"].isna().all()
+    for name in ("pareto_digits", "pareto_probes_digits", "pareto_ways", "lam_digits", "lam_probes_digits", "grid_digits_small_d2"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
+    # the key figure (the issue's fronts, one curve per d) comes right after the Findings, before every other figure
+    assert html.index("id='findings'") < html.index('id="fig-pareto_digits"') < html.index('id="fig-pareto_ways"')
+    meta = json.loads((tmp_path / "report.json").read_text())
+    assert 1 <= len(meta["findings"]) <= 6 and meta["findings"][0].startswith("Hypervolume change with d or model size: not testable")
+    assert any(line.startswith("Test-time relaxation") for line in meta["findings"])
     # a second call skips the finished runs and rewrites the same table
     tradeoff.run("tiny", tmp_path, executor="serial")
     assert len(pd.read_csv(tmp_path / "tables" / "runs.csv")) == len(runs)
+
+
+@pytest.mark.slow
+def test_a_tiny_paper_preset_pairs_seeds_and_states_verdicts(tmp_path):
+    """The paper preset's shape (PC ways on Small only, several seeds) on tiny data: every d and
+    model-size change has n = 2 pairs, an interval and one of the three verdicts."""
+    tiny = tradeoff.PRESETS["tiny"]
+    overrides = {k: tiny[k] for k in ("datasets", "epochs", "batch_size", "lr", "validation", "train_subset", "test_subset",
+                                      "probe_subset", "relax_step_sizes", "relax_steps")}
+    overrides.update(latents=[2, 4], lams=[0.0, 1.0], seeds=[0, 1], grid_slices=[])
+    tradeoff.run("paper", tmp_path, executor="serial", overrides=overrides)
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
+    assert set(runs.loc[runs["way"] != "bp", "complexity"]) == {"small"} and set(runs.loc[runs["way"] == "bp", "complexity"]) == {"small", "medium"}
+    changes = pd.read_csv(tmp_path / "tables" / "hypervolume_changes.csv")
+    assert (changes["n"] == 2).all() and changes[["ci_low", "ci_high"]].notna().all().all()
+    assert set(changes["verdict"]) <= {"softens", "harsher", "no detectable change"}
+    assert set(changes.loc[changes["factor"] == "model size", "way"]) == {"bp"}  # the PC ways' Medium runs are excluded
+    assert set(changes.loc[changes["factor"] == "d", "way"]) == {"bp", "bpti", "pc"}
 
 
 def test_unknown_settings_are_refused():
@@ -53,8 +87,32 @@ def test_presets_cover_the_issue():
     assert full["latents"] == [2, 4, 8, 16, 32, 64]
     assert set(full["complexities"]) == {"small", "medium", "large"} and len(full["seeds"]) >= 2
     quick = tradeoff.PRESETS["quick"]
-    assert len(quick["datasets"]) == 1 and len(quick["latents"]) == 2 and len(quick["lams"]) == 5
-    assert quick["complexities"] == ["small", "medium"] and len(quick["seeds"]) == 1
+    assert quick["datasets"] == ["mnist"] and quick["train_subset"] is None and quick["batch_size"] == 512
+    assert quick["complexities"] == ["small", "medium"] and {0.0, 1.0} <= set(quick["lams"])
+    paper = tradeoff.study_config("paper")
+    assert paper["datasets"] == ["mnist"] and paper["train_subset"] is None
+    assert (paper["epochs"], paper["batch_size"], paper["lr"]) == (10, 512, 1e-3)
+    assert {2, 4, 16} <= set(paper["latents"]) and len(paper["lams"]) >= 5
+    runs = tradeoff.trials(paper)
+    bp = [r for r in runs if r["way"] == "bp"]
+    assert {r["complexity"] for r in bp} == {"small", "medium"} and len({r["seed"] for r in bp}) == 3
+    for way in ("bpti", "pc"):
+        mine = [r for r in runs if r["way"] == way]
+        assert {r["complexity"] for r in mine} == {"small"} and len({r["seed"] for r in mine}) >= 2
+        assert {r["latent"] for r in mine} == set(paper["latents"]) and {r["lam"] for r in mine} == set(paper["lams"])
+
+
+def test_exclude_leaves_out_the_runs_matching_every_key_of_an_entry():
+    exclude = [{"ways": ["pc", "bpti"], "lams": [0.0]}, {"ways": ["bpti"], "lams": [1.0]}]
+    config = tradeoff.study_config("tiny", {"lams": [0.0, 1.0], "exclude": exclude})
+    runs = {(r["way"], r["lam"]) for r in tradeoff.trials(config)}
+    assert runs == {("bp", 0.0), ("bp", 1.0), ("pc", 1.0)}
+    with pytest.raises(ValueError, match="exclude"):
+        tradeoff.study_config("tiny", {"exclude": [{"lam": [1.0]}]})
+    for bad in ([{"ways": "pc"}], [{}], ["pc"], {"ways": ["pc"]}):  # one clear line, before any trial
+        with pytest.raises(ValueError, match=r"^tradeoff study setting exclude(\[0\])?: expected") as err:
+            tradeoff.study_config("tiny", {"exclude": bad})
+        assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ Pareto
@@ -81,6 +139,97 @@ def test_tradeoff_gap_is_zero_without_a_trade_off_and_grows_with_it():
     assert tradeoff_gap([0.1, 0.9, 0.8], [0.1, 0.5, 0.11]) == pytest.approx(1 / 9)
     assert tradeoff_gap([0.1, 0.9], [0.1, 0.5]) == pytest.approx(min(1 - 0.1 / 0.9, 4.0))
     assert np.isnan(tradeoff_gap([0.5], [0.1]))
+
+
+# ------------------------------------------------------------------------------------- hypervolume
+def test_hypervolume_of_known_small_fronts():
+    # one point (acc 0.55, MSE 0.5) against reference (0.1, 1.0): rectangle 0.5 x 0.45 of the 1.0 x 0.9 box
+    assert hypervolume([0.55], [0.5], 1.0) == pytest.approx(0.25)
+    assert hypervolume([1.0], [0.0], 1.0) == pytest.approx(1.0)  # the ideal point dominates the whole box
+    # two points: (0.55, 0.5) and (1.0, 0.75): union = 0.5 x 0.45 + 0.25 x 0.9 (the second's strip) ...
+    # ... = area of [0.5, 1] x [0.1, 0.55] plus [0.75, 1] x [0.55, 1.0]
+    assert hypervolume([0.55, 1.0], [0.5, 0.75], 1.0) == pytest.approx((0.5 * 0.45 + 0.25 * 0.45) / 0.9)
+    assert hypervolume([], [], 1.0) == 0.0
+
+
+def test_hypervolume_ignores_points_beyond_the_reference_and_nans():
+    base = hypervolume([0.55], [0.5], 1.0)
+    assert hypervolume([0.55, 0.05, 0.99, float("nan")], [0.5, 0.01, 1.2, 0.1], 1.0) == pytest.approx(base)
+    assert hypervolume([0.1], [0.5], 1.0) == 0.0  # on the reference accuracy: no area
+    with pytest.raises(ValueError, match="reference"):
+        hypervolume([0.5], [0.5], 0.0)
+
+
+_front = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 2)), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_front, st.tuples(st.floats(0, 1), st.floats(0, 2)), st.floats(0.1, 2))
+def test_hypervolume_is_in_unit_range_and_never_drops_when_a_point_is_added(points, extra, reference):
+    acc, err = [p[0] for p in points], [p[1] for p in points]
+    value = hypervolume(acc, err, reference)
+    assert 0.0 <= value <= 1.0 + 1e-12
+    assert hypervolume([*acc, extra[0]], [*err, extra[1]], reference) >= value - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(_front, st.floats(0, 0.5), st.floats(0, 1), st.floats(0.1, 2))
+def test_hypervolume_grows_when_every_point_improves(points, gain, shrink, reference):
+    """Monotone under dominance: a front whose every point has higher-or-equal accuracy and
+    lower-or-equal error dominates at least the same area."""
+    acc, err = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    better = hypervolume(np.minimum(acc + gain, 1.0), err * shrink, reference)
+    assert better >= hypervolume(acc, err, reference) - 1e-12
+    assert hypervolume(acc, err, reference) == pytest.approx(hypervolume(acc[pareto_optimal(acc, err)], err[pareto_optimal(acc, err)], reference))
+
+
+def test_paired_change_verdicts_come_from_the_interval():
+    assert paired_change([0.05])["verdict"] == "cannot tell, n = 1"
+    up = paired_change([0.10, 0.12, 0.11])
+    assert up["verdict"] == "softens" and up["ci_low"] > 0 and up["mean_change"] == pytest.approx(0.11)
+    # t(0.975, 2) = 4.303; sd 0.01 -> half-width 4.303 * 0.01 / sqrt(3)
+    assert up["ci_high"] - up["mean_change"] == pytest.approx(4.3027 * 0.01 / np.sqrt(3), rel=1e-3)
+    assert paired_change([-0.1, -0.12, -0.11])["verdict"] == "harsher"
+    assert paired_change([0.1, -0.1, 0.05])["verdict"] == "no detectable change"
+
+
+def test_hypervolume_changes_pair_seeds_across_d_and_model_size():
+    rows = []
+    for seed, bump in ((0, 0.10), (1, 0.12)):
+        for comp, extra in (("small", 0.0), ("medium", -0.05)):
+            rows += [{"dataset": "mnist", "way": "bp", "complexity": comp, "latent": 2, "seed": seed, "hv_task": 0.5 + extra, "hv_latent": 0.4},
+                     {"dataset": "mnist", "way": "bp", "complexity": comp, "latent": 16, "seed": seed, "hv_task": 0.5 + extra + bump,
+                      "hv_latent": 0.4}]
+    changes = hypervolume_changes(pd.DataFrame(rows)).set_index(["factor", "held", "front"])
+    assert changes.loc[("d", "complexity=small", "task"), "mean_change"] == pytest.approx(0.11)
+    assert changes.loc[("d", "complexity=small", "task"), "n"] == 2
+    assert changes.loc[("model size", "latent=2", "task"), "mean_change"] == pytest.approx(-0.05)
+    assert changes.loc[("d", "complexity=small", "latent"), "mean_change"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------------- relaxation
+def test_relaxing_the_hybrid_pcn_moves_its_latent_and_lowers_the_energy():
+    """Fails if the relaxation chosen on validation leaves the latent where the encoder put it."""
+    torch.manual_seed(0)
+    model = models.rathjens_wiskott("small", 4, 64, 10, *tradeoff.precisions_for(0.5, 64))
+    x = torch.tanh(torch.randn(200, 4) @ torch.randn(4, 64))  # images the decoder family can explain
+    inference = Inference(steps=10, optimizer=SGD(0.005))
+    choice = tradeoff.choose_relaxation(model, {"x": x}, inference, [0.01, 0.1, 1.0], [5, 10])
+    assert choice["steps"] in (5, 10) and choice["energy_end"] < 0.9 * choice["energy_start"]
+    chosen = Inference(steps=choice["steps"], optimizer=SGD(choice["lr"]))
+    relaxed = relax(model, {"x": x}, chosen)
+    moved = (relaxed.values["z"] - relaxed.initial["z"]).norm(dim=1) / relaxed.initial["z"].norm(dim=1)
+    assert moved.mean() > 0.05
+    assert model.energy(relaxed.values, {"x"}) < model.energy(relaxed.initial, {"x"})
+    # the old fixed setting (10 steps at 0.005) barely moved it: the reason the choice exists
+    old = relax(model, {"x": x}, inference)
+    assert ((old.values["z"] - old.initial["z"]).norm(dim=1) / old.initial["z"].norm(dim=1)).mean() < 0.2 * moved.mean()
+
+
+def test_choice_relaxes_nothing_without_an_energy():
+    model = models.rathjens_wiskott("small", 4, 64, 10, *tradeoff.precisions_for(1.0, 64))  # no image energy at lam = 1
+    choice = tradeoff.choose_relaxation(model, {"x": torch.rand(20, 64)}, Inference(steps=5), [0.1, 1.0], [5])
+    assert choice["steps"] == 0
 
 
 # ------------------------------------------------------------------------------------------ probes
@@ -202,7 +351,7 @@ def test_default_hybrid_has_the_latent_as_its_only_path_and_the_layered_function
     torch.testing.assert_close(grads["z"], auto["z"])
 
 
-def test_findings_pair_each_way_with_backprop_over_seeds():
+def test_findings_answer_from_hypervolume_changes_and_pair_each_way_with_backprop_over_seeds():
     from pclab.studies.stats import describe, paired_difference
     from pclab.studies.tradeoff.analysis import findings
 
@@ -212,15 +361,22 @@ def test_findings_pair_each_way_with_backprop_over_seeds():
         for seed, acc in enumerate(accs):
             for lam, (a, mse) in {0.0: (0.1, 0.05), 0.5: (acc, 0.08), 1.0: (acc - 0.01, 0.3)}.items():
                 for latent in (2, 16):
+                    recon = mse * (1.0 if way == "bp" else 1.1) / (1 + latent / 16)
                     rows.append({"dataset": "mnist", "way": way, "complexity": "small", "latent": latent, "lam": lam, "seed": seed,
-                                 "test_accuracy": a, "recon_mse": mse * (1.0 if way == "bp" else 1.1) / (1 + latent / 16)})
+                                 "test_accuracy": a, "recon_mse": recon, "probe_accuracy": a, "probe_mse": recon, "mean_image_mse": 0.5,
+                                 "latent_movement": 0.2 if way != "bp" else float("nan"), "energy_drop": 0.3 if way != "bp" else float("nan")})
     lines = findings(pd.DataFrame(rows))
+    assert len(lines) == 4  # d (one model size: no model-size sentence), two ways, the relaxation
+    # a larger d lowers every MSE at the same accuracy: each front dominates more area, on every seed
+    assert lines[0].startswith("Larger d (2 -> 16), change of the task front's hypervolume")
+    assert lines[0].count(": softens") == 3 and "n=3 seeds" in lines[0]
     pc = describe(paired_difference([85.0, 88.0, 86.0], [90.0, 92.0, 91.0]))
-    assert lines[0] == f"PC learning minus backprop, best test accuracy over lam (mean of 2 curves): {pc}."
-    assert lines[0].endswith("n=3 seeds).")  # an interval, and it excludes zero
-    assert lines[1].startswith("Backprop through inference minus backprop, best test accuracy over lam (mean of 2 curves): -0.67 points")
-    assert "no detectable difference" in lines[1]
-    assert lines[2].startswith("PC learning minus backprop, best reconstruction MSE per pixel (mean of 2 curves): +0.00")
-    assert lines[3].startswith("Latent size d 2 -> 16, change of the trade-off gap") and len(lines) == 4
+    assert lines[1] == f"PC learning minus backprop, test accuracy at the same runs (lam > 0; mean of 4 points per seed): {pc}."
+    assert lines[1].endswith("n=3 seeds).")  # an interval, and it excludes zero
+    assert lines[2].startswith("Backprop through inference minus backprop, test accuracy at the same runs (lam > 0; mean of 4 points "
+                               "per seed): -0.67 points")
+    assert "no detectable difference" in lines[2]
+    assert lines[3].startswith("Test-time relaxation") and "PC learning 0.200 (0.200-0.200) and 30.0 %" in lines[3]
     single = findings(pd.DataFrame([r for r in rows if r["seed"] == 0]))
-    assert all("(n=1 seed: the interval cannot be computed)" in line for line in single)
+    assert "(n=1 seed each: the intervals cannot be computed, so no verdict)" in single[0] and ": softens" not in single[0]
+    assert all("(n=1 seed: the interval cannot be computed)" in line for line in single[1:3])

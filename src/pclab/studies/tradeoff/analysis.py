@@ -1,5 +1,7 @@
-"""The trade-off study's report: tidy table, Pareto fronts, curves vs lam, reconstruction grids and
-a summary written from the run's own numbers."""
+"""The trade-off study's report (:class:`..report.Report`): Findings from the run's numbers (how the
+hypervolume of the fronts changes with d and model size, the ways' accuracy against backprop, what
+the test-time relaxation does), the key figure (Pareto fronts, one panel per way and model size, one
+curve per d), curves vs lam, reconstruction grids, the longer statements and the tables."""
 
 from __future__ import annotations
 
@@ -12,15 +14,19 @@ import numpy as np
 import pandas as pd
 
 from ..report import Report, rule_colour, rule_name
-from ..stats import claim, paired_difference
-from .pareto import mark_pareto, tradeoff_gap
+from ..stats import Interval, claim, describe, mean_interval, paired_difference
+from .pareto import hypervolume, mark_pareto, tradeoff_gap
 from .training import WAY_LABELS, decode_images, grid_images, trial_data
 
 SLICE = ["dataset", "way", "complexity", "latent"]
 """Columns naming one trade-off curve (a sweep over lam)."""
 
 METRICS = ["test_accuracy", "recon_mse", "probe_accuracy", "probe_mse",
-           "test_accuracy_feedforward", "recon_mse_feedforward", "test_accuracy_relaxed", "recon_mse_relaxed"]
+           "test_accuracy_feedforward", "recon_mse_feedforward", "test_accuracy_relaxed", "recon_mse_relaxed",
+           "latent_movement", "energy_drop"]
+
+REFERENCE_ACCURACY = 0.1
+"""Accuracy of the fronts' reference point: chance on the ten classes of every data set of the study."""
 
 _COMPLEXITY_ORDER = {"small": 0, "medium": 1, "large": 2}
 
@@ -53,10 +59,13 @@ def curves(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
-    """Per slice: best accuracy, best MSE and the trade-off gap (:func:`.pareto.tradeoff_gap`) of
-    the task metrics and of the latent probes."""
+    """Per slice with a complete front (every lam of its data set): best accuracy, best MSE and the
+    trade-off gap (:func:`.pareto.tradeoff_gap`) of the task metrics and of the latent probes."""
     rows = []
+    complete = curve_table.groupby("dataset")["lam"].nunique()
     for key, group in curve_table.groupby(SLICE, sort=True):
+        if group["lam"].nunique() < complete[key[0]]:
+            continue
         rows.append({
             **dict(zip(SLICE, key)),
             "best_accuracy": group["test_accuracy"].max(),
@@ -70,12 +79,132 @@ def gaps(curve_table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_errors(table: pd.DataFrame) -> dict[str, float]:
+    """Per dataset: the fronts' reference error, the test MSE of predicting the mean training image
+    (``mean_image_mse``, the same in every run of a data set)."""
+    return {dataset: float(g["mean_image_mse"].median()) for dataset, g in table.groupby("dataset")}
+
+
+def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per front (dataset, way, complexity, d, seed): the hypervolume (:func:`.pareto.hypervolume`)
+    of the task front (test accuracy vs reconstruction MSE) and of the latent front (probe accuracy
+    vs fresh-decoder MSE) against the data set's reference point (accuracy 10 %, mean-image MSE).
+    Only complete fronts (every lam of the data set) are measured."""
+    references = reference_errors(table)
+    complete = table.groupby("dataset")["lam"].nunique()
+    rows = []
+    for key, g in table.groupby([*SLICE, "seed"], sort=True):
+        if g["lam"].nunique() < max(2, complete[key[0]]):  # a partial front (a run excluded or failed) is not comparable
+            continue
+        reference = references[key[0]]
+        rows.append({
+            **dict(zip([*SLICE, "seed"], key)),
+            "hv_task": hypervolume(g["test_accuracy"], g["recon_mse"], reference, REFERENCE_ACCURACY),
+            "hv_latent": hypervolume(g["probe_accuracy"], g["probe_mse"], reference, REFERENCE_ACCURACY),
+            "reference_mse": reference,
+            "lams": len(g),
+        })
+    return pd.DataFrame(rows)
+
+
+def paired_change(differences: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of paired differences (one per seed) with its ``confidence`` t-interval
+    (:func:`..stats.mean_interval`) and the verdict: ``softens`` (interval above 0: the front dominates
+    more area), ``harsher`` (below 0), ``no detectable change`` (the interval holds 0), ``cannot tell,
+    n = 1`` (one pair: no interval)."""
+    interval = mean_interval(differences, confidence)
+    if not interval.computable:
+        return {"n": interval.n, "mean_change": interval.mean, "ci_low": float("nan"), "ci_high": float("nan"),
+                "verdict": f"cannot tell, n = {interval.n}"}
+    verdict = "softens" if interval.low > 0 else "harsher" if interval.high < 0 else "no detectable change"
+    return {"n": interval.n, "mean_change": interval.mean, "ci_low": interval.low, "ci_high": interval.high, "verdict": verdict}
+
+
+def hypervolume_changes(hv_table: pd.DataFrame) -> pd.DataFrame:
+    """How the hypervolume changes from the smallest to the largest d (within each dataset, way,
+    complexity) and from the smallest to the largest model (within each dataset, way, d): the mean
+    over seeds of the paired difference (same seed, larger minus smaller), its 95 % t-interval and
+    the verdict (:func:`paired_change`), for the task and latent fronts."""
+    rows = []
+    if hv_table.empty:
+        return pd.DataFrame(rows)
+    for factor, other in (("latent", "complexity"), ("complexity", "latent")):
+        for key, g in hv_table.groupby(["dataset", "way", other], sort=True):
+            levels = sorted(g[factor].unique(), key=lambda v: _COMPLEXITY_ORDER.get(v, v))
+            if len(levels) < 2:
+                continue
+            lo = g[g[factor] == levels[0]].set_index("seed")
+            hi = g[g[factor] == levels[-1]].set_index("seed")
+            seeds = lo.index.intersection(hi.index)
+            for front in ("hv_task", "hv_latent"):
+                change = paired_change((hi.loc[seeds, front] - lo.loc[seeds, front]).to_numpy())
+                rows.append({"factor": "d" if factor == "latent" else "model size", "dataset": key[0], "way": key[1],
+                             "held": f"{other}={key[2]}", "from": levels[0], "to": levels[-1], "front": front.split("_")[1],
+                             "hv_from": float(lo.loc[seeds, front].mean()), "hv_to": float(hi.loc[seeds, front].mean()), **change})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------ figures
 _RULE = {"bp": "bp", "bpti": "bp-through-inference", "pc": "pc"}
 
 
 def _complexities(table: pd.DataFrame) -> list[str]:
     return sorted(table["complexity"].unique(), key=_COMPLEXITY_ORDER.get)
+
+
+def _colours(values: list[Any]) -> dict[Any, Any]:
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+
+
+PAGE_WIDTH = 10.4
+"""Width (inches) of the report's figures: the page's width, so no figure is scaled up or scrolls."""
+
+
+def pareto_figure(curve_table: pd.DataFrame, dataset: str, accuracy: str, error: str, what: str, reference: float | None = None) -> plt.Figure:
+    """Accuracy (%) vs MSE, one panel per way (columns) and model size (rows), every panel on the same
+    fixed axes; a line per d through the lams (its colour; numbers = lam); filled markers are
+    Pareto-optimal within their (way, complexity, d) front; bars span seeds (min to max); dotted lines
+    mark the reference point of the hypervolume. At most :data:`PAGE_WIDTH` inches wide."""
+    data = curve_table[curve_table["dataset"] == dataset]
+    ways, comps = [w for w in WAY_LABELS if w in set(data["way"])], _complexities(data)
+    latents = sorted(data["latent"].unique())
+    colour = _colours(latents)
+    right = 1.05 * float(np.nanmax([data[f"{error}_max"].max(), reference or 0.0]))
+    width = min(3.4, PAGE_WIDTH / len(ways))
+    fig, axes = plt.subplots(len(comps), len(ways), figsize=(width * len(ways), 0.8 * width * len(comps) + 0.5), squeeze=False,
+                             sharex=True, sharey=True, constrained_layout=True)
+    for i, comp in enumerate(comps):
+        for j, way in enumerate(ways):
+            ax = axes[i, j]
+            for d in latents:
+                g = data[(data["way"] == way) & (data["complexity"] == comp) & (data["latent"] == d)].sort_values("lam")
+                if g.empty:
+                    continue
+                optimal = mark_pareto(g, SLICE, accuracy, error, "front")["front"].to_numpy()
+                acc = 100 * g[accuracy]
+                ax.errorbar(g[error], acc, xerr=[g[error] - g[f"{error}_min"], g[f"{error}_max"] - g[error]],
+                            yerr=[acc - 100 * g[f"{accuracy}_min"], 100 * g[f"{accuracy}_max"] - acc],
+                            color=colour[d], lw=1, alpha=0.6, label=f"d={d}")
+                ax.scatter(g[error][optimal], acc[optimal], color=colour[d], edgecolor="k", s=30, zorder=3)
+                ax.scatter(g[error][~optimal], acc[~optimal], facecolor="white", edgecolor=colour[d], s=24, zorder=3)
+                for e, a, lam in zip(g[error], acc, g["lam"]):
+                    ax.annotate(f"{lam:g}", (e, a), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour[d])
+            if reference is not None:
+                ax.axvline(reference, color="grey", ls=":", lw=1)
+                ax.axhline(100 * REFERENCE_ACCURACY, color="grey", ls=":", lw=1)
+            ax.set_xlim(0, right)
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{WAY_LABELS[way]}\n{comp}", fontsize=8)
+            if i == len(comps) - 1:
+                ax.set_xlabel(f"{what} MSE per pixel (pixels in [-1, 1])", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{what} accuracy (%)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colour[d], marker="o", lw=1, label=f"d={d}") for d in latents]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
+    return fig
 
 
 def slices_of(table: pd.DataFrame, chosen: list[list[Any]] | None = None) -> list[tuple[str, str, int]]:
@@ -90,7 +219,7 @@ def slices_of(table: pd.DataFrame, chosen: list[list[Any]] | None = None) -> lis
     return present
 
 
-def _grid(n: int, columns: int = 4, width: float = 10.4, height: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
+def _grid(n: int, columns: int = 4, width: float = PAGE_WIDTH, height: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols / columns if n < columns else width, height * rows + 0.5),
@@ -194,13 +323,53 @@ def _fmt(x: float, pct: bool = False) -> str:
     return "n/a" if not np.isfinite(x) else (f"{100 * x:.1f} %" if pct else f"{x:.3f}")
 
 
+def hypervolume_lines(changes: pd.DataFrame, references: dict[str, float]) -> list[str]:
+    """The verdict on the paper's claim (a larger latent / model softens the trade-off) per way,
+    from the paired hypervolume changes: only intervals that exclude zero count."""
+    lines = [
+        "Hypervolume reference point (accuracy 10 %, the test MSE of predicting the mean training image): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in references.items()) + "; 0 = no better than the reference, 1 = ideal (Methods)."
+    ]
+    if changes.empty:
+        return [*lines, "Effect of d and model size: not testable in this run (one d and one model size)."]
+    for (factor, front), g in changes.groupby(["factor", "front"], sort=False):
+        details = "; ".join(
+            f"{r.dataset}/{r.way}/{r.held}: {r.hv_from:.3f} -> {r.hv_to:.3f}, change {r.mean_change:+.3f}"
+            + (f" [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if np.isfinite(r.ci_low) else "") + f" ({r.verdict})"
+            for r in g.itertuples())
+        lines.append(f"Larger {factor}, {front} front ({g['from'].iloc[0]} -> {g['to'].iloc[0]}): {details}.")
+    for (factor, way), g in changes[changes["front"] == "task"].groupby(["factor", "way"], sort=False):
+        counts = g["verdict"].value_counts()
+        tested = int(counts.get("softens", 0) + counts.get("harsher", 0) + counts.get("no detectable change", 0))
+        if tested == 0:
+            lines.append(f"Paper's claim (larger {factor} softens the trade-off), {WAY_LABELS[way]}: cannot tell -- one seed per slice.")
+            continue
+        lines.append(f"Paper's claim (larger {factor} softens the trade-off), {WAY_LABELS[way]}: softens in {counts.get('softens', 0)}, "
+                     f"harsher in {counts.get('harsher', 0)}, no detectable change in {counts.get('no detectable change', 0)} of {tested} "
+                     "slices (task front, 95 % intervals).")
+    return lines
+
+
+def relaxation_lines(curve_table: pd.DataFrame) -> list[str]:
+    """Per way (b)/(c) and lam: how far the test-time relaxation moves the latent and how much it lowers the energy."""
+    if "latent_movement" not in curve_table:
+        return []
+    lines = []
+    relaxed = curve_table[curve_table["way"] != "bp"].dropna(subset=["latent_movement"])
+    for (dataset, way), g in relaxed.groupby(["dataset", "way"], sort=True):
+        per_lam = g.groupby("lam")[["latent_movement", "energy_drop"]].median()
+        lines.append(f"{dataset}, {WAY_LABELS[way]}, test-time relaxation (median over slices) per lam -- " + "; ".join(
+            f"lam={lam:g}: ||z_T - z_0|| / ||z_0|| = {r.latent_movement:.3f}, energy drop {100 * r.energy_drop:.1f} %"
+            for lam, r in per_lam.iterrows()) + ".")
+    return lines
+
+
 def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[str]:
-    """Sentences from the numbers: how the front moves with d and complexity, how the ways differ,
-    and whether the paper's direction (larger d / model softens the trade-off) holds here."""
+    """Sentences from the numbers: how the front moves with d and complexity (relative gap) and how
+    the ways differ; the verdict on the paper's claim is :func:`hypervolume_lines`'."""
     lines: list[str] = []
     if gap_table.empty:
         return ["No run finished; nothing to summarise."]
-    verdicts = {}
     for factor, other in (("latent", "complexity"), ("complexity", "latent")):
         if gap_table[factor].nunique() < 2:
             lines.append(f"Effect of {'the latent size d' if factor == 'latent' else 'model complexity'}: not testable in this "
@@ -232,18 +401,10 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
                 continue
             name = "a larger latent d" if factor == "latent" else "a more complex model"
             kind = gap.split("_")[1]
-            verdicts[(factor, gap)] = (softer, harder)
             lines.append(
                 f"{name} ({kind} gap, smallest -> largest {factor}): softer in {softer}, harsher in {harder} of "
                 f"{softer + harder} slices [{'; '.join(details)}]."
             )
-    for (factor, gap), (softer, harder) in verdicts.items():
-        name = "larger latent" if factor == "latent" else "larger model"
-        if softer > harder:
-            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): reproduced in most slices here.")
-        else:
-            lines.append(f"Paper's direction ({name} softens the trade-off, {gap.split('_')[1]} metrics): NOT reproduced here "
-                         f"({softer} softer vs {harder} harsher).")
     for dataset, g in gap_table.groupby("dataset"):
         parts = []
         for way, w in g.groupby("way"):
@@ -252,7 +413,7 @@ def summary_lines(gap_table: pd.DataFrame, curve_table: pd.DataFrame) -> list[st
                 f"mean task gap {_fmt(w['gap_task'].mean())}, mean latent gap {_fmt(w['gap_latent'].mean())}"
             )
         lines.append(f"{dataset}, ways compared over all slices -- " + "; ".join(parts) + ".")
-        c = curve_table[curve_table["dataset"] == dataset]
+        c = curve_table[curve_table["dataset"] == dataset].merge(g[SLICE], on=SLICE)  # complete fronts only
         ends = []
         for way, w in c.groupby("way"):
             zero, one = w[w["lam"] == w["lam"].min()], w[w["lam"] == w["lam"].max()]
@@ -271,71 +432,130 @@ _GAP_TEXT = (
     "accuracy and best MSE at once): the smallest, over lam, of max(relative accuracy loss, relative MSE excess); 0 = no "
     "trade-off, 0.05 = 5 % worse in one of the two. 'task' uses the model's own accuracy and reconstruction MSE; 'latent' "
     "uses the probes (linear-probe accuracy, fresh-decoder MSE). The gap is relative to each curve's own best values: a "
-    "front that moves up and left at every lam but whose pure-reconstruction end improves most counts as harsher."
+    "front that moves up and left at every lam but whose pure-reconstruction end improves most counts as harsher, so the "
+    "Findings' verdict on the paper's claim comes from the hypervolume, not from this gap; the gap is listed with the statements."
 )
 
 
-def per_seed_curves(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (slice, seed): best test accuracy and best reconstruction MSE over lam, and the task trade-off gap."""
-    rows = []
-    for key, g in table.groupby([*SLICE, "seed"], sort=True):
-        rows.append({**dict(zip([*SLICE, "seed"], key)), "best_accuracy": g["test_accuracy"].max(),
-                     "best_recon_mse": g["recon_mse"].min(), "gap_task": tradeoff_gap(g["test_accuracy"], g["recon_mse"])})
-    return pd.DataFrame(rows)
+def _verdict(interval: Interval) -> str:
+    """``describe`` of a hypervolume change, with the verdict only where the interval excludes zero."""
+    text = describe(interval, unit="", digits=3, within=None, null="no detectable change")
+    if interval.computable and interval.low > 0:
+        return f"{text}: softens"
+    if interval.computable and interval.high < 0:
+        return f"{text}: harsher"
+    return text
 
 
-def _paired(per_seed: pd.DataFrame, by: str, a: Any, b: Any, value: str, scale: float = 1.0):
-    """Seed-paired difference of the mean over the other slice columns of ``value`` at ``by == a`` minus ``by == b``
-    (only slices present at both); returns the interval and how many slices each seed averages."""
-    others = [c for c in SLICE if c != by]
-    wide = per_seed.pivot_table(index=[*others, "seed"], columns=by, values=value, aggfunc="first")
-    if a not in wide.columns or b not in wide.columns:
-        return None, 0
-    both = wide[[a, b]].dropna()
-    if both.empty:
-        return None, 0
-    per = both.groupby("seed").mean()
-    slices = int(both.groupby("seed").size().max())
-    return paired_difference(scale * per[a].to_numpy(), scale * per[b].to_numpy()), slices
+def hypervolume_findings(changes: pd.DataFrame) -> list[str]:
+    """One sentence per factor (d, model size): the seed-paired change of each task front's
+    hypervolume from the smallest to the largest level, with its interval and a verdict where the
+    interval excludes zero (with one seed: the numbers, and that no interval can be computed);
+    beyond four slices only the counts of the verdicts."""
+    if changes.empty:
+        return ["Hypervolume change with d or model size: not testable in this run (one d and one model size)."]
+    lines = []
+    task = changes[changes["front"] == "task"]
+    several = task["dataset"].nunique() > 1
+    for factor, g in task.groupby("factor", sort=False):
+        g = g.sort_values(["dataset", "way", "held"], key=lambda c: c.map(_held_order) if c.name == "held" else c)
+        common = len(set(zip(g["from"], g["to"]))) == 1
+        head = f"Larger {factor} ({g['from'].iloc[0]} -> {g['to'].iloc[0]})" if common else f"Larger {factor}"
+        subject = f"{head}, change of the task front's hypervolume (paired by seed; a verdict only where the 95 % interval excludes 0)"
+        single = bool((g["n"] < 2).all())
+        if len(g) > 4:
+            counts = g["verdict"].value_counts()
+            lines.append(f"{subject}: softens in {counts.get('softens', 0)}, harsher in {counts.get('harsher', 0)}, no detectable "
+                         f"change in {counts.get('no detectable change', 0)}, no interval (one seed) in "
+                         f"{sum(v for k, v in counts.items() if k.startswith('cannot'))} of {len(g)} slices (each in the statements).")
+            continue
+        items = []
+        for _, r in g.iterrows():
+            where = f"{r['dataset']}, " if several else ""
+            span = "" if common else f" {r['from']} -> {r['to']}"
+            interval = Interval(r["mean_change"], r["ci_low"], r["ci_high"], int(r["n"]))
+            items.append(f"{where}{rule_name(_RULE[r['way']])}, {_held(r['held'])}{span}: "
+                         + (f"{interval.mean:+.3f}" if single else _verdict(interval)))
+        tail = f" (n={int(g['n'].max())} seed each: the intervals cannot be computed, so no verdict)" if single else ""
+        lines.append(f"{subject}: " + "; ".join(items) + tail + ".")
+    return lines
 
 
-def _curves(k: int) -> str:
-    return "one curve" if k == 1 else f"mean of {k} curves"
+def _held(held: str) -> str:
+    """``latent=2`` -> ``d=2``; ``complexity=small`` -> ``small``."""
+    key, value = held.split("=", 1)
+    return f"d={value}" if key == "latent" else value
+
+
+def _held_order(held: str) -> tuple[int, float]:
+    value = held.split("=", 1)[1]
+    return (_COMPLEXITY_ORDER[value], 0.0) if value in _COMPLEXITY_ORDER else (9, float(value))
+
+
+def accuracy_findings(table: pd.DataFrame) -> list[str]:
+    """Each PC way against backprop at the same runs (dataset, model size, d, lam > 0 -- where the head
+    learns -- and seed): the mean over those points of the test-accuracy difference per seed, paired
+    over seeds (:func:`..stats.paired_difference`)."""
+    lines = []
+    points = ["dataset", "complexity", "latent", "lam", "seed"]
+    trained = table[table["lam"] > 0]
+    bp = trained[trained["way"] == "bp"].set_index(points)["test_accuracy"]
+    for way in ("pc", "bpti"):
+        other = trained[trained["way"] == way].set_index(points)["test_accuracy"]
+        both = pd.concat({"way": other, "bp": bp}, axis=1, join="inner").dropna()
+        if both.empty:
+            continue
+        per_seed = both.groupby(level="seed").mean()
+        k = int(both.groupby(level="seed").size().max())
+        name = rule_name(_RULE[way])
+        interval = paired_difference(100 * per_seed["way"].to_numpy(), 100 * per_seed["bp"].to_numpy())
+        lines.append(claim(f"{name[:1].upper() + name[1:]} minus backprop, test accuracy at the same runs (lam > 0; "
+                           f"{'one point' if k == 1 else f'mean of {k} points'} per seed)", interval))
+    return lines
+
+
+def relaxation_finding(table: pd.DataFrame) -> list[str]:
+    """One sentence: per PC way, how far the test-time relaxation moves the latent and how much it lowers
+    the image energy (median and range over the runs with an image energy, lam < 1)."""
+    if "latent_movement" not in table:
+        return []
+    relaxed = table[(table["way"] != "bp") & (table["lam"] < 1)].dropna(subset=["latent_movement", "energy_drop"])
+    parts = []
+    for way in ("bpti", "pc"):
+        g = relaxed[relaxed["way"] == way]
+        if g.empty:
+            continue
+        move, drop = g["latent_movement"], 100 * g["energy_drop"]
+        parts.append(f"{rule_name(_RULE[way])} {move.median():.3f} ({move.min():.3f}-{move.max():.3f}) and "
+                     f"{drop.median():.1f} % ({drop.min():.1f}-{drop.max():.1f} %)")
+    if not parts:
+        return []
+    return [f"Test-time relaxation (image clamped, label released), latent movement ||z_T - z_0|| / ||z_0|| and image-energy drop, "
+            f"median (range) over the {len(relaxed)} runs with lam < 1: " + "; ".join(parts) + "."]
 
 
 def findings(table: pd.DataFrame) -> list[str]:
-    """At most six sentences from the runs: each way against backprop (best accuracy, best MSE) and the
-    effect of d and of model size on the trade-off gap, each a seed-paired difference with its interval."""
+    """At most six sentences from the runs answering the study's question: how the task front's
+    hypervolume changes with d and with model size (seed-paired, a verdict only where the interval
+    excludes zero), each PC way's test accuracy against backprop at the same runs, and what the
+    test-time relaxation does."""
     if table.empty:
         return ["No run finished; no finding."]
-    per_seed = per_seed_curves(table)
-    lines = []
-    ways = set(per_seed["way"])
-    for way in ("pc", "bpti"):
-        if way not in ways or "bp" not in ways:
-            continue
-        name = rule_name(_RULE[way])
-        acc, k = _paired(per_seed, "way", way, "bp", "best_accuracy", 100.0)
-        if acc is not None:
-            lines.append(claim(f"{name[:1].upper() + name[1:]} minus backprop, best test accuracy over lam ({_curves(k)})", acc))
-    if {"pc", "bp"} <= ways:
-        mse, k = _paired(per_seed, "way", "pc", "bp", "best_recon_mse")
-        if mse is not None:
-            lines.append(claim(f"PC learning minus backprop, best reconstruction MSE per pixel ({_curves(k)})", mse,
-                               unit="", digits=4, within=None))
-    latents = sorted(per_seed["latent"].unique())
-    if len(latents) > 1:
-        gap, k = _paired(per_seed, "latent", latents[-1], latents[0], "gap_task")
-        if gap is not None:
-            lines.append(claim(f"Latent size d {latents[0]} -> {latents[-1]}, change of the trade-off gap (0 = no trade-off; "
-                               f"{_curves(k)}, negative = softer)", gap, unit="", digits=3, within=None))
-    comps = _complexities(per_seed)
-    if len(comps) > 1:
-        gap, k = _paired(per_seed, "complexity", comps[-1], comps[0], "gap_task")
-        if gap is not None:
-            lines.append(claim(f"Model {comps[0]} -> {comps[-1]}, change of the trade-off gap ({_curves(k)}, "
-                               "negative = softer)", gap, unit="", digits=3, within=None))
-    return lines
+    changes = hypervolume_changes(hypervolumes(table))
+    return [*hypervolume_findings(changes), *accuracy_findings(table), *relaxation_finding(table)]
+
+
+def accuracy_lines(curve_table: pd.DataFrame) -> list[str]:
+    """Test accuracy at the largest lam (pure classification) of every (dataset, model size, d) run by more
+    than one way: the numbers behind the ways' accuracy comparison (median over seeds)."""
+    top = curve_table[curve_table["lam"] == curve_table["lam"].max()]
+    parts = []
+    for (dataset, comp, d), g in top.groupby(["dataset", "complexity", "latent"], sort=True):
+        if g["way"].nunique() > 1:
+            parts.append(f"{dataset}/{comp}/d={d}: " + ", ".join(f"{w} {_fmt(a, True)}" for w, a in zip(g["way"], g["test_accuracy"])))
+    if not parts:
+        return []
+    return [f"Test accuracy at lam = {top['lam'].max():g} (pure classification; median over seeds) -- " + "; ".join(parts) + "."]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -346,6 +566,10 @@ Model: the Rathjens-Wiskott fully-connected family (encoder, decoder, head; Smal
 Ways: (a) bp -- z = enc(x), the loss on dec(z) and head(z), backprop (their model). (b) bpti -- z starts at enc(x) and relaxes T steps (latent SGD) on the image energy with the label released; the loss on the relaxed state is backpropagated through the unrolled relaxation (at lam = 1 the decoder still learns, through its effect on the relaxed latent). (c) pc -- image and label clamped, relaxed, then one local PC weight step; the encoder, an amortiser outside the energy, learns to predict the relaxed latent (energy 1/2 ||z* - enc(x)||^2), otherwise it would keep its random weights.
 
 Weights in (c): the image energy is taken per pixel: image precision (1 - lam) * 2 / P, label precision lam, both divided by the larger one, so the energy has the balance of the backprop loss of (a) and (b). lam = 0: the label energy has weight 0, the head never learns (chance accuracy) and the latent is purely generative -- the pure reconstruction objective. lam = 1: the image energy has weight 0, so relaxation and the decoder ignore the image (the decoder keeps its initial weights) and at test time, with the label released, no energy moves z, which stays at enc(x) -- the pure classification objective. Both ends are kept: they are the extremes of the front.
+
+Relaxation of (b) and (c): chosen on a validation split (validation images, stratified, set aside from the training set of every way), not by hand. Candidates: latent SGD step sizes relax_step_sizes, each divided by the largest precision among the clamped nodes (so the choice does not depend on how lam scales the energy), and T in relax_steps. Each step size relaxes max(relax_steps) steps from enc(x); the one reaching the lowest validation energy wins, and T is the smallest candidate that attains 90 % of its energy drop. The training relaxation (c: image and label clamped; b: image clamped) is re-chosen at the start of every epoch on the current model (the runs' history records it), the test relaxation (image clamped, label released) once after training (relax_lr, relax_steps). latent_movement is the test-time mean of ||z_T - z_0|| / ||z_0||, energy_drop the relative drop of the image energy (E_0 - E_T) / E_0; at lam = 1 of (c) there is no image energy, nothing is relaxed and both are 0.
+
+Front measures: the hypervolume of each front (one per dataset, way, complexity, d and seed) is the area of the accuracy-vs-MSE plane it dominates, relative to the box between a fixed reference point per data set (accuracy 10 %, the test MSE of predicting the mean training image) and the ideal point (100 %, MSE 0); its change from the smallest to the largest d (same model size) or model (same d) is the mean over seeds of paired differences with a 95 % t-interval. The relative trade-off gap is kept for comparison with earlier runs.
 
 Metrics: test_accuracy and recon_mse are the native read-outs (feed-forward for (a); relaxed with only the image clamped, label released, for (b) and (c)); MSE is per pixel on images scaled to [-1, 1]. The _feedforward / _relaxed columns give both read-outs. probe_accuracy: a least-squares linear classifier (closed-form ridge) on the frozen, standardised test-time latent. probe_mse: a fresh decoder on the frozen latent -- closed-form ridge regression of the image on [z, 1024 random ReLU features of z] (a one-hidden-layer decoder whose hidden layer is random and output layer solved exactly). Probes are fitted on up to probe_subset training latents and scored on the test latents.
 
@@ -373,35 +597,47 @@ def build_report(config: dict[str, Any], frame: pd.DataFrame, failed: list[dict[
     else:
         curve_table = curves(table)
         gap_table = gaps(curve_table)
+        hv_table = hypervolumes(table)
+        changes = hypervolume_changes(hv_table)
+        references = reference_errors(table)
         report.findings(findings(table))
-        report.statements(summary_lines(gap_table, curve_table))
+        report.statements([*hypervolume_lines(changes, references), *relaxation_lines(curve_table), *accuracy_lines(curve_table),
+                           *summary_lines(gap_table, curve_table)])
+        datasets = sorted(table["dataset"].unique())
+        for dataset in datasets:
+            report.figure(pareto_figure(curve_table, dataset, "test_accuracy", "recon_mse", "test", references[dataset]), f"pareto_{dataset}",
+                          f"{dataset}: Pareto fronts -- test accuracy vs reconstruction MSE on fixed axes, one panel per training way and "
+                          "model size, one colour per latent size d through the lams (numbers = lam); filled = Pareto-optimal within "
+                          "its curve; bars = seed range; dotted = the hypervolume's reference point.", key=True)
         key = slices_of(curve_table, config.get("grid_slices"))
-        every = slices_of(curve_table)
-        report.figure(front_figure(curve_table, key), "pareto",
-                      "Pareto fronts: test accuracy vs reconstruction MSE (pixels in [-1, 1]), one panel per model size and latent "
-                      "size d, one colour per training rule, a point per lam; filled = Pareto-optimal within its curve; bars = seed "
-                      "range.", key=True)
-        if len(every) > len(key):
-            report.section("Pareto fronts of every curve")
-            report.figure(front_figure(curve_table, every), "pareto_all", "Test accuracy vs reconstruction MSE for every "
-                          "(dataset, model size, d).")
+        report.section("Pareto fronts, the ways side by side")
+        report.figure(front_figure(curve_table, key), "pareto_ways",
+                      "Test accuracy vs reconstruction MSE (log scale), one panel per (dataset, model size, d), one colour per training "
+                      "rule, a point per lam; filled = Pareto-optimal within its curve; bars = seed range.")
         report.section("What the latent holds",
                        "Linear-probe accuracy vs the MSE of a fresh decoder fitted on the frozen latent (see Methods).")
-        report.figure(front_figure(curve_table, every, "probe_accuracy", "probe_mse", "probe"), "pareto_probes",
-                      "Latent probes: linear-probe accuracy vs fresh-decoder MSE, one colour per training rule, a point per lam.")
+        for dataset in datasets:
+            report.figure(pareto_figure(curve_table, dataset, "probe_accuracy", "probe_mse", "probe", references[dataset]),
+                          f"pareto_probes_{dataset}", f"{dataset}: latent probes -- linear-probe accuracy vs fresh-decoder MSE, one "
+                          "colour per d.")
         report.section("Trade-off curves vs lam")
-        report.figure(lam_figure(curve_table, key, [("test_accuracy", "test accuracy (%)", 100.0), ("recon_mse", "recon MSE per pixel", 1.0)]),
-                      "lam", "Test accuracy and reconstruction MSE vs lam (median over seeds, band = seed range).")
-        report.figure(lam_figure(curve_table, key, [("probe_accuracy", "probe accuracy (%)", 100.0), ("probe_mse", "fresh-decoder MSE", 1.0)]),
-                      "lam_probes", "Latent probes vs lam.")
+        for dataset in datasets:
+            shown = [s for s in key if s[0] == dataset] or slices_of(curve_table[curve_table["dataset"] == dataset])
+            report.figure(lam_figure(curve_table, shown, [("test_accuracy", "test accuracy (%)", 100.0), ("recon_mse", "recon MSE per pixel", 1.0)]),
+                          f"lam_{dataset}", f"{dataset}: test accuracy and reconstruction MSE vs lam (median over seeds, band = seed range).")
+            report.figure(lam_figure(curve_table, shown, [("probe_accuracy", "probe accuracy (%)", 100.0), ("probe_mse", "fresh-decoder MSE", 1.0)]),
+                          f"lam_probes_{dataset}", f"{dataset}: latent probes vs lam.")
         report.section("Reconstructions across lam")
-        for dataset in sorted(table["dataset"].unique()):
+        for dataset in datasets:
             originals = _originals(config, dataset)
             for complexity, latent in config.get("grid_slices", []):
                 fig = grid_figure(frame, originals, dataset, complexity, int(latent))
                 if fig is not None:
                     report.figure(fig, f"grid_{dataset}_{complexity}_d{latent}",
                                   f"{dataset}, {complexity}, d={latent}: reconstructions of one test image per class (seed {config['seeds'][0]}).")
+        report.table(changes, "hypervolume_changes",
+                     "Hypervolume change with d and model size: mean paired difference over seeds, 95 % t-interval, verdict")
+        report.table(hv_table, "hypervolumes", "Per front (one seed): hypervolume of the task and latent fronts against the fixed reference point")
         report.table(gap_table, "tradeoff_gaps", "Per curve: best accuracy / MSE and the trade-off gap (task and latent)")
         report.table(table, "runs", "Every run (one row each; pareto_optimal within dataset, way, complexity, d and seed)")
         report.table(curve_table, "curves", "Median (min, max) over seeds per lam; pareto_optimal of the medians")

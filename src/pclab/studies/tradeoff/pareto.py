@@ -69,3 +69,34 @@ def tradeoff_gap(accuracy: Sequence[float], error: Sequence[float]) -> float:
     shortfall = 1.0 - acc / acc.max()
     excess = err / err.min() - 1.0
     return float(np.min(np.maximum(shortfall, excess)))
+
+
+def hypervolume(accuracy: Sequence[float], error: Sequence[float], reference_error: float, reference_accuracy: float = 0.1) -> float:
+    """Area of the accuracy-vs-error plane that a front dominates, as a fraction of the box between
+    the reference point and the ideal point (error 0, accuracy 1); in [0, 1], higher is better.
+
+    A point ``(a, e)`` dominates the rectangle ``[e, reference_error] x [reference_accuracy, a]``;
+    the hypervolume is the area of the union of these rectangles over the points, divided by
+    ``reference_error * (1 - reference_accuracy)``. The reference is fixed per data set (chance
+    accuracy and the error of predicting the mean training image), so hypervolumes of different
+    fronts share one scale: a front that moves towards the ideal point never loses area. Points no
+    better than the reference in both coordinates, and NaN points, add nothing; an empty front has 0.
+
+    Args:
+        accuracy: ``(n,)`` accuracies in [0, 1]; error: ``(n,)`` errors >= 0 (e.g. reconstruction MSE).
+        reference_error: error of the reference point (> 0).
+        reference_accuracy: accuracy of the reference point (< 1).
+    """
+    acc, err = np.asarray(accuracy, dtype=float), np.asarray(error, dtype=float)
+    if acc.shape != err.shape or acc.ndim != 1:
+        raise ValueError(f"accuracy and error must be 1-d of equal length, got shapes {acc.shape} and {err.shape}")
+    if not (np.isfinite(reference_error) and reference_error > 0 and reference_accuracy < 1):
+        raise ValueError(f"reference point: expected error > 0 and accuracy < 1, got ({reference_error!r}, {reference_accuracy!r})")
+    keep = np.isfinite(acc) & np.isfinite(err) & (acc > reference_accuracy) & (err < reference_error)
+    acc, err = np.minimum(acc[keep], 1.0), np.maximum(err[keep], 0.0)
+    if len(acc) == 0:
+        return 0.0
+    order = np.argsort(err, kind="stable")
+    err, height = err[order], np.maximum.accumulate(acc[order]) - reference_accuracy  # best accuracy at error <= e
+    widths = np.diff(np.append(err, reference_error))
+    return float(np.sum(widths * height) / (reference_error * (1.0 - reference_accuracy)))
