@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pclab.train import PRESETS, ConfigError, apply_overrides, preset, validate
 from pclab.train.config import load, same_run, to_dict
@@ -205,3 +206,31 @@ def test_a_run_directory_config_is_read_by_the_restricted_loader(tmp_path):
     (tmp_path / "config.yaml").write_text("a: &a [1]\nb: *a\n")
     with pytest.raises(RunDirError, match="anchors are not allowed"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"inference": {"parametrisation": "errors"}}, "inference.parametrisation: expected 'state' or 'error', got 'errors'"),
+        ({"inference": {"parametrisation": "error", "precision": "spiking"}}, "static precisions only (expected 'constant'), got 'spiking'"),
+        ({"inference": {"parametrisation": "error", "compile": True}}, "inference.compile: the error parametrisation runs eagerly"),
+        ({"inference": {"parametrisation": "error"}, "learning": {"rule": "ipc"}}, "expected 'state' with rule 'ipc'), got 'error'"),
+        ({"model": {"init": "orthogonal", "kind": "vgg"}, "data": {"dataset": "digits"}}, "only an 'mlp' has an init choice"),
+        ({"model": {"output_activation": "sigmoid", "output": "ce"}}, "only an 'mlp' with a 'gaussian' output has one"),
+        ({"model": {"output_activation": "tanh"}}, "model.output_activation: expected 'identity' or 'sigmoid', got 'tanh'"),
+    ],
+)
+def test_error_parametrisation_and_its_model_options_are_validated(data, needle):
+    assert needle in _error(data)
+
+
+def test_the_error_parametrisation_reaches_the_built_inference_and_model(tiny):
+    from pclab.train.build import build_inference, build_model
+
+    config = tiny("inference.parametrisation=error", "model.init=orthogonal", "model.output_activation=sigmoid")
+    assert build_inference(config.inference).parametrisation == "error"
+    model = build_model(config, (1, 8, 8), 10)
+    weight = model.module("x", "h1").linear.weight.detach().double()
+    gram = weight @ weight.T  # orthogonal rows (32 x 64) times ReLU's gain sqrt(2)
+    assert torch.allclose(gram, 2.0 * torch.eye(32, dtype=torch.float64), atol=1e-5)
+    assert model.module("h1", "y").activation == "sigmoid"

@@ -25,7 +25,7 @@ class SpeedConfig:
     """What :func:`run_speed_benchmark` runs.
 
     Args:
-        suites: any of ``target``, ``algorithms``, ``bpti``, ``scaling``, ``memory``, ``pcx``.
+        suites: any of ``target``, ``algorithms``, ``bpti``, ``scaling``, ``memory``, ``pcx``, ``epc``.
         threads: torch intra-op threads.
         rounds: interleaved timing rounds of the target and of ``bpti`` (more: steadier medians).
         chunk: batches per timing chunk of the target and the PCX comparison; ``None``: an epoch.
@@ -51,7 +51,7 @@ class SpeedConfig:
     device: str = "cpu"
 
 
-SUITES = ("target", "algorithms", "bpti", "scaling", "memory", "pcx")
+SUITES = ("target", "algorithms", "bpti", "scaling", "memory", "pcx", "epc")
 
 
 def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -114,6 +114,10 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
             result["scaling"] = suites.scaling(batch=config.batch, steps=config.steps, device=device)
     if "memory" in config.suites:
         result["memory"] = suites.memory(ts=(10, 50) if quick else (10, 20, 50, 100, 200), device=device)
+    if "epc" in config.suites:  # sPC vs ePC: steps and time to equilibrium (pclab.bench.epc)
+        from . import epc
+
+        result["epc"] = epc.run(quick)
     result["compile_seconds"] = compiled.compile_seconds()
     result["wall_seconds"] = time.perf_counter() - started
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -182,6 +186,10 @@ def summary(result: dict[str, Any]) -> str:
             if key.startswith("fit_vs_depth"):
                 lines.append(f"  {key}: PC {fits['pc']['intercept']:.2f} + {fits['pc']['slope']:.3f} * depth; "
                              f"BP {fits['bp']['intercept']:.2f} + {fits['bp']['slope']:.3f} * depth")
+    if "epc" in result:
+        from . import epc
+
+        lines.extend(epc.summary(result["epc"]))
     if "memory" in result:
         lines.append("peak memory of one step, MiB (live heap / resident) vs T:")
         for row in result["memory"]["rows"]:

@@ -149,6 +149,9 @@ class IncrementalPC(LearningRule):
 
     def __init__(self, model: PCN, inference: Inference, optimizer: torch.optim.Optimizer, scheduler: Any | None = None):
         super().__init__(model, optimizer, scheduler)
+        if inference.parametrisation != "state":
+            raise ValueError("IncrementalPC takes a weight step inside a state-based relaxation; "
+                             f"expected Inference(parametrisation='state'), got {inference.parametrisation!r}")
         self.inference = inference
 
     def step(self, batch: Batch) -> dict[str, float]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import epc
 from .binomial import checkpointed_loop
 from .fast import dispatch
 from .graph import PCN, State
@@ -50,6 +51,11 @@ class Inference:
         check_finite: :func:`relax` raises ``FloatingPointError`` naming the first node whose final
             values hold NaN or Inf (one check after the last step). ``False`` returns them as they are,
             for callers that diagnose divergence themselves (the training loop).
+        parametrisation: the relaxation's variables: ``"state"`` (state-based PC, the node values)
+            or ``"error"`` (error-based PC, ePC: the prediction errors of the free nodes and the
+            free roots' values, states computed forward; the same equilibria in far fewer steps
+            on deep chains, see :mod:`pclab.core.epc`; static precisions only, no
+            ``fixed_prediction``, no accelerator: ``accelerators`` becomes ``()``).
     """
 
     steps: int = 20
@@ -62,6 +68,7 @@ class Inference:
     compile: bool = False
     check_finite: bool = True
     accelerators: tuple[str, ...] | None = None
+    parametrisation: str = "state"
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
@@ -78,6 +85,11 @@ class Inference:
             unknown = [a for a in self.accelerators if a not in dispatch.ACCELERATORS] if isinstance(self.accelerators, tuple) else None
             if unknown is None or unknown:
                 raise ValueError(f"inference accelerators must be None or a tuple of names from {dispatch.ACCELERATORS}, got {self.accelerators!r}")
+        if self.parametrisation not in epc.PARAMETRISATIONS:
+            raise ValueError(f"inference parametrisation must be 'state' or 'error', got {self.parametrisation!r}")
+        if self.parametrisation == "error":
+            epc.check_inference(self)
+            object.__setattr__(self, "accelerators", ())  # none computes it: the rules take their reference steps
 
     def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
         """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""
@@ -213,6 +225,15 @@ def relax(
             raise ValueError("checkpoint_steps and checkpoint_slots are two checkpointing schemes; choose one")
         if record or on_step is not None:
             raise ValueError("checkpoint_slots reruns steps in the backward pass: not with record or on_step")
+    if inference.parametrisation == "error":  # ePC: relaxation over the errors, its own loop
+        free = free_nodes(model, frozenset(clamp))
+        trajectory = Trajectory(list(model.error_nodes), free) if record else None
+        values, start, taken = epc.relax_errors(
+            model, clamp, inference, free, trajectory=trajectory, differentiable=differentiable, truncate=truncate,
+            checkpoint_steps=checkpoint_steps, checkpoint_slots=checkpoint_slots, on_step=on_step, initial=initial, generator=generator,
+        )
+        return _finite(model, Relaxed(values, start, frozenset(clamp), taken, trajectory), inference)
+    if checkpoint_slots is not None:
         return _finite(model, _relax_binomial(model, clamp, inference, truncate, checkpoint_slots, initial, generator), inference)
     clamped = frozenset(clamp)
     fast = dispatch.relaxation(model, clamp, inference, differentiable=differentiable, record=record, on_step=on_step,

@@ -47,7 +47,7 @@ def _output_energy(output: str, precision: float = 1.0):
     raise ValueError(f"output energy must be 'ce' or 'gaussian', got {output!r}")
 
 
-def mlp(widths: Sequence[int], activation: str = "tanh", output: str = "gaussian") -> PCN:
+def mlp(widths: Sequence[int], activation: str = "tanh", output: str = "gaussian", output_activation: str = "identity") -> PCN:
     """A discriminative chain ``x -> h1 -> ... -> y`` of :class:`Dense` predictions.
 
     Args:
@@ -55,6 +55,8 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output: str = "gaussian
         activation: nonlinearity of every hidden prediction (the output prediction is linear).
         output: energy of the label node: ``"gaussian"`` (squared error against a one-hot
             target) or ``"ce"`` (cross-entropy).
+        output_activation: nonlinearity of the label prediction (``"sigmoid"`` with a Gaussian
+            output: the squared error of a sigmoid read-out).
     """
     widths = _check_widths(widths, "mlp widths")
     names = ["x", *[f"h{i}" for i in range(1, len(widths) - 1)], "y"]
@@ -62,7 +64,7 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output: str = "gaussian
     nodes.append(Node("y", (widths[-1],), _output_energy(output)))
     edges = []
     for i in range(len(widths) - 1):
-        act = "identity" if i == len(widths) - 2 else activation
+        act = output_activation if i == len(widths) - 2 else activation
         edges.append((names[i], names[i + 1], Dense(widths[i], widths[i + 1], act)))
     return PCN(nodes, edges)
 

@@ -110,7 +110,7 @@ def build_inference(config: InferenceConfig) -> Inference:
     }[config.precision]
     # the training loop diagnoses a diverging relaxation itself (step, node, failure.json)
     return Inference(config.steps, opt, config.init, precision, config.tolerance, method=config.method, compile=config.compile,
-                     check_finite=False)
+                     check_finite=False, parametrisation=config.parametrisation)
 
 
 def _fusable(params: list[torch.nn.Parameter]) -> bool:

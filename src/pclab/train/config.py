@@ -108,7 +108,9 @@ class ModelConfig(_Strict):
     layered: bool = Field(False, description="rathjens_wiskott: hidden decoder/head layers as value nodes")
     depth: int = Field(5, ge=2, description="vgg / vgg_bn weight layers")
     width: int = Field(32, ge=1, description="vgg / vgg_bn first-block channels / deconv channels")
-    init: Literal["default", "lecun"] = Field("default", description="mlp weights: PyTorch's default or N(0, 1/fan_in), zero biases")
+    init: Literal["default", "lecun", "orthogonal"] = Field(
+        "default", description="mlp weights: PyTorch's default, N(0, 1/fan_in) or orthogonal with ReLU's gain sqrt(2); zero biases")
+    output_activation: Literal["identity", "sigmoid"] = Field("identity", description="mlp: nonlinearity of the label prediction")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -118,6 +120,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {short(self.activation)}")
         if self.init != "default" and self.kind != "mlp":
             raise ValueError(f"model.init: only an 'mlp' has an init choice (expected 'default'), got {self.init!r} with kind {self.kind!r}")
+        if self.output_activation != "identity" and (self.kind != "mlp" or self.output != "gaussian"):
+            raise ValueError(f"model.output_activation: only an 'mlp' with a 'gaussian' output has one (expected 'identity'), "
+                             f"got {self.output_activation!r} with kind {self.kind!r} and output {self.output!r}")
         if self.kind in ("mlp", "generative_mlp") and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ValueError(f"model.widths: expected at least 2 positive widths, got {short(self.widths)}")
         return self
@@ -138,11 +143,18 @@ class InferenceConfig(_Strict):
     method: Literal["auto", "manual", "autograd"] = "auto"
     compile: bool = Field(False, description=("run the Dense-chain fast path (PC, iPC, bp-through-inference) under torch.compile"
                                               " (compiles at batch 1 or 2); other PCNs relaxed by SGD: the latent gradient"))
+    parametrisation: Literal["state", "error"] = Field(
+        "state", description="relax the states (state-based PC) or the prediction errors (ePC: the same equilibrium in fewer steps)")
 
     @model_validator(mode="after")
     def _check(self) -> InferenceConfig:
         if self.optimizer in ("momentum", "nesterov") and self.momentum == 0:
             raise ValueError(f"inference.momentum: optimizer {self.optimizer!r} needs momentum > 0, got 0")
+        if self.parametrisation == "error" and self.precision != "constant":
+            raise ValueError(f"inference.precision: the error parametrisation takes static precisions only (expected 'constant'), "
+                             f"got {self.precision!r}")
+        if self.parametrisation == "error" and self.compile:
+            raise ValueError("inference.compile: the error parametrisation runs eagerly (expected false), got true")
         return self
 
 
@@ -234,6 +246,9 @@ def _cross_field_problems(c: RunConfig) -> list[str]:
         problems.append(f"learning.truncate / learning.checkpoint: only for rule 'bp-through-inference', got rule {lc.rule!r}")
     if lc.truncate is not None and lc.truncate > c.inference.steps:
         problems.append(f"learning.truncate: expected at most inference.steps = {c.inference.steps}, got {lc.truncate}")
+    if c.inference.parametrisation == "error" and lc.rule == "ipc":
+        problems.append("inference.parametrisation: incremental PC takes its weight steps inside a state-based relaxation "
+                        "(expected 'state' with rule 'ipc'), got 'error'")
     if c.telemetry and lc.rule == "bp":
         problems.append("telemetry: records inference steps, and rule 'bp' trains without inference (expected false), got true")
     if lc.warmup_epochs > c.epochs:

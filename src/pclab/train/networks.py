@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from .. import models
 from ..core import PCN
-from ..models.deep import lecun_init, vgg_bn
+from ..models.deep import lecun_init, orthogonal_init, vgg_bn
 
 
 def hybrid_precisions(lam: float, pixels: int) -> tuple[float, float]:
@@ -36,9 +36,11 @@ def network(m: BaseModel, rule: str, lam: float, image_shape: tuple[int, ...], c
     ``initialise=False`` skips a custom weight init (when only shapes matter)."""
     pixels = math.prod(image_shape)
     if m.kind == "mlp":
-        model = models.mlp(m.widths, m.activation, m.output)
+        model = models.mlp(m.widths, m.activation, m.output, m.output_activation)
         if m.init == "lecun" and initialise:
             lecun_init(model)
+        elif m.init == "orthogonal" and initialise:
+            orthogonal_init(model)
     elif m.kind == "generative_mlp":
         model = models.generative_mlp(m.widths, m.activation)
     elif m.kind == "rathjens_wiskott":
