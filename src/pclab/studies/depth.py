@@ -119,7 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "standard": {
         "datasets": ["mnist"], "depths": [5, 10, 15, 20],
         "variants": ["pc", "spiking+fu", "epc", "epc+fu", "bpti", "bp"], "optimizers": ["adamw", "sgd"],
-        "fix_depth": 20, "fix_variants": ["spiking", "decaying+fu"], "seeds": [0, 1, 2], "epochs": 2, "train_subset": 20_000,
+        "fix_depth": 20, "fix_variants": ["spiking", "decaying+fu"], "seeds": [0, 1, 2], "epochs": 2, "train_subset": 30_000,
         "test_subset": None, "diagnostic_depth": 20, "vgg_dataset": None, "vgg_depths": [],
         "training": _STANDARD_TRAINING,
         "tuning": {**_TUNING, "validation": 5_000, "train_subset": 10_000, "latent_lr": [0.03, 0.1, 0.3], "steps": [1, 2, 4],
@@ -141,7 +141,7 @@ CPU seconds (see the depth study's page).
 ``tiny``: digits, for tests (seconds); every variant, both weight optimisers, one VGG-BN depth.
 ``quick``: MNIST, 10k training images, 1 epoch at batch 128, depths 5 and 10, pc / spiking+fu / ePC / bp
 under AdamW, one seed; a small tuning grid; muPC 100 iterations. Under 10 minutes.
-``standard``: the answering preset: MNIST, 20k training images, 2 epochs at batch 128 (warm-up + cosine),
+``standard``: the answering preset: MNIST, 30k training images, 2 epochs at batch 128 (warm-up + cosine),
 depths 5 / 10 / 15 / 20, pc, spiking+fu, ePC with and without the forward update, backprop through
 inference and backprop, under AdamW and SGD with momentum, seeds 0-2 (paired); the separate fixes
 spiking and decaying+fu at depth 20; tuning at depth 20 on a 5k validation split; muPC at depth 20
