@@ -24,7 +24,12 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     preset = depth.PRESETS["tiny"]
     mlp, vgg = accuracy[accuracy.model == "mlp"], accuracy[accuracy.model == "vgg-bn"]
-    assert set(mlp.variant) == set(preset["variants"])
+    frozen = pd.read_csv(tmp_path / "tables" / "frozen_bottom.csv")
+    assert set(frozen.depth) == set(preset["depths"]) and (frozen.reference == "spiking+fu").all()
+    # bp-frozen runs only at the depths where the reference's bottom layers fall below AdamW's eps
+    assert set(mlp.variant) == set(preset["variants"]) - ({"bp-frozen"} if (frozen.frozen_k == 0).all() else set())
+    alignment = pd.read_csv(tmp_path / "tables" / "alignment.csv")
+    assert set(alignment.stage) == {"init", "trained"} and alignment.cosine.between(-1 - 1e-6, 1 + 1e-6).all()
     assert set(mlp.depth) == set(preset["depths"])
     # one phase-BN VGG trained end to end per variant the preset names
     assert set(vgg.variant) == set(preset["vgg_variants"]) and set(vgg.depth) == set(preset["vgg_depths"])
@@ -36,13 +41,13 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     # tuning: every PC variant got a latent choice, every variant an SGD learning rate, all from the stated grid
     choices = pd.read_csv(tmp_path / "tables" / "tuning_choices.csv").set_index("variant")
     grid = preset["tuning"]
-    for v in preset["variants"]:
+    for v in [v for v in preset["variants"] if v != "bp-frozen"]:
         assert choices.loc[f"sgd:{v}", "weight_lr"] in grid["sgd_lr"]
-        if v != "bp":
+        if v not in ("bp", "bp-frozen"):
             assert choices.loc[v, "latent_optimizer"] in grid["latent_optimizers"] and choices.loc[v, "latent_lr"] in grid["latent_lr"]
             assert choices.loc[v, "steps_factor"] in (grid["steps"] if v in depth.STEPS_TUNED else [1])
     tuning = pd.read_csv(tmp_path / "tables" / "tuning.csv")
-    assert len(tuning[tuning.stage == "sgd"]) == len(preset["variants"]) * len(grid["sgd_lr"])
+    assert len(tuning[tuning.stage == "sgd"]) == (len(preset["variants"]) - 1) * len(grid["sgd_lr"])  # bp-frozen takes bp's
     diag = pd.read_csv(tmp_path / "tables" / "diagnostics_digits.csv")
     assert set(diag.stage) == {"init", "trained"}
     init_pc = diag[(diag.variant == "pc") & (diag.stage == "init")].sort_values("layer")
@@ -52,7 +57,8 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     assert (diag[diag.variant == "bp"].grad_norm > 0).all()
     mupc = pd.read_csv(tmp_path / "tables" / "mupc.csv")
     assert set(mupc.parameterisation) == {"mupc", "standard"}
-    for figure in ("accuracy_vs_depth", "mupc", "error_heatmap_digits_init", "grad_norm_digits_trained", "tuning", "energy_vs_step_digits"):
+    for figure in ("accuracy_vs_depth", "mupc", "error_heatmap_digits_init", "grad_norm_digits_trained", "tuning", "energy_vs_step_digits",
+                   "alignment"):
         assert (tmp_path / "figures" / f"{figure}.png").exists()
     assert not (tmp_path / "tables" / "failures.csv").exists()
 
@@ -111,7 +117,7 @@ def test_quick_preset_has_epc_and_a_small_grid():
 def test_standard_preset_answers_the_questions():
     config = depth._resolve("standard", None)
     accuracy, mupc = _accuracy_configs("standard")
-    main = ("pc", "spiking+fu", "epc", "epc+fu", "bpti", "bp")
+    main = ("pc", "spiking+fu", "epc", "epc+fu", "bpti", "bp", "bp-frozen")  # trials() without measured k: bp-frozen at every depth
     expected = {(d, v, o, s) for d in (5, 10, 15, 20) for v in main for o in ("adamw", "sgd") for s in (0, 1, 2)}
     expected |= {(20, v, o, s) for v in ("spiking", "decaying+fu") for o in ("adamw", "sgd") for s in (0, 1, 2)}
     grid = [(p["depth"], p["variant"], p["optimizer"], p["seed"]) for p in accuracy]
@@ -227,3 +233,30 @@ def test_findings_are_seed_paired_differences_with_their_interval():
     one_seed = depth.findings(pd.DataFrame([r for r in rows if r["seed"] == 0]), mupc.iloc[:0])
     assert all("(n=1 seed: the interval cannot be computed)" in line for line in one_seed if "minus" in line)
     assert "loses more than 1 point (whole interval below -1) at no depth of this run" in one_seed[1]
+
+
+def _run_and_batch(variant: str, n: int = 6, latent_lr: float = 0.5):
+    p = {"kind": "accuracy", "training": depth.PRESETS["tiny"]["training"], "variant": variant, "model": "mlp", "depth": n,
+         "dataset": "digits", "train_subset": 64, "test_subset": 32, "epochs": 1, "seed": 0, "latent_lr": latent_lr}
+    config = depth._config(p, 64, 10)
+    data = load_data(config)
+    return prepare(config, data), make_batch(config, data[0].images[:32], data[0].labels[:32], 10)
+
+
+def test_spiking_forward_update_is_layerwise_rescaled_backprop():
+    # the claim, measured: cosine 1 with backprop's gradient, norm ratio (1 - eta) eta^(N-1-l), output layer 1
+    eta, n = 0.5, 6
+    a = depth.alignment(*_run_and_batch("spiking+fu", n, eta))
+    assert a["cosine"] == pytest.approx([1.0] * n, abs=1e-5)  # float32 weights
+    assert a["norm_ratio"] == pytest.approx([(1 - eta) * eta ** (n - 1 - layer) for layer in range(n - 1)] + [1.0], rel=2e-2)
+    bp = depth.alignment(*_run_and_batch("bp", n))
+    assert bp["cosine"] == pytest.approx([1.0] * n) and bp["norm_ratio"] == pytest.approx([1.0] * n)
+    assert bp["median_abs"] == bp["bp_median_abs"]
+    vanilla = depth.alignment(*_run_and_batch("pc", n, eta))
+    assert min(vanilla["cosine"]) < 0.9  # vanilla PC after T = N steps is not rescaled backprop: the measure can tell
+
+
+def test_frozen_layers_counts_the_bottom_run_at_or_below_eps():
+    assert depth.frozen_layers([1e-10, 5e-9, 1e-8, 2e-8, 1e-10]) == 3
+    assert depth.frozen_layers([1e-4, 1e-10]) == 0 and depth.frozen_layers([1e-9, 1e-9]) == 2
+    assert depth.frozen_layers([float("nan"), 1e-10]) == 0

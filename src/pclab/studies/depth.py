@@ -40,7 +40,8 @@ from ..data.dataset import Dataset, stratified_indices
 from ..io import load_torch
 from ..models.deep import residual_mlp
 from ..sweep import failures, records_frame, run_trials, trial_id
-from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, train, validate
+from ..train import ConfigError, RunConfig, load_data, make_batch, prepare, task_loss, train, validate
+from ..train.build import inputs
 from ..train.config import DATA_SHAPES, MAX_EPOCHS, cut, short
 from ..train.loop import DivergenceError
 from .report import VARIANT_COLOURS, Report, plt, rule_colour
@@ -58,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "epc+fu": {"rule": "pc", "precision": "constant", "forward_update": True, "parametrisation": "error"},
     "bpti": {"rule": "bp-through-inference", "precision": "constant", "forward_update": False, "init": "zeros"},
     "bp": {"rule": "bp", "precision": "constant", "forward_update": False},
+    "bp-frozen": {"rule": "bp", "precision": "constant", "forward_update": False, "frozen": True},
 }
 """Name -> learning rule, precision schedule in relaxation, forward-update weight rule, and (optional)
 the relaxation's variables (``parametrisation``: ``"error"`` is ePC) and start (``init``: backprop
@@ -118,7 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "standard": {
         "datasets": ["mnist"], "depths": [5, 10, 15, 20],
-        "variants": ["pc", "spiking+fu", "epc", "epc+fu", "bpti", "bp"], "optimizers": ["adamw", "sgd"],
+        "variants": ["pc", "spiking+fu", "epc", "epc+fu", "bpti", "bp", "bp-frozen"], "optimizers": ["adamw", "sgd"],
         "fix_depth": 20, "fix_variants": ["spiking", "decaying+fu"], "seeds": [0, 1, 2], "epochs": 2, "train_subset": 30_000,
         "test_subset": None, "diagnostic_depth": 20, "vgg_dataset": None, "vgg_depths": [],
         "training": _STANDARD_TRAINING,
@@ -176,6 +178,7 @@ def _config(p: dict[str, Any], input_dim: int = 1, classes: int = 10) -> RunConf
                       "momentum": momentum, "precision": v["precision"], "alpha": t["alpha"], "decay": t["decay"],
                       "parametrisation": v.get("parametrisation", "state"), "init": v.get("init", "forward")},
         "learning": {"rule": v["rule"], "forward_update": v["forward_update"], "optimizer": optimizer, "lr": lr,
+                     "frozen_layers": p.get("frozen_layers", 0),
                      "momentum": t["sgd_momentum"] if optimizer == "sgd" else 0.0, "weight_decay": t["weight_decay"],
                      "schedule": t.get("schedule", "constant"), "warmup_epochs": min(t.get("warmup_epochs", 0.0), p["epochs"])},
         "data": {"dataset": p["dataset"], "batch_size": t["batch_size"], "train_subset": p["train_subset"],
@@ -216,6 +219,50 @@ def _edge_grad_norms(model, loss: torch.Tensor) -> list[float]:
         i += len(group)
         out.append(float(torch.sqrt(sum((x.double() ** 2).sum() for x in g))) if g else 0.0)
     return out
+
+
+def _edge_grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
+    """``d loss / d theta`` per edge (input side first), flattened over the edge's parameters (float64)."""
+    params = [list(model.edge_modules[e.key].parameters()) for e in model.edges]
+    flat = [q for group in params for q in group]
+    grads = torch.autograd.grad(loss, flat, allow_unused=True)
+    out, i = [], 0
+    for group in params:
+        g = [(x if x is not None else torch.zeros_like(q)).double().reshape(-1) for x, q in zip(grads[i:i + len(group)], group)]
+        i += len(group)
+        out.append(torch.cat(g) if g else torch.zeros(0, dtype=torch.float64))
+    return out
+
+
+ADAM_EPS = 1e-8
+"""AdamW's eps (PyTorch's default, the study's): a gradient element of this size gets about half a scale-free step."""
+
+
+def alignment(run, batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Per edge (input side first), the weight gradient ``g`` the method hands its optimiser against
+    backprop's gradient ``b`` of the task loss on the same batch and weights: ``cosine`` (g . b /
+    |g||b|), ``norm_ratio`` (|g| / |b|), and the median absolute element of each (``median_abs``,
+    ``bp_median_abs``), to set against AdamW's eps (:data:`ADAM_EPS`)."""
+    model, rule = run.model, run.rule
+    bp = Backprop(model, torch.optim.SGD(model.parameters(), 0.0), task_loss(run.config), inputs(run.config))
+    if isinstance(rule, PCLearning):
+        loss = rule.weight_energy(relax(model, batch, rule.inference))
+    else:
+        loss, _ = rule.objective(batch)
+    g, b = _edge_grads(model, loss), _edge_grads(model, bp.objective(batch)[0])
+    out: dict[str, list[float]] = {"cosine": [], "norm_ratio": [], "median_abs": [], "bp_median_abs": []}
+    for gi, bi in zip(g, b):
+        gn, bn = float(gi.norm()), float(bi.norm())
+        out["cosine"].append(float(gi @ bi) / (gn * bn) if gn > 0 and bn > 0 else math.nan)
+        out["norm_ratio"].append(gn / bn if bn > 0 else math.nan)
+        out["median_abs"].append(float(gi.abs().median()) if gi.numel() else math.nan)
+        out["bp_median_abs"].append(float(bi.abs().median()) if bi.numel() else math.nan)
+    return out
+
+
+def frozen_layers(median_abs: list[float], eps: float = ADAM_EPS) -> int:
+    """How many layers from the input side in a row have a median gradient element at or below ``eps``."""
+    return next((i for i, m in enumerate(median_abs) if not m <= eps), len(median_abs))
 
 
 def diagnose(run, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -262,12 +309,13 @@ def accuracy_trial(p: dict[str, Any]) -> dict[str, Any]:
     else:
         data = load_data(config)
     folder = Path(p["out"]) / "artifacts" / trial_id({k: v for k, v in p.items() if k != "out"}) if p.get("out") else None
-    diagnostics = {}
+    diagnostics, aligned = {}, {}
+    images, labels = data[0].images[: config.data.batch_size], data[0].labels[: config.data.batch_size]
+    diag_batch = make_batch(config, images, labels, data[0].classes)
     if p.get("diagnostics"):
-        run = prepare(config, data)
-        images, labels = data[0].images[: config.data.batch_size], data[0].labels[: config.data.batch_size]
-        diag_batch = make_batch(config, images, labels, data[0].classes)
-        diagnostics["init"] = diagnose(run, diag_batch)
+        diagnostics["init"] = diagnose(prepare(config, data), diag_batch)
+    if p.get("alignment"):
+        aligned["init"] = alignment(prepare(config, data), diag_batch)
     started = time.perf_counter()
     try:
         results = train(config, out=folder, progress=False, data=data)
@@ -281,10 +329,13 @@ def accuracy_trial(p: dict[str, Any]) -> dict[str, Any]:
     if tuning:
         return {"validation_accuracy": 100 * results["test_accuracy"], "validation_per_epoch": per_epoch, "diverged": False,
                 "train_seconds": seconds, "cpu_seconds": time.process_time() - cpu}
-    if p.get("diagnostics") and folder is not None:
+    if (p.get("diagnostics") or p.get("alignment")) and folder is not None:
         run = prepare(config, data)
         run.model.load_state_dict(load_torch(folder / "checkpoint.pt")["model"])
-        diagnostics["trained"] = diagnose(run, diag_batch)
+        if p.get("diagnostics"):
+            diagnostics["trained"] = diagnose(run, diag_batch)
+        if p.get("alignment"):
+            aligned["trained"] = alignment(run, diag_batch)
     return {
         "test_accuracy": 100 * results["test_accuracy"],
         "accuracy_per_epoch": per_epoch,
@@ -293,6 +344,7 @@ def accuracy_trial(p: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "cpu_seconds": time.process_time() - cpu,
         "diagnostics": diagnostics,
+        "alignment": aligned,
     }
 
 
@@ -396,7 +448,7 @@ def sgd_trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, A
         return []
     base = _tune_base(config, out)
     return [{**base, "stage": "sgd", "variant": v, **_latent(choices, v, config), "optimizer": "sgd", "weight_lr": lr}
-            for v in _variants(config) for lr in config["tuning"]["sgd_lr"]]
+            for v in _variants(config) if not VARIANTS[v].get("frozen") for lr in config["tuning"]["sgd_lr"]]
 
 
 _LATENT_KEYS = ("latent_optimizer", "latent_momentum", "latent_lr", "steps_factor")
@@ -427,16 +479,19 @@ def choose(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, di
     return {v: chosen for v, (_, chosen) in best.items()}
 
 
-def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]] | None = None,
+           frozen: dict[int, int] | None = None) -> list[dict[str, Any]]:
     """Every final (test-set) trial of a resolved study configuration, with the tuned settings of
-    ``choices`` (``None``: each grid's first point, for validating configs before tuning)."""
+    ``choices`` (``None``: each grid's first point, for validating configs before tuning) and, for
+    ``bp-frozen``, ``frozen[depth]`` bottom layers frozen (``None``: one; a depth with none has no
+    ``bp-frozen`` trial, it would be backprop)."""
     base = {"kind": "accuracy", "epochs": config["epochs"], "train_subset": config["train_subset"],
             "test_subset": config["test_subset"], "training": config["training"], "out": str(out.resolve())}
     grid = [(d, "mlp", depth) for d in config["datasets"] for depth in config["depths"]]
     if config.get("vgg_dataset"):
         grid += [(config["vgg_dataset"], "vgg-bn", depth) for depth in config["vgg_depths"]]
-    lrs = {"adamw": {}, "sgd": {v: (choices or {}).get(f"sgd:{v}", {}).get("weight_lr", config["tuning"]["sgd_lr"][0])
-                                for v in VARIANTS}}
+    lrs = {"adamw": {}, "sgd": {v: (choices or {}).get(f"sgd:{v}" if v != "bp-frozen" else "sgd:bp", {}).get(
+        "weight_lr", config["tuning"]["sgd_lr"][0]) for v in VARIANTS}}
     out_trials = []
     for dataset, model, depth in grid:
         # the separate fixes (e.g. spiking without forward update) only where the preset asks for them
@@ -444,6 +499,8 @@ def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]]
         variants = [*config["variants"], *[v for v in extra if v not in config["variants"]]]
         if model == "vgg-bn":
             variants = config.get("vgg_variants", config["variants"])
+        k = 1 if frozen is None else frozen.get(depth, 0)
+        variants = [v for v in variants if not (VARIANTS[v].get("frozen") and (model != "mlp" or k == 0))]
         for optimizer in config["optimizers"]:
             for seed in config["seeds"]:
                 for variant in variants:
@@ -453,6 +510,10 @@ def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]]
                                          and optimizer == config["optimizers"][0])}
                     if variant in lrs[optimizer]:
                         p["weight_lr"] = lrs[optimizer][variant]
+                    if VARIANTS[variant].get("frozen"):
+                        p["frozen_layers"] = k
+                    if model == "mlp" and seed == config["seeds"][0] and optimizer == config["optimizers"][0]:
+                        p["alignment"] = True
                     if model == "vgg-bn":
                         p["vgg_width"] = config.get("vgg_width", 16)
                     out_trials.append(p)
@@ -463,6 +524,27 @@ def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]]
                                **{k: m[k] for k in ("dataset", "width", "depth", "iterations", "batch_size", "latent_lr",
                                                     "param_lr", "test_every", "test_subset", "train_subset")}})
     return out_trials
+
+
+def frozen_bottom(config: dict[str, Any], choices: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per MLP depth, the ``frozen_reference`` variant's (tuned) per-layer median gradient element at
+    initialisation on the first training batch (seed of the first seed) and ``k``, the bottom layers at
+    or below AdamW's eps (:func:`frozen_layers`)."""
+    reference = config.get("frozen_reference", "spiking+fu")
+    if not config["datasets"] or not any(VARIANTS[v].get("frozen") for v in _variants(config)):
+        return {}
+    out = {}
+    for depth in config["depths"]:
+        p = {"kind": "accuracy", "epochs": config["epochs"], "train_subset": config["train_subset"], "test_subset": config["test_subset"],
+             "training": config["training"], "dataset": config["datasets"][0], "model": "mlp", "depth": depth, "variant": reference,
+             "seed": config["seeds"][0], "optimizer": "adamw", **_latent(choices, reference, config)}
+        probe = pdata.load(p["dataset"], "test")
+        c = _config(p, int(np.prod(probe.images.shape[1:])), probe.classes)
+        data = load_data(c)
+        batch = make_batch(c, data[0].images[: c.data.batch_size], data[0].labels[: c.data.batch_size], data[0].classes)
+        medians = alignment(prepare(c, data), batch)["median_abs"]
+        out[depth] = {"reference": reference, "median_abs": medians, "k": frozen_layers(medians)}
+    return out
 
 
 def tune(config: dict[str, Any], out: Path, address: str | None = None, executor: str = "ray") -> tuple[dict[str, dict[str, Any]], list]:
@@ -705,7 +787,8 @@ def _resolve(preset: str, overrides: dict | None) -> dict[str, Any]:
             config[key] = {**config[key], **value}
         else:
             config[key] = value
-    check_settings("depth", config, {**PRESETS, "optional": {"vgg_variants": [], "vgg_width": 16, "fix_depth": 15, "fix_variants": []}},
+    check_settings("depth", config, {**PRESETS, "optional": {"vgg_variants": [], "vgg_width": 16, "fix_depth": 15, "fix_variants": [],
+                                                   "frozen_reference": "spiking+fu"}},
                    positive=_POSITIVE, limits=_LIMITS)
     return config
 
@@ -721,8 +804,9 @@ _LIMITS = {"depths[]": (2, 1000), "vgg_depths[]": (2, 1000), "epochs": (1, MAX_E
 
 def check_trials(config: dict[str, Any], out: Path) -> int:
     """Validate the run configuration of every tuning and accuracy trial before any trial starts; returns how many."""
-    for key in ("variants", "fix_variants", "vgg_variants"):
-        unknown = [v for v in config.get(key, []) if v not in VARIANTS]
+    for key in ("variants", "fix_variants", "vgg_variants", "frozen_reference"):
+        value = config.get(key, [])
+        unknown = [v for v in ([value] if isinstance(value, str) else value) if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"depth study setting {key}: expected names from {sorted(VARIANTS)}, got {short(unknown[0])}")
     unknown = [o for o in config["optimizers"] if o not in ("adamw", "sgd")]
@@ -740,7 +824,7 @@ def check_trials(config: dict[str, Any], out: Path) -> int:
     return preflight("depth", items)
 
 
-_OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants"}
+_OPTIONAL_KEYS = {"vgg_variants", "vgg_width", "fix_depth", "fix_variants", "frozen_reference"}
 """Settings a preset may leave out (their defaults live in :func:`trials`)."""
 
 
@@ -777,6 +861,27 @@ def _tuning_figure(tuning: pd.DataFrame):
     return fig
 
 
+def _alignment_figure(align: pd.DataFrame):
+    depths = sorted(set(align.depth))
+    fig, axes = plt.subplots(2, len(depths), figsize=(3.0 * len(depths), 5.0), squeeze=False, constrained_layout=True)
+    for j, d in enumerate(depths):
+        sub = align[(align.depth == d) & (align.variant != "bp")]
+        for (variant, stage), g in sub.groupby(["variant", "stage"]):
+            style = "-" if stage == "init" else "--"
+            axes[0, j].plot(g.layer, g.cosine, style, color=_COLOURS.get(variant), label=variant if stage == "init" else None)
+            axes[1, j].plot(g.layer, g.norm_ratio, style, color=_COLOURS.get(variant))
+        axes[0, j].set_title(f"depth {d}", fontsize=9)
+        axes[0, j].set_ylim(-1.05, 1.05)
+        axes[1, j].set_yscale("log")
+        axes[1, j].set_xlabel("layer")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("cosine to bp gradient")
+    axes[1, 0].set_ylabel("norm ratio to bp gradient")
+    axes[0, 0].legend(fontsize=6)
+    return fig
+
+
 def _energy_figure(diag: dict[str, dict[str, Any]]):
     """Total energy (sum over layers, batch mean) vs relaxation step at initialisation, one line per variant."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -800,7 +905,8 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     config = _resolve(preset, overrides)
     check_trials(config, out)
     choices, tune_records = tune(config, out, address, executor)
-    records = run_trials(run_trial, trials(config, out, choices), out, address=address, executor=executor)
+    bottom = frozen_bottom(config, choices)
+    records = run_trials(run_trial, trials(config, out, choices, {d: b["k"] for d, b in bottom.items()}), out, address=address, executor=executor)
     report = Report("Deep PCNs, from failure to backprop accuracy", out, {"preset": preset, **config}, question=QUESTION,
                     study="depth", preset=preset, started=started)
     frame = records_frame(records)
@@ -816,7 +922,12 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     main_diag = diag.get(config["datasets"][0], {}) if config["datasets"] else {}  # a VGG-only run has no MLP diagnostics
     failed = failures(records + tune_records)
     deepest = max(config["depths"]) if config["depths"] else 0
-    report.findings(findings(acc, mupc, choices, tuning, deepest))
+    lines = findings(acc, mupc, choices, tuning, deepest)
+    if bottom:
+        lines.append("Frozen-bottom control (bp-frozen): bottom layers frozen per depth, k = " + ", ".join(
+            f"{b['k']} at depth {d}" for d, b in bottom.items()) + f" (the {next(iter(bottom.values()))['reference']} gradient's median "
+            f"element at or below AdamW's eps {ADAM_EPS:g} at initialisation; no bp-frozen trial where k = 0).")
+    report.findings(lines)
     report.statements(_summary(config, table, mupc, main_diag, failed))
     t, u = config["training"], config["tuning"]
     report.methods("Tuning", (
@@ -847,6 +958,20 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
            "updated only in the weight phase (PC) / the training forward pass (bp). " if config.get("vgg_dataset") else "")
         + f"Spiking alpha {t['alpha']}, decaying k {t['decay']}. Seeds {config['seeds']}, paired (same initial weights and "
         "batches for every variant of a seed); differences are seed-paired means with 95 % t-intervals."))
+    if bottom:
+        report.table(pd.DataFrame([{"depth": d, "reference": b["reference"], "frozen_k": b["k"],
+                                    "median_abs_per_layer": " ".join(f"{m:.1e}" for m in b["median_abs"])} for d, b in bottom.items()]),
+                     "frozen_bottom", f"Frozen-bottom control: per depth, k = bottom layers whose median gradient element under the reference "
+                     f"variant at initialisation is at or below AdamW's eps ({ADAM_EPS:g}); bp-frozen trains backprop with those k layers frozen")
+    aligned = acc[acc.alignment.map(bool)] if len(acc) and "alignment" in acc else pd.DataFrame()
+    if len(aligned):
+        rows = [{"variant": r.variant, "depth": int(r.depth), "stage": st, "layer": i, **{k: v[i] for k, v in a.items()}}
+                for r in aligned.itertuples() for st, a in r.alignment.items() for i in range(len(a["cosine"]))]
+        align = pd.DataFrame(rows)
+        report.figure(_alignment_figure(align), "alignment", "Per layer (0 = input side): cosine (top) and norm ratio (bottom, log) "
+                      "of each method's weight gradient to backprop's gradient on the same batch and weights, at initialisation "
+                      "(solid) and after training (dashed); one column per depth; first seed, AdamW run.")
+        report.table(align, "alignment", "Per-layer alignment with backprop's gradient", max_rows=40)
     if len(table):
         report.figure(_accuracy_figure(table), "accuracy_vs_depth", "Test accuracy vs depth per variant and weight optimiser (median, "
                       "min-max band over seeds); blue = PC learning, green = backprop, other colours = the toolbox's fixes.", key=True)
