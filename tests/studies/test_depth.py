@@ -56,7 +56,8 @@ def test_depth_study_tiny_preset_writes_report_and_tables(tmp_path):
     assert init_pc.first_error_step.tolist() == [n - 1 - layer for layer in range(n)]
     assert (diag[diag.variant == "bp"].grad_norm > 0).all()
     mupc = pd.read_csv(tmp_path / "tables" / "mupc.csv")
-    assert set(mupc.parameterisation) == {"mupc", "standard"}
+    assert set(mupc.parameterisation) == {"mupc", "standard"} and set(mupc.rule) == {"pc", "bp", "epc"}
+    assert "mupc/pc (skip delay 1)" in set(mupc.run) and mupc.final_test_accuracy.between(0, 100).all()
     for figure in ("accuracy_vs_depth", "mupc", "error_heatmap_digits_init", "grad_norm_digits_trained", "tuning", "energy_vs_step_digits",
                    "alignment"):
         assert (tmp_path / "figures" / f"{figure}.png").exists()
@@ -130,8 +131,11 @@ def test_standard_preset_answers_the_questions():
     assert {p["depth"] for p in tuning} == {20} and all(p["kind"] == "tune" and p["validation"] == 5_000 for p in tuning)
     per_variant = {v: sum(p["variant"] == v for p in tuning) for v in ("pc", "spiking+fu", "epc", "bpti")}
     assert per_variant == {"pc": 18, "spiking+fu": 6, "epc": 18, "bpti": 18}  # 2 optimisers x 3 steps (x 3 T where T matters)
-    assert sorted((p["parameterisation"], p["rule"], p["seed"]) for p in mupc) == [
-        ("mupc", "bp", 0), ("mupc", "bp", 1), ("mupc", "bp", 2), ("mupc", "pc", 0), ("mupc", "pc", 1), ("mupc", "pc", 2)]
+    # muPC, backprop and ePC on the same residual network, and PC with one auxiliary node on each skip path
+    assert sorted((p["parameterisation"], p["rule"], p.get("skip_delay", 0), p["seed"]) for p in mupc) == sorted(
+        (param, rule, delay, seed) for param, rule, delay in (("mupc", "pc", 0), ("mupc", "bp", 0), ("mupc", "epc", 0), ("mupc", "pc", 1))
+        for seed in (0, 1, 2))
+    assert {p["depth"] for p in mupc} == {20}
 
 
 def test_validation_split_is_disjoint_stratified_and_keeps_the_rest():
@@ -226,8 +230,8 @@ def test_findings_are_seed_paired_differences_with_their_interval():
     assert f"mnist MLP, adamw, depth 15: epc minus backprop: {epc}." in lines and "within 1 point" in epc
     assert "mnist MLP, adamw, depth 15: within 1 point of backprop (whole interval inside +-1): epc." in lines
     assert any(line.startswith("mnist MLP, adamw, depth 15: epc minus spiking+fu: +1.77 points") for line in lines)
-    assert any(line.startswith("Residual MLP, depth 30: muPC minus backprop on the same network, test accuracy after 900 iterations: -2.73 points")
-               for line in lines)
+    assert any(line.startswith("Residual MLP, depth 30, 900 iterations: mupc/pc minus backprop on the same network (mupc/bp), test accuracy: "
+                               "-2.73 points") for line in lines)
     assert lines[-1] == ("Relaxation of pc (chosen on validation at depth 15): latent sgd step 0.1, T = 2 x depth; validation accuracy at "
                          "T = 1N: 90.00 %, 2N: 91.50 %, 4N: diverged (one seed).")
     one_seed = depth.findings(pd.DataFrame([r for r in rows if r["seed"] == 0]), mupc.iloc[:0])

@@ -108,6 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tuning": {**_TUNING, "validation": 64, "train_subset": 256, "latent_optimizers": ["sgd", "nesterov"], "latent_lr": [0.1], "steps": [1, 2],
                    "sgd_lr": [0.03]},
         "mupc": {**_MUPC, "dataset": "digits", "width": 16, "depth": 6, "iterations": 12, "batch_size": 32,
+                 "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"], ["mupc", "epc"], ["mupc", "pc", 1]],
                  "test_every": 6, "test_subset": 128, "train_subset": 512},
     },
     "quick": {
@@ -126,7 +127,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": _STANDARD_TRAINING,
         "tuning": {**_TUNING, "validation": 5_000, "train_subset": 10_000, "latent_lr": [0.03, 0.1, 0.3], "steps": [1, 2, 4],
                    "sgd_lr": [0.01, 0.03, 0.1]},
-        "mupc": {**_MUPC, "depth": 20, "iterations": 600, "runs": [["mupc", "pc"], ["mupc", "bp"]], "seeds": [0, 1, 2],
+        "mupc": {**_MUPC, "depth": 20, "iterations": 600, "runs": [["mupc", "pc"], ["mupc", "bp"], ["mupc", "epc"], ["mupc", "pc", 1]],
+                 "seeds": [0, 1, 2],
                  "test_subset": 2_000},
     },
     "full": {
@@ -134,7 +136,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizers": ["adamw", "sgd"], "seeds": [0, 1, 2, 3, 4], "epochs": 10, "train_subset": None, "test_subset": None,
         "diagnostic_depth": 20, "vgg_dataset": "cifar10", "vgg_depths": [5, 7], "vgg_width": 128, "vgg_variants": ["pc", "spiking+fu", "bp"], "training": dict(_STANDARD_TRAINING),
         "tuning": {**_TUNING, "epochs": 3, "latent_lr": [0.01, 0.03, 0.1, 0.3, 0.5], "steps": [1, 2, 4], "sgd_lr": [0.003, 0.01, 0.03, 0.1]},
-        "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"]], "seeds": [0, 1, 2, 3, 4]},
+        "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"], ["mupc", "epc"], ["mupc", "pc", 1]],
+                 "seeds": [0, 1, 2, 3, 4]},
     },
 }
 """Study presets; budgets on 2 CPU cores (2 trials at a time) are estimated from measured per-trial
@@ -349,7 +352,8 @@ def accuracy_trial(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def mupc_trial(p: dict[str, Any]) -> dict[str, Any]:
-    """jpc's muPC experiment: a residual MLP trained by PC (or backprop) for a number of iterations.
+    """jpc's muPC experiment: a residual MLP trained by PC, ePC (``rule`` ``"epc"``) or backprop for a number of
+    iterations; ``skip_delay`` (optional): auxiliary identity nodes on each skip path (:func:`~pclab.models.residual_mlp`).
 
     Settings follow jpc's ``examples/mupc.ipynb``: ReLU, no biases, inputs standardised with the
     training set's mean and std, one-hot labels with a squared-error output energy, ``T = depth``
@@ -370,11 +374,11 @@ def mupc_trial(p: dict[str, Any]) -> dict[str, Any]:
         return pdata.normalise(images, "standard", stats).reshape(len(images), -1)
 
     classes, dim = train_set.classes, int(np.prod(train_set.images.shape[1:]))
-    model = residual_mlp(dim, p["width"], p["depth"], classes, "relu", p["parameterisation"], output="gaussian")
+    model = residual_mlp(dim, p["width"], p["depth"], classes, "relu", p["parameterisation"], p.get("skip_delay", 0), output="gaussian")
     optimizer = torch.optim.Adam(model.parameters(), p["param_lr"])
-    if p["rule"] == "pc":
+    if p["rule"] in ("pc", "epc"):  # epc: the same relaxation over the prediction errors (ePC)
         inference = Inference(steps=p["depth"], optimizer=SGD(lr=p["latent_lr"] / p["batch_size"]), init="forward",
-                              check_finite=False)  # a divergence is a result here
+                              check_finite=False, parametrisation="error" if p["rule"] == "epc" else "state")  # a divergence is a result
         rule = PCLearning(model, inference, optimizer)
     else:
         rule = Backprop(model, optimizer, TaskLoss(reconstruct={"y": 1.0}), ("x",))
@@ -518,9 +522,10 @@ def trials(config: dict[str, Any], out: Path, choices: dict[str, dict[str, Any]]
                         p["vgg_width"] = config.get("vgg_width", 16)
                     out_trials.append(p)
     m = config["mupc"]
-    for parameterisation, rule in m["runs"]:
+    for parameterisation, rule, *delay in m["runs"]:
         for seed in m["seeds"]:
             out_trials.append({"kind": "mupc", "parameterisation": parameterisation, "rule": rule, "seed": seed,
+                               **({"skip_delay": delay[0]} if delay and delay[0] else {}),
                                **{k: m[k] for k in ("dataset", "width", "depth", "iterations", "batch_size", "latent_lr",
                                                     "param_lr", "test_every", "test_subset", "train_subset")}})
     return out_trials
@@ -638,10 +643,10 @@ def _line_per_variant(diag: dict[str, dict[str, Any]], stage: str, key: str, yla
 
 def _mupc_figure(mupc: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (param, rule), rows in mupc.groupby(["parameterisation", "rule"]):
+    for run, rows in _mupc_runs(mupc).groupby("run"):
         curves = pd.DataFrame([c for cs in rows.curve for c in cs]).groupby("iteration")["test_accuracy"]
         med = curves.median()
-        ax.plot(med.index, med.values, "o-", label=f"{param} parameterisation, {rule}")
+        ax.plot(med.index, med.values, "o-", label=run)
         ax.fill_between(med.index, curves.min().values, curves.max().values, alpha=0.15)
     ax.set_xlabel("training iteration (batches)")
     ax.set_ylabel("test accuracy (%)")
@@ -702,6 +707,13 @@ def _steps_lines(choices: dict[str, dict[str, Any]], tuning: pd.DataFrame, depth
     return lines
 
 
+def _mupc_runs(mupc: pd.DataFrame) -> pd.DataFrame:
+    """``mupc`` with a ``run`` label per row: ``parameterisation/rule``, plus the skip delay (auxiliary nodes) if any."""
+    delays = mupc["skip_delay"] if "skip_delay" in mupc else pd.Series([0] * len(mupc), index=mupc.index)
+    return mupc.assign(run=[f"{a}/{b}" + (f" (skip delay {int(d)})" if d == d and d else "")
+                            for a, b, d in zip(mupc.parameterisation, mupc.rule, delays)])
+
+
 def findings(acc: pd.DataFrame, mupc: pd.DataFrame, choices: dict[str, dict[str, Any]] | None = None,
              tuning: pd.DataFrame | None = None, depth: int | None = None) -> list[str]:
     """Sentences from the runs, each a seed-paired difference with its 95 % interval: (a) tuned vanilla
@@ -730,16 +742,19 @@ def findings(acc: pd.DataFrame, mupc: pd.DataFrame, choices: dict[str, dict[str,
                 if gap is not None and gap.n > 0:
                     lines.append(claim(f"{where}, depth {d}: {a} minus {b}", gap))
     if not mupc.empty:
-        wide = mupc.pivot_table(index="seed", columns=["parameterisation", "rule"], values="final_test_accuracy", aggfunc="first")
-        where = f"Residual MLP, depth {int(mupc.depth.iloc[0])}"
-        if ("mupc", "pc") in wide and ("mupc", "bp") in wide:
-            both = wide[[("mupc", "pc"), ("mupc", "bp")]].dropna()
-            lines.append(claim(f"{where}: muPC minus backprop on the same network, test accuracy after {int(mupc.iterations_run.max())} "
-                               "iterations", paired_difference(both[("mupc", "pc")].to_numpy(), both[("mupc", "bp")].to_numpy())))
-        elif ("mupc", "pc") in wide:
-            lines.append(claim(f"{where}, muPC: test accuracy after {int(mupc.iterations_run.max())} iterations",
-                               mean_interval(wide[("mupc", "pc")].dropna().to_numpy()), unit="%", within=None, signed=False,
-                               null="no detectable accuracy"))
+        mupc = _mupc_runs(mupc)
+        wide = mupc.pivot_table(index="seed", columns="run", values="final_test_accuracy", aggfunc="first")
+        where = f"Residual MLP, depth {int(mupc.depth.iloc[0])}, {int(mupc.iterations_run.max())} iterations"
+        for run in wide.columns:
+            if run == "mupc/bp":
+                continue
+            if "mupc/bp" in wide:
+                both = wide[[run, "mupc/bp"]].dropna()
+                lines.append(claim(f"{where}: {run} minus backprop on the same network (mupc/bp), test accuracy",
+                                   paired_difference(both[run].to_numpy(), both["mupc/bp"].to_numpy())))
+            else:
+                lines.append(claim(f"{where}, {run}: test accuracy", mean_interval(wide[run].dropna().to_numpy()), unit="%", within=None,
+                                   signed=False, null="no detectable accuracy"))
     if choices:
         lines += _steps_lines(choices, tuning if tuning is not None else pd.DataFrame(), depth or 0)
     return lines or ["No trial finished; no finding."]
@@ -762,10 +777,9 @@ def _summary(config: dict[str, Any], table: pd.DataFrame, mupc: pd.DataFrame, di
         gn = d.get("init", {}).get("grad_norm")
         if gn and gn[-1] > 0:
             lines.append(f"{v}: weight-gradient norm of the first layer / last layer at initialisation = {gn[0] / gn[-1]:.3g}.")
-    for (param, rule), rows in mupc.groupby(["parameterisation", "rule"]) if len(mupc) else []:
+    for run, rows in _mupc_runs(mupc).groupby("run") if len(mupc) else []:
         acc = rows.final_test_accuracy
-        lines.append(f"Residual MLP depth {int(rows.depth.iloc[0])}, width {int(rows.width.iloc[0])}, {param} parameterisation, "
-                     f"{rule}: {acc.median():.2f} % test accuracy after {int(rows.iterations_run.max())} iterations (min {acc.min():.2f}, "
+        lines.append(f"Residual MLP depth {int(rows.depth.iloc[0])}, width {int(rows.width.iloc[0])}, {run}: {acc.median():.2f} % test accuracy after {int(rows.iterations_run.max())} iterations (min {acc.min():.2f}, "
                      f"max {acc.max():.2f})" + ("; diverged" if rows.diverged.any() else "") + ".")
     if failed:
         lines.append(f"{len(failed)} trials failed (listed below).")
@@ -1006,9 +1020,10 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
             f"latent SGD steps (jpc lr {m['latent_lr']} on the batch-mean energy = {m['latent_lr'] / m['batch_size']:.4g} "
             f"per sample), Adam lr {m['param_lr']}, batch {m['batch_size']}, {m['iterations']} iterations; test accuracy of "
             f"the feed-forward read-out on {m['test_subset'] or 'all'} test images. 'standard' = the same network with unit "
-            "multipliers and PyTorch's default init; rule 'bp' = backprop on the same network (like-for-like row)."))
+            "multipliers and PyTorch's default init; rule 'bp' = backprop on the same network (like-for-like row); 'epc' = ePC's "
+            "relaxation of the errors with the same steps; skip delay k = k auxiliary identity nodes on each skip path."))
         report.figure(_mupc_figure(mupc), "mupc", "Test accuracy vs training iteration (median, min-max band over seeds).")
-        report.table(mupc[["parameterisation", "rule", "seed", "final_test_accuracy", "best_test_accuracy", "iterations_run",
+        report.table(_mupc_runs(mupc)[["run", "parameterisation", "rule", "seed", "final_test_accuracy", "best_test_accuracy", "iterations_run",
                            "diverged", "train_seconds"]], "mupc", "muPC vs standard parameterisation / backprop")
     timing = frame[["kind", "seconds"]].groupby("kind")["seconds"].agg(["count", "median", "sum"]).reset_index() if len(frame) else pd.DataFrame()
     if len(timing):
