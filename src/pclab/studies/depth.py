@@ -1,23 +1,25 @@
 """Study "depth": deep PCNs, from failure to backprop accuracy (Qi, Forasassi, Lukasiewicz &
-Salvatori 2025; REFERENCE sections 5 and 7).
+Salvatori 2025; REFERENCE sections 5, 5b and 7).
 
-Three parts, each a set of trials run by :func:`pclab.sweep.run_trials`:
+Trials run by :func:`pclab.sweep.run_trials`, in three stages:
 
+* **tuning** (:func:`tune`) -- on a validation split carved from the training set
+  (:func:`validation_split`), at the deepest depth only: per method the latent optimiser (SGD or
+  Nesterov momentum), its step size and, where T matters (:data:`STEPS_TUNED`), T in {1, 2, 4} x
+  depth, under AdamW; then the learning rate of SGD with momentum per method. The choices are reused
+  at every depth. The test set is never loaded here.
 * **accuracy vs depth** -- width-``W`` MLPs (and a VGG-style conv net with BatchNorm whose running
-  statistics move only in the weight phase, ``vgg_bn``) of several depths, trained by
-  PC, PC + spiking precision, PC + decaying precision, each with and without the forward-update
-  weight rule, and by backprop (optionally the separate fixes only at one depth, ``fix_depth``). Every variant of one (dataset, depth, seed) starts from the same
-  initial weights and sees the same batches (paired seeds). Training goes through
-  :func:`pclab.train.train`; accuracy is the feed-forward read-out on the test set, best epoch.
-* **diagnostics** (one depth per dataset) -- on a fixed training batch, at initialisation and after
-  training: energy and error norm per layer per relaxation step, the step at which each layer's
-  error first becomes non-zero, and the norm of each layer's weight gradient (before the optimiser).
-* **muPC** -- jpc's 30-layer width-128 ReLU residual MLP on MNIST (Innocenti et al. 2025; 93.26 %
-  after 900 iterations in their notebook) and the same network in the standard parameterisation
-  trained by plain PC, for contrast.
-
-Relaxation uses ``T = N`` steps (``N`` = error layers = depth), the least that lets the spiking
-schedule's unit spike visit every layer.
+  statistics move only in the weight phase, ``vgg_bn``) of several depths, trained by each method of
+  :data:`VARIANTS` (PC, the precision schedules, the forward update, ePC, backprop through inference,
+  backprop and the frozen-bottom control) under AdamW and SGD with momentum. Every method of one
+  (dataset, depth, seed) starts from the same initial weights and sees the same batches (paired
+  seeds). Accuracy is the feed-forward read-out on the test set after the last epoch (touched once).
+  Each first-seed AdamW trial also records, per layer, the cosine and norm ratio of its weight gradient
+  to backprop's (:func:`alignment`) at initialisation and after training; at one depth, the
+  relaxation's energy and error per layer and step (:func:`diagnose`).
+* **muPC** -- jpc's width-128 ReLU residual MLP (Innocenti et al. 2025) trained by PC, by ePC, by PC
+  with auxiliary nodes on the skip paths and by backprop on the same network; and optionally the
+  standard parameterisation for contrast.
 """
 
 from __future__ import annotations
