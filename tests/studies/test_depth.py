@@ -264,3 +264,7 @@ def test_frozen_layers_counts_the_bottom_run_at_or_below_eps():
     assert depth.frozen_layers([1e-10, 5e-9, 1e-8, 2e-8, 1e-10]) == 3
     assert depth.frozen_layers([1e-4, 1e-10]) == 0 and depth.frozen_layers([1e-9, 1e-9]) == 2
     assert depth.frozen_layers([float("nan"), 1e-10]) == 0
+
+
+def test_every_method_has_its_own_colour():
+    assert set(depth.VARIANTS) <= set(depth._COLOURS) and len(set(depth._COLOURS.values())) == len(depth._COLOURS)

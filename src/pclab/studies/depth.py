@@ -590,7 +590,7 @@ def gap_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*_KEYS, "variant", "mean_gap", "low", "high", "seeds"])
 
 
-_COLOURS = {"pc": rule_colour("pc"), "bp": rule_colour("bp"), **VARIANT_COLOURS}
+_COLOURS = {**{v: rule_colour(v) for v in ("pc", "bp", "epc", "bpti")}, **VARIANT_COLOURS, "epc+fu": "#c5b0d5", "bp-frozen": "#98df8a"}
 
 
 def _accuracy_figure(table: pd.DataFrame):
