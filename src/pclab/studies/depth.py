@@ -947,7 +947,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     report.statements(_summary(config, table, mupc, main_diag, failed))
     t, u = config["training"], config["tuning"]
     report.methods("Tuning", (
-        f"On a validation split of {u['validation']} training images (stratified, seed 0; held out of the tuning runs' "
+        f"On {config['datasets'][0] if config['datasets'] else '-'}: a validation split of {u['validation']} training images (stratified, seed 0; held out of the tuning runs' "
         f"{u['train_subset'] or 'remaining'} training images), at the deepest depth ({deepest}) only, {u['epochs']} epoch(s), seed "
         f"{u['seed']}; the choices are reused at every depth (and for the VGG). Stage 1, under AdamW: latent optimiser "
         f"{u['latent_optimizers']} (momentum {u['latent_momentum']} for Nesterov) x step size {u['latent_lr']} x, for "
