@@ -224,11 +224,12 @@ def test_findings_are_seed_paired_differences_with_their_interval():
     choices = {"pc": {"latent_optimizer": "sgd", "latent_lr": 0.1, "steps_factor": 2}, "sgd:pc": {"weight_lr": 0.03}}
     lines = depth.findings(pd.DataFrame(rows), mupc, choices, tuning, 15)
     drop = describe(paired_difference([11.0, 10.0, 12.0], [97.0, 97.2, 97.1]))
-    assert lines[0] == f"mnist MLP, adamw: tuned vanilla PC at depth 15 minus at depth 3: {drop}."
-    assert lines[1] == "mnist MLP, adamw: tuned vanilla PC loses more than 1 point (whole interval below -1) from depth 15 on, against depth 3."
+    # the verdicts first: (a), then (b)
+    assert lines[0] == "mnist MLP, adamw: tuned vanilla PC loses more than 1 point (whole interval below -1) from depth 15 on, against depth 3."
+    assert lines[1] == "mnist MLP, adamw, depth 15: within 1 point of backprop (whole interval inside +-1): epc."
+    assert f"mnist MLP, adamw: tuned vanilla PC at depth 15 minus at depth 3: {drop}." in lines
     epc = describe(paired_difference([95.4, 95.8, 95.5], [95.5, 95.7, 95.6]))
     assert f"mnist MLP, adamw, depth 15: epc minus backprop: {epc}." in lines and "within 1 point" in epc
-    assert "mnist MLP, adamw, depth 15: within 1 point of backprop (whole interval inside +-1): epc." in lines
     assert any(line.startswith("mnist MLP, adamw, depth 15: epc minus spiking+fu: +1.77 points") for line in lines)
     assert any(line.startswith("Residual MLP, depth 30, 900 iterations: mupc/pc minus backprop on the same network (mupc/bp), test accuracy: "
                                "-2.73 points") for line in lines)
@@ -236,7 +237,11 @@ def test_findings_are_seed_paired_differences_with_their_interval():
                          "T = 1N: 90.00 %, 2N: 91.50 %, 4N: diverged (one seed).")
     one_seed = depth.findings(pd.DataFrame([r for r in rows if r["seed"] == 0]), mupc.iloc[:0])
     assert all("(n=1 seed: the interval cannot be computed)" in line for line in one_seed if "minus" in line)
-    assert "loses more than 1 point (whole interval below -1) at no depth of this run" in one_seed[1]
+    assert "loses more than 1 point (whole interval below -1) at no depth of this run" in one_seed[0]
+    bottom = {15: {"reference": "spiking+fu", "median_abs": [1e-9, 1e-4], "k": 1}}
+    assert depth.findings(pd.DataFrame(rows), mupc, bottom=bottom)[2] == (
+        "Frozen-bottom control (bp-frozen, backprop with the bottom k layers never trained): k = 1 at depth 15 (layers whose median "
+        "spiking+fu gradient element is at or below AdamW's eps 1e-08 at initialisation; no bp-frozen trial where k = 0).")
 
 
 def _run_and_batch(variant: str, n: int = 6, latent_lr: float = 0.5):

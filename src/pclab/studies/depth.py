@@ -717,16 +717,23 @@ def _mupc_runs(mupc: pd.DataFrame) -> pd.DataFrame:
 
 
 def findings(acc: pd.DataFrame, mupc: pd.DataFrame, choices: dict[str, dict[str, Any]] | None = None,
-             tuning: pd.DataFrame | None = None, depth: int | None = None) -> list[str]:
-    """Sentences from the runs, each a seed-paired difference with its 95 % interval: (a) tuned vanilla
-    PC's change with depth and the depth from which it loses more than a point; (b) each method minus
-    backprop at depths 15 and 20 (else the deepest), per weight optimiser, and which stay within 1
-    point; (c) ePC, backprop through inference and spiking + forward update against one another, and
-    muPC against backprop on the same residual network; (d) the relaxation each method was given."""
+             tuning: pd.DataFrame | None = None, depth: int | None = None, bottom: dict[int, dict[str, Any]] | None = None) -> list[str]:
+    """Sentences from the runs, each a seed-paired difference with its 95 % interval; the verdicts first
+    (the report's Findings box holds the first few): (a) from which depth tuned vanilla PC loses more
+    than a point, (b) which methods stay within 1 point of backprop at depths 15 and 20 (else the
+    deepest), per weight optimiser, and the frozen-bottom control's k (``bottom``, from
+    :func:`frozen_bottom`); then the differences behind them: vanilla PC per depth, each method minus
+    backprop, (c) ePC, backprop through inference and spiking + forward update against one another and
+    every residual-network run against backprop on the same network, (d) the relaxation each method
+    was given and what T the validation split chose."""
+    verdicts: list[str] = []
+    within_lines: list[str] = []
     lines: list[str] = []
     for (dataset, model, optimizer), sub in ([] if acc.empty else acc.groupby(["dataset", "model", "optimizer"], sort=False)):
         where = f"{dataset} {model.upper() if model == 'mlp' else model}, {optimizer}"
-        lines += _degradation(sub[sub.variant == "pc"], where)
+        degradation = _degradation(sub[sub.variant == "pc"], where)
+        verdicts += degradation[-1:]
+        lines += degradation[:-1]
         asked = sorted(d for d in set(sub.depth) if d in (15, 20)) or [int(sub.depth.max())]
         for d in asked:
             at, within = sub[sub.depth == d], []
@@ -735,14 +742,18 @@ def findings(acc: pd.DataFrame, mupc: pd.DataFrame, choices: dict[str, dict[str,
                 if gap is not None and gap.n > 0:
                     lines.append(claim(f"{where}, depth {d}: {variant} minus backprop", gap))
                     within += [variant] if gap.within(1.0) else []
-            lines.append(f"{where}, depth {d}: within 1 point of backprop (whole interval inside +-1): "
-                         + (", ".join(within) if within else "none") + ".")
+            within_lines.append(f"{where}, depth {d}: within 1 point of backprop (whole interval inside +-1): "
+                                + (", ".join(within) if within else "none") + ".")
         for d in sorted(set(sub.depth)):
             at = sub[sub.depth == d]
             for a, b in (("epc", "spiking+fu"), ("bpti", "spiking+fu"), ("epc", "bpti"), ("epc+fu", "epc")):
                 gap = _paired_gap(at, a, b)
                 if gap is not None and gap.n > 0:
                     lines.append(claim(f"{where}, depth {d}: {a} minus {b}", gap))
+    if bottom:
+        within_lines.append("Frozen-bottom control (bp-frozen, backprop with the bottom k layers never trained): k = " + ", ".join(
+            f"{b['k']} at depth {d}" for d, b in bottom.items()) + f" (layers whose median {next(iter(bottom.values()))['reference']} "
+            f"gradient element is at or below AdamW's eps {ADAM_EPS:g} at initialisation; no bp-frozen trial where k = 0).")
     if not mupc.empty:
         mupc = _mupc_runs(mupc)
         wide = mupc.pivot_table(index="seed", columns="run", values="final_test_accuracy", aggfunc="first")
@@ -759,7 +770,7 @@ def findings(acc: pd.DataFrame, mupc: pd.DataFrame, choices: dict[str, dict[str,
                                    signed=False, null="no detectable accuracy"))
     if choices:
         lines += _steps_lines(choices, tuning if tuning is not None else pd.DataFrame(), depth or 0)
-    return lines or ["No trial finished; no finding."]
+    return verdicts + within_lines + lines or ["No trial finished; no finding."]
 
 
 def _summary(config: dict[str, Any], table: pd.DataFrame, mupc: pd.DataFrame, diag: dict[str, dict[str, Any]], failed: list) -> list[str]:
@@ -938,12 +949,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     main_diag = diag.get(config["datasets"][0], {}) if config["datasets"] else {}  # a VGG-only run has no MLP diagnostics
     failed = failures(records + tune_records)
     deepest = max(config["depths"]) if config["depths"] else 0
-    lines = findings(acc, mupc, choices, tuning, deepest)
-    if bottom:
-        lines.append("Frozen-bottom control (bp-frozen): bottom layers frozen per depth, k = " + ", ".join(
-            f"{b['k']} at depth {d}" for d, b in bottom.items()) + f" (the {next(iter(bottom.values()))['reference']} gradient's median "
-            f"element at or below AdamW's eps {ADAM_EPS:g} at initialisation; no bp-frozen trial where k = 0).")
-    report.findings(lines)
+    report.findings(findings(acc, mupc, choices, tuning, deepest, bottom))
     report.statements(_summary(config, table, mupc, main_diag, failed))
     t, u = config["training"], config["tuning"]
     report.methods("Tuning", (
