@@ -273,3 +273,20 @@ def test_frozen_layers_counts_the_bottom_run_at_or_below_eps():
 
 def test_every_method_has_its_own_colour():
     assert set(depth.VARIANTS) <= set(depth._COLOURS) and len(set(depth._COLOURS.values())) == len(depth._COLOURS)
+
+
+def test_a_tuning_trial_never_loads_the_test_set(monkeypatch):
+    loaded = []
+    real = depth.pdata.load
+
+    def load(name, split, *args, **kwargs):
+        loaded.append(split)
+        return real(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(depth.pdata, "load", load)
+    monkeypatch.setattr(depth, "load_data", lambda config: pytest.fail("a tuning trial loaded the train/test pair"))
+    p = {"kind": "tune", "training": depth.PRESETS["tiny"]["training"], "variant": "pc", "model": "mlp", "depth": 3, "dataset": "digits",
+         "train_subset": 128, "test_subset": None, "validation": 64, "epochs": 1, "seed": 0, "latent_lr": 0.1}
+    result = depth.accuracy_trial(p)
+    assert set(loaded) == {"train"} and 0 <= result["validation_accuracy"] <= 100 and len(result["validation_per_epoch"]) == 1
+    assert "test_accuracy" not in result and result["cpu_seconds"] > 0
