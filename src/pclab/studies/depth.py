@@ -136,7 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "datasets": ["mnist", "fashion-mnist"], "depths": [3, 5, 7, 10, 15, 20, 30], "variants": list(VARIANTS),
         "optimizers": ["adamw", "sgd"], "seeds": [0, 1, 2, 3, 4], "epochs": 10, "train_subset": None, "test_subset": None,
-        "diagnostic_depth": 20, "vgg_dataset": "cifar10", "vgg_depths": [5, 7], "vgg_width": 128, "vgg_variants": ["pc", "spiking+fu", "bp"], "training": dict(_STANDARD_TRAINING),
+        "diagnostic_depth": 30, "vgg_dataset": "cifar10", "vgg_depths": [5, 7], "vgg_width": 128, "vgg_variants": ["pc", "spiking+fu", "bp"], "training": dict(_STANDARD_TRAINING),
         "tuning": {**_TUNING, "epochs": 3, "latent_lr": [0.01, 0.03, 0.1, 0.3, 0.5], "steps": [1, 2, 4], "sgd_lr": [0.003, 0.01, 0.03, 0.1]},
         "mupc": {**_MUPC, "runs": [["mupc", "pc"], ["standard", "pc"], ["mupc", "bp"], ["mupc", "epc"], ["mupc", "pc", 1]],
                  "seeds": [0, 1, 2, 3, 4]},
@@ -444,7 +444,7 @@ def latent_trials(config: dict[str, Any], out: Path) -> list[dict[str, Any]]:
             for lr in u["latent_lr"]:
                 for factor in (u["steps"] if variant in STEPS_TUNED else [1]):
                     grid.append({**base, "stage": "latent", "variant": variant, "optimizer": "adamw", "latent_optimizer": latent,
-                                 "latent_momentum": u["latent_momentum"], "latent_lr": lr, "steps_factor": factor})
+                                 "latent_momentum": 0.0 if latent == "sgd" else u["latent_momentum"], "latent_lr": lr, "steps_factor": factor})
     return grid
 
 
@@ -467,7 +467,8 @@ def _latent(choices: dict[str, dict[str, Any]] | None, variant: str, config: dic
     if choices and variant in choices:
         return {k: choices[variant][k] for k in _LATENT_KEYS}
     u = config["tuning"]
-    return {"latent_optimizer": u["latent_optimizers"][0], "latent_momentum": u["latent_momentum"], "latent_lr": u["latent_lr"][0],
+    first = u["latent_optimizers"][0]
+    return {"latent_optimizer": first, "latent_momentum": 0.0 if first == "sgd" else u["latent_momentum"], "latent_lr": u["latent_lr"][0],
             "steps_factor": u["steps"][0] if variant in STEPS_TUNED else 1}
 
 
