@@ -40,3 +40,23 @@ def test_a_channels_last_conv_pcn_learns_what_the_default_layout_learns():
     for a, b in zip(model.parameters(), same.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(same))
+
+
+def test_frozen_layers_keeps_the_bottom_weights_and_trains_the_rest():
+    import pytest
+
+    from pclab.train import ConfigError, load_data, make_batch, prepare
+
+    config = validate({"model": {"kind": "mlp", "widths": [64, 16, 16, 16, 10], "output": "ce"},
+                       "learning": {"rule": "bp", "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.1, "frozen_layers": 2},
+                       "data": {"dataset": "digits", "batch_size": 32, "train_subset": 64, "test_subset": 32}})
+    data = load_data(config)
+    run = prepare(config, data)
+    before = [copy.deepcopy(run.model.edge_modules[e.key].state_dict()) for e in run.model.edges]
+    for _ in range(3):
+        run.rule.step(make_batch(config, data[0].images[:32], data[0].labels[:32], 10))
+    after = [run.model.edge_modules[e.key].state_dict() for e in run.model.edges]
+    moved = [any(not torch.equal(b[k], a[k]) for k in b) for b, a in zip(before, after)]
+    assert moved == [False, False, True, True]  # input side first; weight decay does not touch the frozen ones either
+    with pytest.raises(ConfigError, match="frozen_layers: expected fewer than the model's 4 weight layers, got 4"):
+        prepare(validate({**config.model_dump(), "learning": {**config.learning.model_dump(), "frozen_layers": 4}}), data)

@@ -127,6 +127,11 @@ def _scheduled(config: RunConfig) -> bool:
 def _optimizer(config: RunConfig, model: PCN) -> torch.optim.Optimizer:
     lc = config.learning
     params = list(model.parameters())
+    if lc.frozen_layers:
+        if lc.frozen_layers >= len(model.edges):
+            raise ConfigError(f"learning.frozen_layers: expected fewer than the model's {len(model.edges)} weight layers, got {lc.frozen_layers}")
+        frozen = {id(q) for e in model.edges[: lc.frozen_layers] for q in model.edge_modules[e.key].parameters()}
+        params = [q for q in params if id(q) not in frozen]
     fused = _fusable(params) or None  # None: PyTorch's default implementation
     lr: float | torch.Tensor = lc.lr
     if config.inference.compile and _scheduled(config):

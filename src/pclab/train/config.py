@@ -169,6 +169,8 @@ class LearningConfig(_Strict):
     momentum: Real = Field(0.0, ge=0, lt=1)
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: Real = Field(0.0, ge=0)
+    frozen_layers: int = Field(0, ge=0, description="train all but the first this many weight layers (input side): a control for "
+                               "rules whose bottom-layer updates vanish")
     lam: Real = Field(0.5, ge=0, le=1, description="hybrid models: weight of classification (lam) vs reconstruction (1 - lam)")
     truncate: int | None = Field(None, ge=1)
     checkpoint: bool | Annotated[int, Field(ge=1)] = Field(
