@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pclab.core import PCN, SGD, Dense, Inference, Node, PCLearning
+from pclab.core import PCN, SGD, Dense, Inference, Node, PCLearning, TaskLoss
 from pclab.models import mlp
 from pclab.studies import dynamics
 from pclab.studies.dynamics.alignment import alignment, backprop_reference, compare, pc_update
@@ -126,6 +126,36 @@ def test_paired_runs_start_every_rule_from_the_same_weights():
         assert len(states) == 3
         for other in states[1:]:
             assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5, 0.9])
+def test_the_hybrids_energy_is_the_backprop_loss_up_to_one_common_factor(lam):
+    """At the feed-forward state with image and label clamped, the gradient of the hybrid's PC energy
+    (precisions from lam) w.r.t. every decoder and head parameter is one constant times that of the
+    backprop rules' loss (1 - lam) MSE + lam CE: PC learning descends the same objective."""
+    spec = resolve("tiny", {"families": {"hybrid": {"config": {"learning": {"lam": lam}}}}})
+    params = [p for p in trials(spec, "/unused") if p["family"] == "hybrid" and p["seed"] == 0]
+    models_ = {p["rule"]: build(run_config(p), (1, 8, 8), 10).double() for p in params}
+    precisions = {rule: (m.nodes["x"].energy.precision, m.nodes["y"].energy.precision) for rule, m in models_.items()}
+    assert len(set(precisions.values())) == 1  # every rule relaxes the same energy
+    image_precision, label_precision = precisions["pc"]
+    assert image_precision / label_precision == pytest.approx((1 - lam) / lam * 2 / 64, rel=1e-12)
+    model = models_["pc"]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 64, dtype=torch.float64, generator=generator) * 2 - 1
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    y = torch.eye(10, dtype=torch.float64)[labels]
+    state = model.initial_state({"x": x}, "forward")
+    state["y"] = y
+    params_ = [p for module in model.edge_modules.values() for p in module.parameters()]
+    energy = torch.autograd.grad(model.energy(state, {"x", "y"}), params_)
+    loss, _ = TaskLoss.mix(lam)(model, state, {"x": x, "y": labels})
+    backprop = torch.autograd.grad(loss, params_)
+    g_energy, g_loss = torch.cat([g.reshape(-1) for g in energy]), torch.cat([g.reshape(-1) for g in backprop])
+    scale = float(g_energy.norm() / g_loss.norm())
+    assert torch.allclose(g_energy, scale * g_loss, rtol=1e-9, atol=1e-12)
+    # the common factor is the one hybrid_precisions divides by: the larger of (1 - lam) 2 / P and lam
+    assert scale == pytest.approx(1.0 / max((1 - lam) * 2 / 64, lam), rel=1e-9)
 
 
 def test_unknown_override_is_named():

@@ -183,16 +183,17 @@ def summary_lines(conv: pd.DataFrame, align: pd.DataFrame, tolerance: float, hor
         if fast99:
             parts.append(_compare(fast99, "step at which 99 % of the energy decrease over the horizon is made",
                                   "gets there first", "last", 0.0))
-        low = _rank(rows, "energy_T")
-        if low:
-            parts.append(_compare(low, "energy at T", "reaches the lowest energy at T", "highest", TIE))
-        resid = _rank(rows, "residual_T")
-        if resid:
-            parts.append(_compare(resid, "fixed-point residual ||dE/dz|| at T", "has the smallest residual ||dE/dz|| at T", "largest", TIE))
+        # task metrics only: energies (and residuals) of different networks are not one scale
+        recon = _rank(rows, "recon_mse_T")
+        if recon:
+            parts.append(_compare(recon, "reconstruction MSE at T", "reconstructs best at T", "worst", TIE))
+        acc = _rank(rows, "accuracy_T", lower=False)
+        if acc and probe != "label-clamped":
+            parts.append(_compare(acc, "label accuracy at T", "reads the label out best at T", "worst", TIE))
         lines.append(f"{head}: " + "; ".join(parts) + "." if parts else f"{head}: a single rule, nothing to compare.")
         for _, r in rows.iterrows():
             total = int(r["batches"])
-            change = (r["energy_end"] - r["energy_T"]) / abs(r["energy_T"]) * 100 if r["energy_T"] else math.nan
+            change = (r["energy_end"] - r["energy_T"]) / abs(r["energy_T"]) * 100 if r["energy_T"] else math.nan  # within one network
             past = ", ".join(f"{kind} in {int(r[f'past_T_{kind}'])}/{total}" for kind in ("stays", "drifts", "diverges") if r[f"past_T_{kind}"])
             text = (f"{family} / {probe} / {r['rule']}: past T the energy changes by {change:+.3g} % "
                     f"(median {_fmt(r['energy_T'])} -> {_fmt(r['energy_end'])}); the state {past} batches; "

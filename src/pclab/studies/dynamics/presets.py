@@ -4,22 +4,25 @@ A preset holds, per model family, a base :class:`~pclab.train.RunConfig` (plain 
 seed and training initialisation are set per trial), the rules to train, the training
 initialisation per rule and the test-time probes; plus the seeds and the measurement settings.
 
-Probes (what is relaxed at test time, identical for every rule):
+Probes (what is relaxed at test time, identical for every rule; every probe starts where the
+family's training relaxation starts, the same for every rule):
 
 * generative ``recognise``: image clamped; the latent starts at zero and the hidden layer at its
   top-down prediction (feed-forward init); inference recovers the latent of the test image.
 * hybrid ``recognise``: image clamped, label released (a read-out); the latent starts at the
-  encoder's output (amortised init).
+  encoder's output (amortised init). The image and label precisions are
+  :func:`pclab.train.hybrid_precisions` of the rules' ``lam`` for every rule.
 * discriminative ``released``: image clamped, label released, hidden layers start at **zero**.
   With the feed-forward init the energy of a released discriminative chain is exactly zero and
   nothing moves, so the zero start is what shows its dynamics: relaxation must carry the
   image's information up through the layers; the fixed point is the feed-forward pass.
-* discriminative ``label-clamped``: image and true label clamped, feed-forward init: the
-  relaxation PC learning performs in training (error enters at the output and spreads down).
+* discriminative ``label-clamped``: image and true label clamped, hidden layers from zero: the
+  relaxation PC learning performs in training.
 
-Backprop through inference on the discriminative model is trained on the ``released`` relaxation
-(hidden layers from zero, ``T`` steps, cross-entropy of the label prediction at step ``T``): from
-the feed-forward init nothing moves and it would equal plain backprop.
+Every rule of the discriminative family starts its relaxation from zero hidden layers, in
+training and at test: PC learning relaxes from there with the label clamped, backprop through
+inference unrolls the ``released`` relaxation (cross-entropy of the label prediction at step
+``T``); from the feed-forward init nothing would move and it would equal plain backprop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ...train import hybrid_precisions
 from ...train.config import ConfigError, short
 from ..settings import check_settings
 
@@ -34,7 +38,7 @@ _GEN = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _HYB = {"name": "recognise", "clamp": ["x"], "init": "forward"}
 _DISC = [
     {"name": "released", "clamp": ["x"], "init": "zeros"},
-    {"name": "label-clamped", "clamp": ["x", "y"], "init": "forward"},
+    {"name": "label-clamped", "clamp": ["x", "y"], "init": "zeros"},
 ]
 
 
@@ -60,13 +64,13 @@ def _families(dataset: str, pixels: int, sizes: dict[str, Any], steps: int, batc
                 "learning": learning, "data": data, "epochs": epochs,
             },
             "rules": ["pc", "bp-through-inference", "bp"],
-            "train_init": {"pc": "forward", "bp-through-inference": "zeros", "bp": "forward"},
+            "train_init": {"pc": "zeros", "bp-through-inference": "zeros", "bp": "zeros"},
             "probes": _DISC,
         },
         "hybrid": {
             "config": {
                 "model": {"kind": "rathjens_wiskott", "complexity": "small", "latent": sizes["latent"]},
-                "inference": {"steps": steps, "optimizer": "sgd", "lr": 0.05},
+                "inference": {"steps": steps, "optimizer": "sgd", "lr": 0.05 / hybrid_precisions(0.5, pixels)[0]},
                 "learning": {**learning, "lam": 0.5}, "data": data, "epochs": epochs,
             },
             "rules": ["pc", "bp-through-inference", "bp"],

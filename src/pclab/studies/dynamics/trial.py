@@ -21,7 +21,7 @@ from ...core import PCN, Inference, PCLearning
 from ...data import Dataset, batches, load, one_hot
 from ...io import atomic_write
 from ...sweep import trial_id
-from ...train import ConfigError, RunConfig, build_inference, build_model, build_rule, make_batch, prepare_images, validate
+from ...train import ConfigError, RunConfig, build_inference, build_model, build_rule, hybrid_precisions, make_batch, prepare_images, validate
 from .alignment import alignment
 from .metrics import convergence, trace
 
@@ -40,14 +40,18 @@ def run_config(params: dict[str, Any]) -> RunConfig:
 
 
 def build(config: RunConfig, image_shape: tuple[int, int, int], classes: int) -> PCN:
-    """The seeded network. Hybrid models get unit precision on image and label for every rule, so
-    all rules share one energy (:func:`pclab.train.build_model` would weight a PC-trained hybrid's
-    image by ``1 - lam`` and its label by ``lam``; with Adam, unit precisions are PC's ``lam = 0.5``)."""
+    """The seeded network. A hybrid model gets, for every rule, the image and label precisions
+    :func:`pclab.train.hybrid_precisions` derives from ``config.learning.lam``: its energy then
+    weighs image and label like the backprop rules' loss ``(1 - lam) MSE + lam CE`` (up to one
+    common factor), so PC learning descends the same objective, and every rule relaxes the same
+    energy at test time."""
     torch.manual_seed(config.seed)
     if config.model.kind == "rathjens_wiskott":
         m = config.model
         dtype = torch.float64 if config.dtype == "float64" else torch.float32
-        model = models.rathjens_wiskott(m.complexity, m.latent, math.prod(image_shape), classes)
+        pixels = math.prod(image_shape)
+        image_precision, label_precision = hybrid_precisions(config.learning.lam, pixels)
+        model = models.rathjens_wiskott(m.complexity, m.latent, pixels, classes, image_precision, label_precision, m.layered)
         return model.to(device=config.device, dtype=dtype)
     return build_model(config, image_shape, classes)
 
