@@ -111,7 +111,7 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
         report.section("Step-size sensitivity without retraining",
                        "Each trained network's first probe relaxed at the trained latent step, half of it, and the largest "
                        "multiple of it in the sensitivity grid whose energy never rises over 4T steps on a held-out "
-                       "validation batch; task metrics at T and 4T (medians over seeds x batches).")
+                       "validation batch; task metrics at T and 4T (medians over seeds x the first sensitivity_batches test batches).")
         report.table(analysis.sensitivity_table(sensitivity), "sensitivity", "Task metrics at three latent step sizes")
     report.section(f"Dynamics at T_train = {T}", f"The figures and tables below are the networks trained with T = {T}.")
     report.figure(figures.energy_row(step_band, T), "energy", "Total energy along inference (log scale), median over seeds x test "
@@ -170,7 +170,8 @@ def _design_text(spec: dict[str, Any]) -> str:
         f"T_train in {spec['T_train']} (reference T_train for the single-horizon figures: {spec['T_ref']}). "
         f"Validation split: {spec['validation']} stratified training images set aside (seed 0) from every trial's training set; "
         "it chooses the hybrid's latent step size and gives the held-out batch of the step-size sensitivity probe "
-        f"(grid of multiples of the trained step: {spec['sensitivity_grid']}). bp-through-inference-truncated backpropagates "
+        f"(grid of multiples of the trained step: {spec['sensitivity_grid']}; measured on the first {spec['sensitivity_batches']} "
+        "test batch(es)). bp-through-inference-truncated backpropagates "
         f"through the last max(1, round({spec['truncate_fraction']:g} T)) inference steps only.",
     ]
     for family, fam in fams.items():

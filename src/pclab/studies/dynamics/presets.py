@@ -108,7 +108,7 @@ def _preset(description: str, dataset: str, image_shape: tuple[int, int, int], s
         "description": description,
         "families": _families(dataset, pixels, image_shape, sizes, batch, epochs, train_subset, names),
         "seeds": seeds, "T_train": T_train, "T_ref": T_ref, "truncate_fraction": 0.25,
-        "validation": validation, "sensitivity_grid": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "validation": validation, "sensitivity_grid": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "sensitivity_batches": 1,
         "test_batches": test_batches, "test_batch_size": test_batch_size, "test_seed": 0,
         "horizon_factor": 4, "tolerance": 1e-3, "alignment_points": alignment_points,
         "keep_images": 4, "image_steps": image_steps,
@@ -163,7 +163,7 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, A
     return spec
 
 
-_POSITIVE = ("test_batches", "test_batch_size", "horizon_factor", "tolerance", "alignment_points", "validation", "T_ref",
+_POSITIVE = ("test_batches", "sensitivity_batches", "test_batch_size", "horizon_factor", "tolerance", "alignment_points", "validation", "T_ref",
              "truncate_fraction")
 
 
@@ -185,7 +185,7 @@ def truncation(rule: str, T: int, fraction: float) -> int | None:
 def trials(spec: dict[str, Any], out: str) -> list[dict[str, Any]]:
     """The trial parameters of a resolved preset: family x rule x T_train x seed."""
     common = {k: spec[k] for k in ("test_batches", "test_batch_size", "test_seed", "horizon_factor", "tolerance", "validation",
-                                   "sensitivity_grid", "alignment_points", "keep_images", "image_steps")}
+                                   "sensitivity_grid", "sensitivity_batches", "alignment_points", "keep_images", "image_steps")}
     out_trials = []
     for family, fam in spec["families"].items():
         for rule in fam["rules"]:

@@ -166,12 +166,13 @@ def _trace(params: dict[str, Any], model: PCN, probe: dict[str, Any], inference:
 
 
 def step_sensitivity(params: dict[str, Any], config: RunConfig, model: PCN, test: Dataset, held_out: Dataset,
-                     inference: Inference) -> list[dict[str, Any]]:
+                     inference: Inference, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The family's first probe relaxed for ``horizon_factor * T`` steps at three latent step sizes,
     without retraining: the trained one, half of it, and the largest of ``sensitivity_grid`` (multiples
     of the trained one) whose energy never rises on a held-out batch (the first ``test_batch_size``
-    validation examples, clamped as the probe clamps). One row per (step kind, test batch): the step,
-    its multiple of the trained one, and the probe's scalars."""
+    validation examples, clamped as the probe clamps), on the first ``sensitivity_batches`` test batches.
+    ``trained``: the probe's scalars per test batch at the trained step (reused, not recomputed). One
+    row per (step kind, test batch): the step, its multiple of the trained one, and the probe's scalars."""
     T = config.inference.steps
     horizon = params["horizon_factor"] * T
     probe = params["probes"][0]
@@ -183,12 +184,18 @@ def step_sensitivity(params: dict[str, Any], config: RunConfig, model: PCN, test
     if "y" in probe["clamp"]:
         clamp["y"] = one_hot(held_out.labels[:n], held_out.classes).to(dtype=x.dtype)
     steady = largest_steady_step(model, clamp, probe_inference, [lr * m for m in params["sensitivity_grid"]], horizon)
-    kinds = {"trained": lr, "half": lr / 2}
+    count = params["sensitivity_batches"]
+    rows = [{"kind": "trained", "lr": lr, "multiple": 1.0, "batch": index, **scalars} for index, scalars in enumerate(trained[:count])]
+    kinds = {"half": lr / 2}
     if steady is not None:
         kinds["largest steady"] = steady
-    rows = []
     for kind, step in kinds.items():
         for index, (xb, labels) in enumerate(probe_batches(params, config, test)):
+            if index >= count:
+                break
+            if step == lr:  # the largest steady step is the trained one
+                rows.append({**rows[index], "kind": kind})
+                continue
             tr = _trace(params, model, probe, with_step(probe_inference, step), xb, labels, test.classes, T, horizon)
             rows.append({"kind": kind, "lr": step, "multiple": step / lr, "batch": index, **convergence(tr, T, params["tolerance"])})
     return rows
@@ -199,7 +206,7 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
 
     ``params``: ``family``, ``rule``, ``seed``, ``T`` (trained horizon), ``truncate``, ``train_init``,
     ``step_grid``, ``config`` (plain RunConfig data), ``probes`` (list of ``{name, clamp, init}``),
-    ``validation``, ``sensitivity_grid``, ``test_batches``, ``test_batch_size``, ``horizon_factor``,
+    ``validation``, ``sensitivity_grid``, ``sensitivity_batches``, ``test_batches``, ``test_batch_size``, ``horizon_factor``,
     ``tolerance``, ``alignment_points``, ``keep_images``, ``image_steps``, ``test_seed``, ``out``
     (study folder for artifacts).
     """
@@ -223,7 +230,7 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
         choices.append({"epoch": None, **choice})
     started = time.perf_counter()
     probes = run_probes(params, config, model, test, params.get("out"), inference)
-    sensitivity = step_sensitivity(params, config, model, test, held_out, inference)
+    sensitivity = step_sensitivity(params, config, model, test, held_out, inference, probes[params["probes"][0]["name"]]["scalars"])
     return {
         "train_seconds": seconds, "probe_seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu_started,
