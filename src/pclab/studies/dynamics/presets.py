@@ -128,11 +128,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         validation=1000,
     ),
     "standard": _preset(
-        "the answering preset, about 2 hours on 2 CPU cores (sized from measured CPU seconds per trial): MNIST, 10k training "
-        "images, 1 epoch, T_train 5, 10, 20 and 40, 3 seeds, 1024 test images, MLP and convolutional generative models",
+        "the answering preset, sized to about 2 hours on 2 CPU cores from measured CPU seconds per trial: MNIST, 30k training "
+        "images, 1 epoch, T_train 5, 10, 20 and 40, 5 seeds, 1024 test images, MLP and transposed-conv generative models",
         "mnist", (1, 28, 28), {"latent": 16, "hidden": 128, "channels": 16}, T_train=[5, 10, 20, 40], T_ref=20, batch=128, epochs=1,
-        train_subset=10000, seeds=[0, 1, 2], test_batches=4, test_batch_size=256, alignment_points=9, image_steps=[0, 1, 2, 5, 10, 20],
-        validation=1000, names=("generative", "conv-generative", "discriminative", "hybrid"),
+        train_subset=30000, seeds=[0, 1, 2, 3, 4], test_batches=4, test_batch_size=256, alignment_points=9,
+        image_steps=[0, 1, 2, 5, 10, 20], validation=1000, names=("generative", "conv-generative", "discriminative", "hybrid"),
     ),
     "full": _preset(
         "for a larger machine: MNIST, all training images but the validation split, 3 epochs, T_train 5, 10, 20 and 40, "
