@@ -244,7 +244,7 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path):
     hybrid = sizes[sizes["family"] == "hybrid"]
     assert (hybrid["latent_move_T"] > 0.05).all()  # the chosen step moves the latent away from the encoder's output
     sensitivity = pd.read_csv(tmp_path / "tables" / "sensitivity.csv")
-    assert {"trained", "half"} <= set(sensitivity["kind"])
+    assert {"test step", "half"} <= set(sensitivity["kind"])
     assert sensitivity[sensitivity["kind"] == "half"]["multiple"].eq(0.5).all()
     # rerunning skips the finished trials and rebuilds the same tables
     before = conv.to_csv()

@@ -104,12 +104,14 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
                  "probe (medians over seeds x batches)")
     report.section("Latent step size",
                    "Each trial relaxes at its trained latent step size (the hybrid's chosen on the validation split from the "
-                   "stated grid; the others fixed); latent_move_T is the latent's relative movement ||z_T - z_0|| / ||z_0|| "
+                   "stated grid: per epoch with the training clamp; for PC learning, trained with the label clamped, and for "
+                   "bp, which does not relax in training, the test relaxation with the image clamped is chosen after training; "
+                   "the other families' step is fixed); latent_move_T is the latent's relative movement ||z_T - z_0|| / ||z_0|| "
                    "at test (hybrid: from the encoder's output).")
     report.table(analysis.step_table(scalars_all), "step_sizes", "Latent step size and latent movement per family, rule, T_train and probe")
     if not sensitivity.empty:
         report.section("Step-size sensitivity without retraining",
-                       "Each trained network's first probe relaxed at the trained latent step, half of it, and the largest "
+                       "Each trained network's first probe relaxed at its test latent step, half of it, and the largest "
                        "multiple of it in the sensitivity grid whose energy never rises over 4T steps on a held-out "
                        "validation batch; task metrics at T and 4T (medians over seeds x the first sensitivity_batches test batches).")
         report.table(analysis.sensitivity_table(sensitivity), "sensitivity", "Task metrics at three latent step sizes")
@@ -170,7 +172,7 @@ def _design_text(spec: dict[str, Any]) -> str:
         f"T_train in {spec['T_train']} (reference T_train for the single-horizon figures: {spec['T_ref']}). "
         f"Validation split: {spec['validation']} stratified training images set aside (seed 0) from every trial's training set; "
         "it chooses the hybrid's latent step size and gives the held-out batch of the step-size sensitivity probe "
-        f"(grid of multiples of the trained step: {spec['sensitivity_grid']}; measured on the first {spec['sensitivity_batches']} "
+        f"(grid of multiples of the test step: {spec['sensitivity_grid']}; measured on the first {spec['sensitivity_batches']} "
         "test batch(es)). bp-through-inference-truncated backpropagates "
         f"through the last max(1, round({spec['truncate_fraction']:g} T)) inference steps only.",
     ]
@@ -178,7 +180,8 @@ def _design_text(spec: dict[str, Any]) -> str:
         c = fam["config"]
         inf = c["inference"]
         step = (f"latent step chosen per epoch on the validation split from eta in {fam['step_grid']} divided by the largest "
-                "clamped precision (lowest energy at T among steps whose energy never rises)" if fam["step_grid"]
+                "clamped precision (lowest energy at T among steps whose energy never rises), for PC learning and bp the test "
+                "step chosen likewise after training with the image clamped" if fam["step_grid"]
                 else f"lr {inf['lr']:g}")
         lines.append(
             f"{family}: model {c['model']}; rules {fam['rules']}; inference T_train steps of latent "

@@ -86,7 +86,7 @@ def alignment_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def sensitivity_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per (trial, step kind, test batch) of the step-size sensitivity probe: ``kind``
-    (trained, half, largest steady), the latent step ``lr``, its ``multiple`` of the trained one and
+    (test step, half, largest steady), the latent step ``lr``, its ``multiple`` of the test step and
     the probe's convergence scalars."""
     rows = [{"family": p["family"], "rule": p["rule"], "T": res["trained_steps"], "seed": p["seed"], **row}
             for p, res in _ok(records) for row in res.get("sensitivity", [])]
@@ -103,7 +103,7 @@ def step_table(scalars: pd.DataFrame) -> pd.DataFrame:
 
 
 def sensitivity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per family, rule, T and step kind: the step (median multiple of the trained one) and the task
+    """Per family, rule, T and step kind: the step (median multiple of the test step) and the task
     metrics at T and at the end (medians over seeds x batches)."""
     values = [c for c in ("multiple", "lr", "recon_mse_T", "recon_mse_end", "accuracy_T", "accuracy_end", "latent_move_T",
                           "monotone_all") if c in frame]

@@ -168,11 +168,12 @@ def _trace(params: dict[str, Any], model: PCN, probe: dict[str, Any], inference:
 def step_sensitivity(params: dict[str, Any], config: RunConfig, model: PCN, test: Dataset, held_out: Dataset,
                      inference: Inference, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The family's first probe relaxed for ``horizon_factor * T`` steps at three latent step sizes,
-    without retraining: the trained one, half of it, and the largest of ``sensitivity_grid`` (multiples
-    of the trained one) whose energy never rises on a held-out batch (the first ``test_batch_size``
+    without retraining: the test step (the trained one; for a hybrid trained by PC learning or bp, the
+    one chosen after training with the image clamped), half of it, and the largest of ``sensitivity_grid``
+    (multiples of the test step) whose energy never rises on a held-out batch (the first ``test_batch_size``
     validation examples, clamped as the probe clamps), on the first ``sensitivity_batches`` test batches.
-    ``trained``: the probe's scalars per test batch at the trained step (reused, not recomputed). One
-    row per (step kind, test batch): the step, its multiple of the trained one, and the probe's scalars."""
+    ``trained``: the probe's scalars per test batch at the test step (reused, not recomputed). One
+    row per (step kind, test batch): the step, its multiple of the test step, and the probe's scalars."""
     T = config.inference.steps
     horizon = params["horizon_factor"] * T
     probe = params["probes"][0]
@@ -185,7 +186,7 @@ def step_sensitivity(params: dict[str, Any], config: RunConfig, model: PCN, test
         clamp["y"] = one_hot(held_out.labels[:n], held_out.classes).to(dtype=x.dtype)
     steady = largest_steady_step(model, clamp, probe_inference, [lr * m for m in params["sensitivity_grid"]], horizon)
     count = params["sensitivity_batches"]
-    rows = [{"kind": "trained", "lr": lr, "multiple": 1.0, "batch": index, **scalars} for index, scalars in enumerate(trained[:count])]
+    rows = [{"kind": "test step", "lr": lr, "multiple": 1.0, "batch": index, **scalars} for index, scalars in enumerate(trained[:count])]
     kinds = {"half": lr / 2}
     if steady is not None:
         kinds["largest steady"] = steady
@@ -193,7 +194,7 @@ def step_sensitivity(params: dict[str, Any], config: RunConfig, model: PCN, test
         for index, (xb, labels) in enumerate(probe_batches(params, config, test)):
             if index >= count:
                 break
-            if step == lr:  # the largest steady step is the trained one
+            if step == lr:  # the largest steady step is the test step
                 rows.append({**rows[index], "kind": kind})
                 continue
             tr = _trace(params, model, probe, with_step(probe_inference, step), xb, labels, test.classes, T, horizon)
@@ -223,8 +224,11 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
         raise FloatingPointError(f"training left non-finite parameters {broken[:5]}")
     model.eval()
     inference = getattr(rule, "inference", None) or build_inference(config.inference)
-    if params["step_grid"] and not hasattr(rule, "inference"):  # bp: no training relaxation; choose the test one
-        clamp = training_clamp(config, model, held_out.images, held_out.labels, held_out.classes)
+    if params["step_grid"] and (not hasattr(rule, "inference") or set(training_clamp(config, model, held_out.images[:1],
+                                                                                      held_out.labels[:1], held_out.classes)) != {"x"}):
+        # bp (no training relaxation) and PC learning (trained with the label clamped, whose precision sets the step):
+        # the test relaxation (image clamped) is chosen on the validation split after training
+        clamp = {"x": prepare_images(config, held_out.images)}
         choice = choose_step(model, clamp, inference, params["step_grid"], config.inference.steps)
         inference = with_step(inference, choice["lr"])
         choices.append({"epoch": None, **choice})
