@@ -232,7 +232,7 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path):
     assert set(align[align["family"] == "generative"]["reference"]) == {"inference"}
     assert set(align[align["family"] == "discriminative"]["reference"]) == {"feedforward", "inference"}
     assert align["median"].notna().all()
-    assert (tmp_path / "figures" / "energy_vs_step.png").exists()
+    assert (tmp_path / "figures" / "energy_vs_step.png").exists() and (tmp_path / "figures" / "horizon.png").exists()
     # generative x 3 rules + hybrid x 4 rules, each at T_train 3 and 5
     assert len(list((tmp_path / "artifacts").glob("*/images.npz"))) == 14
     for heading in ("Latent step size", "Step-size sensitivity", "(a) Hybrid model", "(b) Discriminative model", "(c) Generative model"):

@@ -210,6 +210,8 @@ def horizon(band: pd.DataFrame, factor: int) -> plt.Figure:
     ``T_train`` (median over seeds x test batches)."""
     items = []
     for family, probe in dict.fromkeys(zip(band["family"], band["probe"])):
+        if probe == "label-clamped":  # the true label is clamped: its read-out is no test accuracy
+            continue
         for quantity, label in (("recon_mse", "reconstruction MSE (log)"), ("accuracy", "label accuracy (fraction)")):
             sub = band[(band["family"] == family) & (band["probe"] == probe) & (band["quantity"] == quantity)]
             if sub["median"].notna().any():
@@ -233,6 +235,8 @@ def horizon(band: pd.DataFrame, factor: int) -> plt.Figure:
         ax.set_xlim(0, factor)
         if quantity == "recon_mse":
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.set_title(f"{family} / {probe}", fontsize=9)
         ax.set_xlabel("T_test / T_train")
         ax.set_ylabel(label, fontsize=8)
