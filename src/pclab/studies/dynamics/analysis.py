@@ -6,6 +6,7 @@ range (q25, q75), min and max.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -286,6 +287,8 @@ def findings(scalars: pd.DataFrame, align: pd.DataFrame, T_ref: int, horizon_fac
         (positive MSE / negative accuracy: worse past the horizon it was trained for);
     (c) per family: the cosine of the PC update with the backprop gradient through inference (mean over layers)
         at the first and last measurement of training and their difference.
+
+    The sentences of the three questions are interleaved (a, b, c, a, b, c, ...).
     """
     from ..report import rule_name as _name
     from ..stats import mean_interval, paired_difference
@@ -336,7 +339,11 @@ def findings(scalars: pd.DataFrame, align: pd.DataFrame, T_ref: int, horizon_fac
                 f"the unrolled inference (mean over layers) at the start of PC training "
                 f"{describe_level(mean_interval(first.to_numpy()))}, at its end {describe_level(mean_interval(last.to_numpy()))}; "
                 f"end minus start {describe_level(paired_difference(last, first), signed=True)}.")
-    return lines or ["No trial finished; no finding."]
+    if not lines:
+        return ["No trial finished; no finding."]
+    # interleave the three questions, so a report's Findings box (its first few sentences) answers each
+    groups = [[line for line in lines if line.startswith(f"({q})")] for q in "abc"]
+    return [line for row in itertools.zip_longest(*groups) for line in row if line is not None]
 
 
 def describe_level(interval, signed: bool = False) -> str:
