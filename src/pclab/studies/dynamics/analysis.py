@@ -113,8 +113,8 @@ def sensitivity_table(frame: pd.DataFrame) -> pd.DataFrame:
     return _ordered(out)
 
 
-TASK_METRICS = {"recon_mse": ("reconstruction MSE", 1.0, "", 4), "accuracy": ("label accuracy", 100.0, "points", 2)}
-"""Task metric -> (name, scale, unit of a difference, digits)."""
+TASK_METRICS = {"recon_mse": ("reconstruction MSE", 1000.0, "x 1e-3", 3), "accuracy": ("label accuracy", 100.0, "points", 2)}
+"""Task metric -> (name, scale, unit of a difference, digits): MSE differences in thousandths (pixel scale^2)."""
 
 
 def task_metrics(family: str) -> list[str]:
