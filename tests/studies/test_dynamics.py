@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pclab.core import PCN, SGD, Dense, Inference, Node, PCLearning
+from pclab.core import PCN, SGD, Dense, Inference, Node, PCLearning, TaskLoss
 from pclab.models import mlp
 from pclab.studies import dynamics
 from pclab.studies.dynamics.alignment import alignment, backprop_reference, compare, pc_update
 from pclab.studies.dynamics.metrics import is_monotone, past_horizon, steps_to_fraction, steps_to_tolerance, trace
 from pclab.studies.dynamics.presets import resolve, trials
+from pclab.studies.dynamics.stepsize import choose_step, largest_steady_step, validation_split
 from pclab.studies.dynamics.trial import build, run_config
 
 
@@ -123,9 +124,79 @@ def test_paired_runs_start_every_rule_from_the_same_weights():
     for family in ("discriminative", "hybrid"):
         params = [p for p in trials(spec, "/unused") if p["family"] == family and p["seed"] == 1]
         states = [build(run_config(p), (1, 8, 8), 10).state_dict() for p in params]
-        assert len(states) == 3
+        assert len(states) == 4 * 2  # 4 rules x 2 horizons
         for other in states[1:]:
             assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5, 0.9])
+def test_the_hybrids_energy_is_the_backprop_loss_up_to_one_common_factor(lam):
+    """At the feed-forward state with image and label clamped, the gradient of the hybrid's PC energy
+    (precisions from lam) w.r.t. every decoder and head parameter is one constant times that of the
+    backprop rules' loss (1 - lam) MSE + lam CE: PC learning descends the same objective."""
+    spec = resolve("tiny", {"families": {"hybrid": {"config": {"learning": {"lam": lam}}}}})
+    params = [p for p in trials(spec, "/unused") if p["family"] == "hybrid" and p["seed"] == 0]
+    models_ = {p["rule"]: build(run_config(p), (1, 8, 8), 10).double() for p in params}
+    precisions = {rule: (m.nodes["x"].energy.precision, m.nodes["y"].energy.precision) for rule, m in models_.items()}
+    assert len(set(precisions.values())) == 1  # every rule relaxes the same energy
+    image_precision, label_precision = precisions["pc"]
+    assert image_precision / label_precision == pytest.approx((1 - lam) / lam * 2 / 64, rel=1e-12)
+    model = models_["pc"]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 64, dtype=torch.float64, generator=generator) * 2 - 1
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    y = torch.eye(10, dtype=torch.float64)[labels]
+    state = model.initial_state({"x": x}, "forward")
+    state["y"] = y
+    params_ = [p for module in model.edge_modules.values() for p in module.parameters()]
+    energy = torch.autograd.grad(model.energy(state, {"x", "y"}), params_)
+    loss, _ = TaskLoss.mix(lam)(model, state, {"x": x, "y": labels})
+    backprop = torch.autograd.grad(loss, params_)
+    g_energy, g_loss = torch.cat([g.reshape(-1) for g in energy]), torch.cat([g.reshape(-1) for g in backprop])
+    scale = float(g_energy.norm() / g_loss.norm())
+    assert torch.allclose(g_energy, scale * g_loss, rtol=1e-9, atol=1e-12)
+    # the common factor is the one hybrid_precisions divides by: the larger of (1 - lam) 2 / P and lam
+    assert scale == pytest.approx(1.0 / max((1 - lam) * 2 / 64, lam), rel=1e-9)
+
+
+def test_choose_step_keeps_to_steps_whose_energy_never_rises():
+    """On ``1/2 ||x - W z - b||^2`` gradient descent lowers the energy at every step iff ``lr * lam_max < 2``."""
+    model = linear_generative()
+    x = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    W = model.module("z", "x").linear.weight.detach()
+    lam_max = float(torch.linalg.eigvalsh(W.T @ W).max())
+    inference = Inference(steps=10, optimizer=SGD(0.01), init="zeros")
+    grid = [0.25 / lam_max, 1.0 / lam_max, 1.9 / lam_max, 2.5 / lam_max]
+    choice = choose_step(model, {"x": x}, inference, grid, 30)
+    steady = {round(r["eta"] * lam_max, 6): r["steady"] for r in choice["candidates"]}
+    assert steady == {0.25: True, 1.0: True, 1.9: True, 2.5: False}
+    assert choice["lr"] in grid[:3] and choice["scale"] == 1.0
+    best = min((r for r in choice["candidates"] if r["steady"]), key=lambda r: r["energy_T"])
+    assert choice["lr"] == best["lr"]
+    assert largest_steady_step(model, {"x": x}, inference, grid, 30) == pytest.approx(1.9 / lam_max)
+    assert largest_steady_step(model, {"x": x}, inference, grid[3:], 30) is None
+
+
+def test_validation_split_is_disjoint_stratified_and_the_same_for_every_seed():
+    from pclab.data import load
+
+    train = load("digits", "train")
+    rest, held_out = validation_split(train, 100)
+    again, held_again = validation_split(train, 100)
+    assert len(rest) + len(held_out) == len(train) and len(held_out) == 100
+    assert torch.equal(held_out.images, held_again.images)
+    flat = {tuple(v.tolist()) for v in held_out.images.reshape(100, -1)}
+    assert not any(tuple(v.tolist()) in flat for v in rest.images.reshape(len(rest), -1)[:200])
+    assert set(held_out.labels.tolist()) == set(range(10))
+
+
+def test_truncated_rule_backpropagates_through_a_quarter_of_T():
+    spec = resolve("tiny", {"T_train": [4, 8], "T_ref": 8})
+    got = {(p["rule"], p["T"]): run_config(p).learning.truncate for p in trials(spec, "/unused") if p["family"] == "generative"}
+    assert got[("bp-through-inference-truncated", 4)] == 1 and got[("bp-through-inference-truncated", 8)] == 2
+    assert got[("bp-through-inference", 8)] is None and got[("pc", 8)] is None
+    with pytest.raises(ValueError, match="T_ref"):
+        resolve("tiny", {"T_ref": 7})
 
 
 def test_unknown_override_is_named():
@@ -142,10 +213,12 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path):
         assert heading in text
     conv = pd.read_csv(tmp_path / "tables" / "convergence.csv")
     got = set(zip(conv["family"], conv["rule"], conv["probe"]))
-    assert ("generative", "pc", "recognise") in got and ("generative", "bp-through-inference", "recognise") in got
+    rules = ("pc", "bp-through-inference", "bp-through-inference-truncated", "bp")
+    assert {("generative", r, "recognise") for r in rules[:3]} <= got
     assert not any(f == "generative" and r == "bp" for f, r, _ in got)
-    assert {("discriminative", r, p) for r in ("pc", "bp-through-inference", "bp") for p in ("released", "label-clamped")} <= got
-    assert {("hybrid", r, "recognise") for r in ("pc", "bp-through-inference", "bp")} <= got
+    assert {("discriminative", r, p) for r in rules for p in ("released", "label-clamped")} <= got
+    assert {("hybrid", r, "recognise") for r in rules} <= got
+    assert set(conv["T"]) == {5}
     assert conv["past_T_stays"].add(conv["past_T_drifts"]).add(conv["past_T_diverges"]).eq(conv["batches"]).all()
     steps = pd.read_csv(tmp_path / "tables" / "steps.csv")
     T = 5
@@ -155,11 +228,24 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path):
     assert {"h1", "h2", "y"} <= set(layers[layers["family"] == "discriminative"]["node"])
     align = pd.read_csv(tmp_path / "tables" / "alignment.csv")
     assert set(align["family"]) == {"generative", "discriminative", "hybrid"}
+    assert set(align["T"]) == {3, 5}
     assert set(align[align["family"] == "generative"]["reference"]) == {"inference"}
     assert set(align[align["family"] == "discriminative"]["reference"]) == {"feedforward", "inference"}
     assert align["median"].notna().all()
-    assert (tmp_path / "figures" / "energy_vs_step.png").exists()
-    assert len(list((tmp_path / "artifacts").glob("*/images.npz"))) == 5  # generative x 2 rules + hybrid x 3 rules
+    assert (tmp_path / "figures" / "energy_vs_step.png").exists() and (tmp_path / "figures" / "horizon.png").exists()
+    # generative x 3 rules + hybrid x 4 rules, each at T_train 3 and 5
+    assert len(list((tmp_path / "artifacts").glob("*/images.npz"))) == 14
+    for heading in ("Latent step size", "Step-size sensitivity", "(a) Hybrid model", "(b) Discriminative model", "(c) Generative model"):
+        assert heading in text
+    horizon = pd.read_csv(tmp_path / "tables" / "horizon.csv")
+    assert set(horizon["T"]) == {3, 5}
+    assert {"bp-through-inference-truncated"} <= set(horizon["rule"])
+    sizes = pd.read_csv(tmp_path / "tables" / "step_sizes.csv")
+    hybrid = sizes[sizes["family"] == "hybrid"]
+    assert (hybrid["latent_move_T"] > 0.05).all()  # the chosen step moves the latent away from the encoder's output
+    sensitivity = pd.read_csv(tmp_path / "tables" / "sensitivity.csv")
+    assert {"test step", "half"} <= set(sensitivity["kind"])
+    assert sensitivity[sensitivity["kind"] == "half"]["multiple"].eq(0.5).all()
     # rerunning skips the finished trials and rebuilds the same tables
     before = conv.to_csv()
     dynamics.run("tiny", tmp_path, executor="serial", overrides={"seeds": [0]})

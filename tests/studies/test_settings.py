@@ -69,7 +69,7 @@ BAD = {
                 ({"training": {"epochs": 10**5}}, "clarity study setting training.epochs: expected at most 10000")],
     "dynamics": [({"test_batch_size": 0}, "dynamics study setting test_batch_size: expected at least 1, got 0"),
                  ({"families": {"generative": {"config": {"inference": {"lr": 0}}}}},
-                  "dynamics study, trial generative/pc seed 0: invalid configuration (dynamics trial generative/pc): inference.lr: expected")],
+                  "dynamics study, trial generative/pc T 3 seed 0: invalid configuration (dynamics trial generative/pc): inference.lr: expected")],
     "tradeoff": [({"epochs": 0}, "tradeoff study setting epochs: expected at least 1, got 0"),
                  ({"datasets": ["cifar9"]}, "tradeoff study, trial cifar9 ")],
     "depth": [({"depths": [1]}, "depth study setting depths[0]: expected at least 2, got 1"),

@@ -198,8 +198,8 @@ def model_trial(params: dict[str, Any], out: Path) -> dict[str, Any]:
 def _amortiser_change(config: RunConfig, run: Run) -> float | None:
     """Largest absolute change of an amortiser (encoder) weight from its initial value (``None``: no amortiser).
 
-    Learning rules that descend the energy do not train amortisers (they take no part in it); the
-    feed-forward embedding of an amortised latent is then the untrained encoder's.
+    PC learning trains amortisers to predict the relaxed latent (:meth:`pclab.core.PCN.amortiser_loss`); a rule
+    that trains no amortiser leaves the feed-forward embedding of an amortised latent the untrained encoder's.
     """
     if not run.model.amortisers:
         return None

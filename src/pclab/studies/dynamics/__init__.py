@@ -1,12 +1,16 @@
 """Study ``dynamics``: how PC learning and backprop change a PCN's inference dynamics (seed 002).
 
-The same architectures -- a generative PCN (latent -> image), a discriminative PCN (image ->
-label) and the hybrid image/latent/label model -- are trained by ``pc``, by
-``bp-through-inference`` and (where a feed-forward path exists) by ``bp``, in paired runs (same
-initial weights and data order per seed). Each trained network is then relaxed on fixed test
-batches for ``4 T`` steps (``T`` = the trained horizon) while recording, per step, energy per
-node, error norms, drift, ``||dE/dz||``, reconstruction MSE and label accuracy; during PC
-training the PC weight update is compared with the backprop gradient per layer.
+The same architectures -- a generative PCN (latent -> image; an MLP and, in the larger presets, a
+transposed-conv one), a discriminative PCN (image -> label) and the hybrid image/latent/label model
+-- are trained by ``pc``, by ``bp-through-inference`` (whole and truncated) and (where a
+feed-forward path exists) by ``bp``, on matched objectives (the hybrid's precisions from the
+backprop rules' ``lam``; one relaxation start per family for every rule), in paired runs (same
+initial weights and data order per seed), at several training horizons ``T_train``. Each trained
+network is then relaxed on fixed test batches for ``4 T_train`` steps while recording, per step,
+energy per node, error norms, drift, ``||dE/dz||``, reconstruction MSE and label accuracy, and
+again at three latent step sizes (step-size sensitivity); during PC training the PC weight update
+is compared with the backprop gradient per layer. Rules are compared on task metrics, energies
+only within one network.
 
 Usage::
 
@@ -15,7 +19,8 @@ Usage::
 
 Modules: :mod:`.presets` (presets, trials), :mod:`.trial` (one trial), :mod:`.metrics`
 (per-step traces and convergence scalars), :mod:`.alignment` (PC update vs backprop gradient),
-:mod:`.analysis` (tables, summary), :mod:`.figures`.
+:mod:`.stepsize` (latent step size on a validation split), :mod:`.analysis` (tables, summary,
+Findings), :mod:`.figures`.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     """Run the study (skipping finished trials) and write ``out/report.html``; returns its path.
 
     Args:
-        preset: ``"tiny"``, ``"quick"`` or ``"full"`` (see :data:`PRESETS`).
+        preset: ``"tiny"``, ``"quick"``, ``"standard"`` or ``"full"`` (see :data:`PRESETS`).
         out: study folder (trial records, artifacts, report, tables, figures).
         address: Ray cluster address (``None``: Ray embedded on this machine).
         executor: ``"ray"`` or ``"serial"``.
@@ -54,7 +59,7 @@ def run(preset: str, out: Path, address: str | None = None, executor: str = "ray
     spec = resolve(preset, overrides)
     out = Path(out).resolve()
     params = trials(spec, str(out))
-    preflight("dynamics", [(f"{t['family']}/{t['rule']} seed {t['seed']}", functools.partial(run_config, t)) for t in params])
+    preflight("dynamics", [(f"{t['family']}/{t['rule']} T {t['T']} seed {t['seed']}", functools.partial(run_config, t)) for t in params])
     records = run_trials(run_trial, params, out, address=address, executor=executor)
     report = Report("Inference dynamics of PC- vs backprop-trained PCNs", out, {"preset": preset, "overrides": overrides or {}, **spec},
                     question=analysis.QUESTION, study="dynamics", preset=preset, started=started)
@@ -71,24 +76,49 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
         report.findings([f"All {len(records)} trials failed; see the failures table."])
         _failures(report, failed)
         return
-    T = int(ok[0]["result"]["trained_steps"])
-    steps = analysis.step_frame(ok)
-    nodes = analysis.node_frame(ok)
-    scalars = analysis.scalar_frame(ok)
+    T = int(spec["T_ref"])
+    steps_all = analysis.step_frame(ok)
+    scalars_all = analysis.scalar_frame(ok)
+    steps = steps_all[steps_all["T"] == T]
+    nodes = analysis.node_frame([r for r in ok if r["result"]["trained_steps"] == T])
+    scalars = scalars_all[scalars_all["T"] == T]
     align = analysis.alignment_frame(ok)
+    sensitivity = analysis.sensitivity_frame(ok)
     step_band = analysis.band(steps, [*analysis.KEYS, "step"], ["energy", "residual", "recon_mse", "pred_mse", "accuracy", "drift"])
+    horizon_band = analysis.band(steps_all, [*analysis.KEYS, "step"], ["recon_mse", "accuracy"])
     node_band = analysis.band(nodes, [*analysis.KEYS, "node", "step"], ["energy", "error_norm", "drift"])
     conv = analysis.convergence_table(scalars)
-    lines = analysis.summary_lines(conv, align, spec["tolerance"], spec["horizon_factor"])
+    align_ref = align[align["T"] == T] if not align.empty else align
+    lines = analysis.summary_lines(conv, align_ref, spec["tolerance"], spec["horizon_factor"])
     lines.append(f"{len(ok)} of {len(records)} trials finished" + (f"; {len(failed)} failed (table below)." if failed else ".")
                  + f" Wall time of this study run (trials not already finished, plus the report): {seconds / 60:.1f} min; "
                  f"summed trial wall time {sum(r['seconds'] for r in records) / 60:.1f} min, "
                  f"summed trial CPU time {sum(r['result'].get('cpu_seconds', 0.0) for r in ok) / 60:.1f} min.")
-    report.findings(analysis.findings(scalars, align))
+    report.findings(analysis.findings(scalars_all, align, T, spec["horizon_factor"]))
     report.statements(lines)
 
+    report.figure(figures.horizon(horizon_band, spec["horizon_factor"]), "horizon", "Task metric vs test-time inference steps "
+                  "T_test (as a multiple of the trained horizon T_train, up to 4 T_train), one colour per training rule, darker "
+                  "for longer T_train; median over seeds x test batches. Dashed line: T_test = T_train.", key=True)
+    report.table(analysis.convergence_table(scalars_all), "horizon", "Task metrics at t = 0, T and 4T per family, rule, T_train and "
+                 "probe (medians over seeds x batches)")
+    report.section("Latent step size",
+                   "Each trial relaxes at its trained latent step size (the hybrid's chosen on the validation split from the "
+                   "stated grid: per epoch with the training clamp; for PC learning, trained with the label clamped, and for "
+                   "bp, which does not relax in training, the test relaxation with the image clamped is chosen after training; "
+                   "the other families' step is fixed); latent_move_T is the latent's relative movement ||z_T - z_0|| / ||z_0|| "
+                   "at test (hybrid: from the encoder's output).")
+    report.table(analysis.step_table(scalars_all), "step_sizes", "Latent step size and latent movement per family, rule, T_train and probe")
+    if not sensitivity.empty:
+        report.section("Step-size sensitivity without retraining",
+                       "Each trained network's first probe relaxed at its test latent step, half of it, and the largest "
+                       "multiple of it in the sensitivity grid whose energy never rises over 4T steps on a held-out "
+                       "validation batch; task metrics at T and 4T (medians over seeds x the first sensitivity_batches test batches).")
+        report.table(analysis.sensitivity_table(sensitivity), "sensitivity", "Task metrics at three latent step sizes")
+    report.section(f"Dynamics at T_train = {T}", f"The figures and tables below are the networks trained with T = {T}.")
     report.figure(figures.energy_row(step_band, T), "energy", "Total energy along inference (log scale), median over seeds x test "
-                  "batches, IQR shaded, one colour per training rule; dashed line: the trained horizon T.", key=True)
+                  "batches, IQR shaded, one colour per training rule; dashed line: the trained horizon T. Energies of "
+                  "different networks are not one scale: read the shape of each curve, not the levels between rules.")
     report.section("Energy and fixed-point residual along inference",
                    "Total energy (sum over nodes of the batch-mean node energy) and the fixed-point residual "
                    "||dE/dz|| (L2 norm over all free nodes, batch mean) at every step; median over seeds x test "
@@ -108,23 +138,23 @@ def write_report(report: Report, records: list[dict[str, Any]], spec: dict[str, 
                    "Label accuracy of argmax mu_y at the current state, and MSE of the image decoded top-down from "
                    "the current latent z alone (generative: pixels in [0, 1]; hybrid: pixels in [-1, 1]).")
     report.figure(figures.readout_curves(step_band, T), "readouts_vs_step", "Accuracy and reconstruction MSE vs inference step.")
-    _image_grids(report, ok, out)
+    _image_grids(report, [r for r in ok if r["result"]["trained_steps"] == T], out)
     if not align.empty:
         report.section("Alignment of the PC update with backprop during training",
                        "Cosine and norm ratio, per layer (edge module), of the PC weight update (the gradient of the PC "
                        "weight energy at the relaxed state, before Adam) against the backprop gradient of the same energy "
                        "with the targets clamped, at two states. 'feedforward' (discriminative, hybrid): the feed-forward "
                        "state (hidden errors zero), i.e. the output loss backpropagated through the feed-forward pass, "
-                       "the gradient plain bp follows (for the hybrid the latent comes from the encoder, which PC leaves "
-                       "untrained). 'inference' (all models; the only one for the generative model, which has no "
+                       "the gradient plain bp follows (for the hybrid the latent comes from the encoder, which PC learning "
+                       "trains to predict the relaxed latent). 'inference' (all models; the only one for the generative model, which has no "
                        "feed-forward path from the image): the state after T inference steps with only the image clamped, "
                        "backpropagated through the unrolled inference (bp-through-inference's objective in energy units); "
                        "it equals the PC update when inference has converged. Measured on the current training batch at "
                        "evenly spaced points; median over seeds, min-max shaded.")
-        report.figure(figures.alignment_curves(align), "alignment", "PC update vs backprop gradient over training.")
-        report.table(analysis.band(align, ["family", "reference", "layer", "progress"], ["cosine", "norm_ratio"]), "alignment",
-                     "Alignment per family, layer and training point (median, IQR, min-max over seeds)")
-    report.table(conv, "convergence", "Convergence per family, rule and probe (medians over seeds x batches; fractions; "
+        report.figure(figures.alignment_curves(align_ref), "alignment", f"PC update vs backprop gradient over training (T = {T}).")
+        report.table(analysis.band(align, ["family", "T", "reference", "layer", "progress"], ["cosine", "norm_ratio"]), "alignment",
+                     "Alignment per family, T_train, layer and training point (median, IQR, min-max over seeds)")
+    report.table(conv, "convergence", f"Convergence per family, rule and probe at T = {T} (medians over seeds x batches; fractions; "
                  "past-T counts)")
     report.table(step_band, "steps", "Per-step quantities: median, IQR, min-max over seeds x batches", max_rows=20)
     report.table(node_band, "layers", "Per-node, per-step energy, error norm and drift", max_rows=20)
@@ -138,14 +168,24 @@ def _design_text(spec: dict[str, Any]) -> str:
         f"Preset: {spec['description']}. Seeds {spec['seeds']}; every rule of a family starts, for a given seed, from the "
         "same initial weights and sees the same training batches in the same order (paired runs). Test: "
         f"{spec['test_batches']} fixed batches of {spec['test_batch_size']} test images (the same for every trial); each "
-        f"trained network is relaxed for {spec['horizon_factor']}T steps, T being the inference horizon it was trained with.",
+        f"trained network is relaxed for {spec['horizon_factor']}T steps, T being the inference horizon T_train it was trained with, "
+        f"T_train in {spec['T_train']} (reference T_train for the single-horizon figures: {spec['T_ref']}). "
+        f"Validation split: {spec['validation']} stratified training images set aside (seed 0) from every trial's training set; "
+        "it chooses the hybrid's latent step size and gives the held-out batch of the step-size sensitivity probe "
+        f"(grid of multiples of the test step: {spec['sensitivity_grid']}; measured on the first {spec['sensitivity_batches']} "
+        "test batch(es)). bp-through-inference-truncated backpropagates "
+        f"through the last max(1, round({spec['truncate_fraction']:g} T)) inference steps only.",
     ]
     for family, fam in fams.items():
         c = fam["config"]
         inf = c["inference"]
+        step = (f"latent step chosen per epoch on the validation split from eta in {fam['step_grid']} divided by the largest "
+                "clamped precision (lowest energy at T among steps whose energy never rises), for PC learning and bp the test "
+                "step chosen likewise after training with the image clamped" if fam["step_grid"]
+                else f"lr {inf['lr']:g}")
         lines.append(
-            f"{family}: model {c['model']}; rules {fam['rules']}; inference {inf['steps']} steps of latent "
-            f"{inf['optimizer']} (lr {inf['lr']}); training init per rule {fam['train_init']}; "
+            f"{family}: model {c['model']}; rules {fam['rules']}; inference T_train steps of latent "
+            f"{inf['optimizer']} ({step}); every rule starts relaxation at init '{fam['init']}'; "
             f"weights Adam lr {c['learning']['lr']}, batch {c['data']['batch_size']}, {c['epochs']} epoch(s) on "
             f"{c['data']['train_subset'] or 'all'} {c['data']['dataset']} training images; probes "
             + ", ".join(f"{p['name']} (clamped {p['clamp']}, init {p['init']})" for p in fam["probes"]) + "."
@@ -153,14 +193,17 @@ def _design_text(spec: dict[str, Any]) -> str:
     lines += [
         "Why these choices. Generative: bp is not defined (no feed-forward path from the image); the backprop-trained "
         "variant is bp-through-inference with the image clamped and the MSE of the image prediction after T steps as loss. "
-        "Discriminative: with the label released and the feed-forward init the energy is exactly zero and nothing moves, "
-        "so the 'released' probe starts the hidden layers at zero (relaxation must carry the image up; its fixed point is "
-        "the feed-forward pass) and bp-through-inference is trained on that same relaxation (cross-entropy of the label "
-        "prediction at step T); the 'label-clamped' probe relaxes with the true label clamped from the feed-forward init, "
-        "the relaxation PC learning performs in training; its 'label accuracy' only shows how far the label prediction has moved towards the clamped true label, not a test accuracy. With the feed-forward init the discriminative 'inference' alignment reference equals the 'feedforward' one (nothing moves with the label released). Hybrid: every rule uses unit precision on image and label so "
-        "all share one energy (with Adam this is PC's lam = 0.5); bp-through-inference and bp use the loss "
-        "0.5 MSE + 0.5 CE; PC learning does not train the encoder (amortisers take no part in the energy), so the "
-        "PC-trained hybrid starts inference from its untrained encoder's output.",
+        "Discriminative: with the label released and the feed-forward init the energy is exactly zero and nothing moves "
+        "(backprop through that relaxation would be plain backprop), so every rule starts its relaxation from zero hidden "
+        "layers, in training and at test: PC learning relaxes from there with image and label clamped, bp-through-inference "
+        "is trained on the 'released' relaxation (cross-entropy of the label prediction at step T), and both probes start "
+        "there; the 'label-clamped' probe is the relaxation PC learning performs in training, its 'label accuracy' only "
+        "shows how far the label prediction has moved towards the clamped true label, not a test accuracy. Hybrid: every "
+        "rule's network has the image and label precisions hybrid_precisions(lam) of the backprop rules' lam, so the PC "
+        "energy weighs image and label like their loss (1 - lam) MSE + lam CE (up to a common factor) and every rule relaxes "
+        "the same energy; PC learning also trains the encoder (an amortiser) to predict the relaxed latent, so every rule "
+        "starts inference from its own trained encoder's output. Energies of different networks are not compared: "
+        "rules are compared on task metrics (reconstruction MSE, label accuracy), energies only within one network.",
         f"Definitions. Steps to tolerance: the number of updates after which relax(tolerance={spec['tolerance']:g}) "
         "would stop (relative change of the total energy between consecutive steps below the tolerance); 'never' when "
         f"not reached within {spec['horizon_factor']}T. Steps to 99 %: the first step at which the energy has made 99 % "
@@ -200,7 +243,7 @@ def _image_grids(report: Report, records: list[dict[str, Any]], out: Path) -> No
 
 def _trial_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "family": r["params"]["family"], "rule": r["params"]["rule"], "seed": r["params"]["seed"],
+        "family": r["params"]["family"], "rule": r["params"]["rule"], "T": r["result"]["trained_steps"], "seed": r["params"]["seed"],
         "train_seconds": r["result"]["train_seconds"], "probe_seconds": r["result"]["probe_seconds"],
         "trial_seconds": r["seconds"], "cpu_seconds": r["result"].get("cpu_seconds", math.nan), "id": r["id"],
     } for r in records])

@@ -13,7 +13,8 @@ cross-entropy nodes, batch mean), with the targets clamped, at two states:
   ``bp-through-inference``, in energy units). When inference has converged this equals the PC
   update (envelope theorem: ``dE/dz = 0`` at the fixed point), which the tests check.
 
-Layers are the PCN's edge modules (amortisers take no part in the PC energy and are skipped).
+Layers are the PCN's edge modules. Amortisers (encoders) are skipped: PC learning trains them on their own
+loss (:meth:`~pclab.core.PCN.amortiser_loss`), which has no backprop counterpart in the energy.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from ..report import rule_colour  # noqa: E402
 from .analysis import RULE_ORDER  # noqa: E402
 
-COLORS = {rule: rule_colour(rule) for rule in RULE_ORDER}
+COLORS = {rule: rule_colour(rule) for rule in RULE_ORDER if rule != "bp-through-inference-truncated"}
+COLORS["bp-through-inference-truncated"] = "#8c564b"  # brown: distinct from every rule colour of the reports
 
 
 def _rules(frame: pd.DataFrame) -> list[str]:
@@ -200,4 +201,45 @@ def alignment_curves(align: pd.DataFrame) -> plt.Figure:
             ax.set_title(f"{family}: PC-trained network", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    return fig
+
+
+def horizon(band: pd.DataFrame, factor: int) -> plt.Figure:
+    """The horizon question: task metric vs test-time steps as a multiple of ``T_train`` (0 to
+    ``factor``), one panel per (family, probe, metric), one colour per rule, darker for a longer
+    ``T_train`` (median over seeds x test batches)."""
+    items = []
+    for family, probe in dict.fromkeys(zip(band["family"], band["probe"])):
+        if probe == "label-clamped":  # the true label is clamped: its read-out is no test accuracy
+            continue
+        for quantity, label in (("recon_mse", "reconstruction MSE (log)"), ("accuracy", "label accuracy (fraction)")):
+            sub = band[(band["family"] == family) & (band["probe"] == probe) & (band["quantity"] == quantity)]
+            if sub["median"].notna().any():
+                items.append((family, probe, quantity, label, sub))
+    cols = min(3, max(1, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(items):]:
+        ax.set_axis_off()
+    for ax, (family, probe, quantity, label, sub) in zip(axes.flat, items):
+        horizons = sorted(set(sub["T"]))
+        for rule in _rules(sub):
+            for i, T in enumerate(horizons):
+                g = sub[(sub["rule"] == rule) & (sub["T"] == T)].sort_values("step")
+                if g.empty:
+                    continue
+                alpha = 0.35 + 0.65 * (i + 1) / len(horizons)
+                ax.plot(g["step"] / T, g["median"], color=COLORS[rule], alpha=alpha, linewidth=0.8 + 0.6 * i,
+                        label=f"{rule}, T={T}")
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlim(0, factor)
+        if quantity == "recon_mse":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+        ax.set_title(f"{family} / {probe}", fontsize=9)
+        ax.set_xlabel("T_test / T_train")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=5, ncols=2)
     return fig

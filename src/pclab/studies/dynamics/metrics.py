@@ -46,6 +46,9 @@ class Trace:
         accuracy: ``(steps+1,)`` fraction of samples whose label prediction ``argmax mu_y`` at the
             current state is the true class (empty without labels).
         move_past_T: batch-mean ``||z_end - z_T||`` over all free nodes (``nan`` if horizon <= T).
+        latent_move_T: batch mean of ``||z_T - z_0|| / ||z_0||`` of the ``latent`` node, how far
+            relaxation moved it relative to its start (against ``||z_T||`` where ``z_0 = 0``; ``nan``
+            without a latent).
         images: ``{step: (k, *image.shape)}`` decoded images of the first ``k`` samples.
     """
 
@@ -59,6 +62,7 @@ class Trace:
     pred_mse: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     move_past_T: float = math.nan
+    latent_move_T: float = math.nan
     images: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -71,6 +75,15 @@ class Trace:
         data = dataclasses.asdict(self)
         data.pop("images")
         return data
+
+
+def relative_movement(start: torch.Tensor, end: torch.Tensor) -> float:
+    """Batch mean of ``||end - start|| / ||start||`` per sample (``(batch, ...)`` tensors; samples with
+    ``start = 0`` measure against ``||end||``, and count 0 when both are 0)."""
+    a, b = start.reshape(len(start), -1), end.reshape(len(end), -1)
+    base = torch.where(a.norm(dim=1) > 0, a.norm(dim=1), b.norm(dim=1))
+    moved = (b - a).norm(dim=1)
+    return float(torch.where(base > 0, moved / base.clamp_min(1e-30), torch.zeros_like(moved)).mean())
 
 
 def _per_sample_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -124,6 +137,8 @@ def trace(
     accuracy: list[float] = []
     images: dict[int, torch.Tensor] = {}
     at_T: dict[str, torch.Tensor] = {}
+    latent_0: dict[str, torch.Tensor] = {}
+    latent_move = [math.nan]
     free = free_nodes(model, clamped)
 
     def measure(t: int, values: State) -> None:
@@ -139,8 +154,12 @@ def trace(
                     images[t] = decoded[:keep_images].detach().clone()
         if labels is not None and label in mu:
             accuracy.append(float((mu[label].argmax(1) == labels).double().mean()))
+        if t == 0 and latent is not None:
+            latent_0["z"] = values[latent].detach().clone()
         if t == trained_steps:
             at_T.update({n: values[n].detach().clone() for n in free})
+            if latent_0:
+                latent_move[0] = relative_movement(latent_0["z"], values[latent])
 
     with torch.no_grad():
         relaxed = relax(model, clamp, run, record=True, on_step=measure)
@@ -153,7 +172,7 @@ def trace(
     return Trace(
         nodes=list(trajectory.nodes), free=list(trajectory.free), energy=trajectory.energy,
         error_norm=trajectory.error_norm, drift=trajectory.drift, residual=residual, recon_mse=recon,
-        pred_mse=pred, accuracy=accuracy, move_past_T=move, images=images,
+        pred_mse=pred, accuracy=accuracy, move_past_T=move, latent_move_T=latent_move[0], images=images,
     )
 
 
@@ -215,7 +234,7 @@ def convergence(tr: Trace, trained_steps: int, tolerance: float) -> dict[str, fl
         "monotone_all": is_monotone(energy),
         "energy_0": energy[0], "energy_T": energy[T], "energy_end": energy[end],
         "residual_0": tr.residual[0], "residual_T": tr.residual[T], "residual_end": tr.residual[end],
-        "drift_T": drift_T, "move_past_T": tr.move_past_T,
+        "drift_T": drift_T, "move_past_T": tr.move_past_T, "latent_move_T": tr.latent_move_T,
         "past_T": past_horizon([energy[T], energy[end]], drift_T, tr.move_past_T) if end > T else "n/a",
     }
     for key, series in (("recon_mse", tr.recon_mse), ("accuracy", tr.accuracy)):
