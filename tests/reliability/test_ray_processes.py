@@ -92,12 +92,12 @@ def _wait_for_running_ray(study: subprocess.Popen, out: Path) -> list[int]:
             and any(a.endswith("_ray_reaper.py") for a in _cmdline(int(n)))]
 
 
-@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM", "Ctrl-C"])
 def _progress_line(line: str) -> bool:
     """A study's progress output (:class:`pclab.sweep.Progress`): the header or a finished trial's line."""
     return bool(re.match(r"\d+ trials to run \(|\[\d+/\d+\] ", line))
 
 
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM", "Ctrl-C"])
 def test_sigterm_or_ctrl_c_ends_a_study_with_exit_130_one_line_and_no_ray_process_left(tmp_path, ctrl_c):
     study = _study(tmp_path / "study")
     try:
