@@ -73,7 +73,7 @@ BAD = {
     "tradeoff": [({"epochs": 0}, "tradeoff study setting epochs: expected at least 1, got 0"),
                  ({"datasets": ["cifar9"]}, "tradeoff study, trial cifar9 ")],
     "depth": [({"depths": [1]}, "depth study setting depths[0]: expected at least 2, got 1"),
-              ({"training": {"latent_optimizer": "foo"}}, "depth study, trial digits mlp depth 3 pc seed 0: invalid configuration")],
+              ({"training": {"latent_optimizer": "foo"}}, "depth study, trial tune digits mlp depth 5 bp sgd seed 0: invalid configuration")],
 }
 
 
