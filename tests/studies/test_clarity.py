@@ -273,8 +273,8 @@ def test_findings_compare_rules_layer_by_layer_with_intervals_over_seeds():
         values |= {("pc", "h1", seed): 1.0 + jitter, ("bp", "h1", seed): 2.0, ("bp-through-inference", "h1", seed): 1.0 + jitter,
                    ("pc", "h2", seed): 3.0 + jitter, ("bp", "h2", seed): 3.0 - jitter, ("bp-through-inference", "h2", seed): 3.0}
     lines = findings(_frame(values))
-    pc_bp = next(line for line in lines if "PC learning minus backprop," in line)
-    assert "h1 -1.000 (95 % CI -1.1" in pc_bp and "n=3 seeds" in pc_bp
+    pc_bp = next(line for line in lines if line.startswith("PC learning minus backprop,"))
+    assert "net h1 -1.000 (95 % CI -1.1" in pc_bp and "n=3 seeds" in pc_bp
     assert "h2 +0.000" in pc_bp and "no detectable difference" in pc_bp.split("h2")[1]
     assert any("PC learning minus backprop through inference" in line for line in lines)
 

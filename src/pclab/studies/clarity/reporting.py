@@ -12,7 +12,7 @@ import pandas as pd
 from ...io import load_torch
 from ...sweep import trial_id
 from ..report import Report, rule_colour, rule_name
-from ..stats import claim, describe, mean_interval, paired_difference
+from ..stats import describe, mean_interval, paired_difference
 
 METRICS = ["m_g", "m_r", "m_i", "m_i_perturbation", "embedding_norm", "psnr", "ssim"]
 ROUTE_NAMES = {"gradient": "gradient descent on the input (L1 embedding loss)",
@@ -465,21 +465,20 @@ def findings(frame: pd.DataFrame, models: pd.DataFrame | None = None) -> list[st
     seeds = per_seed(frame)
     grad = seeds[(seeds["route"] == "gradient") & (seeds["test"] == "models")]
     lines = []
-    for arch, rows in grad.groupby("arch", sort=False):
-        rules = set(rows["rule"])
-        for a, b in COMPARISONS:
-            if not {a, b} <= rules:
+    for a, b in COMPARISONS:
+        parts = []
+        for arch, rows in grad.groupby("arch", sort=False):
+            if not {a, b} <= set(rows["rule"]):
                 continue
-            parts = []
             for layer, cells in sorted(rows.groupby("layer"), key=lambda kv: kv[1]["depth"].iloc[0]):
                 interval = _paired(cells, "seed", "rule", a, b)
                 if interval is not None:
-                    parts.append(f"{layer} {describe(interval, unit='', digits=3, within=None)}")
-            if parts:
-                lines.append(f"{arch}, {rule_name(a)} minus {rule_name(b)}, {_MI}, by layer: " + "; ".join(parts) + ".")
+                    parts.append(f"{arch} {layer} {describe(interval, unit='', digits=3, within=None)}")
+        if parts:
+            lines.append(f"{rule_name(a)} minus {rule_name(b)}, {_MI}, by architecture and layer: " + "; ".join(parts) + ".")
     thresholds = width_thresholds(seeds)
     for procedure, group in thresholds.groupby("procedure", sort=False):
-        table = group.pivot_table(index="seed", columns="rule", values="threshold", aggfunc="first")
+        table = group.pivot_table(index="seed", columns="rule", values="threshold", aggfunc="first", dropna=False)
         if "untrained" not in table:
             continue
         base = table["untrained"]
@@ -493,15 +492,21 @@ def findings(frame: pd.DataFrame, models: pd.DataFrame | None = None) -> list[st
                      f"is inverted to within the m_r perturbation's input distance; per seed: {summary}): "
                      + ("; ".join(parts) if parts else "no trained rule in the width test") + ".")
     generative = seeds[(seeds["test"] == "models") & seeds["route"].isin(["gradient-relaxed", "pcn"])]
+    parts = []
     for (model, layer), cells in generative.groupby(["model", "layer"], sort=False):
         interval = _paired(cells, "seed", "route", "pcn", "gradient-relaxed")
-        if interval is not None:
-            lines.append(claim(f"Generative direction, {model}, layer {layer}: PCN route minus gradient descent through the "
-                               f"relaxation, {_MI}", interval, unit="", digits=3, within=None))
+        if interval is not None and "gradient-relaxed" in set(cells["route"]):
+            parts.append(f"{model} {layer} {describe(interval, unit='', digits=3, within=None)}")
+    if parts:
+        lines.append(f"Generative direction, the PCN's own reconstruction minus gradient descent on the input through the "
+                     f"relaxation, {_MI}: " + "; ".join(parts) + ".")
     if models is not None and not models.empty:
         trained = models[(models["rule"] != "untrained") & models["test_accuracy"].notna()]
-        parts = [f"{model} {describe(mean_interval(100 * rows['test_accuracy']), unit='%', digits=1, within=None, signed=False)}"
-                 for model, rows in trained.groupby("model", sort=False)]
+        parts = []
+        for model, rows in trained.groupby("model", sort=False):
+            acc = mean_interval(100 * rows["test_accuracy"]).clipped(0.0, 100.0)
+            parts.append(f"{model} {acc.mean:.1f} %" + (f" (95 % CI {acc.low:.1f} to {acc.high:.1f}, n={acc.n} seeds)" if acc.computable
+                                                        else f" (n={acc.n} seed)"))
         if parts:
             lines.append("Test accuracy of the models compared (weights of the best validation epoch, native read-out): "
                          + "; ".join(parts) + ".")

@@ -314,9 +314,11 @@ def width_trial(params: dict[str, Any], out: Path) -> dict[str, Any]:
     images = test_images(config, params["images"], params["seed"])
     native = InferenceConfig(**params["native"]) if params.get("native") else None
     layers, inversions = [], {}
-    for procedure in params["procedures"]:
+    for i, procedure in enumerate(params["procedures"]):
         inversion = procedure_config(procedure, InversionConfig.from_dict(params["inversion"]), is_convolutional(run.model))
-        rows, _ = reconstruct_layers(config, run.model, run.inference, images, inversion, native, params["perturbation_std"], params["seed"])
+        # the PCN route does not depend on the procedure: run it with the first one only
+        rows, _ = reconstruct_layers(config, run.model, run.inference, images, inversion, native if i == 0 else None,
+                                     params["perturbation_std"], params["seed"])
         layers += [{**r, "procedure": procedure} for r in rows if r["layer"] == "h1"]
         inversions[procedure] = inversion.to_dict()
     accuracy = evaluate(run).get("test_accuracy") if selection is not None else None
