@@ -238,11 +238,11 @@ def width_figure(table: pd.DataFrame) -> plt.Figure | None:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("hidden width (units)")
             ax.set_ylabel(label, fontsize=7)
-            ax.set_title(PROCEDURE_NAMES.get(procedure, procedure), fontsize=7)
+            ax.set_title(f"{procedure} procedure", fontsize=8)
         axes[i, 1].set_yscale("log")
         axes[i, 0].legend(fontsize=7)
     fig.suptitle("Width test: [input, width, classes] tanh chains, reconstruction from the hidden layer (median, IQR band over "
-                 "test images; dashed vertical line: input size)", fontsize=9)
+                 "test images; dashed vertical line: input size)\n" + "; ".join(PROCEDURE_NAMES.get(p, p) for p in procedures), fontsize=8)
     fig.subplots_adjust(wspace=0.3, hspace=0.55)
     return fig
 
