@@ -177,32 +177,132 @@ def test_tiny_study_writes_report_tables_and_figures(tiny_study: Path):
     layers = pd.read_csv(out / "tables" / "layers.csv")
     assert {"m_g_median", "m_r_median", "m_i_median", "psnr_median", "ssim_median"} <= set(layers.columns)
     assert {"pc", "bp-through-inference", "bp", "untrained"} <= set(layers["rule"])
-    assert set(layers["route"]) == {"gradient", "pcn"}
-    assert (layers["n"] == clarity.PRESETS["tiny"]["images"]).all()
+    # the generative direction: gradient descent through the relaxation at the generative layers
+    assert set(layers["route"]) == {"gradient", "gradient-relaxed", "pcn"}
+    assert set(layers.loc[layers["route"] == "gradient-relaxed", "arch"]) == {"hybrid", "generative"}
+    tiny = clarity.PRESETS["tiny"]
+    assert (layers["n"] == tiny["images"] * len(tiny["seeds"])).all()
     width = pd.read_csv(out / "tables" / "width_test.csv")
     size = int(width["input_size"].iloc[0])
     assert (width["width"] < size).any() and (width["width"] > size).any()
     assert pd.read_csv(out / "tables" / "failures.csv").empty
     models_table = pd.read_csv(out / "tables" / "models.csv")
-    assert models_table.loc[models_table["arch"] == "hybrid", "generative_path"].all()
-    assert len(list((out / "runs").iterdir())) == 7   # 2 chains x 3 rules + the hybrid
+    assert models_table.loc[models_table["arch"].isin(["hybrid", "generative"]), "generative_path"].all()
+    trained = models_table[models_table["rule"] != "untrained"]
+    assert trained["best_epoch"].between(1, tiny["training"]["epochs"]).all() and trained["validation"].notna().all()
+    assert trained.loc[(trained["arch"] == "wide") & trained["rule"].isin(["pc", "bp"]), "test_accuracy"].gt(0.5).all()
+    # 2 chains x 3 rules + the hybrid + the generative chain, per seed
+    assert len(list((out / "models").iterdir())) == 8 * len(tiny["seeds"])
+    assert set(width["procedure"]) == {"pclab", "badger"} and set(width["rule"]) == {"untrained", "pc"}
 
 
 def test_width_test_on_digits_shows_narrow_layers_are_not_inverted(tiny_study: Path):
     width = pd.read_csv(tiny_study / "tables" / "width_test.csv")
-    grad = width[width["route"] == "gradient"]
+    grad = width[(width["route"] == "gradient") & (width["rule"] == "untrained") & (width["procedure"] == "pclab")]
     size = int(grad["input_size"].iloc[0])
     assert grad.loc[grad["width"] < size, "m_i_median"].min() > grad.loc[grad["width"] >= size, "m_i_median"].max()
 
 
-def test_study_accepts_run_directories(tiny_study: Path, tmp_path: Path):
-    run_dir = next((tiny_study / "runs").glob("wide-pc-*"))
-    overrides = {"images": 2, "inversion": {"steps": 10}, "native": {"steps": 5},
-                 "width_test": {"widths": [16, 96]}, "runs": [str(run_dir)]}
-    report = clarity.run("tiny", tmp_path, executor="serial", overrides=overrides)
+def test_study_accepts_run_directories(tmp_path: Path):
+    from pclab.train import train, validate
+
+    run_dir = tmp_path / "runs" / "wide-pc"
+    train(validate({"model": {"kind": "mlp", "widths": [64, 32, 10], "activation": "tanh"}, "epochs": 1,
+                    "data": {"dataset": "digits", "train_subset": 256, "test_subset": 100}}), run_dir, progress=False)
+    study = tmp_path / "study"
+    overrides = {"images": 2, "inversion": {"steps": 10}, "native": {"steps": 5}, "seeds": [0],
+                 "width_test": {"widths": [16, 96], "rules": ["untrained"]}, "runs": [str(run_dir)]}
+    report = clarity.run("tiny", study, executor="serial", overrides=overrides)
     assert report.exists()
-    models_table = pd.read_csv(tmp_path / "tables" / "models.csv")
+    models_table = pd.read_csv(study / "tables" / "models.csv")
     assert sorted(models_table["model"]) == [run_dir.name, f"{run_dir.name} untrained"]
-    assert not (tmp_path / "runs").exists()   # nothing trained
+    assert not (study / "models").exists()   # nothing trained
     with pytest.raises(ValueError, match="not a finished pclab run"):
         clarity.resolve("tiny", runs=[tmp_path])
+
+
+# ---------------------------------------------------------------------------- training, procedures, findings
+def test_validation_split_is_disjoint_stratified_and_deterministic():
+    from pclab.data import load
+    from pclab.studies.clarity.trials import split_validation
+
+    train = load("digits", "train")
+    fit, held = split_validation(train, 0.2, seed=3)
+    assert len(fit) + len(held) == len(train) and len(held) == round(0.2 * len(train))
+    pairs = {tuple(im.flatten().tolist()) for im in held.images}
+    assert not any(tuple(im.flatten().tolist()) in pairs for im in fit.images[:200])
+    assert torch.bincount(held.labels, minlength=10).min() >= 0.8 * len(held) / 10
+    assert torch.equal(split_validation(train, 0.2, seed=3)[1].labels, held.labels)
+    with pytest.raises(ValueError, match="validation fraction"):
+        split_validation(train, 1.0, seed=0)
+
+
+def test_badger_procedure_is_plain_gradient_descent_and_blurs_only_conv_nets():
+    from pclab.studies.clarity.inversion import BADGER, procedure_config
+
+    mine = InversionConfig(steps=7)
+    assert procedure_config("pclab", mine, convolutional=True) is mine
+    fc = procedure_config("badger", mine, convolutional=False)
+    assert (fc.steps, fc.lr, fc.lr_final, fc.optimizer, fc.init_mean, fc.init_std) == (500, 0.1, None, "sgd", 0.7, 0.05)
+    assert fc.sigma(0) is None
+    conv = procedure_config("badger", mine, convolutional=True)
+    assert conv.sigma(0) == pytest.approx(2.4) and conv.sigma(BADGER.steps - 1) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="procedure"):
+        procedure_config("lbfgs", mine, convolutional=False)
+    with pytest.raises(ValueError, match="procedure"):
+        clarity.resolve("tiny", {"procedure": "fast"})
+
+
+def _frame(values: dict[tuple[str, str, int], float], test: str = "models", widths: dict[str, int] | None = None) -> pd.DataFrame:
+    """Per-image rows: (rule, layer, seed) -> m_i for two images (value +- 0.1, mean = value)."""
+    rows = []
+    for (rule, layer, seed), m_i in values.items():
+        for k, noise in enumerate((-0.1, 0.1)):
+            rows.append({"test": test, "arch": "net" if test == "models" else "width test", "model": f"{layer} {rule}", "rule": rule,
+                         "layer": layer, "depth": int(layer[-1]) if test == "models" else 1,
+                         "width": (widths or {}).get(layer, 8), "route": "gradient", "procedure": "pclab", "seed": seed,
+                         "image": k, "m_i": m_i + noise, "m_i_perturbation": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_findings_compare_rules_layer_by_layer_with_intervals_over_seeds():
+    from pclab.studies.clarity.reporting import findings
+
+    values = {}
+    for seed, jitter in enumerate((0.0, 0.05, -0.05)):
+        values |= {("pc", "h1", seed): 1.0 + jitter, ("bp", "h1", seed): 2.0, ("bp-through-inference", "h1", seed): 1.0 + jitter,
+                   ("pc", "h2", seed): 3.0 + jitter, ("bp", "h2", seed): 3.0 - jitter, ("bp-through-inference", "h2", seed): 3.0}
+    lines = findings(_frame(values))
+    pc_bp = next(line for line in lines if line.startswith("PC learning minus backprop,"))
+    assert "net h1 -1.000 (95 % CI -1.1" in pc_bp and "n=3 seeds" in pc_bp
+    assert "h2 +0.000" in pc_bp and "no detectable difference" in pc_bp.split("h2")[1]
+    assert any("PC learning minus backprop through inference" in line for line in lines)
+
+
+def test_width_threshold_is_the_smallest_width_from_which_every_wider_layer_is_inverted():
+    from pclab.studies.clarity.reporting import findings, per_seed, width_thresholds
+
+    widths = {"w1": 16, "w2": 32, "w3": 64, "w4": 128}
+    values = {}
+    for seed in range(3):
+        values |= {("untrained", "w1", seed): 3.0, ("untrained", "w2", seed): 0.5, ("untrained", "w3", seed): 2.0,
+                   ("untrained", "w4", seed): 0.2, ("pc", "w1", seed): 3.0, ("pc", "w2", seed): 3.0,
+                   ("pc", "w3", seed): 0.5 if seed else 3.0, ("pc", "w4", seed): 0.5}
+    frame = _frame(values, test="width", widths=widths)
+    thresholds = width_thresholds(per_seed(frame)).set_index(["rule", "seed"])["threshold"]
+    assert thresholds[("untrained", 0)] == 128          # 32 is inverted, but 64 above it is not
+    assert thresholds[("pc", 0)] == 128 and thresholds[("pc", 1)] == 64
+    line = next(line for line in findings(frame) if line.startswith("Width threshold"))
+    assert "PC learning minus untrained -0.67 octaves" in line and "untrained 128/128/128" in line
+
+
+def test_relaxed_embedding_of_a_generative_chain_is_differentiable_in_the_image():
+    from pclab.studies.clarity.pcn import relaxed_embedding
+
+    torch.manual_seed(0)
+    net = models.generative_mlp([4, 16, 64])
+    a = _images(2).reshape(2, -1).requires_grad_(True)
+    z = relaxed_embedding(net, "z", Inference(steps=5), differentiable=True)(a)
+    (grad,) = torch.autograd.grad(z.abs().sum(), a)
+    assert grad.abs().sum() > 0
+    assert torch.allclose(z.detach(), relaxed_embedding(net, "z", Inference(steps=5))(a.detach()), atol=1e-5)

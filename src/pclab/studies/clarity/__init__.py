@@ -5,6 +5,12 @@ descent on the input, and measure how far the reconstruction is from the image (
 its embedding is close (``m_g`` vs ``m_r``). pclab adds the PCN's own route back: clamp the layer,
 relax the rest of the network, read the image.
 
+The main result is on trained networks: one architecture trained by PC learning, by backprop through
+inference (relaxing from zeros) and by backprop, each with the same budget and kept at its best
+validation epoch, compared layer by layer as paired differences over seeds. The gradient route runs
+pclab's procedure (Adam, annealed step) or Badger's exact one (``procedure="badger"``); the width test
+runs both, on untrained and trained one-hidden-layer chains.
+
 Modules: :mod:`.inversion` (inversion, blur, metrics, PSNR/SSIM; model-agnostic), :mod:`.pcn`
 (layers, embeddings and the native route of a PCN), :mod:`.trials` (the trial functions),
 :mod:`.study` (presets, trials, :func:`run`), :mod:`.reporting` (tables, figures, summary).

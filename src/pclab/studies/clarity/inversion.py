@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,29 @@ class InversionConfig:
             return None
         frac = t / max(self.steps - 1, 1)
         return self.blur_start + (self.blur_end - self.blur_start) * frac  # type: ignore[operator]
+
+
+PROCEDURES = ("pclab", "badger")
+
+BADGER = InversionConfig(steps=500, lr=0.1, lr_final=None, optimizer="sgd", init_mean=0.7, init_std=1 / 20)
+"""Badger's (2022) procedure for fully-connected nets: plain gradient descent, constant step 0.1,
+500 steps, start ``N(0.7, 1/20)`` with 1/20 read as the *standard deviation*: his code is PyTorch,
+where ``torch.normal(mean, s)`` takes a standard deviation ``s``; read as a variance (std 0.22), a
+fifth of the start pixels would fall outside [0.4, 1.0]. No blur."""
+
+BADGER_BLUR = (2.4, 0.4)
+"""Badger's blur for convolutional nets: Gaussian sigma (pixels) annealed 2.4 -> 0.4 over the steps."""
+
+
+def procedure_config(procedure: str, configured: InversionConfig, convolutional: bool) -> InversionConfig:
+    """The inversion settings of a named procedure: ``"pclab"`` -> ``configured`` (the study's own,
+    faster settings); ``"badger"`` -> :data:`BADGER`, with the annealed blur :data:`BADGER_BLUR` when the
+    embedding map is ``convolutional``."""
+    if procedure == "pclab":
+        return configured
+    if procedure == "badger":
+        return BADGER if not convolutional else replace(BADGER, blur_start=BADGER_BLUR[0], blur_end=BADGER_BLUR[1])
+    raise ValueError(f"inversion procedure: expected one of {list(PROCEDURES)}, got {procedure!r}")
 
 
 # ---------------------------------------------------------------------------- image utilities

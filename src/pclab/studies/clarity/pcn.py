@@ -135,12 +135,16 @@ def represent(model: PCN, images: torch.Tensor, inference: Inference, image: str
         return relax(model, {image: images}, inference).values
 
 
-def relaxed_embedding(model: PCN, layer: str, inference: Inference, image: str = IMAGE) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``O_l`` for a node without a feed-forward value: its value after relaxing with the image
-    clamped (not differentiable; used for the metrics of generative models)."""
+def relaxed_embedding(model: PCN, layer: str, inference: Inference, image: str = IMAGE,
+                      differentiable: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``O_l`` through the model's own inference: images -> ``layer``'s value after relaxing with the
+    image clamped. ``differentiable``: keep the unrolled relaxation's graph, so gradient descent on the
+    image can invert it (the generative direction); otherwise computed without a graph."""
     if layer not in model.nodes or layer == image:
         raise ValueError(f"unknown layer {layer!r}; nodes are {list(model.nodes)}")
-    return lambda a: represent(model, a, inference, image)[layer]
+    if not differentiable:
+        return lambda a: represent(model, a, inference, image)[layer]
+    return lambda a: relax(model, {image: a}, inference, differentiable=True).values[layer]
 
 
 def native_reconstruction(

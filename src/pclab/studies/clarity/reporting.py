@@ -12,11 +12,14 @@ import pandas as pd
 from ...io import load_torch
 from ...sweep import trial_id
 from ..report import Report, rule_colour, rule_name
-from ..stats import claim, paired_difference
+from ..stats import describe, mean_interval, paired_difference
 
 METRICS = ["m_g", "m_r", "m_i", "m_i_perturbation", "embedding_norm", "psnr", "ssim"]
 ROUTE_NAMES = {"gradient": "gradient descent on the input (L1 embedding loss)",
+               "gradient-relaxed": "gradient descent on the input through the model's relaxation (generative layers)",
                "pcn": "PCN relaxation with the layer clamped"}
+PROCEDURE_NAMES = {"pclab": "pclab's procedure (Adam, step annealed to 0)",
+                   "badger": "Badger's procedure (plain gradient descent, step 0.1, 500 steps, N(0.7, 0.05^2) start)"}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -31,10 +34,12 @@ def per_image_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             info = {"test": "models", "model": r["model"], "arch": r["arch"], "rule": r["rule"], "trained": r["trained"],
                     "generative_path": r["generative_path"], "seed": p["seed"]}
         else:
-            info = {"test": "width", "model": f"width {p['width']}", "arch": "width test", "rule": "untrained",
-                    "trained": False, "generative_path": False, "seed": p["seed"]}
+            rule = p.get("rule", "untrained")
+            info = {"test": "width", "model": f"width {p['width']} {rule}", "arch": "width test", "rule": rule,
+                    "trained": rule != "untrained", "generative_path": False, "seed": p["seed"]}
         for layer in r["layers"]:
             base = {k: layer[k] for k in ("layer", "depth", "width", "input_size", "route")}
+            base["procedure"] = layer.get("procedure", "pclab")
             for i in range(len(layer["m_i"])):
                 rows.append({**info, **base, "image": i, **{m: layer[m][i] for m in METRICS}})
     frame = pd.DataFrame(rows)
@@ -53,7 +58,7 @@ def _q(p: float):
 
 def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (model, layer, route): median and quartiles over test images (and seeds) of every metric."""
-    keys = ["test", "arch", "model", "rule", "trained", "layer", "depth", "width", "input_size", "route"]
+    keys = ["test", "arch", "model", "rule", "trained", "layer", "depth", "width", "input_size", "route", "procedure"]
     groups = frame.groupby(keys, sort=False)
     out = groups.size().rename("n").reset_index()
     for m in ["m_g", "m_r", "m_i", "m_i_perturbation", "psnr", "ssim"]:
@@ -64,15 +69,19 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def models_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The models studied: rule, accuracy, run directory, trial time."""
+    """The models studied: rule, selected epoch, validation and test metrics, run directory, trial cost."""
     rows = []
     for rec in records:
         if rec["status"] != "ok" or rec["params"]["kind"] != "model":
             continue
         r = rec["result"]
+        selection = r.get("selection") or {}
         rows.append({"model": r["model"], "arch": r["arch"], "kind": r["kind"], "rule": r["rule"], "seed": rec["params"]["seed"],
                      "dataset": r["dataset"], "epochs": r["epochs"] if r["trained"] else 0, "train_subset": r["train_subset"],
-                     "test_accuracy": r["test_accuracy"], "generative_path": r["generative_path"],
+                     "best_epoch": selection.get("best_epoch"), "selected_by": selection.get("metric"),
+                     "validation": selection.get("validation"), "test_accuracy": r["test_accuracy"], "recon_mse": r.get("recon_mse"),
+                     "procedure": r.get("procedure", "pclab"), "train_cpu_seconds": round(r.get("train_cpu_seconds", float("nan")), 1),
+                     "generative_path": r["generative_path"],
                      "layers": ", ".join(dict.fromkeys(layer["layer"] for layer in r["layers"])),
                      "amortiser_change": r.get("amortiser_change"), "trial_seconds": round(rec["seconds"], 1),
                      "cpu_seconds": round(r.get("cpu_seconds", float("nan")), 1), "run_dir": r["run_dir"]})
@@ -89,11 +98,10 @@ def _style(rule: str) -> dict[str, Any]:
 
 
 def image_grid(records: list[dict[str, Any]], out: Path, route: str, count: int, seed: int) -> plt.Figure | None:
-    """Rows: depth (target first); columns: models; each cell ``count`` test images side by side.
-
-    Drawn as one mosaic (one image, gaps of grey) so that large grids stay cheap to render.
-    """
-    columns = []
+    """Per architecture a block of rows -- the test images, then the untrained net (the reference row),
+    then each trained model -- and one column per layer (shallow to deep); each cell ``count`` test
+    images side by side. Drawn as one mosaic (gaps of grey) so that large grids stay cheap to render."""
+    blocks: dict[str, list[tuple[str, dict[str, Any], dict[str, int]]]] = {}
     for rec in records:
         p = rec["params"]
         if rec["status"] != "ok" or p["kind"] != "model" or p["seed"] != seed:
@@ -101,38 +109,50 @@ def image_grid(records: list[dict[str, Any]], out: Path, route: str, count: int,
         path = out / "artifacts" / trial_id(p) / "reconstructions.pt"
         if not path.exists():
             continue
-        pictures = load_torch(path)
         layers = {row["layer"]: row["depth"] for row in rec["result"]["layers"] if row["route"] == route}
         if layers:
-            columns.append((rec["result"]["model"], pictures, layers))
-    if not columns:
+            blocks.setdefault(rec["result"]["arch"], []).append((rec["result"]["rule"], load_torch(path), layers))
+    if not blocks:
         return None
-    max_depth = max(max(c[2].values()) for c in columns)
-    h, w = columns[0][1]["targets"].shape[-2:]
-    count = min(count, len(columns[0][1]["targets"]))
+    for rows in blocks.values():
+        rows.sort(key=lambda r: r[0] != "untrained")  # the untrained net first: the reference row
+    first = next(iter(blocks.values()))[0][1]["targets"]
+    h, w = first.shape[-2:]
+    count = min(count, len(first))
     gap = max(1, h // 7)
-    cell_w, cell_h = count * w + (count - 1), h
-    mosaic = np.full(((max_depth + 1) * (cell_h + gap), len(columns) * (cell_w + gap)), 0.5, dtype=np.float32)
-    labels = []
-    for j, (_name, pictures, layers) in enumerate(columns):
-        rows = {0: ("target", pictures["targets"])}
-        rows.update({d: (n, pictures[route][n]) for n, d in layers.items()})
-        for d, (layer, images) in rows.items():
-            y0, x0 = d * (cell_h + gap), j * (cell_w + gap)
-            for k in range(count):
-                mosaic[y0:y0 + h, x0 + k * (w + 1):x0 + k * (w + 1) + w] = images[k].float().mean(0).numpy()
-            if d > 0:
-                labels.append((x0, y0, layer))
-    fig, ax = plt.subplots(figsize=(min(1.2 * len(columns) + 0.8, 10.4), 1.0 * (max_depth + 1) + 0.8))
+    cell_w = count * w + (count - 1)
+    columns = max(len(r[0][2]) for r in blocks.values())
+    height = sum(len(rows) + 1 for rows in blocks.values())
+    mosaic = np.full((height * (h + gap) + gap * len(blocks), columns * (cell_w + gap)), 0.5, dtype=np.float32)
+    row_labels, layer_labels = [], []
+    y0 = 0
+    for arch, rows in blocks.items():
+        layers = sorted(rows[0][2], key=lambda n: rows[0][2][n])
+        entries = [(f"{arch}: test images", rows[0][1]["targets"], None)]
+        entries += [(f"{arch}: {rule}", pictures[route], layers) for rule, pictures, _ in rows]
+        for label, images, names in entries:
+            for j in range(len(layers)):
+                x0 = j * (cell_w + gap)
+                source = images if names is None else images.get(layers[j])
+                if source is None or (names is None and j > 0):
+                    continue
+                for k in range(count):
+                    mosaic[y0:y0 + h, x0 + k * (w + 1):x0 + k * (w + 1) + w] = source[k].float().mean(0).numpy()
+                if names is not None and label.endswith(rows[0][0]):
+                    layer_labels.append((x0, y0, layers[j]))
+            row_labels.append((y0 + h / 2, label))
+            y0 += h + gap
+        y0 += gap
+    fig, ax = plt.subplots(figsize=(min(1.4 * columns * count / 2 + 2.4, 10.4), 0.55 * height + 0.8))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    for x0, y0, layer in labels:
-        ax.text(x0 + 0.5, y0 + 0.5, layer, color="yellow", fontsize=6, va="top", ha="left")
-    ax.set_xticks([j * (cell_w + gap) + cell_w / 2 for j in range(len(columns))])
-    ax.set_xticklabels([c[0] for c in columns], fontsize=7, rotation=20)
+    for x0, y0_, layer in layer_labels:
+        ax.text(x0 + 0.5, y0_ + 0.5, layer, color="yellow", fontsize=6, va="top", ha="left")
+    ax.set_xticks([j * (cell_w + gap) + cell_w / 2 for j in range(columns)])
+    ax.set_xticklabels([f"layer {j + 1}" for j in range(columns)], fontsize=7)
     ax.xaxis.tick_top()
-    ax.set_yticks([d * (cell_h + gap) + cell_h / 2 for d in range(max_depth + 1)])
-    ax.set_yticklabels(["target"] + [f"depth {d}" for d in range(1, max_depth + 1)], fontsize=7)
-    ax.set_title(f"Reconstructions ({ROUTE_NAMES[route]}); pixels in [0, 1]", fontsize=8, pad=28)
+    ax.set_yticks([y for y, _ in row_labels])
+    ax.set_yticklabels([label for _, label in row_labels], fontsize=7)
+    ax.set_title(f"Reconstructions ({ROUTE_NAMES[route]}); columns: layers shallow to deep; pixels in [0, 1]", fontsize=8, pad=18)
     return fig
 
 
@@ -197,29 +217,33 @@ def key_figure(table: pd.DataFrame) -> plt.Figure | None:
 
 
 def width_figure(table: pd.DataFrame) -> plt.Figure | None:
-    """m_i, m_g vs m_r and SSIM of the hidden layer of untrained one-layer chains against its width."""
-    part = table[table["test"] == "width"]
+    """Per inversion procedure (rows): m_i, m_g vs m_r and SSIM of the hidden layer of one-hidden-layer
+    chains against its width (gradient route), one line per training rule (dashed: untrained)."""
+    part = table[(table["test"] == "width") & (table["route"] == "gradient")]
     if part.empty:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(10.4, 3.0))
-    for route, rows in part.groupby("route", sort=False):
-        rows = rows.sort_values("width")
-        colour = "tab:purple" if route == "gradient" else "tab:brown"
-        for ax, metric in zip(axes, ["m_i", "m_g", "ssim"]):
-            ax.plot(rows["width"], rows[f"{metric}_median"], marker="o", color=colour, label=f"{route}: {metric}")
-            ax.fill_between(rows["width"], rows[f"{metric}_q25"], rows[f"{metric}_q75"], color=colour, alpha=0.15)
-        axes[1].plot(rows["width"], rows["m_r_median"], marker="x", linestyle=":", color=colour, label=f"{route}: m_r")
-    labels = ["input distance m_i (L2, unit pixels)", "embedding distance (L2)", "SSIM"]
-    for ax, label in zip(axes, labels):
-        ax.axvline(part["input_size"].iloc[0], color="k", linestyle="--", linewidth=1, label="input size")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("hidden width (units)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    axes[1].set_yscale("log")
-    fig.suptitle("Width test: untrained [input, width, classes] tanh chain, reconstruction from the hidden layer "
-                 "(median, IQR band over test images)", fontsize=9)
-    fig.subplots_adjust(wspace=0.3)
+    procedures = list(dict.fromkeys(part["procedure"]))
+    fig, axes = plt.subplots(len(procedures), 3, figsize=(10.4, 2.8 * len(procedures) + 0.4), squeeze=False)
+    labels = ["input distance m_i (L2, unit pixels)", "embedding distance (L2): m_g -o-, m_r :x:", "SSIM"]
+    for i, procedure in enumerate(procedures):
+        for rule, rows in part[part["procedure"] == procedure].groupby("rule", sort=False):
+            rows = rows.sort_values("width")
+            style = _style(rule)
+            for ax, metric in zip(axes[i], ["m_i", "m_g", "ssim"]):
+                ax.plot(rows["width"], rows[f"{metric}_median"], marker="o", label=rule, **style)
+                ax.fill_between(rows["width"], rows[f"{metric}_q25"], rows[f"{metric}_q75"], color=style["color"], alpha=0.12)
+            axes[i, 1].plot(rows["width"], rows["m_r_median"], marker="x", linestyle=":", color=style["color"])
+        for ax, label in zip(axes[i], labels):
+            ax.axvline(part["input_size"].iloc[0], color="k", linestyle="--", linewidth=1)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("hidden width (units)")
+            ax.set_ylabel(label, fontsize=7)
+            ax.set_title(f"{procedure} procedure", fontsize=8)
+        axes[i, 1].set_yscale("log")
+        axes[i, 0].legend(fontsize=7)
+    fig.suptitle("Width test: [input, width, classes] tanh chains, reconstruction from the hidden layer (median, IQR band over "
+                 "test images; dashed vertical line: input size)\n" + "; ".join(PROCEDURE_NAMES.get(p, p) for p in procedures), fontsize=8)
+    fig.subplots_adjust(wspace=0.3, hspace=0.55)
     return fig
 
 
@@ -282,16 +306,20 @@ def _depth_sentences(grad: pd.DataFrame) -> list[str]:
 
 
 def _width_sentences(width: pd.DataFrame) -> list[str]:
-    rows = width[width["route"] == "gradient"].sort_values("width")
-    if rows.empty:
-        return []
+    lines = []
+    for (procedure, rule), group in width[width["route"] == "gradient"].groupby(["procedure", "rule"], sort=False):
+        lines += _width_group(group.sort_values("width"), f"{rule}, {procedure} procedure")
+    return lines
+
+
+def _width_group(rows: pd.DataFrame, what: str) -> list[str]:
     size = int(rows["input_size"].iloc[0])
     narrow, wide = rows[rows["width"] < size], rows[rows["width"] >= size]
     lines = []
     if not narrow.empty and not wide.empty:
         claim = narrow["m_i_median"].min() > wide["m_i_median"].max()
         lines.append(
-            f"Width test ({size}-pixel input, untrained tanh layer): widths below the input ({', '.join(map(str, narrow['width']))}) "
+            f"Width test ({size}-pixel input, tanh layer, {what}): widths below the input ({', '.join(map(str, narrow['width']))}) "
             f"leave median m_i {_fmt(narrow['m_i_median'].min())}-{_fmt(narrow['m_i_median'].max())} (SSIM "
             f"{_fmt(narrow['ssim_median'].min())}-{_fmt(narrow['ssim_median'].max())}); widths at or above it "
             f"({', '.join(map(str, wide['width']))}) reach {_fmt(wide['m_i_median'].min())}-{_fmt(wide['m_i_median'].max())} "
@@ -303,8 +331,8 @@ def _width_sentences(width: pd.DataFrame) -> list[str]:
         if not reached.empty:
             lines.append(f"At widths {', '.join(map(str, reached['width']))} the embedding itself was matched (m_g < m_r) "
                          "while the image was not: the layer maps distinct inputs to the same embedding.")
-    elif not rows.empty:
-        lines.append(f"Width test: only widths on one side of the {size}-pixel input were run; no comparison possible.")
+    else:
+        lines.append(f"Width test ({what}): only widths on one side of the {size}-pixel input were run; no comparison possible.")
     return lines
 
 
@@ -384,65 +412,104 @@ def _route_sentences(models_rows: pd.DataFrame, models: pd.DataFrame) -> list[st
 
 
 # ---------------------------------------------------------------------------- findings
-QUESTION = ("What does each layer of a network represent -- can the input be reconstructed from a layer's embedding -- and does "
-            "training by PC learning or by backprop make layers clearer?")
+QUESTION = ("Is the input more recoverable from the layers of a PC-trained network than from those of the same network "
+            "trained by backprop or by backprop through inference, and does the width below which a layer cannot be "
+            "inverted move with training?")
 
-_MI = "median input distance m_i (L2, pixels in [0, 1])"
-
-
-def _per_seed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Median m_i over test images per (test, arch, model, rule, layer, depth, width, route, seed)."""
-    keys = ["test", "arch", "model", "rule", "layer", "depth", "width", "route", "seed"]
-    return frame.groupby(keys, sort=False)["m_i"].median().reset_index()
+_MI = "mean input distance m_i (L2, pixels in [0, 1]; lower = more recoverable)"
+COMPARISONS = (("pc", "bp"), ("pc", "bp-through-inference"))
+"""The rule pairs the Findings compare layer by layer (first minus second)."""
 
 
-def findings(frame: pd.DataFrame) -> list[str]:
-    """Sentences from the per-image metrics, each a seed-paired difference of median m_i with its
-    interval: depth (untrained, deepest minus first layer), training (each rule minus untrained at the
-    first layer, mean over architectures), width (narrowest minus widest untrained layer), and the PCN
-    route minus the gradient route."""
+def per_seed(frame: pd.DataFrame, metric: str = "m_i") -> pd.DataFrame:
+    """Mean of ``metric`` over test images per (test, arch, model, rule, layer, depth, width, route,
+    procedure, seed): seeds are the unit of replication, images within a seed are averaged."""
+    keys = ["test", "arch", "model", "rule", "layer", "depth", "width", "route", "procedure", "seed"]
+    return frame.groupby(keys, sort=False)[[metric, "m_i_perturbation"]].mean().reset_index()
+
+
+def width_thresholds(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per (procedure, rule, seed): the smallest width from which on every wider layer of the grid is
+    inverted -- mean m_i below the input distance of the m_r perturbation (a reconstruction as close
+    as 5 % pixel noise) -- or NaN when no width of the grid is."""
+    rows = []
+    width = seeds[(seeds["test"] == "width") & (seeds["route"] == "gradient")]
+    for (procedure, rule, seed), group in width.groupby(["procedure", "rule", "seed"], sort=False):
+        group = group.sort_values("width")
+        inverted = (group["m_i"] < group["m_i_perturbation"]).to_numpy()
+        threshold = np.nan
+        for i in range(len(group) - 1, -1, -1):
+            if not inverted[i]:
+                break
+            threshold = float(group["width"].iloc[i])
+        rows.append({"procedure": procedure, "rule": rule, "seed": seed, "threshold": threshold})
+    return pd.DataFrame(rows, columns=["procedure", "rule", "seed", "threshold"])
+
+
+def _paired(cells: pd.DataFrame, index: str, column: str, a: str, b: str):
+    table = cells.pivot_table(index=index, columns=column, values="m_i", aggfunc="first")
+    if a not in table or b not in table:
+        return None
+    both = table[[a, b]].dropna()
+    return paired_difference(both[a].to_numpy(), both[b].to_numpy()) if len(both) else None
+
+
+def findings(frame: pd.DataFrame, models: pd.DataFrame | None = None) -> list[str]:
+    """Sentences from the per-image metrics, each a mean paired difference over seeds with its 95 %
+    interval (:mod:`pclab.studies.stats`): per architecture and layer, each pair of :data:`COMPARISONS`
+    (gradient route); the width threshold of each trained rule minus the untrained one (log2 units) per
+    procedure; the generative direction (PCN route minus gradient descent through the relaxation); the
+    accuracies of the compared models."""
     if frame.empty:
         return ["No trial finished; no finding."]
-    seeds = _per_seed(frame)
+    seeds = per_seed(frame)
     grad = seeds[(seeds["route"] == "gradient") & (seeds["test"] == "models")]
     lines = []
-    untrained = grad[grad["rule"] == "untrained"]
-    if not untrained.empty:
-        arch = untrained["arch"].iloc[0]
-        rows = untrained[untrained["arch"] == arch]
-        first, last = int(rows["depth"].min()), int(rows["depth"].max())
-        if first != last:
-            wide = rows.pivot_table(index="seed", columns="depth", values="m_i", aggfunc="first")[[first, last]].dropna()
-            lines.append(claim(f"Untrained {arch} network, gradient route: {_MI} at depth {last} minus at depth {first}",
-                               paired_difference(wide[last].to_numpy(), wide[first].to_numpy()), unit="", digits=3, within=None))
-    first_layer = grad[grad["depth"] == grad.groupby("arch")["depth"].transform("min")]
-    base = first_layer[first_layer["rule"] == "untrained"].groupby(["arch", "seed"])["m_i"].first()
-    for rule in [r for r in dict.fromkeys(first_layer["rule"]) if r != "untrained"]:
-        trained = first_layer[first_layer["rule"] == rule].groupby(["arch", "seed"])["m_i"].first()
-        both = pd.concat({"trained": trained, "untrained": base}, axis=1).dropna()
-        if both.empty:
+    for a, b in COMPARISONS:
+        parts = []
+        for arch, rows in grad.groupby("arch", sort=False):
+            if not {a, b} <= set(rows["rule"]):
+                continue
+            for layer, cells in sorted(rows.groupby("layer"), key=lambda kv: kv[1]["depth"].iloc[0]):
+                interval = _paired(cells, "seed", "rule", a, b)
+                if interval is not None:
+                    parts.append(f"{arch} {layer} {describe(interval, unit='', digits=3, within=None)}")
+        if parts:
+            lines.append(f"{rule_name(a)} minus {rule_name(b)}, {_MI}, by architecture and layer: " + "; ".join(parts) + ".")
+    thresholds = width_thresholds(seeds)
+    for procedure, group in thresholds.groupby("procedure", sort=False):
+        table = group.pivot_table(index="seed", columns="rule", values="threshold", aggfunc="first", dropna=False)
+        if "untrained" not in table:
             continue
-        per_seed = both.groupby(level="seed").mean()
-        archs = both.index.get_level_values("arch").nunique()
-        lines.append(claim(f"{rule_name(rule)} minus untrained, {_MI} at the first layer "
-                           f"({'mean of ' + str(archs) + ' architectures' if archs > 1 else both.index[0][0]})",
-                           paired_difference(per_seed["trained"].to_numpy(), per_seed["untrained"].to_numpy()),
-                           unit="", digits=3, within=None))
-    width = seeds[(seeds["test"] == "width") & (seeds["route"] == "gradient")]
-    if width["width"].nunique() > 1:
-        lo, hi = int(width["width"].min()), int(width["width"].max())
-        wide = width.pivot_table(index="seed", columns="width", values="m_i", aggfunc="first")[[lo, hi]].dropna()
-        lines.append(claim(f"Width test (untrained layer): {_MI} at width {lo} minus at width {hi}",
-                           paired_difference(wide[lo].to_numpy(), wide[hi].to_numpy()), unit="", digits=3, within=None))
-    models = seeds[seeds["test"] == "models"]
-    if (models["route"] == "pcn").any():
-        cells = models.pivot_table(index=["model", "layer", "seed"], columns="route", values="m_i", aggfunc="first")
-        if {"pcn", "gradient"} <= set(cells.columns):
-            cells = cells[["pcn", "gradient"]].dropna()
-            per_seed = cells.groupby(level="seed").mean()
-            lines.append(claim(f"PCN route minus gradient route, {_MI} (mean of {len(cells) // max(1, len(per_seed))} model x layer "
-                               "cells)", paired_difference(per_seed["pcn"].to_numpy(), per_seed["gradient"].to_numpy()),
-                               unit="", digits=3, within=None))
+        base = table["untrained"]
+        summary = ", ".join(f"{rule} {'/'.join('none' if np.isnan(v) else str(int(v)) for v in table[rule])}" for rule in table.columns)
+        parts = []
+        for rule in [r for r in table.columns if r != "untrained"]:
+            both = pd.concat([np.log2(table[rule]), np.log2(base)], axis=1).dropna()
+            interval = paired_difference(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy())
+            parts.append(f"{rule_name(rule)} minus untrained {describe(interval, unit='octaves', digits=2, within=None)}")
+        lines.append(f"Width threshold ({PROCEDURE_NAMES.get(procedure, procedure)}; smallest width from which every wider layer "
+                     f"is inverted to within the m_r perturbation's input distance; per seed: {summary}): "
+                     + ("; ".join(parts) if parts else "no trained rule in the width test") + ".")
+    generative = seeds[(seeds["test"] == "models") & seeds["route"].isin(["gradient-relaxed", "pcn"])]
+    parts = []
+    for (model, layer), cells in generative.groupby(["model", "layer"], sort=False):
+        interval = _paired(cells, "seed", "route", "pcn", "gradient-relaxed")
+        if interval is not None and "gradient-relaxed" in set(cells["route"]):
+            parts.append(f"{model} {layer} {describe(interval, unit='', digits=3, within=None)}")
+    if parts:
+        lines.append(f"Generative direction, the PCN's own reconstruction minus gradient descent on the input through the "
+                     f"relaxation, {_MI}: " + "; ".join(parts) + ".")
+    if models is not None and not models.empty:
+        trained = models[(models["rule"] != "untrained") & models["test_accuracy"].notna()]
+        parts = []
+        for model, rows in trained.groupby("model", sort=False):
+            acc = mean_interval(100 * rows["test_accuracy"]).clipped(0.0, 100.0)
+            parts.append(f"{model} {acc.mean:.1f} %" + (f" (95 % CI {acc.low:.1f} to {acc.high:.1f}, n={acc.n} seeds)" if acc.computable
+                                                        else f" (n={acc.n} seed)"))
+        if parts:
+            lines.append("Test accuracy of the models compared (weights of the best validation epoch, native read-out): "
+                         + "; ".join(parts) + ".")
     return lines or ["No comparison possible in this run."]
 
 
@@ -456,19 +523,35 @@ def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], co
     frame = per_image_frame(records)
     table = layer_table(frame) if not frame.empty else pd.DataFrame()
     models = models_table(records)
-    report.findings(findings(frame))
+    report.findings(findings(frame, models))
     report.statements(summary_lines(table, models, len(failed)) if not table.empty else ["No trial finished; nothing to report."])
     cpu = sum(r["result"].get("cpu_seconds", 0.0) for r in records if r["status"] == "ok")
     wall = sum(r["seconds"] for r in records)
     cost = f"{cpu:.0f} CPU-seconds of trial processes, " if cpu > 0 else ""
     report.statements([f"Cost: {len(records)} trials, {cost}{wall:.0f} s summed trial wall time (trials run in parallel, "
                     "one CPU each; both include training the models)."])
+    procedure = config.get("procedure", "pclab")
+    report.statements([f"Inversion procedure of the models: {PROCEDURE_NAMES.get(procedure, procedure)}; width test: "
+                       + ", ".join(PROCEDURE_NAMES.get(p, p) for p in config.get("width_test", {}).get("procedures", ["pclab"])) + "."])
+    report.methods(
+        "Training and selection",
+        f"Every trained model gets the same budget: {config['training'].get('epochs')} epoch(s) of batch {config['training'].get('batch_size')} "
+        f"on the training split minus a stratified validation part ({config['training'].get('validation')} of it); the weights of "
+        "the epoch with the best validation metric (accuracy of the native read-out; image MSE for generative models) are "
+        "studied and their test accuracy reported. Backprop through inference relaxes from zeros (from the feed-forward start a "
+        "discriminative chain is already at equilibrium and the rule is plain backprop). Seeds are the unit of replication: "
+        "metrics are averaged over test images within a seed and rules are compared by mean paired differences over seeds "
+        "with 95 % t-intervals.",
+    )
     report.methods(
         "Method (Badger 2022)",
         "Layer l's embedding O_l(a) of an image a is the feed-forward value of node l (a cross-entropy label node gives its "
         "logits). Gradient route: starting from noise a_0 ~ N(mu, sigma^2) (unit pixel scale, Badger's N(0.7, 1/20) read as "
-        "fractions of the pixel range), a descends sum |O_l(a_target) - O_l(a)| with the configured optimiser, step size and "
-        "optional annealed Gaussian blur. PCN route: node l is clamped to the value the model's own inference gives it with the "
+        "fractions of the pixel range), a descends sum |O_l(a_target) - O_l(a)| with the procedure's optimiser, step size and "
+        "optional annealed Gaussian blur (Badger's: plain gradient descent, step 0.1, 500 steps, sigma 1/20 read as a standard "
+        "deviation, no blur for fully-connected nets, blur 2.4 -> 0.4 for convolutional ones; pclab's: Adam with a step annealed "
+        "to 0). Generative direction (layers on the image's generative path): O_l(a) is the layer's value after the model's own "
+        "relaxation with a clamped, differentiated through the unrolled relaxation. PCN route: node l is clamped to the value the model's own inference gives it with the "
         "image clamped; every other node, image included, is relaxed from the same noise start; the reconstruction is the "
         "image's prediction where a decoder predicts the image (the hybrid model) and the relaxed image node otherwise (a "
         "discriminative chain has no generative path: nothing predicts the image, only the errors of the layers it feeds move it)."
@@ -482,11 +565,12 @@ def write_report(records: list[dict[str, Any]], failed: list[dict[str, Any]], co
         report.figure(fig, "clarity_vs_depth", "How far the reconstruction from each layer is from the test image (m_i, lower = "
                       "clearer; gradient route), by layer depth; one colour per training rule, dashed = untrained; median over "
                       "test images, IQR band.", key=True)
-    for route in ("gradient", "pcn"):
+    for route in ("gradient", "gradient-relaxed", "pcn"):
         fig = image_grid(records, out, route, config.get("grid_images", 4), config["seeds"][0])
         if fig is not None:
-            report.figure(fig, f"grid_{route}", f"Test images (top row) reconstructed from each layer (rows, by depth) of each model "
-                          f"(columns), {ROUTE_NAMES[route]}, seed {config['seeds'][0]}.")
+            report.figure(fig, f"grid_{route}", f"Test images reconstructed from each layer (columns, shallow to deep), per "
+                          f"architecture one row per training rule below the untrained net (the reference row), {ROUTE_NAMES[route]}, "
+                          f"seed {config['seeds'][0]}.")
     for route in ("gradient", "pcn"):
         if not table.empty:
             fig = depth_curves(table, route)

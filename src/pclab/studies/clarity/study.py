@@ -12,89 +12,105 @@ from ...sweep import failures, run_trials
 from ...train import validate
 from ...train.config import DATA_SHAPES, MAX_EPOCHS, MAX_STEPS, ConfigError, InferenceConfig, validate_section
 from ..settings import check_settings, preflight
-from .inversion import InversionConfig
+from .inversion import PROCEDURES, InversionConfig
 from .reporting import write_report
 from .trials import run_trial
 
-_MNIST_TRAINING = {"dataset": "mnist", "batch_size": 64, "train_subset": 10000, "test_subset": 2000, "epochs": 1}
+_MNIST_TRAINING = {"dataset": "mnist", "batch_size": 64, "train_subset": 10000, "test_subset": 2000, "epochs": 1, "validation": 0.1}
 
-# the learning rules compared, with their inference and optimiser settings
+_INFERENCE = {"steps": 8, "optimizer": "sgd", "lr": 0.1}
+_ADAM = {"optimizer": "adam", "lr": 1e-3}
+
+# The learning rules compared, by name: the name is the rule's label in every table and Finding, and
+# each entry is the run configuration's "inference" and "learning" sections, so a rule that is a
+# relaxation variant is one more entry (ePC: {"inference": {..., "parametrisation": "error"},
+# "learning": {"rule": "pc", ...}} once the core's inference has it).
+# bp-through-inference starts its relaxation from zeros: from the feed-forward start a discriminative
+# chain with only the image clamped is already at its energy minimum, and the rule is plain backprop.
 _RULES: dict[str, dict[str, Any]] = {
-    "pc": {"inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1}, "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3}},
-    "bp-through-inference": {
-        "inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1},
-        "learning": {"rule": "bp-through-inference", "optimizer": "adam", "lr": 1e-3},
-    },
-    "bp": {"inference": {"steps": 8, "optimizer": "sgd", "lr": 0.1}, "learning": {"rule": "bp", "optimizer": "adam", "lr": 1e-3}},
+    "pc": {"inference": {**_INFERENCE, "init": "forward"}, "learning": {"rule": "pc", **_ADAM}},
+    "bp-through-inference": {"inference": {**_INFERENCE, "init": "zeros"}, "learning": {"rule": "bp-through-inference", **_ADAM}},
+    "bp": {"inference": {**_INFERENCE, "init": "forward"}, "learning": {"rule": "bp", **_ADAM}},
 }
 
-# the hybrid image/latent/label model (REFERENCE 4): the one default model with a generative path
+# the hybrid image/latent/label model (REFERENCE 4) and a generative chain: the models with a generative path
 _HYBRID = {
     "model": {"kind": "rathjens_wiskott", "complexity": "small", "latent": 16},
     "inference": {"steps": 20, "optimizer": "sgd", "lr": 0.1},
     "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3, "lam": 0.5},
 }
 
-# Gradient route: Adam with a step size annealed to 0 (Badger's plain eps = 0.1 gradient descent is
-# {"optimizer": "sgd", "lr": 0.1, "lr_final": None}; with an L1 loss it stalls at a distance ~ eps).
+
+def _generative(widths: list[int]) -> dict[str, Any]:
+    return {"model": {"kind": "generative_mlp", "widths": widths}, "inference": {"steps": 20, "optimizer": "sgd", "lr": 0.1},
+            "learning": {"rule": "pc", "optimizer": "adam", "lr": 1e-3}}
+
+
+# Gradient route, pclab's procedure: Adam with a step size annealed to 0 (Badger's plain eps = 0.1
+# gradient descent, procedure "badger", stalls at a distance ~ eps on the L1 loss).
 _INVERSION = InversionConfig(steps=500, lr=0.05, lr_final=0.0, optimizer="adam").to_dict()
 # PCN route: relax every node but the clamped layer, image included, for this many steps
 _NATIVE = {"steps": 300, "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "init": "forward"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "description": "seconds: 8x8 digits, two small chains, 1 epoch, 6 images, 60 steps (tests)",
-        "training": {"dataset": "digits", "batch_size": 64, "train_subset": 512, "test_subset": 200, "epochs": 1},
+        "description": "seconds: 8x8 digits, two small chains, 2 epochs, 2 seeds, 6 images, 60 steps (tests)",
+        "training": {"dataset": "digits", "batch_size": 64, "train_subset": 512, "test_subset": 200, "epochs": 2, "validation": 0.2},
         "architectures": {
             "wide": {"kind": "mlp", "widths": [64, 96, 96, 10], "activation": "tanh"},
             "narrow": {"kind": "mlp", "widths": [64, 24, 24, 10], "activation": "tanh"},
         },
         "rules": _RULES,
-        "extra_models": {"hybrid": _HYBRID},
-        "seeds": [0],
+        "extra_models": {"hybrid": _HYBRID, "generative": _generative([8, 32, 64])},
+        "seeds": [0, 1],
         "images": 6,
         "perturbation_std": 0.05,
+        "procedure": "pclab",
         "inversion": {**_INVERSION, "steps": 60, "lr": 0.1},
         "native": {**_NATIVE, "steps": 40},
-        "width_test": {"dataset": "digits", "widths": [16, 32, 64, 128], "activation": "tanh", "images": 6},
+        "width_test": {"dataset": "digits", "widths": [16, 32, 64, 128], "activation": "tanh", "images": 6,
+                       "rules": ["untrained", "pc"], "procedures": ["pclab", "badger"]},
         "grid_images": 3,
     },
     "quick": {
-        "description": "a few minutes on 2 CPU cores: MNIST (10k images, 1 epoch), 784-1000-1000-10 and 784-256-256-10 tanh "
-                       "chains by pc, bp-through-inference and bp, a PC-trained hybrid, 16 test images, 500 steps",
-        "training": _MNIST_TRAINING,
+        "description": "under 10 minutes on 2 CPU cores: MNIST (10k training images, 2 epochs), 784-1000-1000-10 and 784-256-256-10 "
+                       "tanh chains by pc, bp-through-inference and bp, a PC-trained hybrid and generative chain, 3 seeds, "
+                       "16 test images, 500 steps; width test untrained and trained by pc and bp, both procedures",
+        "training": {**_MNIST_TRAINING, "epochs": 2},
         "architectures": {
             "wide": {"kind": "mlp", "widths": [784, 1000, 1000, 10], "activation": "tanh"},
             "narrow": {"kind": "mlp", "widths": [784, 256, 256, 10], "activation": "tanh"},
         },
         "rules": _RULES,
-        "extra_models": {"hybrid": _HYBRID},
-        "seeds": [0],
+        "extra_models": {"hybrid": _HYBRID, "generative": _generative([16, 256, 784])},
+        "seeds": [0, 1, 2],
         "images": 16,
         "perturbation_std": 0.05,
+        "procedure": "pclab",
         "inversion": _INVERSION,
         "native": _NATIVE,
-        "width_test": {"dataset": "mnist", "widths": [64, 256, 512, 784, 1024, 2048], "activation": "tanh", "images": 16},
+        "width_test": {"dataset": "mnist", "widths": [64, 256, 512, 784, 1024, 2048], "activation": "tanh", "images": 16,
+                       "rules": ["untrained", "pc", "bp"], "procedures": ["pclab", "badger"]},
         "grid_images": 4,
     },
-    "full": {
-        "description": "about 2-3 hours on 2 CPU cores (a budget scaled from the quick preset): "
-                       "full MNIST, 5 epochs, three seeds, a deeper chain, 64 test images, 1500 steps",
+    "standard": {
+        "description": "about 1 hour on 2 CPU cores (sized from measured per-trial CPU seconds): full MNIST (54k training, "
+                       "6k validation), 5 epochs, the quick preset's models, 6 seeds, 32 test images, 7 widths",
         "training": {**_MNIST_TRAINING, "train_subset": None, "test_subset": None, "epochs": 5},
         "architectures": {
             "wide": {"kind": "mlp", "widths": [784, 1000, 1000, 10], "activation": "tanh"},
             "narrow": {"kind": "mlp", "widths": [784, 256, 256, 10], "activation": "tanh"},
-            "deep": {"kind": "mlp", "widths": [784, 1000, 1000, 1000, 1000, 10], "activation": "tanh"},
         },
         "rules": _RULES,
-        "extra_models": {"hybrid": _HYBRID},
-        "seeds": [0, 1, 2],
-        "images": 64,
+        "extra_models": {"hybrid": _HYBRID, "generative": _generative([16, 256, 784])},
+        "seeds": [0, 1, 2, 3, 4, 5],
+        "images": 32,
         "perturbation_std": 0.05,
-        "inversion": {**_INVERSION, "steps": 1500},
-        "native": {**_NATIVE, "steps": 1000},
-        "width_test": {"dataset": "mnist", "widths": [32, 64, 128, 256, 512, 700, 784, 900, 1024, 2048, 4096],
-                       "activation": "tanh", "images": 64},
+        "procedure": "pclab",
+        "inversion": _INVERSION,
+        "native": _NATIVE,
+        "width_test": {"dataset": "mnist", "widths": [64, 128, 256, 512, 784, 1024, 2048], "activation": "tanh", "images": 32,
+                       "rules": ["untrained", "pc", "bp"], "procedures": ["pclab", "badger"]},
         "grid_images": 4,
     },
 }
@@ -110,10 +126,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_POSITIVE = ("images", "grid_images", "width_test.images", "width_test.widths[]", "inversion.steps", "inversion.lr", "native.steps",
+_POSITIVE = ("images", "grid_images", "training.validation", "width_test.images", "width_test.widths[]", "inversion.steps", "inversion.lr", "native.steps",
              "native.lr", "training.batch_size", "training.train_subset", "training.test_subset", "training.epochs")
 _LIMITS = {"images": (1, 10_000), "width_test.images": (1, 10_000), "grid_images": (1, 64), "width_test.widths[]": (1, 100_000),
-           "inversion.steps": (1, MAX_STEPS), "native.steps": (1, MAX_STEPS), "training.epochs": (1, MAX_EPOCHS)}
+           "inversion.steps": (1, MAX_STEPS), "native.steps": (1, MAX_STEPS), "training.epochs": (1, MAX_EPOCHS),
+           "training.validation": (0.01, 0.5)}
 
 
 def resolve(preset: str, overrides: dict[str, Any] | None = None, runs: list[Path] | None = None) -> dict[str, Any]:
@@ -132,6 +149,13 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None, runs: list[Pat
     config = _merge(PRESETS[preset], overrides)
     check_settings("clarity", config, PRESETS, positive=_POSITIVE, signed=("inversion.init_mean",), limits=_LIMITS,
                    open_keys=("architectures", "rules", "extra_models"))
+    for path, value in [("procedure", config["procedure"])] + [("width_test.procedures[]", v) for v in config["width_test"]["procedures"]]:
+        if value not in PROCEDURES:
+            raise ConfigError(f"clarity study setting {path}: expected one of {list(PROCEDURES)}, got {value!r}"[:300])
+    for rule in config["width_test"]["rules"]:
+        if rule != "untrained" and rule not in config["rules"]:
+            raise ConfigError(f"clarity study setting width_test.rules[]: expected 'untrained' or one of {sorted(config['rules'])}, "
+                              f"got {rule!r}"[:300])
     try:
         InversionConfig.from_dict(config["inversion"])  # fail before any work
     except (ValueError, TypeError) as err:
@@ -154,20 +178,19 @@ def check_trials(config: dict[str, Any]) -> int:
         if t["kind"] == "model" and "train" in t["source"]:
             items.append((f"{t['label']} seed {t['seed']}", functools.partial(validate, t["source"]["train"], f"clarity model {t['label']}")))
         elif t["kind"] == "width":
-            (c, h, w), classes = DATA_SHAPES.get(t["dataset"], ((1, 1, 1), 1))
-            data = {"model": {"kind": "mlp", "widths": [c * h * w, t["width"], classes], "activation": t["activation"]},
-                    "data": {"dataset": t["dataset"]}, "seed": t["seed"]}
-            items.append((f"width {t['width']} seed {t['seed']}", functools.partial(validate, data, f"clarity width test {t['width']}")))
+            items.append((f"width {t['width']} {t['rule']} seed {t['seed']}",
+                          functools.partial(validate, t["train"], f"clarity width test {t['width']}")))
     return preflight("clarity", items)
 
 
-def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: dict[str, Any], seed: int) -> dict[str, Any]:
+def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: dict[str, Any], seed: int,
+                dataset: str | None = None) -> dict[str, Any]:
     t = config["training"]
     return {
         "model": model,
         "inference": rule.get("inference", {}),
         "learning": rule.get("learning", {}),
-        "data": {"dataset": t["dataset"], "batch_size": t["batch_size"], "train_subset": t["train_subset"],
+        "data": {"dataset": dataset or t["dataset"], "batch_size": t["batch_size"], "train_subset": t["train_subset"],
                  "test_subset": t["test_subset"]},
         "epochs": t["epochs"],
         "seed": seed,
@@ -179,7 +202,8 @@ def _run_config(config: dict[str, Any], name: str, model: dict[str, Any], rule: 
 def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every trial of a resolved configuration: models (trained and untrained) and the width test."""
     common = {"images": config["images"], "inversion": config["inversion"], "native": config["native"],
-              "perturbation_std": config["perturbation_std"]}
+              "perturbation_std": config["perturbation_std"], "procedure": config["procedure"],
+              "validation": config["training"]["validation"]}
     out: list[dict[str, Any]] = []
     for seed in config["seeds"]:
         if config["runs"]:
@@ -193,22 +217,29 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
             for arch, model in config["architectures"].items():
                 for i, (rule, settings) in enumerate(config["rules"].items()):
                     run = _run_config(config, f"{arch}-{rule}", model, settings, seed)
-                    out.append({"kind": "model", "label": f"{arch} {rule}", "arch": arch, "source": {"train": run},
+                    out.append({"kind": "model", "label": f"{arch} {rule}", "arch": arch, "rule": rule, "source": {"train": run},
                                 "trained": True, "seed": seed, **common})
                     if i == 0:  # the initial weights depend on the architecture and seed only
                         out.append({"kind": "model", "label": f"{arch} untrained", "arch": arch, "source": {"train": run},
                                     "trained": False, "seed": seed, **common})
             for name, spec in config["extra_models"].items():
                 run = _run_config(config, name, spec["model"], spec, seed)
-                out.append({"kind": "model", "label": f"{name} {spec['learning']['rule']}", "arch": name,
+                rule = spec["learning"]["rule"]
+                out.append({"kind": "model", "label": f"{name} {rule}", "arch": name, "rule": rule,
                             "source": {"train": run}, "trained": True, "seed": seed, **common})
                 out.append({"kind": "model", "label": f"{name} untrained", "arch": name, "source": {"train": run},
                             "trained": False, "seed": seed, **common})
         wt = config["width_test"]
-        for width in wt["widths"]:
-            out.append({"kind": "width", "dataset": wt["dataset"], "width": width, "activation": wt["activation"],
-                        "seed": seed, "images": wt["images"], "inversion": config["inversion"], "native": config["native"],
-                        "perturbation_std": config["perturbation_std"]})
+        (c, h, w), classes = DATA_SHAPES.get(wt["dataset"], ((1, 1, 1), 1))
+        for rule in wt["rules"]:
+            for width in wt["widths"]:
+                model = {"kind": "mlp", "widths": [c * h * w, width, classes], "activation": wt["activation"]}
+                settings = config["rules"].get(rule) or next(iter(config["rules"].values()))
+                run = _run_config(config, f"width{width}-{rule}", model, settings, seed, dataset=wt["dataset"])
+                out.append({"kind": "width", "dataset": wt["dataset"], "width": width, "activation": wt["activation"], "rule": rule,
+                            "train": run, "seed": seed, "images": wt["images"], "inversion": config["inversion"],
+                            "procedures": wt["procedures"], "native": config["native"], "perturbation_std": config["perturbation_std"],
+                            "validation": config["training"]["validation"]})
     return out
 
 
@@ -223,8 +254,8 @@ def run(
     """Run the clarity study and write its report; returns the path of ``report.html``.
 
     Args:
-        preset: ``"tiny"``, ``"quick"`` or ``"full"`` (see ``PRESETS``).
-        out: study folder: ``trials/``, ``runs/`` (models it trains), ``artifacts/`` (images),
+        preset: ``"tiny"``, ``"quick"`` or ``"standard"`` (see ``PRESETS``).
+        out: study folder: ``trials/``, ``models/`` (the weights of the models it trains, ``best.pt``), ``artifacts/`` (images),
             ``report.html``, ``tables/``, ``figures/``.
         address: Ray cluster address (``None``: embedded Ray).
         executor: ``"ray"`` or ``"serial"``.
