@@ -75,10 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "the paper's settings on one 2-core machine: MNIST, all training images but the 500 of the validation split, the "
             "full test set, 10 epochs, batch 512, Adam 1e-3, inputs in [-1, 1]; d in {2, 4, 16}, lam in {0, .25, .5, .75, 1}, "
             "seeds 0-2; (a) on Small and Medium, (b) and (c) on Small; relaxation chosen from T in {4, 8, 16}; 180 runs. "
-            "Cost from CPU time per epoch measured on this machine (59,500 images): Small (a) 0.6 s, Medium (a) 3.9 s, "
-            "Small (c) 2.5-3.0 s at T = 4 and 3.9-4.9 s at T = 8, Small (b) 4.0-5.4 s at T = 4 and 7.8-8.0 s at T = 8, plus "
-            "2-6 s per run for evaluation and probes: about 7,000 CPU seconds (1 hour on 2 cores) if T stays at 4-8 as in "
-            "quick, 14,400 (2 hours) if every epoch of (b) and (c) chose T = 16."
+            "Budget: about 1-2 hours on 2 cores, sized from measured CPU time per epoch (the benchmarks page)."
         ),
         "datasets": ["mnist"], "complexities": ["small", "medium"], "latents": [2, 4, 16],
         "lams": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": [0, 1, 2],
