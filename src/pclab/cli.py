@@ -284,7 +284,8 @@ def _study_module(name: str) -> Any:
 @app.command()
 def study(
     name: str = typer.Argument(..., help="dynamics | tradeoff | depth | clarity"),
-    preset: str = typer.Option("quick", "--preset", "-p", help="tiny (seconds) | quick (minutes) | the answering preset (standard; tradeoff: paper) | full (a cluster or GPU); `pclab presets` lists them."),
+    preset: str = typer.Option("quick", "--preset", "-p", help="tiny (seconds) | quick (minutes) | standard, tradeoff: paper (the answering "
+                               "preset) | full (a cluster or GPU); `pclab presets` lists them."),
     out_: str | None = typer.Option(None, "--out", "-o", help="report folder (default: reports/<name>-<preset>)."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray on this machine)."),
     executor: str = typer.Option("ray", help="'ray' or 'serial' (in this process)."),
