@@ -34,7 +34,7 @@ from pclab.core.binomial import (
     schedule_cost,
 )
 
-relax_module = importlib.import_module("pclab.core.relax")  # the module (``pclab.core.relax`` is the function)
+binomial_module = importlib.import_module("pclab.core.binomial")
 
 OPTIMIZERS = {
     "sgd": SGD(lr=0.1),
@@ -232,7 +232,7 @@ def test_bpti_stores_at_most_the_slots(monkeypatch, steps):
         recorded.append(CheckpointStats())
         return checkpointed_loop(*args, **kwargs, stats=recorded[-1])
 
-    monkeypatch.setattr(relax_module, "checkpointed_loop", with_stats)
+    monkeypatch.setattr(binomial_module, "checkpointed_loop", with_stats)  # what the relaxation driver calls
     model, batch, loss = chain_problem(seed=7)
     objective_grads(model, batch, ("x", "y"), loss, Inference(steps=steps, optimizer=Adam(lr=0.05)), checkpoint=4)
     (stats,) = recorded

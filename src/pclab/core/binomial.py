@@ -357,3 +357,62 @@ def _add(total: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | N
         return total
     # our own copy: a gradient autograd hands back may alias a tensor still in use
     return g.clone() if total is None else total.add_(g)
+
+
+def detach_tree(state: Any) -> Any:
+    """``state`` (a tensor, or dicts of tensors such as a latent optimiser's state) with every tensor
+    detached: where truncated backprop through inference stops."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: detach_tree(v) for k, v in state.items()}
+    return state
+
+
+def checkpointed_relaxation(
+    advance: Callable[[int, Any, Tree], tuple[Any, dict[str, torch.Tensor]]],
+    start: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    constants: Tree,
+    steps: int,
+    tolerance: float | None,
+    truncate: int | None,
+    slots: int,
+    params: list[torch.Tensor],
+) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]], int]:
+    """Run a relaxation of ``steps`` steps under binomial checkpointing; return its final
+    ``(variables, optimiser states)`` and the steps taken.
+
+    ``advance(t, state, constants) -> (state, energies)`` is one step (energies per node). With a
+    ``tolerance``, a graph-free pass first finds where the unrolled loop would stop (the relative
+    change of the total energy below it); with ``truncate`` the loop detaches where the unrolled one
+    would (at step ``steps - truncate`` if it gets there; at the end for ``truncate = 0``) and runs the
+    steps before it without a graph. The values are the unrolled loop's; the gradients too, up to
+    round-off.
+    """
+    taken = steps
+    if tolerance is not None:
+        state, previous = start, None
+        with torch.no_grad():
+            for t in range(steps):
+                state, energies = advance(t, state, constants)
+                total = float(sum(e.sum() for e in energies.values())) if energies else 0.0
+                if previous is not None and abs(previous - total) <= tolerance * max(abs(previous), 1e-30):
+                    taken = t + 1
+                    break
+                previous = total
+    cut = None
+    if truncate is not None:
+        if 0 <= steps - truncate < taken:
+            cut = steps - truncate
+        elif truncate == 0:
+            cut = taken
+    state = start
+    if cut is not None:
+        with torch.no_grad():
+            state = detach_tree(state[0]), {n: detach_tree(s) for n, s in state[1].items()}
+            for t in range(cut):
+                state, _ = advance(t, state, constants)
+    first = cut or 0
+    with torch.enable_grad():
+        state = checkpointed_loop(lambda t, s, c: advance(t, s, c)[0], state, constants, taken - first, slots, params, start=first)
+    return state, taken

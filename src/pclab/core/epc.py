@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .binomial import checkpointed_loop
+from .binomial import checkpointed_relaxation, detach_tree
 from .energy import Gaussian
 from .graph import PCN, State
 
@@ -308,7 +308,7 @@ def relax_errors(
                     measure(variables)
                 if differentiable and truncate is not None and t == inference.steps - truncate:
                     variables = {n: v.detach() for n, v in variables.items()}
-                    states = {n: _detached(s) for n, s in states.items()}
+                    states = {n: detach_tree(s) for n, s in states.items()}
                 if differentiable and checkpoint_steps:
                     variables, states, energies = checkpoint(step, t, variables, states, use_reentrant=False)
                 else:
@@ -328,15 +328,6 @@ def relax_errors(
     return {n: values[n] for n in start}, start, taken
 
 
-def _detached(state: Any) -> Any:
-    """A latent optimiser's state with every tensor detached (truncated backprop)."""
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if isinstance(state, dict):
-        return {k: _detached(v) for k, v in state.items()}
-    return state
-
-
 def _binomial(problem: ErrorProblem, variables: State, states: dict, inference: Inference, truncate: int | None,
               slots: int, model: PCN) -> tuple[State, int]:
     """The differentiable loop with binomial checkpointing (:mod:`pclab.core.binomial`): the same
@@ -352,31 +343,7 @@ def _binomial(problem: ErrorProblem, variables: State, states: dict, inference: 
         return (new, new_states), energies
 
     constants = {"clamp": problem.clamp, "cached": problem.cached}
-    taken = inference.steps
-    if inference.tolerance is not None:  # a graph-free pass decides where the unrolled loop would stop
-        state, previous = (variables, states), None
-        with torch.no_grad():
-            for t in range(inference.steps):
-                state, energies = advance(t, state, constants)
-                total = float(sum(e.sum() for e in energies.values())) if energies else 0.0
-                if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
-                    taken = t + 1
-                    break
-                previous = total
-    cut = None
-    if truncate is not None:
-        if 0 <= inference.steps - truncate < taken:
-            cut = inference.steps - truncate
-        elif truncate == 0:
-            cut = taken
-    state = (variables, states)
-    if cut is not None:
-        with torch.no_grad():
-            state = ({n: v.detach() for n, v in variables.items()}, states)
-            for t in range(cut):
-                state, _ = advance(t, state, constants)
-    first = cut or 0
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        state = checkpointed_loop(lambda t, s, c: advance(t, s, c)[0], state, constants, taken - first, slots, params, start=first)
+    state, taken = checkpointed_relaxation(advance, (variables, states), constants, inference.steps, inference.tolerance, truncate,
+                                           slots, params)
     return state[0], taken

@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import epc
-from .binomial import checkpointed_loop
+from .binomial import checkpointed_relaxation, detach_tree
 from .fast import dispatch
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
@@ -296,7 +296,7 @@ def relax(
                 measure(t, values)
             if differentiable and truncate is not None and t == inference.steps - truncate:
                 values = {n: v.detach() for n, v in values.items()}
-                opt_states = {n: _detach(s) for n, s in opt_states.items()}
+                opt_states = {n: detach_tree(s) for n, s in opt_states.items()}
             if differentiable and checkpoint_steps:
                 values, opt_states, energies = checkpoint(step, t, values, opt_states, use_reentrant=False)
             else:
@@ -372,49 +372,12 @@ def _relax_binomial(
         return (new_values, new_states), energies
 
     start = ({n: initial[n] for n in free}, {n: opt.init(initial[n]) for n in free})
-    taken = inference.steps
-    if inference.tolerance is not None:  # a graph-free pass decides where the general loop would stop
-        state, previous = start, None
-        with torch.no_grad():
-            for t in range(inference.steps):
-                state, energies = advance(t, state, constants)
-                total = float(sum(e.sum() for e in energies.values())) if energies else 0.0
-                if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
-                    taken = t + 1
-                    break
-                previous = total
-    # where the general loop detaches (truncate): at step steps - truncate if it gets there, and
-    # at the end for truncate = 0
-    cut = None
-    if truncate is not None:
-        if 0 <= inference.steps - truncate < taken:
-            cut = inference.steps - truncate
-        elif truncate == 0:
-            cut = taken
-    state = start
-    if cut is not None:
-        with torch.no_grad():
-            state = (
-                {n: v.detach() for n, v in state[0].items()},
-                {n: _detach(s) for n, s in state[1].items()},
-            )
-            for t in range(cut):
-                state, _ = advance(t, state, constants)
-    first = cut or 0
     params = [p for p in model.parameters() if p.requires_grad]
-    state = checkpointed_loop(lambda t, s, c: advance(t, s, c)[0], state, constants, taken - first, slots, params, start=first)
+    state, taken = checkpointed_relaxation(advance, start, constants, inference.steps, inference.tolerance, truncate, slots, params)
     values = {n: state[0][n] if n in free else v for n, v in initial.items()}
     with torch.enable_grad():
         values = _release_readouts(model, values, clamped, sources)
     return Relaxed(values, initial, clamped, taken)
-
-
-def _detach(state):
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if isinstance(state, dict):
-        return {k: _detach(v) for k, v in state.items()}
-    return state
 
 
 def _release_readouts(model: PCN, values: State, clamped: frozenset[str], sources: State | None) -> State:
