@@ -26,6 +26,7 @@ from math import comb
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 Tree = Any
 """Nested dicts, lists and tuples of tensors and other values (ints, ``None``): a loop's state."""
@@ -416,3 +417,46 @@ def checkpointed_relaxation(
     with torch.enable_grad():
         state = checkpointed_loop(lambda t, s, c: advance(t, s, c)[0], state, constants, taken - first, slots, params, start=first)
     return state, taken
+
+
+def unrolled_relaxation(
+    step: Callable[[int, dict[str, torch.Tensor], dict[str, Any]], tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]],
+    variables: dict[str, torch.Tensor],
+    states: dict[str, Any],
+    steps: int,
+    tolerance: float | None,
+    truncate: int | None,
+    differentiable: bool,
+    checkpoint_steps: bool,
+    measure: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """Run up to ``steps`` relaxation steps as one unrolled loop; return the final variables, latent
+    optimiser states and the steps taken.
+
+    ``step(t, variables, states) -> (variables, states, energies)`` is one step (energies per node);
+    ``measure(t, variables)`` is called before each. The loop stops early once the relative change of
+    the total energy falls below ``tolerance``. In a ``differentiable`` loop, ``truncate`` detaches the
+    state ``truncate`` steps before the end (``0``: the final state is a constant), and
+    ``checkpoint_steps`` recomputes each step in the backward pass instead of storing it. The caller
+    sets the grad mode. :func:`checkpointed_relaxation` is the same loop under binomial checkpointing.
+    """
+    previous, taken = None, 0
+    for t in range(steps):
+        if measure is not None:
+            measure(t, variables)
+        if differentiable and truncate is not None and t == steps - truncate:
+            variables = {n: v.detach() for n, v in variables.items()}
+            states = {n: detach_tree(s) for n, s in states.items()}
+        if differentiable and checkpoint_steps:
+            variables, states, energies = checkpoint(step, t, variables, states, use_reentrant=False)
+        else:
+            variables, states, energies = step(t, variables, states)
+        taken = t + 1
+        if tolerance is not None:
+            total = float(sum(e.detach().sum() for e in energies.values())) if energies else 0.0
+            if previous is not None and abs(previous - total) <= tolerance * max(abs(previous), 1e-30):
+                break
+            previous = total
+    if differentiable and truncate == 0:  # through the last 0 steps: the final state is a constant
+        variables = {n: v.detach() for n, v in variables.items()}
+    return variables, states, taken

@@ -37,9 +37,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from .binomial import checkpointed_relaxation, detach_tree
+from .binomial import checkpointed_relaxation, unrolled_relaxation
 from .energy import Gaussian
 from .graph import PCN, State
 
@@ -302,25 +301,9 @@ def relax_errors(
     else:
         grad_context = torch.enable_grad() if differentiable else torch.no_grad()
         with grad_context:
-            previous, taken = None, 0
-            for t in range(inference.steps):
-                if trajectory is not None:
-                    measure(variables)
-                if differentiable and truncate is not None and t == inference.steps - truncate:
-                    variables = {n: v.detach() for n, v in variables.items()}
-                    states = {n: detach_tree(s) for n, s in states.items()}
-                if differentiable and checkpoint_steps:
-                    variables, states, energies = checkpoint(step, t, variables, states, use_reentrant=False)
-                else:
-                    variables, states, energies = step(t, variables, states)
-                taken = t + 1
-                if inference.tolerance is not None:
-                    total = float(sum(e.detach().sum() for e in energies.values())) if energies else 0.0
-                    if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
-                        break
-                    previous = total
-            if differentiable and truncate == 0:
-                variables = {n: v.detach() for n, v in variables.items()}
+            variables, states, taken = unrolled_relaxation(step, variables, states, inference.steps, inference.tolerance, truncate,
+                                                           differentiable, checkpoint_steps,
+                                                           (lambda t, v: measure(v)) if trajectory is not None else None)
             if trajectory is not None:
                 measure(variables)
     with torch.set_grad_enabled(differentiable):

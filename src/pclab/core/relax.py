@@ -11,10 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from . import epc
-from .binomial import checkpointed_relaxation, detach_tree
+from .binomial import checkpointed_relaxation, unrolled_relaxation
 from .fast import dispatch
 from .graph import PCN, State
 from .optim import SGD, LatentOptimizer
@@ -289,26 +288,8 @@ def relax(
             energies = model.energies(vals, clamped, mu, inference.multipliers(model, t))
             trajectory.record(model, vals, initial, energies, mu)
 
-        previous = None
-        taken = 0
-        for t in range(inference.steps):
-            if trajectory is not None:
-                measure(t, values)
-            if differentiable and truncate is not None and t == inference.steps - truncate:
-                values = {n: v.detach() for n, v in values.items()}
-                opt_states = {n: detach_tree(s) for n, s in opt_states.items()}
-            if differentiable and checkpoint_steps:
-                values, opt_states, energies = checkpoint(step, t, values, opt_states, use_reentrant=False)
-            else:
-                values, opt_states, energies = step(t, values, opt_states)
-            taken = t + 1
-            if inference.tolerance is not None:
-                total = float(sum(e.detach().sum() for e in energies.values())) if energies else 0.0
-                if previous is not None and abs(previous - total) <= inference.tolerance * max(abs(previous), 1e-30):
-                    break
-                previous = total
-        if differentiable and truncate == 0:  # through the last 0 steps: the final state is a constant
-            values = {n: v.detach() for n, v in values.items()}
+        values, opt_states, taken = unrolled_relaxation(step, values, opt_states, inference.steps, inference.tolerance, truncate,
+                                                        differentiable, checkpoint_steps, measure if trajectory is not None else None)
         if trajectory is not None:
             measure(taken, values)
         values = _release_readouts(model, values, clamped, sources)
