@@ -1,0 +1,149 @@
+"""The ePC step of a Dense chain (:mod:`pclab.core.fast.error_chain`) gives the reference ePC
+relaxation's numbers, and the dispatch runs it exactly where it applies.
+
+Nothing here compiles: the step's eager twin (what runs for a batch size no compiled graph serves)
+is the function the compiled graph traces; ``test_compiled_epc.py`` holds the compiled graph to
+the same reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nets import ALL_ACTIVATIONS, chain, examples, max_rel, one_hot, randn
+from pclab.core import SGD, Adam, CrossEntropy, Gaussian, Inference, relax
+from pclab.core.fast import compiled, error_chain, path
+from pclab.core.relax import free_nodes
+
+
+@contextlib.contextmanager
+def eager_twin() -> Iterator[list[int]]:
+    """Every compiled ePC step runs its eager twin instead (as for a batch size no graph serves);
+    yields the list of batch sizes the fast step was asked to run (one entry per step)."""
+    calls: list[int] = []
+
+    def run(entry, batch, *args):
+        calls.append(batch)
+        return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "run", run)
+        yield calls
+
+
+OPTIMIZERS = {
+    "sgd": lambda lr: SGD(lr),
+    "momentum": lambda lr: SGD(lr, momentum=0.5),
+    "nesterov": lambda lr: SGD(lr, momentum=0.6, nesterov=True),
+    "adam": lambda lr: Adam(lr / 4),
+}
+
+
+@st.composite
+def cases(draw, dtype: torch.dtype = torch.float64):
+    """A Dense chain, its clamp (input and label; input only; a free root below a clamped output;
+    or a clamped middle node too), and an error-parametrised inference."""
+    depth = draw(st.integers(1, 4))
+    width = draw(st.integers(2, 5))
+    act = draw(st.sampled_from(ALL_ACTIVATIONS))
+    batch = draw(st.integers(1, 4))
+    kind = draw(st.sampled_from(["xy", "xy-ce", "x", "x-ce", "root", "middle"]))
+    if kind == "middle" and depth < 2:
+        kind = "xy"
+    seed = draw(st.integers(0, 2**16))
+    precisions = draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=depth, max_size=depth))
+    output = CrossEntropy(precisions[-1]) if kind.endswith("-ce") else Gaussian(precisions[-1])
+    widths = [width + 1, *[width] * (depth - 1), 3]
+    model = chain(widths, act, output, precisions[:-1], seed=seed, dtype=dtype)
+    target = one_hot(torch.arange(batch) % 3, 3).to(dtype) if kind.endswith("-ce") else randn(batch, 3, seed=seed + 2, dtype=dtype)
+    x = randn(batch, widths[0], seed=seed + 1, dtype=dtype)
+    clamp = {"root": {"y": target}, "x": {"x": x}, "x-ce": {"x": x}}.get(kind, {"x": x, "y": target})
+    if kind == "middle":
+        clamp["h1"] = randn(batch, width, seed=seed + 3, dtype=dtype)
+    steps = draw(st.integers(0, 6))
+    lr = draw(st.sampled_from([0.05, 0.1, 0.3]))
+    optimizer = OPTIMIZERS[draw(st.sampled_from(sorted(OPTIMIZERS)))](lr)
+    init = draw(st.sampled_from(["forward", "zeros", "random"]))
+    tolerance = draw(st.sampled_from([None, 1e-3]))
+    inference = Inference(steps, optimizer, init, tolerance=tolerance, parametrisation="error", compile=True)
+    return model, clamp, inference
+
+
+def relax_both(model, clamp, inference):
+    """``(fast, reference)`` relaxations with a trajectory, from the same random start."""
+    reference = Inference(**{**inference.__dict__, "compile": False})
+    out = []
+    for chosen in (inference, reference):
+        out.append(relax(model, clamp, chosen, record=True, generator=torch.Generator().manual_seed(0)))
+    return out
+
+
+def assert_same(fast, slow, rel: float) -> None:
+    """The same values, start, steps taken and trajectory (per-step energies, error norms, drift)."""
+    assert fast.steps == slow.steps and fast.clamped == slow.clamped
+    assert max_rel(fast.values, slow.values) <= rel and max_rel(fast.initial, slow.initial) == 0.0
+    for name in ("energy", "error_norm", "drift"):
+        a, b = torch.tensor(getattr(fast.trajectory, name), dtype=torch.float64), torch.tensor(getattr(slow.trajectory, name), dtype=torch.float64)
+        assert a.shape == b.shape
+        if b.numel():
+            assert float((a - b).abs().max()) <= rel * max(1.0, float(b.abs().max()))
+
+
+@examples(60)
+@given(cases())
+def test_the_chain_step_equals_the_reference_step_in_float64(case):
+    model, clamp, inference = case
+    with eager_twin() as calls:
+        fast, slow = relax_both(model, clamp, inference)
+    moves = bool(free_nodes(model, frozenset(clamp)))  # (nothing free: nothing to step, the reference loop)
+    assert path(model, inference, batch=clamp) == ("compiled-epc" if moves else "reference")
+    assert len(calls) == (fast.steps if moves else 0)  # the chain step ran every step
+    assert_same(fast, slow, 1e-12)
+
+
+@examples(20)
+@given(cases(torch.float32))
+def test_the_chain_step_equals_the_reference_step_in_float32(case):
+    model, clamp, inference = case
+    with eager_twin():
+        fast, slow = relax_both(model, clamp, inference)
+    assert_same(fast, slow, 1e-5)
+
+
+def test_a_relaxation_takes_the_chain_step_only_where_the_dispatch_says_so():
+    model = chain([5, 4, 4, 3], "tanh", seed=1)
+    batch = {"x": randn(3, 5, seed=2), "y": randn(3, 3, seed=3)}
+    runs = {
+        "compiled-epc": Inference(4, SGD(0.1), parametrisation="error", compile=True),
+        "reference": Inference(4, SGD(0.1), parametrisation="error"),
+    }
+    for expected, inference in runs.items():
+        with eager_twin() as calls:
+            relax(model, batch, inference)
+        assert len(calls) == (4 if expected == "compiled-epc" else 0)
+    with eager_twin() as calls:  # bp-through-inference: the reference loop
+        relax(model, batch, runs["compiled-epc"], differentiable=True)
+    assert calls == []
+
+
+def test_the_plan_marks_each_node_by_its_role():
+    model = chain([3, 4, 4, 2], "tanh", CrossEntropy(), [2.0, 0.5], seed=4)
+    batch = {"x": randn(2, 3, seed=5)}
+    from pclab.core.epc import ErrorProblem
+    from pclab.core.fast.chain import dense_chain
+
+    structure = dense_chain(model)
+    for clamp, free in (({"x": batch["x"]}, (False, True, True, False)), ({"y": one_hot(torch.tensor([0, 1]), 2)}, (True, True, True, False))):
+        weights = {n: model.nodes[n].energy.precision for n in model.error_nodes}
+        problem = ErrorProblem(model, clamp, [n for n, f in zip(structure.nodes, free) if f], weights, {}, "manual")
+        plan = error_chain.plan(model, structure, problem, SGD(0.1))
+        assert plan.free == free and plan.clamped == tuple(n in clamp for n in structure.nodes)
+        assert plan.weights == (0.0, 2.0, 0.5, 1.0) and plan.buffers == 0
+    assert error_chain.ErrorPlan(structure, (), (), (), Adam()).buffers == 2
+    assert error_chain.ErrorPlan(structure, (), (), (), SGD(0.1, momentum=0.5)).buffers == 1
