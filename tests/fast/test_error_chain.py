@@ -9,17 +9,21 @@ the same reference.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from torch._dynamo.utils import counters
 
 from nets import ALL_ACTIVATIONS, chain, examples, max_rel, one_hot, randn
-from pclab.core import SGD, Adam, CrossEntropy, Gaussian, Inference, relax
+from pclab.core import SGD, Adam, CrossEntropy, Gaussian, Inference, PCLearning, relax
 from pclab.core.fast import compiled, error_chain, path
 from pclab.core.relax import free_nodes
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # (compiling)
 
 
 @contextlib.contextmanager
@@ -147,3 +151,55 @@ def test_the_plan_marks_each_node_by_its_role():
         assert plan.weights == (0.0, 2.0, 0.5, 1.0) and plan.buffers == 0
     assert error_chain.ErrorPlan(structure, (), (), (), Adam()).buffers == 2
     assert error_chain.ErrorPlan(structure, (), (), (), SGD(0.1, momentum=0.5)).buffers == 1
+
+
+# ---------------------------------------------------------------------------------------------- compiled (slow: each graph compiles for seconds)
+def _compiled_entries(batch: int) -> int:
+    """Compiled ePC steps serving ``batch`` (the cache keeps the newest 8)."""
+    return sum(1 for key, entry in compiled.CACHE.entries.items() if key[0] == "epc-step" and entry.batch == batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_the_compiled_step_equals_the_reference_relaxation(dtype, rel):
+    @examples(3)
+    @given(cases(dtype))
+    def check(case):
+        model, clamp, inference = case
+        assume(free_nodes(model, frozenset(clamp)) and inference.steps > 0)
+        batch = next(iter(clamp.values())).shape[0]
+        before = _compiled_entries(batch)
+        fast, slow = relax_both(model, clamp, inference)
+        assert _compiled_entries(batch) == before + 1  # a graph compiled for this chain, and served the relaxation
+        assert_same(fast, slow, rel)
+
+    check()
+
+
+@pytest.mark.slow
+def test_one_graph_serves_every_step_and_relaxation_of_its_batch_size_and_others_run_the_eager_twin():
+    model = chain([6, 5, 5, 3], "gelu", CrossEntropy(), seed=7)
+    inference = Inference(12, Adam(0.05), parametrisation="error", compile=True)  # (Adam's step count: an input, not a constant)
+    graphs = counters["stats"]["unique_graphs"]
+    for size in (4, 4, 3):
+        clamp = {"x": randn(size, 6, seed=size), "y": one_hot(torch.arange(size) % 3, 3)}
+        fast, slow = relax_both(model, clamp, inference)
+        assert_same(fast, slow, 1e-10)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, rel, forward", [(torch.float64, 1e-10, False), (torch.float32, 1e-5, True)])
+def test_pc_weight_gradients_after_the_compiled_relaxation_equal_those_after_the_reference_one(dtype, rel, forward):
+    model = chain([8, 6, 6, 6, 4], "tanh", CrossEntropy(), seed=8, dtype=dtype)
+    other = copy.deepcopy(model)
+    rules = [PCLearning(net, Inference(10, SGD(0.2, momentum=0.5), parametrisation="error", compile=compile),
+                        torch.optim.Adam(net.parameters(), 1e-2), forward_update=forward)
+             for net, compile in ((model, True), (other, False))]
+    for k in range(3):
+        data = {"x": randn(5, 8, seed=k, dtype=dtype), "y": one_hot(torch.arange(5) % 4, 4).to(dtype)}
+        a, b = (rule.step(data) for rule in rules)
+        assert a["energy"] == pytest.approx(b["energy"], rel=rel)
+        for p, q in zip(model.parameters(), other.parameters()):
+            assert float((p.grad - q.grad).norm()) <= rel * float(q.grad.norm())
+            assert float((p - q).detach().norm()) <= rel * float(q.detach().norm())
