@@ -76,15 +76,18 @@ def cases(draw, dtype: torch.dtype = torch.float64):
     init = draw(st.sampled_from(["forward", "zeros", "random"]))
     tolerance = draw(st.sampled_from([None, 1e-3]))
     inference = Inference(steps, optimizer, init, tolerance=tolerance, parametrisation="error", compile=True)
-    return model, clamp, inference
+    initial = None
+    if draw(st.booleans()):  # relax(initial=...): a given state
+        initial = model.initial_state(clamp, "random", torch.Generator().manual_seed(seed + 4))
+    return model, clamp, inference, initial
 
 
-def relax_both(model, clamp, inference):
-    """``(fast, reference)`` relaxations with a trajectory, from the same random start."""
+def relax_both(model, clamp, inference, initial=None):
+    """``(fast, reference)`` relaxations with a trajectory, from the same (random or given) start."""
     reference = Inference(**{**inference.__dict__, "compile": False})
     out = []
     for chosen in (inference, reference):
-        out.append(relax(model, clamp, chosen, record=True, generator=torch.Generator().manual_seed(0)))
+        out.append(relax(model, clamp, chosen, record=True, initial=initial, generator=torch.Generator().manual_seed(0)))
     return out
 
 
@@ -102,9 +105,9 @@ def assert_same(fast, slow, rel: float) -> None:
 @examples(60)
 @given(cases())
 def test_the_chain_step_equals_the_reference_step_in_float64(case):
-    model, clamp, inference = case
+    model, clamp, inference, initial = case
     with eager_twin() as calls:
-        fast, slow = relax_both(model, clamp, inference)
+        fast, slow = relax_both(model, clamp, inference, initial)
     moves = bool(free_nodes(model, frozenset(clamp)))  # (nothing free: nothing to step, the reference loop)
     assert path(model, inference, batch=clamp) == ("compiled-epc" if moves else "reference")
     assert len(calls) == (fast.steps if moves else 0)  # the chain step ran every step
@@ -114,9 +117,9 @@ def test_the_chain_step_equals_the_reference_step_in_float64(case):
 @examples(20)
 @given(cases(torch.float32))
 def test_the_chain_step_equals_the_reference_step_in_float32(case):
-    model, clamp, inference = case
+    model, clamp, inference, initial = case
     with eager_twin():
-        fast, slow = relax_both(model, clamp, inference)
+        fast, slow = relax_both(model, clamp, inference, initial)
     assert_same(fast, slow, 1e-5)
 
 
@@ -146,7 +149,7 @@ def test_the_plan_marks_each_node_by_its_role():
     for clamp, free in (({"x": batch["x"]}, (False, True, True, False)), ({"y": one_hot(torch.tensor([0, 1]), 2)}, (True, True, True, False))):
         weights = {n: model.nodes[n].energy.precision for n in model.error_nodes}
         problem = ErrorProblem(model, clamp, [n for n, f in zip(structure.nodes, free) if f], weights, {}, "manual")
-        plan = error_chain.plan(model, structure, problem, SGD(0.1))
+        plan = error_chain.plan(structure, problem, SGD(0.1))
         assert plan.free == free and plan.clamped == tuple(n in clamp for n in structure.nodes)
         assert plan.weights == (0.0, 2.0, 0.5, 1.0) and plan.buffers == 0
     assert error_chain.ErrorPlan(structure, (), (), (), Adam()).buffers == 2
@@ -165,11 +168,11 @@ def test_the_compiled_step_equals_the_reference_relaxation(dtype, rel):
     @examples(3)
     @given(cases(dtype))
     def check(case):
-        model, clamp, inference = case
+        model, clamp, inference, initial = case
         assume(free_nodes(model, frozenset(clamp)) and inference.steps > 0)
         batch = next(iter(clamp.values())).shape[0]
         before = _compiled_entries(batch)
-        fast, slow = relax_both(model, clamp, inference)
+        fast, slow = relax_both(model, clamp, inference, initial)
         assert _compiled_entries(batch) == before + 1  # a graph compiled for this chain, and served the relaxation
         assert_same(fast, slow, rel)
 

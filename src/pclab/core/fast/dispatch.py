@@ -154,7 +154,7 @@ def error_steps(model: PCN, problem: Any, inference: Any, *, differentiable: boo
     structure = _error_chain(model, inference, differentiable)
     if structure is None or not problem.variables:
         return None
-    plan = error_chain.plan(model, structure, problem, inference.optimizer)
+    plan = error_chain.plan(structure, problem, inference.optimizer)
     return error_chain.Steps(plan, structure.params(), problem.clamp, problem.cached, compile=True)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..graph import PCN, edge_key
+from ..graph import edge_key
 from ..optim import SGD, Adam
 from . import compiled
 from .chain import DenseChain, Params, Predictions, back_through
@@ -72,8 +72,8 @@ class ErrorPlan:
         return 0 if self.optimizer.momentum == 0.0 else 1
 
 
-def plan(model: PCN, chain: DenseChain, problem: Any, optimizer: SGD | Adam) -> ErrorPlan:
-    """The plan of ``problem`` (a :class:`pclab.core.epc.ErrorProblem` of ``model``) on ``chain``."""
+def plan(chain: DenseChain, problem: Any, optimizer: SGD | Adam) -> ErrorPlan:
+    """The plan of ``problem`` (a :class:`pclab.core.epc.ErrorProblem` of the chain's model)."""
     names = chain.nodes
     free = set(problem.variables)
     return ErrorPlan(
