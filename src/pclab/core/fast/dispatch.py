@@ -97,7 +97,8 @@ def allowed(inference: Any, name: str) -> bool:
     """Whether ``inference`` lets accelerator ``name`` run (``compile`` for the compiled ones,
     ``accelerators`` for all; state-based PC's chain-based ones need ``"chain"`` too; each
     parametrisation its own, :data:`ERROR_ACCELERATORS`)."""
-    if (inference.parametrisation == "error") != (name == "compiled-epc") and name != "compiled-update":
+    error = inference.parametrisation == "error"
+    if (name not in ERROR_ACCELERATORS) if error else (name == "compiled-epc"):
         return False
     if name.startswith("compiled") and not inference.compile:
         return False
