@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pclab.bench import SUITES, summary
@@ -40,8 +41,9 @@ def test_the_batched_trace_is_relax_s_own_energy_for_each_step_size():
 
 def test_the_suite_records_both_methods_at_each_depth():
     assert "epc" in SUITES
-    result = compare(depths=(3,), cap=40, batch=2, width=8, grid=(0.1, 0.3), timed_steps=2, rounds=1)
+    result = compare(depths=(3,), cap=40, batch=2, width=8, grid=(0.1, 0.3), timed_steps=2, rounds=1, compiled=False)
     row = result["rows"][0]
+    assert "error_compiled" not in row
     assert row["depth"] == 3 and row["energy_equilibrium"] <= row["energy_start"]
     for p in ("state", "error"):
         assert set(row[p]) >= {"steps", "lr", "step_ms", "step_ms_best", "time_to_equilibrium_ms", "stable_lrs"}
@@ -50,3 +52,14 @@ def test_the_suite_records_both_methods_at_each_depth():
     assert len(lines) == 2 and "depth  3" in lines[1]
     text = summary({"machine": {"cpu": "x", "cores": 1, "torch": "t", "torch_threads": 1}, "matmul_gflops": {}, "epc": result})
     assert "sPC vs ePC to equilibrium" in text
+
+
+@pytest.mark.slow  # (compiling)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_the_suite_times_the_compiled_epc_step_beside_the_eager_one():
+    result = compare(depths=(3,), cap=40, batch=2, width=8, grid=(0.1, 0.3), timed_steps=2, rounds=1)
+    row = result["rows"][0]
+    fast, eager = row["error_compiled"], row["error"]
+    assert fast["steps"] == eager["steps"] and fast["lr"] == eager["lr"] and fast["compile_seconds"] > 0
+    assert fast["step_ms"] > 0 and fast["speedup"] == pytest.approx(eager["step_ms"] / fast["step_ms"])
+    assert "ePC compiled" in epc_summary(result)[1]

@@ -61,6 +61,28 @@ def test_train_then_evaluate_a_run_directory(tmp_path):
     assert again.exit_code == 0 and "finished already" in again.output
 
 
+@pytest.mark.slow  # (compiling: seconds to tens of seconds on a cold Inductor cache)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_train_an_error_parametrised_run_with_compile(tmp_path):
+    """ePC with ``inference.compile``: each relaxation step of the MLP runs as a compiled graph (its
+    compile time reported apart), the run folder is written as any other's, and it learns what the
+    eager run learns (float32 rounding apart)."""
+    records = {}
+    for compile in ("true", "false"):
+        out = tmp_path / compile
+        settings = ("inference.parametrisation=error", f"inference.compile={compile}", "epochs=1")
+        result = pclab("train", "--preset", "tiny", *[a for s in settings for a in ("--set", s)], "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        assert "finished 1 epochs" in result.output
+        results = read_json(out / "results.json")
+        assert results["config"]["inference"]["compile"] is (compile == "true")
+        assert results["config"]["inference"]["parametrisation"] == "error"
+        records[compile] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert records["true"]["compile_seconds"] > 0 and "compile_seconds" not in records["false"]
+    assert records["true"]["train_energy"] == pytest.approx(records["false"]["train_energy"], rel=1e-4)
+    assert records["true"]["test_accuracy"] == pytest.approx(records["false"]["test_accuracy"], abs=1 / 128 + 1e-9)
+
+
 def test_train_from_a_yaml_config_file_and_show_it(tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({"model": {"kind": "mlp", "widths": [64, 16, 10]}, "data": {"dataset": "synthetic", "batch_size": 64},

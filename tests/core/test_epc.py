@@ -34,6 +34,7 @@ from pclab.core import (
 )
 from pclab.core.batchnorm import PhasedBatchNorm
 from pclab.core.epc import ErrorProblem
+from pclab.core.fast import ACCELERATORS, path
 from pclab.core.relax import free_nodes
 from pclab.models.deep import orthogonal_init, residual_mlp
 
@@ -348,7 +349,6 @@ def test_pc_learning_after_epc_is_the_local_gradient_and_forward_update_uses_the
         ({"parametrisation": "error", "precision": Spiking()}, "static precisions only"),
         ({"parametrisation": "error", "precision": {"h1": Decaying()}}, "static precisions only"),
         ({"parametrisation": "error", "fixed_prediction": True}, "fixed_prediction"),
-        ({"parametrisation": "error", "accelerators": ("chain",)}, "no accelerator computes the error parametrisation"),
     ],
 )
 def test_inference_refuses_what_epc_does_not_define(kwargs, needle):
@@ -356,9 +356,21 @@ def test_inference_refuses_what_epc_does_not_define(kwargs, needle):
         Inference(**kwargs)
 
 
-def test_no_accelerator_takes_an_error_relaxation():
-    assert Inference(parametrisation="error").accelerators == ()
-    assert Inference(parametrisation="error", accelerators=()).accelerators == ()
+def test_only_the_compiled_epc_accelerator_takes_an_error_relaxation():
+    """State-based PC's accelerators never relax over the errors; the compiled ePC step of a Dense
+    chain does, with ``compile`` only (the rules' reference steps then relax through it)."""
+    model = chain([3, 3, 2], "tanh", seed=18)
+    batch = {"x": randn(2, 3, seed=1), "y": randn(2, 2, seed=2)}
+    rule = lambda inference: PCLearning(model, inference, torch.optim.SGD(model.parameters(), lr=0.1))  # noqa: E731
+    for accelerators in (None, ACCELERATORS, ("chain", "compiled-chain")):
+        inference = error_inference(3, accelerators=accelerators)
+        assert inference.accelerators == accelerators
+        assert path(model, inference, batch=batch) == "reference"
+        assert path(model, inference, rule(inference), batch) == "reference"
+    compiled = error_inference(3, compile=True)
+    assert path(model, compiled, batch=batch) == "compiled-epc"
+    assert path(model, compiled, rule(compiled), batch) == "reference+compiled-epc"
+    assert path(model, error_inference(3, compile=True, accelerators=("chain", "compiled-chain")), batch=batch) == "reference"
 
 
 def test_static_precisions_are_allowed_and_weight_the_error_energy():

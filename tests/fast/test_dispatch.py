@@ -17,11 +17,13 @@ from pclab.core import (
     Adam,
     Backprop,
     BPThroughInference,
+    Dense,
     IncrementalPC,
     Inference,
     Node,
     PCLearning,
     TaskLoss,
+    TorchOptimizer,
     ZeroDivergenceIL,
     relax,
 )
@@ -142,3 +144,29 @@ def test_path_needs_the_batch_and_the_rules_own_model(chain_batch):
         path(model, rule.inference)
     with pytest.raises(ValueError, match="another model"):
         path(twin(model), rule.inference, rule, batch)
+
+
+def test_error_relaxation_paths(chain_batch):
+    """ePC takes ``compiled-epc`` on a Dense chain with ``compile`` (any latent optimiser the chain
+    path reproduces, any start, a trajectory or a tolerance); the reference loop everywhere else."""
+    model, batch = chain_batch
+    error = lambda **kw: Inference(**{"steps": 3, "parametrisation": "error", "compile": True, **kw})  # noqa: E731
+    assert path(model, error(), batch=batch) == "compiled-epc"
+    assert path(model, error(optimizer=SGD(0.1, momentum=0.9, nesterov=True)), batch=batch) == "compiled-epc"
+    assert path(model, error(optimizer=Adam(0.1), init="zeros", tolerance=1e-4), batch=batch, record=True) == "compiled-epc"
+    assert path(model, error(), batch={"x": batch["x"]}, initial=model.initial_state(batch)) == "compiled-epc"
+    assert path(model, error(accelerators=("compiled-epc",)), batch=batch) == "compiled-epc"
+    assert path(model, error(compile=False), batch=batch) == "reference"
+    assert path(model, error(accelerators=()), batch=batch) == "reference"
+    assert path(model, error(method="manual"), batch=batch) == "reference"
+    assert path(model, error(optimizer=TorchOptimizer(torch.optim.SGD, lr=0.1)), batch=batch) == "reference"
+    assert path(model, error(), batch=batch, differentiable=True) == "reference"  # bp-through-inference: the reference loop
+    assert path(model, error(), batch=batch, differentiable=True, checkpoint_slots=2) == "reference"
+    assert path(conv_net(), error(), batch={"x": randn(2, 1, 6, 6, seed=3)}) == "reference"  # not a Dense chain
+    two_roots = PCN([Node("a", (2,)), Node("b", (2,)), Node("c", (3,))], [("a", "c", Dense(2, 3)), ("b", "c", Dense(2, 3))]).double()
+    assert path(two_roots, error(), batch={"c": randn(2, 3, seed=4)}) == "reference"
+    assert path(model, Inference(steps=3, compile=True), batch=batch) == "compiled-chain"  # (state-based: its own)
+    adam = torch.optim.Adam(model.parameters(), 1e-3)
+    assert path(model, error(), PCLearning(model, error(), adam), batch) == "reference+compiled-epc"
+    bpti = BPThroughInference(model, error(), adam, TaskLoss(reconstruct={"y": 1.0}), ("x", "y"))
+    assert path(model, error(), bpti, batch) == "compiled-update"

@@ -213,7 +213,6 @@ def test_a_run_directory_config_is_read_by_the_restricted_loader(tmp_path):
     [
         ({"inference": {"parametrisation": "errors"}}, "inference.parametrisation: expected 'state' or 'error', got 'errors'"),
         ({"inference": {"parametrisation": "error", "precision": "spiking"}}, "static precisions only (expected 'constant'), got 'spiking'"),
-        ({"inference": {"parametrisation": "error", "compile": True}}, "inference.compile: the error parametrisation runs eagerly"),
         ({"inference": {"parametrisation": "error"}, "learning": {"rule": "ipc"}}, "expected 'state' with rule 'ipc'), got 'error'"),
         ({"model": {"init": "orthogonal", "kind": "vgg"}, "data": {"dataset": "digits"}}, "only an 'mlp' has an init choice"),
         ({"model": {"output_activation": "sigmoid", "output": "ce"}}, "only an 'mlp' with a 'gaussian' output has one"),
@@ -222,6 +221,14 @@ def test_a_run_directory_config_is_read_by_the_restricted_loader(tmp_path):
 )
 def test_error_parametrisation_and_its_model_options_are_validated(data, needle):
     assert needle in _error(data)
+
+
+def test_the_error_parametrisation_compiles(tiny):
+    from pclab.train.build import build_inference
+
+    inference = build_inference(tiny("inference.parametrisation=error", "inference.compile=true", "inference.optimizer=nesterov",
+                                      "inference.momentum=0.5").inference)
+    assert inference.parametrisation == "error" and inference.compile and inference.accelerators is None
 
 
 def test_the_error_parametrisation_reaches_the_built_inference_and_model(tiny):

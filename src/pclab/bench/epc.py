@@ -9,9 +9,11 @@ method:
   reaches; a run has converged at the first step ``t`` with ``E_t - E* <= 1e-3 (E_0 - E*)``; the
   method's figure is its fewest steps over its stable step sizes (and that step size);
 * **time per relaxation step**: ``relax`` on the same batch (sPC: the Dense-chain fast path; ePC:
-  :mod:`pclab.core.epc`), median (and least disturbed) of ``rounds`` timed relaxations of
-  ``timed_steps`` steps;
-* **time to equilibrium**: the two multiplied.
+  the reference loop of :mod:`pclab.core.epc` and, with ``compiled``, its compiled Dense-chain step,
+  ``Inference(compile=True)``, timed in the same run after one compiling relaxation), median (and
+  least disturbed) of ``rounds`` timed relaxations of ``timed_steps`` steps;
+* **time to equilibrium**: the two multiplied (the compiled ePC takes the eager one's steps: the
+  same arithmetic).
 
 All step sizes of a method are relaxed at once: the batch is repeated once per step size and
 each copy takes its own step (samples relax independently: each has its own energy), so a cap of
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 from ..core import PCN, SGD, Inference, relax
 from ..core.epc import ErrorProblem
+from ..core.fast.compiled import total_compile_seconds
 from ..core.relax import free_nodes
 from ..models import mlp, orthogonal_init
 
@@ -116,7 +119,7 @@ def deep_mlp_problem(depth: int, batch: int = 16, width: int = 128, seed: int = 
 
 def _time_per_step(model: PCN, clamp: dict[str, torch.Tensor], inference: Inference, rounds: int) -> tuple[float, float]:
     """``(median, least disturbed)`` seconds per step of ``rounds`` timed relaxations."""
-    relax(model, clamp, inference)  # warm-up
+    relax(model, clamp, inference)  # warm-up (compiling, with inference.compile)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -126,8 +129,9 @@ def _time_per_step(model: PCN, clamp: dict[str, torch.Tensor], inference: Infere
 
 
 def compare(depths: Sequence[int] = (5, 10, 20), cap: int = 5000, batch: int = 16, width: int = 128, grid: Sequence[float] = GRID,
-            timed_steps: int = 50, rounds: int = 7, seed: int = 0) -> dict[str, Any]:
-    """sPC against ePC at each depth (see the module docstring); a JSON-ready dict."""
+            timed_steps: int = 50, rounds: int = 7, seed: int = 0, compiled: bool = True) -> dict[str, Any]:
+    """sPC against ePC at each depth (see the module docstring; ``compiled``: ePC's compiled step
+    too, in ``row["error_compiled"]``); a JSON-ready dict."""
     rows = []
     for depth in depths:
         model, clamp = deep_mlp_problem(depth, batch, width, seed)
@@ -145,6 +149,8 @@ def compare(depths: Sequence[int] = (5, 10, 20), cap: int = 5000, batch: int = 1
                 "stable_lrs": [lr for lr, _, ok in found if ok],
                 "steps_per_lr": {str(lr): t for lr, t, _ in found},
             }
+        if compiled:
+            row["error_compiled"] = _compiled_error(model, clamp, row["error"], grid, timed_steps, rounds)
         s, e = row["state"]["steps"], row["error"]["steps"]
         row["steps_ratio"] = None if s is None or e is None else s / e
         ts, te = row["state"]["time_to_equilibrium_ms"], row["error"]["time_to_equilibrium_ms"]
@@ -154,11 +160,25 @@ def compare(depths: Sequence[int] = (5, 10, 20), cap: int = 5000, batch: int = 1
             "grid": list(grid), "tolerance": 1e-3, "timed_steps": timed_steps, "rounds": rounds, "rows": rows}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """The suite as ``pclab bench epc`` runs it (``quick``: depths 5 and 10, a 500-step cap)."""
+def _compiled_error(model: PCN, clamp: dict[str, torch.Tensor], eager: dict[str, Any], grid: Sequence[float], timed_steps: int,
+                    rounds: int) -> dict[str, Any]:
+    """The compiled ePC step's entry of a row: its time per step at the eager ePC's step size, the
+    time to the eager one's steps, its speed-up over the eager step and the compile time."""
+    before = total_compile_seconds()
+    inference = Inference(timed_steps, SGD(eager["lr"] or grid[0]), parametrisation="error", compile=True)
+    step_s, best_s = _time_per_step(model, clamp, inference, rounds)
+    steps = eager["steps"]
+    return {"steps": steps, "lr": eager["lr"], "step_ms": 1e3 * step_s, "step_ms_best": 1e3 * best_s,
+            "time_to_equilibrium_ms": None if steps is None else 1e3 * step_s * steps,
+            "speedup": eager["step_ms"] / (1e3 * step_s), "compile_seconds": total_compile_seconds() - before}
+
+
+def run(quick: bool = False, compiled: bool = True) -> dict[str, Any]:
+    """The suite as ``pclab bench epc`` runs it (``quick``: depths 5 and 10, a 500-step cap;
+    ``compiled``: with the compiled ePC step, unless ``--no-compile``)."""
     if quick:
-        return compare(depths=(5, 10), cap=500, timed_steps=10, rounds=2)
-    return compare()
+        return compare(depths=(5, 10), cap=500, timed_steps=10, rounds=2, compiled=compiled)
+    return compare(compiled=compiled)
 
 
 def summary(result: dict[str, Any]) -> list[str]:
@@ -174,5 +194,10 @@ def summary(result: dict[str, Any]) -> list[str]:
 
     for row in result["rows"]:
         ratio = "" if row["steps_ratio"] is None else f"; sPC/ePC steps {row['steps_ratio']:.1f}x, time {row['time_ratio']:.1f}x"
+        fast = row.get("error_compiled")
+        if fast is not None:
+            to_equilibrium = "" if fast["time_to_equilibrium_ms"] is None else f" = {fast['time_to_equilibrium_ms']:8.1f} ms"
+            ratio += (f" | ePC compiled {fast['step_ms']:6.2f} ms/step (least disturbed {fast['step_ms_best']:.2f}){to_equilibrium}, "
+                      f"{fast['speedup']:.1f}x the eager step (compiling {fast['compile_seconds']:.1f} s)")
         lines.append(f"  depth {row['depth']:2d}: {cell(row, 'state')} | {cell(row, 'error')}{ratio}")
     return lines

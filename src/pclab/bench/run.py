@@ -117,7 +117,7 @@ def run_speed_benchmark(config: SpeedConfig | None = None, **overrides: Any) -> 
     if "epc" in config.suites:  # sPC vs ePC: steps and time to equilibrium (pclab.bench.epc)
         from . import epc
 
-        result["epc"] = epc.run(quick)
+        result["epc"] = epc.run(quick, compiled=config.compile)
     result["compile_seconds"] = compiled.compile_seconds()
     result["wall_seconds"] = time.perf_counter() - started
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -23,7 +23,9 @@ generative and hybrid models, any DAG). Gradients are hand-derived reverse sweep
 edges' ``forward_with_vjp`` where every edge module has one (``method="auto"`` or ``"manual"``),
 else autograd through the forward computation; both stay differentiable for
 bp-through-inference. The result is an ordinary :class:`~pclab.core.relax.Relaxed` state, so
-every learning rule (the local PC rule at the relaxed states) and read-out works on it.
+every learning rule (the local PC rule at the relaxed states) and read-out works on it. With
+``Inference(compile=True)`` each step on a chain of Dense layers runs as one compiled graph
+(:mod:`pclab.core.fast.error_chain`, behind :mod:`pclab.core.fast.dispatch`).
 
 Not defined here: time-varying precision schedules (spiking, decaying: designed around sPC's
 layer-by-layer error front; an energy that changes in time has no equilibrium to share),
@@ -40,6 +42,7 @@ import torch
 
 from .binomial import checkpointed_relaxation, unrolled_relaxation
 from .energy import Gaussian
+from .fast import dispatch
 from .graph import PCN, State
 
 Inference = Any
@@ -54,8 +57,6 @@ def check_inference(inference: Inference) -> None:
     if inference.fixed_prediction:
         raise ValueError("inference fixed_prediction is not defined for the error parametrisation (ePC computes every prediction "
                          "from the current states); expected fixed_prediction=False")
-    if inference.accelerators:
-        raise ValueError(f"no accelerator computes the error parametrisation (expected accelerators None or ()), got {inference.accelerators!r}")
     schedules = inference.precision.values() if isinstance(inference.precision, Mapping) else [inference.precision]
     for s in schedules:
         if not s.is_constant:
@@ -241,7 +242,8 @@ def relax_errors(
     free root starts at its amortiser's output or zero). ``truncate`` cuts the graph at the
     errors (the states after the cut still depend on the parameters through the forward
     computation); ``truncate=0`` backpropagates through the forward pass at fixed errors.
-    ``inference.compile`` is not used (the eager code runs).
+    Where an accelerator computes the same step (with ``inference.compile``, a chain of
+    :class:`~pclab.core.layers.Dense` layers), :mod:`pclab.core.fast.dispatch` hands it over.
     """
     check_inference(inference)
     if on_step is not None:
@@ -288,6 +290,10 @@ def relax_errors(
         for n in current:
             new[n], new_states[n] = opt.update(current[n], grads[n], opt_states[n], differentiable)
         return new, new_states, energies
+
+    fast = dispatch.error_steps(model, problem, inference, differentiable=differentiable or checkpoint_slots is not None)
+    if fast is not None:  # an accelerator computes each step (its own optimiser state)
+        states, step = fast.init(variables), fast.step
 
     def measure(current: State) -> None:
         with torch.no_grad():

@@ -54,7 +54,7 @@ class Inference:
             or ``"error"`` (error-based PC, ePC: the prediction errors of the free nodes and the
             free roots' values, states computed forward; the same equilibria in far fewer steps
             on deep chains, see :mod:`pclab.core.epc`; static precisions only, no
-            ``fixed_prediction``, no accelerator: ``accelerators`` becomes ``()``).
+            ``fixed_prediction``; with ``compile``, a Dense chain's steps as a compiled graph).
     """
 
     steps: int = 20
@@ -88,7 +88,6 @@ class Inference:
             raise ValueError(f"inference parametrisation must be 'state' or 'error', got {self.parametrisation!r}")
         if self.parametrisation == "error":
             epc.check_inference(self)
-            object.__setattr__(self, "accelerators", ())  # none computes it: the rules take their reference steps
 
     def multipliers(self, model: PCN, step: int) -> dict[str, float] | None:
         """Precision multipliers of every error node at ``step`` (``None`` when all are 1)."""

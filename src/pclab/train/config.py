@@ -142,7 +142,8 @@ class InferenceConfig(_Strict):
     tolerance: Real | None = Field(None, gt=0)
     method: Literal["auto", "manual", "autograd"] = "auto"
     compile: bool = Field(False, description=("run the Dense-chain fast path (PC, iPC, bp-through-inference) under torch.compile"
-                                              " (compiles at batch 1 or 2); other PCNs relaxed by SGD: the latent gradient"))
+                                              " (compiles at batch 1 or 2); other PCNs relaxed by SGD: the latent gradient;"
+                                              " error parametrisation: each relaxation step of a Dense chain"))
     parametrisation: Literal["state", "error"] = Field(
         "state", description="relax the states (state-based PC) or the prediction errors (ePC: the same equilibrium in fewer steps)")
 
@@ -153,8 +154,6 @@ class InferenceConfig(_Strict):
         if self.parametrisation == "error" and self.precision != "constant":
             raise ValueError(f"inference.precision: the error parametrisation takes static precisions only (expected 'constant'), "
                              f"got {self.precision!r}")
-        if self.parametrisation == "error" and self.compile:
-            raise ValueError("inference.compile: the error parametrisation runs eagerly (expected false), got true")
         return self
 
 

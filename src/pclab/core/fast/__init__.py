@@ -8,7 +8,8 @@ reference in ``tests/fast``.
 Read in this order: :mod:`.dispatch` (which runs when), :mod:`.chain` (Dense chains: relaxation, PC
 weight gradients, incremental PC), :mod:`.chain_adjoint` (bp-through-inference's hand-derived
 reverse pass) and :mod:`.differentiable` (that pass as an autograd Function), :mod:`.compiled` and
-:mod:`.compiled_adjoint` (the same under ``torch.compile``).
+:mod:`.compiled_adjoint` (the same under ``torch.compile``), :mod:`.error_chain` (a step of the error
+parametrisation, ePC, on a Dense chain, compiled).
 """
 
 from .dispatch import ACCELERATORS, anchored, path

@@ -20,10 +20,18 @@ The accelerators (:data:`ACCELERATORS`):
 * ``"compiled-grads"``: any other PCN relaxed by pclab's ``SGD`` without a graph: each step's latent
   gradient as one compiled graph;
 * ``"compiled-update"``: bp-through-inference where no chain path applies: the optimiser's step
-  after ``backward`` as a compiled graph.
+  after ``backward`` as a compiled graph;
+* ``"compiled-epc"``: the error parametrisation (ePC, :mod:`pclab.core.epc`) of such a Dense chain
+  relaxed by pclab's ``SGD`` (with or without momentum) or ``Adam``: each step of the reference
+  loop -- states from the errors, energies, the reverse sweep to the errors, the latent update --
+  as one compiled graph (:mod:`~pclab.core.fast.error_chain`), for any clamped nodes, any
+  ``init``, with a trajectory or a tolerance. Not for bp-through-inference: a differentiable
+  ePC relaxation runs the reference loop (its rule may still take ``"compiled-update"``).
 
 The compiled ones run only with ``Inference(compile=True)``. ``Inference.accelerators`` restricts
-the choice (``()``: the reference code only); the chain-based accelerators all build on ``"chain"``.
+the choice (``()``: the reference code only); the chain-based accelerators of state-based PC all
+build on ``"chain"``. An error-parametrised inference takes ``"compiled-epc"`` and
+``"compiled-update"`` only, a state-based one every other.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import torch
 from ..graph import PCN, State
 from ..loss import TaskLoss
 from ..optim import SGD
-from . import chain_adjoint, compiled, differentiable
+from . import chain_adjoint, compiled, differentiable, error_chain
 from .chain import (
     ChainState,
     DenseChain,
@@ -53,8 +61,11 @@ from .chain import (
     weight_gradients,
 )
 
-ACCELERATORS = ("chain", "chain-adjoint", "compiled-chain", "compiled-adjoint", "compiled-grads", "compiled-update")
+ACCELERATORS = ("chain", "chain-adjoint", "compiled-chain", "compiled-adjoint", "compiled-grads", "compiled-update", "compiled-epc")
 """The accelerators' names, as :func:`path` reports them and ``Inference.accelerators`` selects them."""
+
+ERROR_ACCELERATORS = ("compiled-epc", "compiled-update")
+"""The accelerators that apply to ``Inference(parametrisation="error")`` (ePC); the others are state-based PC's."""
 
 REFERENCE = "reference"
 
@@ -84,13 +95,17 @@ class RuleCache:
 
 def allowed(inference: Any, name: str) -> bool:
     """Whether ``inference`` lets accelerator ``name`` run (``compile`` for the compiled ones,
-    ``accelerators`` for all; the chain-based ones need ``"chain"`` too)."""
+    ``accelerators`` for all; state-based PC's chain-based ones need ``"chain"`` too; each
+    parametrisation its own, :data:`ERROR_ACCELERATORS`)."""
+    error = inference.parametrisation == "error"
+    if (name not in ERROR_ACCELERATORS) if error else (name == "compiled-epc"):
+        return False
     if name.startswith("compiled") and not inference.compile:
         return False
     chosen = inference.accelerators
     if chosen is None:
         return True
-    return name in chosen and (name in ("compiled-grads", "compiled-update") or "chain" in chosen)
+    return name in chosen and (name in ("compiled-grads", "compiled-update", "compiled-epc") or "chain" in chosen)
 
 
 # ---------------------------------------------------------------------------- relaxation
@@ -131,6 +146,26 @@ def latent_grads(model: PCN, inference: Any, free: Sequence[str], *, differentia
         return None
     free = list(free)
     return lambda values, clamped, multipliers, cached: compiled.latent_grads(model, values, free, clamped, multipliers, cached)
+
+
+def error_steps(model: PCN, problem: Any, inference: Any, *, differentiable: bool) -> error_chain.Steps | None:
+    """For the loop of :func:`~pclab.core.epc.relax_errors`: the accelerated steps of ``problem``
+    (its :class:`~pclab.core.epc.ErrorProblem`; :class:`~pclab.core.fast.error_chain.Steps`: the
+    optimiser state and the step), or ``None``: run the reference step."""
+    structure = _error_chain(model, inference, differentiable)
+    if structure is None or not problem.variables:
+        return None
+    plan = error_chain.plan(structure, problem, inference.optimizer)
+    return error_chain.Steps(plan, structure.params(), problem.clamp, problem.cached, compile=True)
+
+
+def _error_chain(model: PCN, inference: Any, differentiable: bool) -> DenseChain | None:
+    """The Dense chain whose ePC relaxation ``"compiled-epc"`` computes, or ``None``: not
+    differentiable (bp-through-inference runs the reference loop), ``method="auto"``, pclab's
+    ``SGD`` or ``Adam``, a Dense chain."""
+    if differentiable or inference.method != "auto" or not supports(inference.optimizer) or not allowed(inference, "compiled-epc"):
+        return None
+    return dense_chain(model)
 
 
 # ---------------------------------------------------------------------------- Dense chains
@@ -541,6 +576,10 @@ def path(model: PCN, inference: Any, rule: Any = None, batch: Mapping[str, torch
 def _relax_path(model: PCN, clamp: Mapping[str, torch.Tensor], inference: Any, differentiable: bool = False, record: bool = False,
                 on_step: Callable | None = None, truncate: int | None = None, checkpoint_steps: bool = False,
                 checkpoint_slots: int | None = None, initial: State | None = None) -> str:
+    if inference.parametrisation == "error":
+        free = [n for n in model.order if n not in clamp and (n not in model.error_nodes or model.active(n, clamp))]
+        fast = on_step is None and free and _error_chain(model, inference, differentiable or checkpoint_slots is not None) is not None
+        return "compiled-epc" if fast else REFERENCE
     options = dict(record=record, on_step=on_step, truncate=truncate, checkpoint_steps=checkpoint_steps, checkpoint_slots=checkpoint_slots)
     if relaxation(model, clamp, inference, differentiable=differentiable, **options) is not None:
         feed = initial is None and inference.init == "forward"
