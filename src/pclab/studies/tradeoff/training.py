@@ -29,7 +29,8 @@ import base64
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -182,12 +183,16 @@ def set_relaxation(run: Run, lr: float, steps: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
-def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = ()) -> list[dict[str, float]]:
+def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
+        max_batches: int | None = None) -> list[dict[str, float]]:
     """Train ``run`` for ``config.epochs`` epochs; per-epoch mean training metrics.
 
     Ways (b) and (c) with a ``validation`` set re-choose their training relaxation at the start of
     every epoch (:func:`choose_relaxation` over ``step_sizes`` x ``steps`` on the validation images,
     clamped as in training); the history records the choice (``relax_lr``, ``relax_steps``).
+
+    ``max_batches`` ends every epoch after that many batches (a timed slice of a run, for
+    :mod:`pclab.bench.study`); the history then records ``batches``, the number trained.
 
     Raises :class:`pclab.train.DivergenceError` when a loss or energy stops being finite.
     """
@@ -203,9 +208,12 @@ def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float]
             chosen = {"relax_lr": choice["lr"], "relax_steps": choice["steps"]}
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         totals: dict[str, float] = {}
-        seen = 0
+        seen = count = 0
         started, cpu = time.perf_counter(), time.process_time()
         for images, labels in batches(run.train, config.data.batch_size, shuffle=True, generator=generator):
+            if max_batches is not None and count >= max_batches:
+                break
+            count += 1
             metrics = run.rule.step(make_batch(config, images, labels, run.classes))
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
@@ -215,6 +223,8 @@ def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float]
             seen += len(labels)
         history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, **chosen,
                         **{f"train_{k}": v / seen for k, v in totals.items()}})
+        if max_batches is not None:
+            history[-1]["batches"] = count
     return history
 
 
@@ -289,7 +299,17 @@ def relaxation_effect(run: Run, dataset: Dataset, batch_size: int = 1000) -> dic
 
 
 # ----------------------------------------------------------------------------------------------- trial
-def run_trial(params: dict[str, Any]) -> dict[str, Any]:
+Phase = Callable[[str], AbstractContextManager[Any]]
+"""``phase(name)``: a context manager around one phase of a trial (:func:`run_trial`'s ``phase``)."""
+
+
+@contextmanager
+def untimed(name: str) -> Iterator[None]:
+    """The :data:`Phase` that does nothing (a trial run for its result only)."""
+    yield
+
+
+def run_trial(params: dict[str, Any], phase: Phase = untimed, max_batches: int | None = None) -> dict[str, Any]:
     """Train and measure one run of the study (a Ray/serial trial function; JSON in, JSON out).
 
     ``params``: dataset, way (``bp``/``bpti``/``pc``), complexity, latent, lam, seed, epochs,
@@ -297,45 +317,70 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     relax_step_sizes and relax_steps (the grids :func:`choose_relaxation` chooses from), train_subset,
     test_subset, probe_subset, grid (store reconstructions of the grid images).
 
-    Returns: test_accuracy, recon_mse (native read-out, pixel scale [-1, 1]), their feed-forward
-    and relaxed variants, probe_accuracy (linear probe on the latent), probe_mse (fresh decoder on
-    the frozen latent), mean_image_mse (the fronts' reference error), for ways (b) and (c) the
-    test-time relaxation (relax_lr, relax_steps) and its effect (:func:`relaxation_effect`), train
-    history, seconds, and optionally the reconstructions.
+    ``phase`` wraps each phase -- ``data``, ``build``, ``train`` and those of :func:`measure` -- (a
+    profiler's clock, :mod:`pclab.bench.study`); ``max_batches`` trains a slice of every epoch (see
+    :func:`fit`).
+
+    Returns what :func:`measure` returns.
     """
     started, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(params["seed"])
-    data = trial_data(params)
-    run = build_run(params, data)
-    validation = trial_validation(params)
-    history = fit(run, validation, params["relax_step_sizes"], params["relax_steps"])
-    trained, trained_cpu = time.perf_counter(), time.process_time()
+    with phase("data"):
+        data = trial_data(params)
+        validation = trial_validation(params)
+    with phase("build"):
+        run = build_run(params, data)
+    with phase("train"):
+        history = fit(run, validation, params["relax_step_sizes"], params["relax_steps"], max_batches=max_batches)
+    trained = {"train_seconds": time.perf_counter() - started, "train_cpu_seconds": time.process_time() - cpu}
+    result = measure(params, run, data, validation, history, phase)
+    shown = {k: result.pop(k) for k in ("grid_shape", "grid_images") if k in result}
+    result.update(trained)
+    result.update(shown)  # the record's fields in their usual order
+    result["trial_seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = time.process_time() - cpu  # the run's own CPU time: its cost on a machine shared with others
+    return result
+
+
+def measure(params: dict[str, Any], run: Run, data: tuple[Dataset, Dataset], validation: Dataset, history: list[dict[str, float]],
+            phase: Phase = untimed) -> dict[str, Any]:
+    """Everything a trained run of the study reports (the record's result, less its times).
+
+    Returns: test_accuracy, recon_mse (native read-out, pixel scale [-1, 1]), their feed-forward
+    and relaxed variants, probe_accuracy (linear probe on the latent), probe_mse (fresh decoder on
+    the frozen latent), mean_image_mse (the fronts' reference error), for ways (b) and (c) the
+    test-time relaxation (relax_lr, relax_steps) and its effect (:func:`relaxation_effect`), the
+    train ``history``, and with ``params["grid"]`` the reconstructions of the grid images. Phases:
+    ``relaxation`` (ways (b), (c)), ``evaluate``, ``probes``, ``grid``.
+    """
     relaxation: dict[str, float] = {}
     if params["way"] != "bp":
-        choice = choose_relaxation(run.model, {"x": prepare_images(run.config, validation.images)}, run.inference,
-                                   params["relax_step_sizes"], params["relax_steps"])
-        set_relaxation(run, choice["lr"], choice["steps"])
-        relaxation = {"relax_lr": choice["lr"], "relax_steps": choice["steps"], **relaxation_effect(run, data[1])}
-    metrics = evaluate(run)
-    probe_train = data[0] if not params.get("probe_subset") else data[0].subset(min(params["probe_subset"], len(data[0])), seed=0)
-    z_train, z_test = latents(run, probe_train), latents(run, data[1])
-    x_train = prepare_images(run.config, probe_train.images)
-    x_test = prepare_images(run.config, data[1].images)
+        with phase("relaxation"):
+            choice = choose_relaxation(run.model, {"x": prepare_images(run.config, validation.images)}, run.inference,
+                                       params["relax_step_sizes"], params["relax_steps"])
+            set_relaxation(run, choice["lr"], choice["steps"])
+            relaxation = {"relax_lr": choice["lr"], "relax_steps": choice["steps"], **relaxation_effect(run, data[1])}
+    with phase("evaluate"):
+        metrics = evaluate(run)
+        mean_mse = mean_image_mse(run)
+    with phase("probes"):
+        probe_train = data[0] if not params.get("probe_subset") else data[0].subset(min(params["probe_subset"], len(data[0])), seed=0)
+        z_train, z_test = latents(run, probe_train), latents(run, data[1])
+        x_train = prepare_images(run.config, probe_train.images)
+        x_test = prepare_images(run.config, data[1].images)
+        probes = {"probe_accuracy": linear_probe_accuracy(z_train, probe_train.labels, z_test, data[1].labels),
+                  "probe_mse": decoder_probe_mse(z_train, x_train, z_test, x_test, seed=params["seed"]),
+                  "latent_std": float(z_test.std(0).mean())}
     result: dict[str, Any] = {
         **{k: float(v) for k, v in metrics.items()},
         **relaxation,
-        "mean_image_mse": mean_image_mse(run),
-        "probe_accuracy": linear_probe_accuracy(z_train, probe_train.labels, z_test, data[1].labels),
-        "probe_mse": decoder_probe_mse(z_train, x_train, z_test, x_test, seed=params["seed"]),
-        "latent_std": float(z_test.std(0).mean()),
+        "mean_image_mse": mean_mse,
+        **probes,
         "history": history,
-        "train_seconds": trained - started,
-        "train_cpu_seconds": trained_cpu - cpu,
     }
     if params.get("grid"):
-        shown = grid_images(data[1])
-        result["grid_shape"] = list(shown.shape)
-        result["grid_images"] = encode_images(reconstructions(run, shown))
-    result["trial_seconds"] = time.perf_counter() - started
-    result["cpu_seconds"] = time.process_time() - cpu  # the run's own CPU time: its cost on a machine shared with others
+        with phase("grid"):
+            shown = grid_images(data[1])
+            result["grid_shape"] = list(shown.shape)
+            result["grid_images"] = encode_images(reconstructions(run, shown))
     return result
