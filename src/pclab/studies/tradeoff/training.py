@@ -183,6 +183,12 @@ def set_relaxation(run: Run, lr: float, steps: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of a run's data order in ``epoch`` (0-based): the permutation
+    ``torch.randperm(N, generator=...)`` it draws first is the order of the epoch's examples."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
         max_batches: int | None = None) -> list[dict[str, float]]:
     """Train ``run`` for ``config.epochs`` epochs; per-epoch mean training metrics.
@@ -206,7 +212,7 @@ def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float]
                 choice = {**choice, "steps": min(steps)}
             set_relaxation(run, choice["lr"], choice["steps"])
             chosen = {"relax_lr": choice["lr"], "relax_steps": choice["steps"]}
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        generator = epoch_generator(config.seed, epoch)
         totals: dict[str, float] = {}
         seen = count = 0
         started, cpu = time.perf_counter(), time.process_time()

@@ -1,0 +1,276 @@
+"""Stacked trials: runs of the trade-off study that differ only in ``lam`` and ``seed``, trained as one.
+
+Where a model is small (a Small encoder is one ``784 x d`` product) a training step of one run is
+mostly Python and dispatch overhead, not arithmetic. Runs that share everything but ``lam`` and
+``seed`` -- dataset, way, model (complexity, ``d``), schedule (epochs, batch size, Adam's rate) and
+every other setting -- are therefore trained together:
+
+* **Parameters** of the ``M`` members are stacked along a leading dimension, ``(M, *shape)``. Each
+  member is initialised exactly as it would be alone (:func:`.training.build_run`, seeded from its
+  own seed) and its stacked slice starts as a copy of that.
+* **Products**: every layer is one batched product (``torch.baddbmm``) over the members.
+* **Loss**: member ``m``'s loss is its own ``(1 - lam_m) MSE + lam_m CE`` on its own batch; the
+  members' losses are summed. Their parameters are disjoint, so the sum's gradient with respect to
+  member ``m``'s slice is ``m``'s own gradient.
+* **Optimiser**: one Adam over the stacked tensors. Adam is elementwise, so the slice of its state
+  (moments, step) that belongs to member ``m`` is the state ``m``'s own Adam would have.
+* **Data order**: each member keeps its own. A run alone visits its training examples in the
+  permutation its seed draws each epoch (:func:`.training.epoch_generator`); a member's batches are
+  gathered with that same permutation, so it sees exactly the batches it would alone (members with
+  equal seeds share an order; different seeds are allowed in one stack).
+* **Failure**: a member whose loss stops being finite is recorded as failed with the error a run
+  alone raises, and leaves the sum; the others go on.
+* **Records**: after training, each member's slice goes back into its own model, which is measured
+  exactly as a run alone is (:func:`.training.measure`): the record has the same fields. Times are
+  the stack's training time shared equally among its members, plus the member's own measuring time.
+
+A stacked member equals the run alone up to floating-point rounding (a batched product sums in
+another order than a plain one); tests check it over a few steps in float32 and, tightly, in
+float64. Stacked here: way (a), ``bp``. Ways (b) and (c) run alone (see :data:`STACKABLE_WAYS`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core import Dense, Stack
+from ...core.layers import ACTIVATIONS
+from ...train import DivergenceError, Run, prepare_images
+from .training import Phase, build_run, epoch_generator, measure, trial_data, trial_validation, untimed
+
+STACKABLE_WAYS = ("bp",)
+"""Ways whose runs are trained stacked; the others run alone."""
+
+MEMBER_KEYS = ("lam", "seed", "grid")
+"""Trial parameters in which the members of one stack may differ (``grid``: whether a member stores
+its reconstructions, which is measured per member)."""
+
+
+def stack_key(params: dict[str, Any]) -> str | None:
+    """What members of one stack share: every trial parameter but :data:`MEMBER_KEYS` (as JSON text);
+    None for a trial of a way that is not stacked."""
+    if params["way"] not in STACKABLE_WAYS:
+        return None
+    return json.dumps({k: v for k, v in params.items() if k not in MEMBER_KEYS}, sort_keys=True)
+
+
+def stack_groups(trials: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``trials`` partitioned into the lists run together: trials with the same :func:`stack_key`
+    form one list (in ``trials`` order); every other trial is a list of its own. Lists come in the
+    order of their first trial."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for i, params in enumerate(trials):
+        key = stack_key(params)
+        groups.setdefault(i if key is None else key, []).append(params)
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------------------------------- the model
+Chain = list[tuple[str, str]]
+"""Layers of a chain of affine maps: ``(parameter prefix, activation)``; the layer's parameters are
+``<prefix>.weight`` ``(out, in)`` and ``<prefix>.bias`` ``(out,)``."""
+
+
+def chain_of(module: nn.Module, prefix: str) -> Chain:
+    """The layers of an encoder (``nn.Sequential`` of ``nn.Linear`` and ``nn.ReLU``) or of a
+    :class:`~pclab.core.Stack` of :class:`~pclab.core.Dense` layers with biases.
+
+    Raises TypeError for any other module (such a model is not stacked)."""
+    layers: Chain = []
+    if isinstance(module, Stack):
+        for i, layer in enumerate(module.layers):
+            if not isinstance(layer, Dense) or layer.linear.bias is None:
+                raise TypeError(f"{prefix}: expected Dense layers with biases, got {type(layer).__name__}")
+            layers.append((f"{prefix}.layers.{i}.linear", layer.activation))
+        return layers
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(f"{prefix}: expected nn.Sequential or Stack, got {type(module).__name__}")
+    for i, layer in enumerate(module):
+        if isinstance(layer, nn.Linear) and layer.bias is not None:
+            layers.append((f"{prefix}.{i}", "identity"))
+        elif isinstance(layer, nn.ReLU) and layers and layers[-1][1] == "identity":
+            layers[-1] = (layers[-1][0], "relu")
+        else:
+            raise TypeError(f"{prefix}.{i}: expected nn.Linear (with bias) or nn.ReLU after one, got {type(layer).__name__}")
+    return layers
+
+
+def apply_chain(chain: Chain, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """``h`` ``(M, B, in)`` through every layer of ``chain``, member ``m`` with its own slice
+    ``params[...][m]``: ``act(h @ W.T + b)`` as one batched product per layer; ``(M, B, out)``."""
+    for prefix, activation in chain:
+        weight, bias = params[f"{prefix}.weight"], params[f"{prefix}.bias"]
+        h = ACTIVATIONS[activation][0](torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
+    return h
+
+
+class StackedHybrid:
+    """The parameters of ``M`` Rathjens-Wiskott hybrids (:func:`pclab.models.rathjens_wiskott`,
+    nodes ``x``, ``z``, ``y``; decoder and head one edge each) stacked along a leading dimension,
+    and their feed-forward pass.
+
+    Args:
+        models: the members' models, alike in structure, each with its own values.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        first = models[0]
+        self.encoder = chain_of(first.amortiser_modules["x_to_z"], "amortiser_modules.x_to_z")
+        self.decoder = chain_of(first.edge_modules["z_to_x"], "edge_modules.z_to_x")
+        self.head = chain_of(first.edge_modules["z_to_y"], "edge_modules.z_to_y")
+        names = [n for n, _ in first.named_parameters()]
+        used = {f"{prefix}.{kind}" for chain in (self.encoder, self.decoder, self.head) for prefix, _ in chain for kind in ("weight", "bias")}
+        if set(names) != used:
+            raise TypeError(f"expected a hybrid of encoder x_to_z, decoder z_to_x and head z_to_y only; other parameters: {sorted(set(names) - used)}")
+        self.models = list(models)
+        members = [dict(m.named_parameters()) for m in models]
+        self.params = {n: torch.stack([p[n].detach() for p in members]).requires_grad_() for n in names}
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(M, B, P)`` -> reconstructions ``(M, B, P)`` and logits ``(M, B, classes)``."""
+        z = apply_chain(self.encoder, self.params, x)
+        return apply_chain(self.decoder, self.params, z), apply_chain(self.head, self.params, z)
+
+    def write_back(self) -> None:
+        """Copy each member's slice into its own model."""
+        with torch.no_grad():
+            for m, model in enumerate(self.models):
+                for name, p in model.named_parameters():
+                    p.copy_(self.params[name][m])
+
+
+# ------------------------------------------------------------------------------------------ training
+def _check_alike(runs: Sequence[Run]) -> None:
+    """ValueError unless the runs may share one stacked training run (the schedule alike)."""
+    first = runs[0].config
+    for run in runs:
+        c = run.config
+        if c.learning.rule != "bp" or c.model != first.model or c.data != first.data or c.epochs != first.epochs or c.dtype != first.dtype:
+            raise ValueError("stacked runs must share way bp, model, data and epochs; they differ")
+        lc = c.learning
+        if lc != first.learning.model_copy(update={"lam": lc.lam}):
+            raise ValueError("stacked runs must share their learning settings but lam; they differ")
+        if lc.optimizer != "adam" or lc.schedule != "constant" or lc.warmup_epochs or lc.frozen_layers:
+            raise ValueError(f"stacked runs train with Adam at a constant rate on every layer; got {lc.optimizer}, schedule {lc.schedule}, "
+                             f"warm-up {lc.warmup_epochs}, frozen layers {lc.frozen_layers}")
+        if len(run.train) != len(runs[0].train):
+            raise ValueError("stacked runs must share their training set")
+
+
+def fit_stacked(runs: Sequence[Run], max_batches: int | None = None) -> tuple[list[list[dict[str, float]]], list[Exception | None]]:
+    """Train the runs of way (a) (backprop, loss ``(1 - lam) MSE + lam CE``) as one stacked model.
+
+    Each member gets the training :func:`.training.fit` gives it alone -- same initial weights, same
+    batches in the same order, its own Adam state -- up to floating-point rounding; its weights end
+    in its own model. ``max_batches`` ends each epoch after that many batches (as in ``fit``).
+
+    Returns ``(histories, errors)``, one of each per run: the per-epoch history ``fit`` returns
+    (``seconds`` and ``cpu_seconds`` are the stack's epoch time shared among the members trained in
+    it), and None or the :class:`~pclab.train.DivergenceError` a diverging member raised alone.
+    """
+    _check_alike(runs)
+    config = runs[0].config
+    stacked = StackedHybrid([run.model for run in runs])
+    tensors = list(stacked.params.values())
+    fused = all(t.device.type in ("cpu", "cuda") for t in tensors) or None  # as pclab.train builds Adam
+    optimizer = torch.optim.Adam(tensors, config.learning.lr, weight_decay=config.learning.weight_decay, fused=fused)
+    images = prepare_images(config, runs[0].train.images)  # (N, P), the same per batch as make_batch's
+    labels = runs[0].train.labels.to(images.device)
+    lam = torch.tensor([run.config.learning.lam for run in runs], dtype=images.dtype, device=images.device)
+    weights = (torch.tensor([1.0 - run.config.learning.lam for run in runs], dtype=images.dtype, device=images.device), lam)
+    count, batch = len(runs), config.data.batch_size
+    histories: list[list[dict[str, float]]] = [[] for _ in runs]
+    errors: list[Exception | None] = [None] * count
+    for epoch in range(config.epochs):
+        alive = [m for m in range(count) if errors[m] is None]
+        if not alive:
+            break
+        share = len(alive)  # the members trained in this epoch share its time
+        orders = torch.stack([torch.randperm(len(images), generator=epoch_generator(run.config.seed, epoch)) for run in runs])
+        orders = orders.to(images.device)
+        totals = torch.zeros(3, count, dtype=torch.float64)
+        seen = done = 0
+        started, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(images), batch):
+            if max_batches is not None and done >= max_batches:
+                break
+            done += 1
+            index = orders[:, start:start + batch]  # (M, b): each member's own examples
+            x, y = images[index], labels[index]
+            reconstruction, logits = stacked(x)
+            mse = (reconstruction - x).pow(2).mean(dim=(1, 2))
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(count, -1).mean(1)
+            loss = weights[0] * mse + weights[1] * ce
+            optimizer.zero_grad(set_to_none=True)
+            (loss if len(alive) == count else loss[alive]).sum().backward()
+            optimizer.step()
+            metrics = torch.stack([loss, mse, ce]).detach().double().cpu()
+            size = index.shape[1]
+            finite = torch.isfinite(metrics).all(0).tolist()
+            for m in list(alive):
+                if not finite[m]:
+                    bad = [k for k, v in zip(("loss", "mse_x", "ce_y"), metrics[:, m].tolist()) if not math.isfinite(v)]
+                    errors[m] = DivergenceError(f"epoch {epoch + 1}: {bad} not finite; lower lr / relax_step_sizes")
+                    alive.remove(m)
+            totals += metrics * size
+            seen += size
+        seconds, cpu_seconds = (time.perf_counter() - started) / share, (time.process_time() - cpu) / share
+        for m in range(count):
+            if errors[m] is not None:
+                continue
+            entry = {"epoch": epoch + 1, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     **{f"train_{k}": float(totals[i, m]) / seen for i, k in enumerate(("loss", "mse_x", "ce_y"))}}
+            if max_batches is not None:
+                entry["batches"] = done
+            histories[m].append(entry)
+    stacked.write_back()
+    return histories, errors
+
+
+def run_stack(members: list[dict[str, Any]], phase: Phase = untimed, max_batches: int | None = None) -> list[dict[str, Any] | Exception]:
+    """Train and measure the runs ``members`` (parameters of :func:`.training.run_trial`, alike but
+    for :data:`MEMBER_KEYS`) as one stack; one outcome per member, in order: the result
+    :func:`.training.run_trial` returns for it alone (the same fields), or the exception that ended it.
+
+    Times: ``train_seconds`` and ``train_cpu_seconds`` are the stack's (data, build, training)
+    shared equally among the members; ``trial_seconds`` and ``cpu_seconds`` add the member's own
+    measuring. ``phase`` and ``max_batches`` as in :func:`.training.run_trial`.
+    """
+    if any(stack_key(p) is None or stack_key(p) != stack_key(members[0]) for p in members):
+        raise ValueError("stacked members must be of a stacked way and alike in every parameter but lam, seed and grid")
+    started, cpu = time.perf_counter(), time.process_time()
+    with phase("data"):
+        data = trial_data(members[0])
+        validation = trial_validation(members[0])
+    with phase("build"):
+        runs = [build_run(params, data) for params in members]  # each seeded from its own seed, as alone
+    with phase("train"):
+        histories, errors = fit_stacked(runs, max_batches=max_batches)
+    share = len(members)
+    trained = {"train_seconds": (time.perf_counter() - started) / share, "train_cpu_seconds": (time.process_time() - cpu) / share}
+    outcomes: list[dict[str, Any] | Exception] = []
+    for params, run, history, error in zip(members, runs, histories, errors):
+        if error is not None:
+            outcomes.append(error)
+            continue
+        own, own_cpu = time.perf_counter(), time.process_time()
+        try:
+            result = measure(params, run, data, validation, history, phase)
+        except Exception as err:  # a failed member is data; its siblings are measured still
+            outcomes.append(err)
+            continue
+        shown = {k: result.pop(k) for k in ("grid_shape", "grid_images") if k in result}
+        result.update(trained)
+        result.update(shown)
+        result["trial_seconds"] = trained["train_seconds"] + time.perf_counter() - own
+        result["cpu_seconds"] = trained["train_cpu_seconds"] + time.process_time() - own_cpu
+        outcomes.append(result)
+    return outcomes
