@@ -1,0 +1,320 @@
+"""``pclab bench study tradeoff``: where a study preset's wall time goes, measured on timed slices.
+
+A study is many small runs. This profiler runs, in this process, one representative run of each
+*kind* of the preset's runs (dataset, way, complexity, ``d``; ``lam`` and seed do not change the
+cost) with each epoch cut to ``batches`` batches, and splits its wall time into phases:
+
+* ``startup`` -- a fresh Python importing torch and pclab (a subprocess; every Ray worker pays it
+  once), and with ``--ray`` the embedded Ray's start-up and first task;
+* ``data`` -- loading the data set from pclab's cache (``data_cold``: the first load in a process,
+  once per worker) and the run's splits (every run);
+* ``build`` -- model and learning rule (the trade-off study compiles nothing; ``build_once``: what
+  the first model built in a process costs more than later ones);
+* ``epoch_setup`` -- per epoch, outside the batch loop: the PC ways' choice of relaxation;
+* ``batches`` -- the training batches; ``per_batch_ms`` against ``products_ms``, the same step's
+  matrix products alone (captured at the ATen level from one step, then replayed back to back on
+  tensors of their shapes, best of several repeats): ``overhead`` = per batch / products; a kind
+  with ``overhead >= 2`` spends most of its batch time outside products (Python, dispatch,
+  elementwise work, the optimiser): it is *overhead-bound*;
+* ``relaxation``, ``evaluate``, ``probes``, ``grid`` -- measuring the trained run (at full size: not
+  sliced);
+* ``record`` -- writing the run's record.
+
+The run of a kind is then extrapolated to the preset: ``epochs x (epoch_setup + batches_per_epoch x
+per_batch)`` plus the unsliced phases, times the runs of that kind. With ``--stack`` the kinds of a
+stacked way run as stacks (:mod:`pclab.studies.tradeoff.stacked`): the representative is a whole
+stack, its time shared by its members. The totals are the preset's work in worker-seconds; its wall
+time on ``W`` equal workers is about the start-up plus that over ``W`` (``--workers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import write_json
+from .hardware import BenchError
+
+PRODUCTS = ("mm", "addmm", "bmm", "baddbmm")
+"""ATen matrix products a step's arithmetic is counted by (in-place and ``out=`` forms included)."""
+
+MEASURING = ("relaxation", "evaluate", "probes", "grid")
+"""Phases of measuring a trained run (:func:`pclab.studies.tradeoff.training.measure`)."""
+
+
+class PhaseClock:
+    """A :data:`pclab.studies.tradeoff.training.Phase`: wall seconds per phase name, summed."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------ start-up
+def startup_seconds(modules: Sequence[str] = ("torch", "pclab.studies.tradeoff")) -> dict[str, float]:
+    """``process``: wall seconds of a fresh Python that imports ``modules`` and exits; ``imports``:
+    the imports alone (measured inside it)."""
+    code = ("import time; t = time.perf_counter()\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(time.perf_counter() - t)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, timeout=300)
+    return {"process": time.perf_counter() - start, "imports": float(out.stdout.strip().splitlines()[-1])}
+
+
+def ray_startup_seconds() -> dict[str, float]:
+    """``start``: the embedded Ray's start-up (:func:`pclab.sweep.ray_session`) and one trivial task's
+    round trip (a worker process started); ``shutdown``: ending it."""
+    import ray
+
+    from ..sweep import ray_session
+
+    start = time.perf_counter()
+    with ray_session():
+        ray.get(ray.remote(lambda: 1).remote())
+        started = time.perf_counter()
+    return {"start": started - start, "shutdown": time.perf_counter() - started}
+
+
+# ------------------------------------------------------------------------------------------ products
+def capture_products(step: Callable[[], Any]) -> list[tuple[str, list[tuple[int, ...]], torch.dtype, torch.device]]:
+    """The matrix products (:data:`PRODUCTS`) ``step()`` executes, in order: ``(op, operand shapes,
+    dtype, device)``; for ``addmm``/``baddbmm`` the operands are the two multiplied."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[tuple[str, list[tuple[int, ...]], torch.dtype, torch.device]] = []
+
+    class Capture(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._overloadpacket.__name__.rstrip("_")
+            if name in PRODUCTS:
+                operands = args[1:3] if name in ("addmm", "baddbmm") else args[:2]
+                seen.append((name, [tuple(t.shape) for t in operands], operands[0].dtype, operands[0].device))
+            return func(*args, **(kwargs or {}))
+
+    with Capture():
+        step()
+    return seen
+
+
+def products_seconds(products: Sequence[tuple[str, list[tuple[int, ...]], torch.dtype, torch.device]], repeats: int = 20) -> float:
+    """Seconds the ``products`` take back to back (each as ``torch.mm``/``torch.bmm`` into a
+    preallocated output), best of ``repeats``: the step's arithmetic without the rest of the step."""
+    from .hardware import clock
+
+    if not products:
+        return 0.0
+    calls = []
+    for _, (a, b), dtype, device in products:
+        x, y = torch.randn(a, dtype=dtype, device=device), torch.randn(b, dtype=dtype, device=device)
+        out = torch.empty(*a[:-1], b[-1], dtype=dtype, device=device)
+        calls.append((torch.bmm if len(a) == 3 else torch.mm, x, y, out))
+    device = products[0][3]
+    best = math.inf
+    for _ in range(repeats + 2):  # two warm-up rounds
+        start = clock(device)
+        for f, x, y, out in calls:
+            f(x, y, out=out)
+        best = min(best, clock(device) - start)
+    return best
+
+
+def _step_products(params: dict[str, Any], history: list[dict[str, Any]], stack: list[dict[str, Any]] | None) -> list:
+    """The products of one training step of ``params``'s run (its relaxation as chosen in ``history``),
+    or of one step of the ``stack``."""
+    from ..studies.tradeoff import stacked, training
+    from ..train import make_batch
+
+    data = training.trial_data(params)
+    if stack is not None:
+        runs = [training.build_run({**p, "epochs": 1}, data) for p in stack]
+        return capture_products(lambda: stacked.fit_stacked(runs, max_batches=1))
+    run = training.build_run(params, data)
+    if "relax_lr" in history[0]:
+        training.set_relaxation(run, history[0]["relax_lr"], history[0]["relax_steps"])
+    images, labels = run.train.images[: params["batch_size"]], run.train.labels[: params["batch_size"]]
+    batch = make_batch(run.config, images, labels, run.classes)
+    return capture_products(lambda: run.rule.step(batch))
+
+
+# ----------------------------------------------------------------------------------------- profile
+def _kind(params: dict[str, Any]) -> tuple[str, str, str, int]:
+    return params["dataset"], params["way"], params["complexity"], int(params["latent"])
+
+
+def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batches: int = 20, stack: bool = False,
+                     startup: bool = True, ray: bool = False, workers: int = 2, kinds: int | None = None) -> dict[str, Any]:
+    """Profile the trade-off study's ``preset`` (see the module docstring); a JSON-ready dict.
+
+    Args:
+        preset, overrides: the study configuration (:func:`pclab.studies.tradeoff.study_config`).
+        batches: training batches per epoch of the timed slice.
+        stack: run the stacked ways' kinds as stacks (``--set stack=true`` of the study).
+        startup: measure a fresh process's imports; ray: measure the embedded Ray's start-up.
+        workers: workers the study's wall time is estimated for.
+        kinds: profile only the first ``kinds`` kinds (a quicker look).
+    """
+    from ..studies import tradeoff
+    from ..studies.tradeoff import stacked, training
+
+    config = tradeoff.study_config(preset, overrides)
+    trials = tradeoff.trials(config)
+    units = stacked.stack_groups(trials) if stack else [[p] for p in trials]
+    by_kind: dict[tuple, list[list[dict[str, Any]]]] = {}
+    for unit in units:
+        by_kind.setdefault(_kind(unit[0]), []).append(unit)
+    chosen = list(by_kind.items())[:kinds]
+    result: dict[str, Any] = {"preset": preset, "overrides": overrides or {}, "batches": batches, "stack": stack, "workers": workers,
+                              "runs": len(trials), "torch_threads": torch.get_num_threads(), "startup": {}, "kinds": []}
+    if startup:
+        result["startup"].update(startup_seconds())
+    if ray:
+        result["startup"]["ray"] = ray_startup_seconds()
+    training._full.cache_clear()  # the first load of the data set in this process is timed as the cold load
+    cold = PhaseClock()
+    with cold("data_cold"):
+        data = training.trial_data(trials[0])
+    for name in ("build_cold", "build_warm"):  # the first model built in a process pays one-time costs
+        with cold(name):
+            training.build_run(trials[0], data)
+    result["data_cold"] = cold.seconds["data_cold"]
+    result["build_once"] = max(0.0, cold.seconds["build_cold"] - cold.seconds["build_warm"])
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, kind_units in chosen:
+            result["kinds"].append(_profile_kind(kind, kind_units, batches, Path(folder)))
+    total = {k: 0.0 for k in ("data", "build", "epoch_setup", "batches", "products", "measuring", "record")}
+    for row in result["kinds"]:
+        for key in total:
+            total[key] += row["extrapolated"][key] * row["units"]
+    result["work_seconds"] = total
+    result["work_total"] = sum(v for k, v in total.items() if k != "products")
+    fixed = result["startup"].get("process", 0.0) + result["startup"].get("ray", {}).get("start", 0.0) + result["data_cold"] + result["build_once"]
+    result["wall_estimate"] = fixed + result["work_total"] / max(1, workers)
+    result["complete"] = len(chosen) == len(by_kind)
+    return result
+
+
+def _profile_kind(kind: tuple, units: list[list[dict[str, Any]]], batches: int, folder: Path) -> dict[str, Any]:
+    """Time one representative unit (a run, or a stack) of ``kind`` on a slice; extrapolate it."""
+    from ..studies.tradeoff import stacked, training
+
+    unit = units[0]
+    members = len(unit)
+    sliced = [{**p, "epochs": 1} for p in unit]
+    clock = PhaseClock()
+    if members > 1:
+        outcomes = stacked.run_stack(sliced, phase=clock, max_batches=batches)
+    else:
+        outcomes = [training.run_trial(sliced[0], phase=clock, max_batches=batches)]
+    failed = [str(o) for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise BenchError(f"profiling {kind}: the sliced run failed: {failed[0]}")
+    history = outcomes[0]["history"]
+    trained = history[0]["batches"]
+    loop = history[0]["seconds"] * members  # a stack's epoch time is shared among its members
+    per_batch = loop / max(trained, 1)
+    record_start = time.perf_counter()
+    for params, outcome in zip(unit, outcomes):
+        write_json(folder / "record.json", {"id": "profile", "params": params, "status": "ok", "result": outcome, "seconds": 0.0})
+    record = time.perf_counter() - record_start
+    products = products_seconds(_step_products(sliced[0], history, sliced if members > 1 else None))
+    first = unit[0]
+    epochs = first["epochs"]
+    data = training.trial_data(first)[0]
+    per_epoch = math.ceil(len(data) / first["batch_size"])
+    epoch_setup = max(0.0, clock.seconds["train"] - loop)
+    extrapolated = {
+        "data": clock.seconds["data"], "build": clock.seconds["build"], "epoch_setup": epochs * epoch_setup,
+        "batches": epochs * per_epoch * per_batch, "products": epochs * per_epoch * products,
+        "measuring": sum(clock.seconds.get(k, 0.0) for k in MEASURING), "record": record,
+    }
+    return {
+        "dataset": kind[0], "way": kind[1], "complexity": kind[2], "latent": kind[3], "members": members,
+        "units": len(units), "runs": sum(len(u) for u in units),
+        "phases": clock.seconds, "timed_batches": trained, "batches_per_epoch": per_epoch, "epochs": epochs,
+        "per_batch_ms": 1e3 * per_batch, "products_ms": 1e3 * products, "overhead": per_batch / products if products else math.inf,
+        "epoch_setup_s": epoch_setup, "extrapolated": extrapolated, "unit_seconds": sum(v for k, v in extrapolated.items() if k != "products"),
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`profile_tradeoff`'s result."""
+    s = result["startup"]
+    lines = [f"tradeoff preset {result['preset']}{' (stacked)' if result['stack'] else ''}: {result['runs']} runs; slices of "
+             f"{result['batches']} batches per epoch, extrapolated; torch threads {result['torch_threads']}"]
+    parts = ([f"a fresh process importing torch and pclab {s['process']:.1f} s (the imports {s['imports']:.1f} s)"] if "process" in s else []) + (
+        [f"the embedded Ray's start and first task {s['ray']['start']:.1f} s, its shutdown {s['ray']['shutdown']:.1f} s"] if "ray" in s else [])
+    if parts:
+        lines.append("start-up: " + "; ".join(parts))
+    lines.append(f"once per worker process: first load of the data set {result['data_cold']:.2f} s, first model built "
+                 f"{result['build_once']:.2f} s more than later ones")
+    lines.append(f"{'way':5s} {'model':8s} {'d':>3s} {'runs':>4s} {'stack':>5s} {'ms/batch':>9s} {'products':>9s} {'overhead':>8s} "
+                 f"{'data':>6s} {'build':>6s} {'setup':>7s} {'batches':>8s} {'measure':>8s} {'record':>6s} {'unit s':>7s}  bound")
+    for k in result["kinds"]:
+        e = k["extrapolated"]
+        bound = "overhead" if k["overhead"] >= 2 else "compute"
+        lines.append(f"{k['way']:5s} {k['complexity']:8s} {k['latent']:3d} {k['runs']:4d} {k['members']:5d} {k['per_batch_ms']:9.2f} "
+                     f"{k['products_ms']:9.2f} {k['overhead']:8.1f} {e['data']:6.2f} {e['build']:6.2f} {e['epoch_setup']:7.2f} "
+                     f"{e['batches']:8.1f} {e['measuring']:8.2f} {e['record']:6.3f} {k['unit_seconds']:7.1f}  {bound}")
+    w = result["work_seconds"]
+    total = result["work_total"]
+    parts = ", ".join(f"{name} {w[name]:.0f} s ({100 * w[name] / total:.0f} %)" for name in ("data", "build", "epoch_setup", "batches",
+                                                                                             "measuring", "record") if total)
+    lines.append(f"work of the {'profiled kinds' if not result['complete'] else 'whole preset'}: {total:.0f} worker-seconds: {parts}; "
+                 f"of the batches, matrix products {w['products']:.0f} s")
+    lines.append(f"wall time on {result['workers']} workers, if the work divides evenly: about {result['wall_estimate']:.0f} s "
+                 "(start-up and once-per-process costs, then work / workers)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``pclab bench study tradeoff [--preset P] [--batches N] [--stack] [--ray] [--set KEY=VALUE] [--json PATH]``.
+
+    Raises :class:`BenchError` for an unknown study or preset, or a bad setting."""
+    from ..train import apply_overrides
+    from ..train.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="pclab bench study", description="where a study preset's wall time goes (timed slices)")
+    parser.add_argument("study", choices=["tradeoff"], help="the study (tradeoff)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batches", type=int, default=20, help="training batches per epoch of each timed slice (default 20)")
+    parser.add_argument("--stack", action="store_true", help="profile the stacked ways as stacks (the study's stack=true)")
+    parser.add_argument("--ray", action="store_true", help="also time the embedded Ray's start-up")
+    parser.add_argument("--no-startup", action="store_true", help="skip timing a fresh process's imports")
+    parser.add_argument("--workers", type=int, default=2, help="workers the wall time is estimated for (default 2)")
+    parser.add_argument("--kinds", type=int, default=None, help="profile only the first N kinds of runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a study trial uses 1; default 1)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="override a study setting: KEY=VALUE (repeatable)")
+    parser.add_argument("--json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    if args.batches < 1 or args.workers < 1 or args.threads < 1 or (args.kinds is not None and args.kinds < 1):
+        raise BenchError(f"--batches, --workers, --threads and --kinds: expected integers >= 1, got {args.batches}, {args.workers}, "
+                         f"{args.threads}, {args.kinds}")
+    torch.set_num_threads(args.threads)
+    try:
+        overrides = apply_overrides({}, args.sets) or None
+        result = profile_tradeoff(args.preset, overrides, args.batches, args.stack, not args.no_startup, args.ray, args.workers, args.kinds)
+    except ConfigError as err:
+        raise BenchError(str(err)) from None
+    result["command"] = " ".join(["pclab bench study", *(argv if argv is not None else sys.argv[1:])])
+    print(summary(result))
+    if args.json:
+        write_json(args.json, result)
