@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-from pclab.bench import BenchError
+from pclab.bench import BenchError, study
 from pclab.bench import main as bench_main
-from pclab.bench import study
 
 
 def test_capture_products_sees_each_matrix_product_with_its_operands():
