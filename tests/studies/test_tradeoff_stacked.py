@@ -15,9 +15,9 @@ from pclab.sweep import Stacking, load_records, run_trials
 from pclab.train import DivergenceError, prepare
 
 
-def _members(lams=(0.0, 0.5, 1.0), seeds=(0, 1, 0), **overrides):
-    """Trial parameters of tiny way-(a) runs alike but for lam and seed."""
-    base = next(p for p in tradeoff.trials(tradeoff.study_config("tiny")) if p["way"] == "bp")
+def _members(lams=(0.0, 0.5, 1.0), seeds=(0, 1, 0), way="bp", **overrides):
+    """Trial parameters of tiny runs of ``way`` alike but for lam and seed."""
+    base = next(p for p in tradeoff.trials(tradeoff.study_config("tiny")) if p["way"] == way)
     return [{**base, "lam": float(lam), "seed": seed, "grid": False, **overrides} for lam, seed in zip(lams, seeds)]
 
 
@@ -26,25 +26,30 @@ def _runs(members, dtype):
     return [prepare(training.run_config(p).model_copy(update={"dtype": dtype}), data) for p in members]
 
 
-@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_a_stacked_member_trains_as_it_would_alone(dtype, tol):
-    """Two epochs of four batches each (different seeds: different data orders): weights, Adam's
-    moments and the per-epoch training metrics match the runs trained alone."""
-    members = _members(epochs=2)
+@pytest.mark.parametrize("way", ["bp", "bpti", "pc"])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-3)])
+def test_a_stacked_member_trains_as_it_would_alone(way, dtype, tol):
+    """Two epochs of four batches each (different seeds: different data orders; ways (b) and (c)
+    re-choose their relaxation each epoch): weights, the chosen relaxations and the per-epoch training
+    metrics match the runs trained alone."""
+    members = _members(way=way, epochs=2)
     alone, together = _runs(members, dtype), _runs(members, dtype)
-    for run in together:  # the same initial weights, from the members' own seeds
-        assert all(torch.equal(a, b) for a, b in zip(run.model.parameters(), alone[together.index(run)].model.parameters()))
-    histories = [training.fit(run, max_batches=4) for run in alone]
-    stacked_histories, errors = stacked.fit_stacked(together, max_batches=4)
+    for run, twin in zip(alone, together):  # the same initial weights, from the members' own seeds
+        assert all(torch.equal(a, b) for a, b in zip(run.model.parameters(), twin.model.parameters()))
+    validation = training.trial_validation(members[0])
+    choice = (validation, members[0]["relax_step_sizes"], members[0]["relax_steps"])
+    histories = [training.fit(run, *choice, max_batches=4) for run in alone]
+    stacked_histories, errors = stacked.fit_stacked(together, *choice, max_batches=4)
     assert errors == [None] * len(members)
     for run, twin, history, twin_history in zip(alone, together, histories, stacked_histories):
         for (name, a), b in zip(run.model.named_parameters(), twin.model.parameters()):
             assert a.dtype == b.dtype == getattr(torch, dtype)
             torch.testing.assert_close(b, a, rtol=tol, atol=tol, msg=name)
-        assert [sorted(h) for h in twin_history] == [sorted(h) for h in history]
+        assert [list(h) for h in twin_history] == [list(h) for h in history]
         for h, t in zip(history, twin_history):
             assert t["batches"] == h["batches"] == 4
-            for key in ("train_loss", "train_mse_x", "train_ce_y"):
+            assert (t.get("relax_lr"), t.get("relax_steps")) == (h.get("relax_lr"), h.get("relax_steps"))
+            for key in (k for k in h if k.startswith("train_")):
                 assert t[key] == pytest.approx(h[key], rel=tol, abs=tol)
     # the members really differ (lam, seed): the test compares distinct trainings
     assert not torch.allclose(alone[0].model.edge_modules["z_to_x"].layers[0].linear.weight,
@@ -92,15 +97,16 @@ def _poison(build, seed):
     return poisoned
 
 
-def test_a_diverging_member_fails_alone_while_its_siblings_finish(monkeypatch):
-    members = _members(seeds=(0, 1, 2))
+@pytest.mark.parametrize("way", ["bp", "pc"])
+def test_a_diverging_member_fails_alone_while_its_siblings_finish(monkeypatch, way):
+    members = _members(seeds=(0, 1, 2), way=way)
     monkeypatch.setattr(stacked, "build_run", _poison(training.build_run, 1))
     monkeypatch.setattr(training, "build_run", _poison(training.build_run, 1))
     outcomes = stacked.run_stack(members)
     with pytest.raises(DivergenceError) as alone:
         training.run_trial(members[1])
     assert isinstance(outcomes[1], DivergenceError) and str(outcomes[1]) == str(alone.value)
-    assert str(alone.value).startswith("epoch 1: ['loss', 'mse_x', 'ce_y'] not finite")
+    assert str(alone.value).startswith("epoch 1: " + str(["energy"] if way == "pc" else ["loss", "mse_x", "ce_y"]) + " not finite")
     for m in (0, 2):
         result, own = outcomes[m], training.run_trial(members[m])
         assert isinstance(result, dict) and list(result) == list(own)
@@ -114,12 +120,10 @@ def test_stack_groups_partition_the_trials_into_runs_alike_but_for_lam_and_seed(
     groups = stacked.stack_groups(trials)
     assert sorted(json.dumps(p, sort_keys=True) for g in groups for p in g) == sorted(json.dumps(p, sort_keys=True) for p in trials)
     for group in groups:
-        if group[0]["way"] in stacked.STACKABLE_WAYS:
-            assert len({stacked.stack_key(p) for p in group}) == 1
-            assert len(group) == 15  # 5 lam x 3 seeds of one (complexity, d)
-        else:
-            assert len(group) == 1
-    assert len([g for g in groups if len(g) > 1]) == 2 * 3  # bp on Small and Medium, 3 d each
+        assert len({stacked.stack_key(p) for p in group}) == 1
+        assert len(group) == 15  # 5 lam x 3 seeds of one way, complexity and d
+    assert len(groups) == 2 * 3 + 2 * 3  # bp on Small and Medium, bpti and pc on Small; 3 d each
+    assert stacked.stack_groups([{**trials[0], "way": "ipc"}, {**trials[1], "way": "ipc"}]) == [[{**trials[0], "way": "ipc"}], [{**trials[1], "way": "ipc"}]]
     with pytest.raises(ValueError, match="alike"):
         stacked.run_stack([trials[0], {**trials[0], "latent": trials[0]["latent"] + 1}])
 

@@ -9,9 +9,13 @@ every other setting -- are therefore trained together:
   member is initialised exactly as it would be alone (:func:`.training.build_run`, seeded from its
   own seed) and its stacked slice starts as a copy of that.
 * **Products**: every layer is one batched product (``torch.baddbmm``) over the members.
-* **Loss**: member ``m``'s loss is its own ``(1 - lam_m) MSE + lam_m CE`` on its own batch; the
-  members' losses are summed. Their parameters are disjoint, so the sum's gradient with respect to
-  member ``m``'s slice is ``m``'s own gradient.
+* **Training step**: member ``m``'s objective is its own -- way (a) ``(1 - lam_m) MSE + lam_m CE``;
+  way (b) the same on the latent relaxed ``T_m`` steps, backpropagated through them; way (c) the
+  energy at the latent relaxed with its own precisions, plus the encoder's amortiser loss -- on its
+  own batch. Relaxation is latent SGD with each member's own step size and ``T``, re-chosen each
+  epoch on its own model (:func:`.training.choose_relaxation`, unstacked, as alone); a member with a
+  smaller ``T`` takes zero-size steps to the largest. The members' objectives are summed: their
+  parameters are disjoint, so the sum's gradient with respect to ``m``'s slice is ``m``'s own.
 * **Optimiser**: one Adam over the stacked tensors. Adam is elementwise, so the slice of its state
   (moments, step) that belongs to member ``m`` is the state ``m``'s own Adam would have.
 * **Data order**: each member keeps its own. A run alone visits its training examples in the
@@ -25,8 +29,9 @@ every other setting -- are therefore trained together:
   the stack's training time shared equally among its members, plus the member's own measuring time.
 
 A stacked member equals the run alone up to floating-point rounding (a batched product sums in
-another order than a plain one); tests check it over a few steps in float32 and, tightly, in
-float64. Stacked here: way (a), ``bp``. Ways (b) and (c) run alone (see :data:`STACKABLE_WAYS`).
+another order than a plain one, and the latent gradient comes from autograd instead of the
+hand-derived one); tests check it over a few steps in float32 and, tightly, in float64. In float32
+a relaxation choice that two candidates almost tie for could go the other way.
 """
 
 from __future__ import annotations
@@ -41,12 +46,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core import Dense, Stack
+from ...core import Constant, Dense, Stack
 from ...core.layers import ACTIVATIONS
+from ...data import Dataset
 from ...train import DivergenceError, Run, prepare_images
-from .training import Phase, build_run, epoch_generator, measure, trial_data, trial_validation, untimed
+from .training import (
+    Phase,
+    build_run,
+    choose_relaxation,
+    epoch_generator,
+    measure,
+    set_relaxation,
+    training_clamp,
+    trial_data,
+    trial_validation,
+    untimed,
+)
 
-STACKABLE_WAYS = ("bp",)
+STACKABLE_WAYS = ("bp", "bpti", "pc")
 """Ways whose runs are trained stacked; the others run alone."""
 
 MEMBER_KEYS = ("lam", "seed", "grid")
@@ -134,10 +151,48 @@ class StackedHybrid:
         members = [dict(m.named_parameters()) for m in models]
         self.params = {n: torch.stack([p[n].detach() for p in members]).requires_grad_() for n in names}
 
+    def encode(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Images ``(M, B, P)`` -> the encoder's latents ``(M, B, d)`` (``params``: default the stacked ones)."""
+        return apply_chain(self.encoder, self.params if params is None else params, x)
+
+    def decode(self, z: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Latents ``(M, B, d)`` -> predicted images ``(M, B, P)``."""
+        return apply_chain(self.decoder, self.params if params is None else params, z)
+
+    def classify(self, z: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Latents ``(M, B, d)`` -> logits ``(M, B, classes)``."""
+        return apply_chain(self.head, self.params if params is None else params, z)
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(M, B, P)`` -> reconstructions ``(M, B, P)`` and logits ``(M, B, classes)``."""
-        z = apply_chain(self.encoder, self.params, x)
-        return apply_chain(self.decoder, self.params, z), apply_chain(self.head, self.params, z)
+        """Images ``(M, B, P)`` -> reconstructions ``(M, B, P)`` and logits ``(M, B, classes)`` (feed-forward)."""
+        z = self.encode(x)
+        return self.decode(z), self.classify(z)
+
+    def energy(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None, precisions: torch.Tensor,
+               params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-sample energy ``(M, B)`` of the state ``(x, z, labels)``: ``pi_x/2 ||x - dec(z)||^2`` plus,
+        with ``labels`` (one-hot ``(M, B, classes)``: the label clamped), ``-pi_y sum labels log softmax(head(z))``.
+        ``precisions`` ``(M, 2)``: each member's ``(pi_x, pi_y)``."""
+        energy = precisions[:, :1] * 0.5 * (x - self.decode(z, params)).pow(2).sum(-1)
+        if labels is not None:
+            energy = energy - precisions[:, 1:] * (labels * F.log_softmax(self.classify(z, params), dim=-1)).sum(-1)
+        return energy
+
+    def relax(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None, precisions: torch.Tensor, rates: torch.Tensor,
+              steps: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """Latent SGD on :meth:`energy` from ``z`` ``(M, B, d)``: member ``m`` takes ``steps[m]`` steps of
+        size ``rates[m]`` (each sample descends its own energy, as in :func:`pclab.core.relax`); its later
+        steps, up to the largest ``steps``, have size 0. ``differentiable``: keep the graph through
+        every step (backprop through inference); otherwise the parameters are constants."""
+        params = self.params if differentiable else {n: v.detach() for n, v in self.params.items()}
+        for t in range(int(steps.max()) if len(steps) else 0):
+            size = torch.where(steps > t, rates, torch.zeros_like(rates))[:, None, None]
+            with torch.enable_grad():
+                if not differentiable:
+                    z = z.detach().requires_grad_()
+                (grad,) = torch.autograd.grad(self.energy(z, x, labels, precisions, params).sum(), z, create_graph=differentiable)
+            z = z - size * grad
+        return z if differentiable else z.detach()
 
     def write_back(self) -> None:
         """Copy each member's slice into its own model."""
@@ -148,29 +203,46 @@ class StackedHybrid:
 
 
 # ------------------------------------------------------------------------------------------ training
+METRICS = {"bp": ("loss", "mse_x", "ce_y"), "bp-through-inference": ("loss", "mse_x", "ce_y"), "pc": ("energy",)}
+"""The training metrics of each learning rule, as its ``step`` reports them."""
+
+
 def _check_alike(runs: Sequence[Run]) -> None:
-    """ValueError unless the runs may share one stacked training run (the schedule alike)."""
+    """ValueError unless the runs may share one stacked training run (alike but for lam and seed)."""
     first = runs[0].config
     for run in runs:
-        c = run.config
-        if c.learning.rule != "bp" or c.model != first.model or c.data != first.data or c.epochs != first.epochs or c.dtype != first.dtype:
-            raise ValueError("stacked runs must share way bp, model, data and epochs; they differ")
-        lc = c.learning
-        if lc != first.learning.model_copy(update={"lam": lc.lam}):
-            raise ValueError("stacked runs must share their learning settings but lam; they differ")
-        if lc.optimizer != "adam" or lc.schedule != "constant" or lc.warmup_epochs or lc.frozen_layers:
+        c, lc, inference = run.config, run.config.learning, run.inference
+        if c.model != first.model or c.data != first.data or c.epochs != first.epochs or c.dtype != first.dtype or c.device != first.device:
+            raise ValueError("stacked runs must share model, data, epochs, dtype and device; they differ")
+        if lc != first.learning.model_copy(update={"lam": lc.lam}) or lc.rule not in METRICS:
+            raise ValueError(f"stacked runs must share their learning settings but lam, with rule one of {sorted(METRICS)}; they differ")
+        if lc.optimizer != "adam" or lc.schedule != "constant" or lc.warmup_epochs or lc.frozen_layers or lc.forward_update:
             raise ValueError(f"stacked runs train with Adam at a constant rate on every layer; got {lc.optimizer}, schedule {lc.schedule}, "
-                             f"warm-up {lc.warmup_epochs}, frozen layers {lc.frozen_layers}")
+                             f"warm-up {lc.warmup_epochs}, frozen layers {lc.frozen_layers}, forward update {lc.forward_update}")
+        plain = (inference.optimizer.__class__.__name__ == "SGD" and not inference.optimizer.momentum and inference.init == "forward"
+                 and inference.precision == Constant() and inference.tolerance is None and not inference.fixed_prediction
+                 and inference.parametrisation == "state" and lc.truncate is None and lc.checkpoint is False)
+        if lc.rule != "bp" and not plain:
+            raise ValueError("stacked runs relax by plain latent SGD from the feed-forward state, every step, without checkpointing")
         if len(run.train) != len(runs[0].train):
             raise ValueError("stacked runs must share their training set")
 
 
-def fit_stacked(runs: Sequence[Run], max_batches: int | None = None) -> tuple[list[list[dict[str, float]]], list[Exception | None]]:
-    """Train the runs of way (a) (backprop, loss ``(1 - lam) MSE + lam CE``) as one stacked model.
+def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
+                max_batches: int | None = None) -> tuple[list[list[dict[str, float]]], list[Exception | None]]:
+    """Train the runs (one way, alike but for ``lam`` and seed) as one stacked model.
 
     Each member gets the training :func:`.training.fit` gives it alone -- same initial weights, same
-    batches in the same order, its own Adam state -- up to floating-point rounding; its weights end
-    in its own model. ``max_batches`` ends each epoch after that many batches (as in ``fit``).
+    batches in the same order, its own Adam state and, for ways (b) and (c), its own relaxation
+    re-chosen each epoch on ``validation`` (:func:`.training.choose_relaxation` on its own model, so
+    its own step size and ``T``) -- up to floating-point rounding; its weights end in its own model.
+    Arguments as :func:`.training.fit`.
+
+    * way (a), ``bp``: loss ``(1 - lam) MSE + lam CE`` on the feed-forward pass;
+    * way (b), ``bp-through-inference``: the latent relaxes ``T`` steps on the image energy from the
+      encoder's output, the same loss on the relaxed latent, backpropagated through the steps;
+    * way (c), ``pc``: image and label clamped with the member's precisions, the latent relaxes,
+      then one step on the batch-mean energy at the relaxed latent plus the encoder's amortiser loss.
 
     Returns ``(histories, errors)``, one of each per run: the per-epoch history ``fit`` returns
     (``seconds`` and ``cpu_seconds`` are the stack's epoch time shared among the members trained in
@@ -178,15 +250,20 @@ def fit_stacked(runs: Sequence[Run], max_batches: int | None = None) -> tuple[li
     """
     _check_alike(runs)
     config = runs[0].config
+    rule = config.learning.rule
+    names = METRICS[rule]
     stacked = StackedHybrid([run.model for run in runs])
     tensors = list(stacked.params.values())
     fused = all(t.device.type in ("cpu", "cuda") for t in tensors) or None  # as pclab.train builds Adam
     optimizer = torch.optim.Adam(tensors, config.learning.lr, weight_decay=config.learning.weight_decay, fused=fused)
     images = prepare_images(config, runs[0].train.images)  # (N, P), the same per batch as make_batch's
     labels = runs[0].train.labels.to(images.device)
-    lam = torch.tensor([run.config.learning.lam for run in runs], dtype=images.dtype, device=images.device)
-    weights = (torch.tensor([1.0 - run.config.learning.lam for run in runs], dtype=images.dtype, device=images.device), lam)
-    count, batch = len(runs), config.data.batch_size
+    dtype, device = images.dtype, images.device
+    lam = torch.tensor([run.config.learning.lam for run in runs], dtype=dtype, device=device)
+    weights = (torch.tensor([1.0 - run.config.learning.lam for run in runs], dtype=dtype, device=device), lam)
+    precisions = torch.tensor([[run.model.nodes["x"].energy.precision, run.model.nodes["y"].energy.precision] for run in runs],
+                              dtype=dtype, device=device)
+    count, batch, classes = len(runs), config.data.batch_size, runs[0].classes
     histories: list[list[dict[str, float]]] = [[] for _ in runs]
     errors: list[Exception | None] = [None] * count
     for epoch in range(config.epochs):
@@ -194,9 +271,21 @@ def fit_stacked(runs: Sequence[Run], max_batches: int | None = None) -> tuple[li
         if not alive:
             break
         share = len(alive)  # the members trained in this epoch share its time
+        chosen: list[dict[str, float]] = [{} for _ in runs]
+        if validation is not None and rule != "bp":
+            stacked.write_back()  # each member chooses on its own current model, as alone
+            for m in alive:
+                run = runs[m]
+                choice = choose_relaxation(run.model, training_clamp(run, validation.images, validation.labels), run.inference, step_sizes, steps)
+                if choice["steps"] == 0:  # as fit: no candidate lowered the energy, relax the fewest steps
+                    choice = {**choice, "steps": min(steps)}
+                set_relaxation(run, choice["lr"], choice["steps"])
+                chosen[m] = {"relax_lr": choice["lr"], "relax_steps": choice["steps"]}
+        rates = torch.tensor([float(run.inference.optimizer.lr) for run in runs], dtype=dtype, device=device)
+        relax_steps = torch.tensor([run.inference.steps if m in alive else 0 for m, run in enumerate(runs)], device=device)
         orders = torch.stack([torch.randperm(len(images), generator=epoch_generator(run.config.seed, epoch)) for run in runs])
-        orders = orders.to(images.device)
-        totals = torch.zeros(3, count, dtype=torch.float64)
+        orders = orders.to(device)
+        totals = torch.zeros(len(names), count, dtype=torch.float64)
         seen = done = 0
         started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(images), batch):
@@ -205,29 +294,39 @@ def fit_stacked(runs: Sequence[Run], max_batches: int | None = None) -> tuple[li
             done += 1
             index = orders[:, start:start + batch]  # (M, b): each member's own examples
             x, y = images[index], labels[index]
-            reconstruction, logits = stacked(x)
-            mse = (reconstruction - x).pow(2).mean(dim=(1, 2))
-            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(count, -1).mean(1)
-            loss = weights[0] * mse + weights[1] * ce
+            if rule == "pc":
+                onehot = F.one_hot(y, classes).to(dtype)
+                with torch.no_grad():
+                    z = stacked.relax(stacked.encode(x), x, onehot, precisions, rates, relax_steps)
+                loss = stacked.energy(z, x, onehot, precisions).mean(1) + 0.5 * (z - stacked.encode(x)).pow(2).sum(-1).mean(1)
+                metrics = [loss]
+            else:
+                z = stacked.encode(x)
+                if rule == "bp-through-inference":
+                    z = stacked.relax(z, x, None, torch.ones_like(precisions), rates, relax_steps, differentiable=True)
+                mse = (stacked.decode(z) - x).pow(2).mean(dim=(1, 2))
+                ce = F.cross_entropy(stacked.classify(z).flatten(0, 1), y.flatten(), reduction="none").view(count, -1).mean(1)
+                loss = weights[0] * mse + weights[1] * ce
+                metrics = [loss, mse, ce]
             optimizer.zero_grad(set_to_none=True)
             (loss if len(alive) == count else loss[alive]).sum().backward()
             optimizer.step()
-            metrics = torch.stack([loss, mse, ce]).detach().double().cpu()
+            values = torch.stack(metrics).detach().double().cpu()
             size = index.shape[1]
-            finite = torch.isfinite(metrics).all(0).tolist()
+            finite = torch.isfinite(values).all(0).tolist()
             for m in list(alive):
                 if not finite[m]:
-                    bad = [k for k, v in zip(("loss", "mse_x", "ce_y"), metrics[:, m].tolist()) if not math.isfinite(v)]
+                    bad = [k for k, v in zip(names, values[:, m].tolist()) if not math.isfinite(v)]
                     errors[m] = DivergenceError(f"epoch {epoch + 1}: {bad} not finite; lower lr / relax_step_sizes")
                     alive.remove(m)
-            totals += metrics * size
+            totals += values * size
             seen += size
         seconds, cpu_seconds = (time.perf_counter() - started) / share, (time.process_time() - cpu) / share
         for m in range(count):
             if errors[m] is not None:
                 continue
-            entry = {"epoch": epoch + 1, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                     **{f"train_{k}": float(totals[i, m]) / seen for i, k in enumerate(("loss", "mse_x", "ce_y"))}}
+            entry = {"epoch": epoch + 1, "seconds": seconds, "cpu_seconds": cpu_seconds, **chosen[m],
+                     **{f"train_{k}": float(totals[i, m]) / seen for i, k in enumerate(names)}}
             if max_batches is not None:
                 entry["batches"] = done
             histories[m].append(entry)
@@ -253,7 +352,7 @@ def run_stack(members: list[dict[str, Any]], phase: Phase = untimed, max_batches
     with phase("build"):
         runs = [build_run(params, data) for params in members]  # each seeded from its own seed, as alone
     with phase("train"):
-        histories, errors = fit_stacked(runs, max_batches=max_batches)
+        histories, errors = fit_stacked(runs, validation, members[0]["relax_step_sizes"], members[0]["relax_steps"], max_batches)
     share = len(members)
     trained = {"train_seconds": (time.perf_counter() - started) / share, "train_cpu_seconds": (time.process_time() - cpu) / share}
     outcomes: list[dict[str, Any] | Exception] = []
