@@ -123,7 +123,8 @@ def test_stack_groups_partition_the_trials_into_runs_alike_but_for_lam_and_seed(
         assert len({stacked.stack_key(p) for p in group}) == 1
         assert len(group) == 15  # 5 lam x 3 seeds of one way, complexity and d
     assert len(groups) == 2 * 3 + 2 * 3  # bp on Small and Medium, bpti and pc on Small; 3 d each
-    assert stacked.stack_groups([{**trials[0], "way": "ipc"}, {**trials[1], "way": "ipc"}]) == [[{**trials[0], "way": "ipc"}], [{**trials[1], "way": "ipc"}]]
+    other = [{**trials[0], "way": "ipc"}, {**trials[1], "way": "ipc"}]  # a way that is not stacked: each alone
+    assert stacked.stack_groups(other) == [[other[0]], [other[1]]]
     with pytest.raises(ValueError, match="alike"):
         stacked.run_stack([trials[0], {**trials[0], "latent": trials[0]["latent"] + 1}])
 
