@@ -57,30 +57,21 @@ def test_a_stacked_member_trains_as_it_would_alone(way, dtype, tol):
 
 
 def test_stacked_adam_state_is_each_members_own():
-    """One Adam over the stacked tensors keeps, in member m's slice, the moments m's own Adam keeps."""
+    """The one Adam over the stacked tensors keeps, in member m's slice, the moments m's own Adam keeps."""
     members = _members(lams=(0.25, 0.75), seeds=(3, 4))
     alone, together = _runs(members, "float64"), _runs(members, "float64")
     for run in alone:
         training.fit(run, max_batches=3)
-    model = stacked.StackedHybrid([run.model for run in together])
-    optimizer = torch.optim.Adam(list(model.params.values()), together[0].config.learning.lr)
+    trainer = stacked.StackedTrainer(together)
     images = training.prepare_images(together[0].config, together[0].train.images)
-    for epoch in range(together[0].config.epochs):
+    for epoch in range(together[0].config.epochs):  # the batches each member trains on alone
         orders = torch.stack([torch.randperm(len(images), generator=training.epoch_generator(r.config.seed, epoch)) for r in together])
         for start in range(0, 3 * 32, 32):
             index = orders[:, start:start + 32]
-            x, y = images[index], together[0].train.labels[index]
-            reconstruction, logits = model(x)
-            lam = torch.tensor([0.25, 0.75], dtype=torch.float64)
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(2, -1).mean(1)
-            loss = (1 - lam) * (reconstruction - x).pow(2).mean(dim=(1, 2)) + lam * ce
-            optimizer.zero_grad()
-            loss.sum().backward()
-            optimizer.step()
+            trainer.step(images[index], together[0].train.labels[index])
     for m, run in enumerate(alone):
         for name, p in run.model.named_parameters():
-            own = run.rule.optimizer.state[p]
-            mine = optimizer.state[model.params[name]]
+            own, mine = run.rule.optimizer.state[p], trainer.optimizer.state[trainer.model.params[name]]
             torch.testing.assert_close(mine["exp_avg"][m], own["exp_avg"], rtol=1e-9, atol=1e-12)
             torch.testing.assert_close(mine["exp_avg_sq"][m], own["exp_avg_sq"], rtol=1e-9, atol=1e-15)
             assert float(mine["step"]) == float(own["step"]) == 3 * run.config.epochs

@@ -228,15 +228,8 @@ def _check_alike(runs: Sequence[Run]) -> None:
             raise ValueError("stacked runs must share their training set")
 
 
-def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
-                max_batches: int | None = None) -> tuple[list[list[dict[str, float]]], list[Exception | None]]:
-    """Train the runs (one way, alike but for ``lam`` and seed) as one stacked model.
-
-    Each member gets the training :func:`.training.fit` gives it alone -- same initial weights, same
-    batches in the same order, its own Adam state and, for ways (b) and (c), its own relaxation
-    re-chosen each epoch on ``validation`` (:func:`.training.choose_relaxation` on its own model, so
-    its own step size and ``T``) -- up to floating-point rounding; its weights end in its own model.
-    Arguments as :func:`.training.fit`.
+class StackedTrainer:
+    """One training step of runs alike but for ``lam`` and seed (:func:`_check_alike`), stacked.
 
     * way (a), ``bp``: loss ``(1 - lam) MSE + lam CE`` on the feed-forward pass;
     * way (b), ``bp-through-inference``: the latent relaxes ``T`` steps on the image energy from the
@@ -244,26 +237,79 @@ def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_siz
     * way (c), ``pc``: image and label clamped with the member's precisions, the latent relaxes,
       then one step on the batch-mean energy at the relaxed latent plus the encoder's amortiser loss.
 
+    The relaxation of ways (b) and (c) is each run's current ``run.inference`` (latent SGD: its step
+    size and ``T``), read by :meth:`relaxation`.
+    """
+
+    def __init__(self, runs: Sequence[Run]):
+        _check_alike(runs)
+        self.runs = list(runs)
+        config = runs[0].config
+        self.rule = config.learning.rule
+        self.names = METRICS[self.rule]
+        self.model = StackedHybrid([run.model for run in runs])
+        tensors = list(self.model.params.values())
+        fused = all(t.device.type in ("cpu", "cuda") for t in tensors) or None  # as pclab.train builds Adam
+        self.optimizer = torch.optim.Adam(tensors, config.learning.lr, weight_decay=config.learning.weight_decay, fused=fused)
+        dtype, device = tensors[0].dtype, tensors[0].device
+        lam = [run.config.learning.lam for run in runs]
+        self.weights = torch.tensor([[1.0 - v for v in lam], lam], dtype=dtype, device=device)  # (2, M): MSE's and CE's
+        self.precisions = torch.tensor([[run.model.nodes["x"].energy.precision, run.model.nodes["y"].energy.precision] for run in runs],
+                                       dtype=dtype, device=device)
+        self.classes = runs[0].classes
+        self.relaxation()
+
+    def relaxation(self, alive: Sequence[int] | None = None) -> None:
+        """Read each run's latent step size and ``T`` (``T = 0`` for a member not in ``alive``)."""
+        dtype, device = self.precisions.dtype, self.precisions.device
+        self.rates = torch.tensor([float(run.inference.optimizer.lr) for run in self.runs], dtype=dtype, device=device)
+        self.steps = torch.tensor([run.inference.steps if alive is None or m in alive else 0 for m, run in enumerate(self.runs)],
+                                  device=device)
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor, alive: Sequence[int] | None = None) -> torch.Tensor:
+        """Learn from one batch per member: images ``x`` ``(M, B, P)`` prepared as the model takes them,
+        class indices ``labels`` ``(M, B)``; only members in ``alive`` (default all) learn. Returns the
+        metrics ``(len(METRICS[rule]), M)`` (float64, on the CPU) that each member's rule reports."""
+        model, count = self.model, len(self.runs)
+        if self.rule == "pc":
+            onehot = F.one_hot(labels, self.classes).to(x.dtype)
+            with torch.no_grad():
+                z = model.relax(model.encode(x), x, onehot, self.precisions, self.rates, self.steps)
+            loss = model.energy(z, x, onehot, self.precisions).mean(1) + 0.5 * (z - model.encode(x)).pow(2).sum(-1).mean(1)
+            metrics = [loss]
+        else:
+            z = model.encode(x)
+            if self.rule == "bp-through-inference":
+                z = model.relax(z, x, None, torch.ones_like(self.precisions), self.rates, self.steps, differentiable=True)
+            mse = (model.decode(z) - x).pow(2).mean(dim=(1, 2))
+            ce = F.cross_entropy(model.classify(z).flatten(0, 1), labels.flatten(), reduction="none").view(count, -1).mean(1)
+            loss = self.weights[0] * mse + self.weights[1] * ce
+            metrics = [loss, mse, ce]
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if alive is None or len(alive) == count else loss[list(alive)]).sum().backward()
+        self.optimizer.step()
+        return torch.stack(metrics).detach().double().cpu()
+
+
+def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
+                max_batches: int | None = None) -> tuple[list[list[dict[str, float]]], list[Exception | None]]:
+    """Train the runs (one way, alike but for ``lam`` and seed) as one stacked model (:class:`StackedTrainer`).
+
+    Each member gets the training :func:`.training.fit` gives it alone -- same initial weights, same
+    batches in the same order, its own Adam state and, for ways (b) and (c), its own relaxation
+    re-chosen each epoch on ``validation`` (:func:`.training.choose_relaxation` on its own model, so
+    its own step size and ``T``) -- up to floating-point rounding; its weights end in its own model.
+    Arguments as :func:`.training.fit`.
+
     Returns ``(histories, errors)``, one of each per run: the per-epoch history ``fit`` returns
     (``seconds`` and ``cpu_seconds`` are the stack's epoch time shared among the members trained in
     it), and None or the :class:`~pclab.train.DivergenceError` a diverging member raised alone.
     """
-    _check_alike(runs)
+    trainer = StackedTrainer(runs)
     config = runs[0].config
-    rule = config.learning.rule
-    names = METRICS[rule]
-    stacked = StackedHybrid([run.model for run in runs])
-    tensors = list(stacked.params.values())
-    fused = all(t.device.type in ("cpu", "cuda") for t in tensors) or None  # as pclab.train builds Adam
-    optimizer = torch.optim.Adam(tensors, config.learning.lr, weight_decay=config.learning.weight_decay, fused=fused)
     images = prepare_images(config, runs[0].train.images)  # (N, P), the same per batch as make_batch's
     labels = runs[0].train.labels.to(images.device)
-    dtype, device = images.dtype, images.device
-    lam = torch.tensor([run.config.learning.lam for run in runs], dtype=dtype, device=device)
-    weights = (torch.tensor([1.0 - run.config.learning.lam for run in runs], dtype=dtype, device=device), lam)
-    precisions = torch.tensor([[run.model.nodes["x"].energy.precision, run.model.nodes["y"].energy.precision] for run in runs],
-                              dtype=dtype, device=device)
-    count, batch, classes = len(runs), config.data.batch_size, runs[0].classes
+    count, batch = len(runs), config.data.batch_size
     histories: list[list[dict[str, float]]] = [[] for _ in runs]
     errors: list[Exception | None] = [None] * count
     for epoch in range(config.epochs):
@@ -272,8 +318,8 @@ def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_siz
             break
         share = len(alive)  # the members trained in this epoch share its time
         chosen: list[dict[str, float]] = [{} for _ in runs]
-        if validation is not None and rule != "bp":
-            stacked.write_back()  # each member chooses on its own current model, as alone
+        if validation is not None and trainer.rule != "bp":
+            trainer.model.write_back()  # each member chooses on its own current model, as alone
             for m in alive:
                 run = runs[m]
                 choice = choose_relaxation(run.model, training_clamp(run, validation.images, validation.labels), run.inference, step_sizes, steps)
@@ -281,11 +327,10 @@ def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_siz
                     choice = {**choice, "steps": min(steps)}
                 set_relaxation(run, choice["lr"], choice["steps"])
                 chosen[m] = {"relax_lr": choice["lr"], "relax_steps": choice["steps"]}
-        rates = torch.tensor([float(run.inference.optimizer.lr) for run in runs], dtype=dtype, device=device)
-        relax_steps = torch.tensor([run.inference.steps if m in alive else 0 for m, run in enumerate(runs)], device=device)
+        trainer.relaxation(alive)
         orders = torch.stack([torch.randperm(len(images), generator=epoch_generator(run.config.seed, epoch)) for run in runs])
-        orders = orders.to(device)
-        totals = torch.zeros(len(names), count, dtype=torch.float64)
+        orders = orders.to(images.device)
+        totals = torch.zeros(len(trainer.names), count, dtype=torch.float64)
         seen = done = 0
         started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(images), batch):
@@ -293,30 +338,12 @@ def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_siz
                 break
             done += 1
             index = orders[:, start:start + batch]  # (M, b): each member's own examples
-            x, y = images[index], labels[index]
-            if rule == "pc":
-                onehot = F.one_hot(y, classes).to(dtype)
-                with torch.no_grad():
-                    z = stacked.relax(stacked.encode(x), x, onehot, precisions, rates, relax_steps)
-                loss = stacked.energy(z, x, onehot, precisions).mean(1) + 0.5 * (z - stacked.encode(x)).pow(2).sum(-1).mean(1)
-                metrics = [loss]
-            else:
-                z = stacked.encode(x)
-                if rule == "bp-through-inference":
-                    z = stacked.relax(z, x, None, torch.ones_like(precisions), rates, relax_steps, differentiable=True)
-                mse = (stacked.decode(z) - x).pow(2).mean(dim=(1, 2))
-                ce = F.cross_entropy(stacked.classify(z).flatten(0, 1), y.flatten(), reduction="none").view(count, -1).mean(1)
-                loss = weights[0] * mse + weights[1] * ce
-                metrics = [loss, mse, ce]
-            optimizer.zero_grad(set_to_none=True)
-            (loss if len(alive) == count else loss[alive]).sum().backward()
-            optimizer.step()
-            values = torch.stack(metrics).detach().double().cpu()
+            values = trainer.step(images[index], labels[index], alive)
             size = index.shape[1]
             finite = torch.isfinite(values).all(0).tolist()
             for m in list(alive):
                 if not finite[m]:
-                    bad = [k for k, v in zip(names, values[:, m].tolist()) if not math.isfinite(v)]
+                    bad = [k for k, v in zip(trainer.names, values[:, m].tolist()) if not math.isfinite(v)]
                     errors[m] = DivergenceError(f"epoch {epoch + 1}: {bad} not finite; lower lr / relax_step_sizes")
                     alive.remove(m)
             totals += values * size
@@ -326,11 +353,11 @@ def fit_stacked(runs: Sequence[Run], validation: Dataset | None = None, step_siz
             if errors[m] is not None:
                 continue
             entry = {"epoch": epoch + 1, "seconds": seconds, "cpu_seconds": cpu_seconds, **chosen[m],
-                     **{f"train_{k}": float(totals[i, m]) / seen for i, k in enumerate(names)}}
+                     **{f"train_{k}": float(totals[i, m]) / seen for i, k in enumerate(trainer.names)}}
             if max_batches is not None:
                 entry["batches"] = done
             histories[m].append(entry)
-    stacked.write_back()
+    trainer.model.write_back()
     return histories, errors
 
 
