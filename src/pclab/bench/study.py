@@ -11,11 +11,15 @@ cost) with each epoch cut to ``batches`` batches, and splits its wall time into 
 * ``build`` -- model and learning rule (the trade-off study compiles nothing; ``build_once``: what
   the first model built in a process costs more than later ones);
 * ``epoch_setup`` -- per epoch, outside the batch loop: the PC ways' choice of relaxation;
-* ``batches`` -- the training batches; ``per_batch_ms`` against ``products_ms``, the same step's
-  matrix products alone (captured at the ATen level from one step, then replayed back to back on
-  tensors of their shapes, best of several repeats): ``overhead`` = per batch / products; a kind
-  with ``overhead >= 2`` spends most of its batch time outside products (Python, dispatch,
-  elementwise work, the optimiser): it is *overhead-bound*;
+* ``batches`` -- the training batches. What one step costs is split two ways, on steps timed
+  alone at the run's batch size ``B`` and at ``b = max(2, B / 32)``: ``fixed_ms``, the cost a step
+  has whatever its batch size (the intercept of the line through the two: Python, dispatch, kernel
+  launches, the optimiser's step on small tensors) -- the *per-operation overhead* that running
+  trials stacked shares out -- and ``products_ms``, the step's matrix products alone (captured at the
+  ATen level from one step, then replayed back to back on tensors of their shapes, best of several
+  repeats). The rest is elementwise arithmetic, which grows with the batch like the products. A kind
+  whose fixed cost is at least half its step is *overhead-bound*; otherwise it is bound by
+  arithmetic (products and elementwise work), which stacking does not reduce;
 * ``relaxation``, ``evaluate``, ``probes``, ``grid`` -- measuring the trained run (at full size: not
   sliced);
 * ``record`` -- writing the run's record.
@@ -30,8 +34,10 @@ time on ``W`` equal workers is about the start-up plus that over ``W`` (``--work
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,22 +143,52 @@ def products_seconds(products: Sequence[tuple[str, list[tuple[int, ...]], torch.
     return best
 
 
-def _step_products(params: dict[str, Any], history: list[dict[str, Any]], stack: list[dict[str, Any]] | None) -> list:
-    """The products of one training step of ``params``'s run (its relaxation as chosen in ``history``),
-    or of one step of the ``stack``."""
+def _steppers(params: list[dict[str, Any]], histories: list[list[dict[str, Any]]]) -> Callable[[int], Callable[[], Any]]:
+    """``make(b)``: a function that takes one training step of the run ``params[0]`` (or of the stack
+    of ``params``, when several) on a batch of ``b`` training examples, with the relaxation each
+    member chose in the first epoch of its ``histories``."""
     from ..studies.tradeoff import stacked, training
     from ..train import make_batch
 
-    data = training.trial_data(params)
-    if stack is not None:
-        runs = [training.build_run({**p, "epochs": 1}, data) for p in stack]
-        return capture_products(lambda: stacked.fit_stacked(runs, max_batches=1))
-    run = training.build_run(params, data)
-    if "relax_lr" in history[0]:
-        training.set_relaxation(run, history[0]["relax_lr"], history[0]["relax_steps"])
-    images, labels = run.train.images[: params["batch_size"]], run.train.labels[: params["batch_size"]]
-    batch = make_batch(run.config, images, labels, run.classes)
-    return capture_products(lambda: run.rule.step(batch))
+    data = training.trial_data(params[0])
+    runs = [training.build_run({**p, "epochs": 1}, data) for p in params]
+    for run, history in zip(runs, histories):
+        if "relax_lr" in history[0]:
+            training.set_relaxation(run, history[0]["relax_lr"], history[0]["relax_steps"])
+    images, labels = data[0].images, data[0].labels
+    if len(runs) == 1:
+        run = runs[0]
+        return lambda b: functools.partial(run.rule.step, make_batch(run.config, images[:b], labels[:b], run.classes))
+    trainer = stacked.StackedTrainer(runs)
+    x = training.prepare_images(runs[0].config, images)
+    count = len(runs)
+    return lambda b: functools.partial(trainer.step, x[:b].expand(count, -1, -1).contiguous(), labels[:b].expand(count, -1).contiguous())
+
+
+def _median_seconds(step: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of ``step()`` over ``repeats`` calls after one untimed call."""
+    from .hardware import clock
+
+    device = torch.device("cpu")
+    step()
+    times = []
+    for _ in range(repeats):
+        start = clock(device)
+        step()
+        times.append(clock(device) - start)
+    return statistics.median(times)
+
+
+def step_costs(make: Callable[[int], Callable[[], Any]], batch: int, repeats: int = 5) -> dict[str, float]:
+    """Seconds of a step at ``batch`` and at ``small = max(2, batch // 32)`` examples (medians), the
+    ``fixed`` cost (the intercept of the line through the two, at least 0) and the ``products``
+    seconds of the step at ``batch`` (:func:`capture_products`, :func:`products_seconds`)."""
+    small = max(2, batch // 32)
+    full = make(batch)
+    at_batch, at_small = _median_seconds(full, repeats), _median_seconds(make(small), repeats)
+    slope = (at_batch - at_small) / (batch - small) if batch > small else 0.0
+    return {"batch": batch, "small": small, "step": at_batch, "step_small": at_small, "fixed": min(at_batch, max(0.0, at_small - slope * small)),
+            "products": products_seconds(capture_products(full))}
 
 
 # ----------------------------------------------------------------------------------------- profile
@@ -200,12 +236,12 @@ def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batch
     with tempfile.TemporaryDirectory() as folder:
         for kind, kind_units in chosen:
             result["kinds"].append(_profile_kind(kind, kind_units, batches, Path(folder)))
-    total = {k: 0.0 for k in ("data", "build", "epoch_setup", "batches", "products", "measuring", "record")}
+    total = {k: 0.0 for k in ("data", "build", "epoch_setup", "batches", "fixed", "products", "measuring", "record")}
     for row in result["kinds"]:
         for key in total:
             total[key] += row["extrapolated"][key] * row["units"]
     result["work_seconds"] = total
-    result["work_total"] = sum(v for k, v in total.items() if k != "products")
+    result["work_total"] = sum(v for k, v in total.items() if k not in ("fixed", "products"))  # parts of "batches"
     fixed = result["startup"].get("process", 0.0) + result["startup"].get("ray", {}).get("start", 0.0) + result["data_cold"] + result["build_once"]
     result["wall_estimate"] = fixed + result["work_total"] / max(1, workers)
     result["complete"] = len(chosen) == len(by_kind)
@@ -235,7 +271,8 @@ def _profile_kind(kind: tuple, units: list[list[dict[str, Any]]], batches: int, 
     for params, outcome in zip(unit, outcomes):
         write_json(folder / "record.json", {"id": "profile", "params": params, "status": "ok", "result": outcome, "seconds": 0.0})
     record = time.perf_counter() - record_start
-    products = products_seconds(_step_products(sliced[0], history, sliced if members > 1 else None))
+    costs = step_costs(_steppers(sliced, [o["history"] for o in outcomes]), unit[0]["batch_size"])
+    fixed_share, products_share = (costs["fixed"] / costs["step"], costs["products"] / costs["step"]) if costs["step"] > 0 else (0.0, 0.0)
     first = unit[0]
     epochs = first["epochs"]
     data = training.trial_data(first)[0]
@@ -243,15 +280,19 @@ def _profile_kind(kind: tuple, units: list[list[dict[str, Any]]], batches: int, 
     epoch_setup = max(0.0, clock.seconds["train"] - loop)
     extrapolated = {
         "data": clock.seconds["data"], "build": clock.seconds["build"], "epoch_setup": epochs * epoch_setup,
-        "batches": epochs * per_epoch * per_batch, "products": epochs * per_epoch * products,
+        "batches": epochs * per_epoch * per_batch, "fixed": epochs * per_epoch * per_batch * fixed_share,
+        "products": epochs * per_epoch * per_batch * products_share,
         "measuring": sum(clock.seconds.get(k, 0.0) for k in MEASURING), "record": record,
     }
     return {
         "dataset": kind[0], "way": kind[1], "complexity": kind[2], "latent": kind[3], "members": members,
         "units": len(units), "runs": sum(len(u) for u in units),
         "phases": clock.seconds, "timed_batches": trained, "batches_per_epoch": per_epoch, "epochs": epochs,
-        "per_batch_ms": 1e3 * per_batch, "products_ms": 1e3 * products, "overhead": per_batch / products if products else math.inf,
-        "epoch_setup_s": epoch_setup, "extrapolated": extrapolated, "unit_seconds": sum(v for k, v in extrapolated.items() if k != "products"),
+        "per_batch_ms": 1e3 * per_batch, "step_ms": 1e3 * costs["step"], "step_small_ms": 1e3 * costs["step_small"], "small_batch": costs["small"],
+        "fixed_ms": 1e3 * costs["fixed"], "products_ms": 1e3 * costs["products"], "fixed_share": fixed_share, "products_share": products_share,
+        "bound": "overhead" if fixed_share >= 0.5 else "arithmetic",
+        "epoch_setup_s": epoch_setup, "extrapolated": extrapolated,
+        "unit_seconds": sum(v for k, v in extrapolated.items() if k not in ("fixed", "products")),
     }
 
 
@@ -266,20 +307,22 @@ def summary(result: dict[str, Any]) -> str:
         lines.append("start-up: " + "; ".join(parts))
     lines.append(f"once per worker process: first load of the data set {result['data_cold']:.2f} s, first model built "
                  f"{result['build_once']:.2f} s more than later ones")
-    lines.append(f"{'way':5s} {'model':8s} {'d':>3s} {'runs':>4s} {'stack':>5s} {'ms/batch':>9s} {'products':>9s} {'overhead':>8s} "
+    lines.append(f"{'way':5s} {'model':8s} {'d':>3s} {'runs':>4s} {'stack':>5s} {'ms/batch':>9s} {'fixed':>6s} {'product':>7s} "
                  f"{'data':>6s} {'build':>6s} {'setup':>7s} {'batches':>8s} {'measure':>8s} {'record':>6s} {'unit s':>7s}  bound")
     for k in result["kinds"]:
         e = k["extrapolated"]
-        bound = "overhead" if k["overhead"] >= 2 else "compute"
         lines.append(f"{k['way']:5s} {k['complexity']:8s} {k['latent']:3d} {k['runs']:4d} {k['members']:5d} {k['per_batch_ms']:9.2f} "
-                     f"{k['products_ms']:9.2f} {k['overhead']:8.1f} {e['data']:6.2f} {e['build']:6.2f} {e['epoch_setup']:7.2f} "
-                     f"{e['batches']:8.1f} {e['measuring']:8.2f} {e['record']:6.3f} {k['unit_seconds']:7.1f}  {bound}")
+                     f"{100 * k['fixed_share']:5.0f}% {100 * k['products_share']:6.0f}% {e['data']:6.2f} {e['build']:6.2f} {e['epoch_setup']:7.2f} "
+                     f"{e['batches']:8.1f} {e['measuring']:8.2f} {e['record']:6.3f} {k['unit_seconds']:7.1f}  {k['bound']}")
+    lines.append("  (stack: runs trained together; ms/batch: one step of a run or stack; fixed: share of a step that does not grow with "
+                 "the batch; product: share of matrix products; data .. record: seconds of one run or stack, extrapolated)")
     w = result["work_seconds"]
     total = result["work_total"]
     parts = ", ".join(f"{name} {w[name]:.0f} s ({100 * w[name] / total:.0f} %)" for name in ("data", "build", "epoch_setup", "batches",
                                                                                              "measuring", "record") if total)
     lines.append(f"work of the {'profiled kinds' if not result['complete'] else 'whole preset'}: {total:.0f} worker-seconds: {parts}; "
-                 f"of the batches, matrix products {w['products']:.0f} s")
+                 f"of the batches, fixed per-step cost {w['fixed']:.0f} s, matrix products {w['products']:.0f} s, "
+                 f"the rest (elementwise, optimiser) {max(0.0, w['batches'] - w['fixed'] - w['products']):.0f} s")
     lines.append(f"wall time on {result['workers']} workers, if the work divides evenly: about {result['wall_estimate']:.0f} s "
                  "(start-up and once-per-process costs, then work / workers)")
     return "\n".join(lines)
