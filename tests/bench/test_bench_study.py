@@ -39,10 +39,13 @@ def test_profile_of_the_tiny_preset_splits_each_kind_into_phases_and_extrapolate
     assert kind["members"] == (6 if stack else 1) and kind["units"] == (1 if stack else 6)
     assert kind["timed_batches"] == 2 and kind["batches_per_epoch"] == math.ceil(400 / 32)  # tiny: 400 images, batch 32
     assert {"data", "build", "train", "evaluate", "probes"} <= set(kind["phases"]) and "grid" in kind["phases"]
-    assert kind["products_ms"] > 0 and kind["overhead"] == pytest.approx(kind["per_batch_ms"] / kind["products_ms"])
+    assert kind["small_batch"] == 2 and kind["step_ms"] > 0 and kind["step_small_ms"] > 0 and kind["products_ms"] > 0
+    assert 0 <= kind["fixed_ms"] <= kind["step_ms"] and kind["fixed_share"] == pytest.approx(kind["fixed_ms"] / kind["step_ms"])
+    assert kind["bound"] == ("overhead" if kind["fixed_share"] >= 0.5 else "arithmetic")
     e = kind["extrapolated"]
     assert e["batches"] == pytest.approx(kind["epochs"] * kind["batches_per_epoch"] * kind["per_batch_ms"] / 1e3)
-    assert result["work_total"] == pytest.approx(sum(v for k, v in e.items() if k != "products") * kind["units"])
+    assert e["fixed"] == pytest.approx(e["batches"] * kind["fixed_share"]) and e["products"] == pytest.approx(e["batches"] * kind["products_share"])
+    assert result["work_total"] == pytest.approx(sum(v for k, v in e.items() if k not in ("fixed", "products")) * kind["units"])
     assert result["complete"] and "whole preset" in study.summary(result)
 
 
@@ -50,13 +53,15 @@ def test_a_stacked_steps_products_are_batched_and_a_single_runs_plain():
     from pclab.studies import tradeoff
 
     trials = [p for p in tradeoff.trials(tradeoff.study_config("tiny")) if p["way"] == "bp"]
-    history = [{}]
-    plain = study._step_products(trials[0], history, None)
-    batched = study._step_products(trials[0], history, trials)
+    histories = [[{}]] * len(trials)
+    plain = study.capture_products(study._steppers(trials[:1], histories)(32))
+    batched = study.capture_products(study._steppers(trials, histories)(32))
     # way (a) on Small: encoder, decoder and head forward (3), their weight gradients (3), the latent's gradient from decoder and head (2)
     assert len(batched) == 8 <= len(plain)
     assert {op for op, *_ in plain} <= {"mm", "addmm"}
     assert {op for op, *_ in batched} <= {"bmm", "baddbmm"} and all(shapes[0][0] == len(trials) == 3 for _, shapes, *_ in batched)
+    costs = study.step_costs(study._steppers(trials, histories), 32, repeats=2)
+    assert costs["small"] == 2 and 0 <= costs["fixed"] <= costs["step"]
 
 
 def test_the_command_line_writes_json_and_refuses_bad_arguments(tmp_path, capsys):
