@@ -225,6 +225,7 @@ def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batch
     if ray:
         result["startup"]["ray"] = ray_startup_seconds()
     training._full.cache_clear()  # the first load of the data set in this process is timed as the cold load
+    training._splits.cache_clear()
     cold = PhaseClock()
     with cold("data_cold"):
         data = training.trial_data(trials[0])

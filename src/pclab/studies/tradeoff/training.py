@@ -87,15 +87,23 @@ def _full(name: str, split: str) -> Dataset:
 def trial_data(params: dict[str, Any]) -> tuple[Dataset, Dataset]:
     """Train and test sets of a trial; subsets are stratified with seed 0, the same for every run.
     With ``params["validation"] = n`` the training set excludes the validation split
-    (:func:`validation_split`)."""
-    train, test = _full(params["dataset"], "train"), _full(params["dataset"], "test")
-    if params.get("validation"):
-        train, _ = validation_split(train, params["validation"])
-    if params["train_subset"] and params["train_subset"] < len(train):
-        train = train.subset(params["train_subset"], seed=0)
-    if params["test_subset"] and params["test_subset"] < len(test):
-        test = test.subset(params["test_subset"], seed=0)
-    return train, test
+    (:func:`validation_split`). The sets are built once per process for each (dataset, validation,
+    subsets) and shared by the trials that ask for them again (nothing writes into a data set)."""
+    return _splits(params["dataset"], params.get("validation") or 0, params["train_subset"], params["test_subset"])[:2]
+
+
+@lru_cache(maxsize=4)
+def _splits(name: str, validation: int, train_subset: int | None, test_subset: int | None) -> tuple[Dataset, Dataset, Dataset | None]:
+    """``(train, test, validation or None)`` of :func:`trial_data` and :func:`trial_validation`."""
+    train, test = _full(name, "train"), _full(name, "test")
+    held = None
+    if validation:
+        train, held = validation_split(train, validation)
+    if train_subset and train_subset < len(train):
+        train = train.subset(train_subset, seed=0)
+    if test_subset and test_subset < len(test):
+        test = test.subset(test_subset, seed=0)
+    return train, test, held
 
 
 def validation_split(train: Dataset, n: int) -> tuple[Dataset, Dataset]:
@@ -114,7 +122,10 @@ def validation_split(train: Dataset, n: int) -> tuple[Dataset, Dataset]:
 
 def trial_validation(params: dict[str, Any]) -> Dataset:
     """The validation split of a trial (``params["validation"]`` examples of the training set)."""
-    return validation_split(_full(params["dataset"], "train"), params["validation"])[1]
+    held = _splits(params["dataset"], params["validation"], params["train_subset"], params["test_subset"])[2]
+    if held is None:
+        raise ValueError(f"validation: expected a number of training examples > 0, got {params['validation']!r}")
+    return held
 
 
 def mean_image_mse(run: Run) -> float:
