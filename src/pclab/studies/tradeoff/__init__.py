@@ -208,5 +208,6 @@ def run(
 
 __all__ = [
     "PRESETS", "build_report", "choose_relaxation", "decoder_probe_mse", "hypervolume", "linear_probe_accuracy", "mark_pareto",
-    "pareto_optimal", "precisions_for", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
+    "pareto_optimal", "precisions_for", "run", "run_stack", "run_trial", "stack_groups", "study_config", "tidy_table", "tradeoff_gap",
+    "trials",
 ]
