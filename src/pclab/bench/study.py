@@ -28,7 +28,8 @@ The run of a kind is then extrapolated to the preset: ``epochs x (epoch_setup + 
 per_batch)`` plus the unsliced phases, times the runs of that kind. With ``--stack`` the kinds of a
 stacked way run as stacks (:mod:`pclab.studies.tradeoff.stacked`): the representative is a whole
 stack, its time shared by its members. The totals are the preset's work in worker-seconds; its wall
-time on ``W`` equal workers is about the start-up plus that over ``W`` (``--workers``).
+time on ``W`` workers (``--workers``) is estimated as the start-up plus the larger of that over ``W``
+and the longest single run or stack (which one worker runs alone).
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batch
     result["work_seconds"] = total
     result["work_total"] = sum(v for k, v in total.items() if k not in ("fixed", "products"))  # parts of "batches"
     fixed = result["startup"].get("process", 0.0) + result["startup"].get("ray", {}).get("start", 0.0) + result["data_cold"] + result["build_once"]
-    result["wall_estimate"] = fixed + result["work_total"] / max(1, workers)
+    result["longest_unit"] = max((row["unit_seconds"] for row in result["kinds"]), default=0.0)  # no wall time is shorter
+    result["wall_estimate"] = fixed + max(result["work_total"] / max(1, workers), result["longest_unit"])
     result["complete"] = len(chosen) == len(by_kind)
     return result
 
@@ -324,8 +326,8 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(f"work of the {'profiled kinds' if not result['complete'] else 'whole preset'}: {total:.0f} worker-seconds: {parts}; "
                  f"of the batches, fixed per-step cost {w['fixed']:.0f} s, matrix products {w['products']:.0f} s, "
                  f"the rest (elementwise, optimiser) {max(0.0, w['batches'] - w['fixed'] - w['products']):.0f} s")
-    lines.append(f"wall time on {result['workers']} workers, if the work divides evenly: about {result['wall_estimate']:.0f} s "
-                 "(start-up and once-per-process costs, then work / workers)")
+    lines.append(f"wall time on {result['workers']} workers: about {result['wall_estimate']:.0f} s (start-up and once-per-process costs, "
+                 f"then the larger of work / workers and the longest run or stack, {result['longest_unit']:.0f} s)")
     return "\n".join(lines)
 
 

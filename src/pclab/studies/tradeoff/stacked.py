@@ -1,9 +1,12 @@
 """Stacked trials: runs of the trade-off study that differ only in ``lam`` and ``seed``, trained as one.
 
-Where a model is small (a Small encoder is one ``784 x d`` product) a training step of one run is
-mostly Python and dispatch overhead, not arithmetic. Runs that share everything but ``lam`` and
-``seed`` -- dataset, way, model (complexity, ``d``), schedule (epochs, batch size, Adam's rate) and
-every other setting -- are therefore trained together:
+Where a training step of one run costs mostly per-operation overhead (Python, dispatch, kernel
+launches) rather than arithmetic -- small models on small batches or small images, small kernels
+on a GPU -- runs that share everything but ``lam`` and ``seed`` (dataset, way, model: complexity
+and ``d``, schedule: epochs, batch size, Adam's rate, and every other setting) are trained together,
+and the overhead is paid once per stack instead of once per run. Where arithmetic dominates a step
+(products, and elementwise work over the batch's images), stacking saves little:
+``pclab bench study tradeoff`` measures which is the case for a preset (:mod:`pclab.bench.study`).
 
 * **Parameters** of the ``M`` members are stacked along a leading dimension, ``(M, *shape)``. Each
   member is initialised exactly as it would be alone (:func:`.training.build_run`, seeded from its
@@ -23,7 +26,7 @@ every other setting -- are therefore trained together:
   gathered with that same permutation, so it sees exactly the batches it would alone (members with
   equal seeds share an order; different seeds are allowed in one stack).
 * **Failure**: a member whose loss stops being finite is recorded as failed with the error a run
-  alone raises, and leaves the sum; the others go on.
+  alone raises, and leaves the sum (its slice is still computed, and ignored); the others go on.
 * **Records**: after training, each member's slice goes back into its own model, which is measured
   exactly as a run alone is (:func:`.training.measure`): the record has the same fields. Times are
   the stack's training time shared equally among its members, plus the member's own measuring time.
