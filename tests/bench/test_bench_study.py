@@ -46,6 +46,7 @@ def test_profile_of_the_tiny_preset_splits_each_kind_into_phases_and_extrapolate
     assert e["batches"] == pytest.approx(kind["epochs"] * kind["batches_per_epoch"] * kind["per_batch_ms"] / 1e3)
     assert e["fixed"] == pytest.approx(e["batches"] * kind["fixed_share"]) and e["products"] == pytest.approx(e["batches"] * kind["products_share"])
     assert result["work_total"] == pytest.approx(sum(v for k, v in e.items() if k not in ("fixed", "products")) * kind["units"])
+    assert result["longest_unit"] == kind["unit_seconds"] and result["wall_estimate"] >= max(result["work_total"] / 2, kind["unit_seconds"])
     assert result["complete"] and "whole preset" in study.summary(result)
 
 
