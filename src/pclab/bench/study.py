@@ -5,7 +5,8 @@ A study is many small runs. This profiler runs, in this process, one representat
 cost) with each epoch cut to ``batches`` batches, and splits its wall time into phases:
 
 * ``startup`` -- a fresh Python importing torch and pclab (a subprocess; every Ray worker pays it
-  once), and with ``--ray`` the embedded Ray's start-up and first task;
+  once), and with ``--ray`` running as many empty trials as workers on the embedded Ray (its start,
+  Ray Tune, the workers' start, its shutdown);
 * ``data`` -- loading the data set from pclab's cache (``data_cold``: the first load in a process,
   once per worker) and the run's splits (every run);
 * ``build`` -- model and learning rule (the trade-off study compiles nothing; ``build_once``: what
@@ -87,18 +88,21 @@ def startup_seconds(modules: Sequence[str] = ("torch", "pclab.studies.tradeoff")
     return {"process": time.perf_counter() - start, "imports": float(out.stdout.strip().splitlines()[-1])}
 
 
-def ray_startup_seconds() -> dict[str, float]:
-    """``start``: the embedded Ray's start-up (:func:`pclab.sweep.ray_session`) and one trivial task's
-    round trip (a worker process started); ``shutdown``: ending it."""
-    import ray
+def noop_trial(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial that does nothing (what running trials on Ray costs without their work)."""
+    return {}
 
-    from ..sweep import ray_session
 
-    start = time.perf_counter()
-    with ray_session():
-        ray.get(ray.remote(lambda: 1).remote())
-        started = time.perf_counter()
-    return {"start": started - start, "shutdown": time.perf_counter() - started}
+def ray_startup_seconds(workers: int = 2) -> dict[str, float]:
+    """``start``: the wall seconds :func:`pclab.sweep.run_trials` takes on the embedded Ray for
+    ``workers`` trials that do nothing (Ray's start-up, Ray Tune's set-up, worker processes started
+    and importing pclab, records written, Ray's shutdown): the fixed cost of a study on Ray."""
+    from ..sweep import run_trials
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        run_trials(noop_trial, [{"noop": i} for i in range(workers)], folder, executor="ray")
+        return {"start": time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------------------------------ products
@@ -224,7 +228,7 @@ def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batch
     if startup:
         result["startup"].update(startup_seconds())
     if ray:
-        result["startup"]["ray"] = ray_startup_seconds()
+        result["startup"]["ray"] = ray_startup_seconds(workers)
     training._full.cache_clear()  # the first load of the data set in this process is timed as the cold load
     training._splits.cache_clear()
     cold = PhaseClock()
@@ -244,7 +248,8 @@ def profile_tradeoff(preset: str, overrides: dict[str, Any] | None = None, batch
             total[key] += row["extrapolated"][key] * row["units"]
     result["work_seconds"] = total
     result["work_total"] = sum(v for k, v in total.items() if k not in ("fixed", "products"))  # parts of "batches"
-    fixed = result["startup"].get("process", 0.0) + result["startup"].get("ray", {}).get("start", 0.0) + result["data_cold"] + result["build_once"]
+    started = result["startup"]["ray"]["start"] if ray else result["startup"].get("process", 0.0)  # Ray's includes its workers' start
+    fixed = started + result["data_cold"] + result["build_once"]
     result["longest_unit"] = max((row["unit_seconds"] for row in result["kinds"]), default=0.0)  # no wall time is shorter
     result["wall_estimate"] = fixed + max(result["work_total"] / max(1, workers), result["longest_unit"])
     result["complete"] = len(chosen) == len(by_kind)
@@ -304,8 +309,9 @@ def summary(result: dict[str, Any]) -> str:
     s = result["startup"]
     lines = [f"tradeoff preset {result['preset']}{' (stacked)' if result['stack'] else ''}: {result['runs']} runs; slices of "
              f"{result['batches']} batches per epoch, extrapolated; torch threads {result['torch_threads']}"]
-    parts = ([f"a fresh process importing torch and pclab {s['process']:.1f} s (the imports {s['imports']:.1f} s)"] if "process" in s else []) + (
-        [f"the embedded Ray's start and first task {s['ray']['start']:.1f} s, its shutdown {s['ray']['shutdown']:.1f} s"] if "ray" in s else [])
+    parts = [f"a fresh process importing torch and pclab {s['process']:.1f} s (the imports {s['imports']:.1f} s)"] if "process" in s else []
+    if "ray" in s:
+        parts.append(f"running {result['workers']} empty trials on the embedded Ray (start, Tune, workers, shutdown) {s['ray']['start']:.1f} s")
     if parts:
         lines.append("start-up: " + "; ".join(parts))
     lines.append(f"once per worker process: first load of the data set {result['data_cold']:.2f} s, first model built "
@@ -340,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="pclab bench study", description="where a study preset's wall time goes (timed slices)")
     parser.add_argument("study", choices=["tradeoff"], help="the study (tradeoff)")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="tiny (default), quick, paper or full")
     parser.add_argument("--batches", type=int, default=20, help="training batches per epoch of each timed slice (default 20)")
     parser.add_argument("--stack", action="store_true", help="profile the stacked ways as stacks (the study's stack=true)")
     parser.add_argument("--ray", action="store_true", help="also time the embedded Ray's start-up")
