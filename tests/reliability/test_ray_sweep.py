@@ -97,3 +97,9 @@ def test_stacked_groups_on_ray_write_one_record_per_trial(tmp_path, local_ray):
     assert [r["status"] for r in records] == ["ok"] * len(trials) == ["ok"] * 6
     assert {r["id"] for r in records} == {p.stem for p in (tmp_path / "trials").glob("*.json")}
     assert all(r["result"]["history"][0]["epoch"] == 1 and "test_accuracy" in r["result"] for r in records)
+
+
+def test_the_study_profiler_times_empty_trials_on_ray(local_ray):
+    from pclab.bench import study
+
+    assert study.ray_startup_seconds(2)["start"] > 0
