@@ -4,7 +4,8 @@ A *trial* is a JSON-able dict of parameters; its id is a hash of them, so the sa
 is recognised. :func:`run_trials` writes each finished trial to ``<out>/trials/<id>.json`` (status
 ``ok`` with the result, or ``failed`` with the error) the moment it finishes, so an interrupted
 study loses nothing finished and, run again, skips what is already there. A failing trial is
-recorded and the others go on.
+recorded and the others go on. With a :class:`Stacking`, groups of trials run together (e.g. trained
+as one stacked model); each still gets its own record, the one it would get alone.
 
 By default Ray runs embedded on this machine (no set-up, every core used), private to the study and
 ended with it (see :func:`ray_session`); ``address`` joins an existing Ray cluster instead.
