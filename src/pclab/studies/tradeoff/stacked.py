@@ -32,9 +32,9 @@ and the overhead is paid once per stack instead of once per run. Where arithmeti
   the stack's training time shared equally among its members, plus the member's own measuring time.
 
 A stacked member equals the run alone up to floating-point rounding (a batched product sums in
-another order than a plain one, and the latent gradient comes from autograd instead of the
-hand-derived one); tests check it over a few steps in float32 and, tightly, in float64. In float32
-a relaxation choice that two candidates almost tie for could go the other way.
+another order than a plain one, and way (b) differentiates its relaxation by autograd instead of
+the hand-derived reverse pass); tests check it over a few steps in float32 and, tightly, in
+float64. In float32 a relaxation choice that two candidates almost tie for could go the other way.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Constant, Dense, Stack
-from ...core.layers import ACTIVATIONS
+from ...core.layers import ACTIVATIONS, slope_times
 from ...data import Dataset
 from ...train import DivergenceError, Run, prepare_images
 from .training import (
@@ -181,19 +181,45 @@ class StackedHybrid:
             energy = energy - precisions[:, 1:] * (labels * F.log_softmax(self.classify(z, params), dim=-1)).sum(-1)
         return energy
 
+    def latent_grad(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None, precisions: torch.Tensor) -> torch.Tensor:
+        """``dE/dz`` of :meth:`energy` per sample, ``(M, B, d)``, by hand and without a graph: each
+        prediction's error ``dE/dmu`` taken back through its chain (as the reference relaxation's
+        vector-Jacobian products do; :func:`pclab.core.layers.slope_times`)."""
+        with torch.no_grad():
+            grad = self._back(self.decoder, z, lambda mu: precisions[:, :1, None] * (mu - x))
+            if labels is not None:  # -pi_y sum y log softmax(l): dE/dl = pi_y (softmax(l) sum(y) - y)
+                grad = grad + self._back(self.head, z, lambda logits: precisions[:, 1:, None] * (
+                    torch.softmax(logits, dim=-1) * labels.sum(-1, keepdim=True) - labels))
+        return grad
+
+    def _back(self, chain: Chain, z: torch.Tensor, error: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``dE/dz`` through ``chain`` from ``z``, where ``error(out)`` is ``dE/dout`` at its output."""
+        saved = []
+        h = z
+        for prefix, activation in chain:
+            weight, bias = self.params[f"{prefix}.weight"].detach(), self.params[f"{prefix}.bias"].detach()
+            a = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            h = ACTIVATIONS[activation][0](a)
+            saved.append((weight, activation, a, h))
+        g = error(h)
+        for weight, activation, a, mu in reversed(saved):
+            g = torch.bmm(slope_times(activation, g, a, mu), weight)
+        return g
+
     def relax(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None, precisions: torch.Tensor, rates: torch.Tensor,
               steps: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
         """Latent SGD on :meth:`energy` from ``z`` ``(M, B, d)``: member ``m`` takes ``steps[m]`` steps of
         size ``rates[m]`` (each sample descends its own energy, as in :func:`pclab.core.relax`); its later
         steps, up to the largest ``steps``, have size 0. ``differentiable``: keep the graph through
-        every step (backprop through inference); otherwise the parameters are constants."""
-        params = self.params if differentiable else {n: v.detach() for n, v in self.params.items()}
+        every step (backprop through inference; the gradient by autograd); otherwise the parameters
+        are constants and the gradient is :meth:`latent_grad`."""
         for t in range(int(steps.max()) if len(steps) else 0):
             size = torch.where(steps > t, rates, torch.zeros_like(rates))[:, None, None]
-            with torch.enable_grad():
-                if not differentiable:
-                    z = z.detach().requires_grad_()
-                (grad,) = torch.autograd.grad(self.energy(z, x, labels, precisions, params).sum(), z, create_graph=differentiable)
+            if differentiable:
+                with torch.enable_grad():
+                    (grad,) = torch.autograd.grad(self.energy(z, x, labels, precisions).sum(), z, create_graph=True)
+            else:
+                grad = self.latent_grad(z, x, labels, precisions)
             z = z - size * grad
         return z if differentiable else z.detach()
 
