@@ -401,7 +401,8 @@ def tune(
 def bench(ctx: typer.Context) -> None:
     """Speed benchmarks: PC, iPC, bp-through-inference and bp against the machine's matmul rate
     (and PCX with --with-pcx). Arguments go to ``python -m pclab.bench``; ``pclab bench --help``
-    lists them (suites: target, algorithms, bpti, scaling, memory, pcx, epc; ``--device cpu|cuda|auto``)."""
+    lists them (suites: target, algorithms, bpti, scaling, memory, pcx, epc; ``--device cpu|cuda|auto``).
+    ``pclab bench study tradeoff --preset P`` shows where a study preset's wall time goes (``--help`` after it)."""
     with _errors():
         from .bench import BenchError
         from .bench import main as bench_main

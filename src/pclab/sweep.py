@@ -4,7 +4,8 @@ A *trial* is a JSON-able dict of parameters; its id is a hash of them, so the sa
 is recognised. :func:`run_trials` writes each finished trial to ``<out>/trials/<id>.json`` (status
 ``ok`` with the result, or ``failed`` with the error) the moment it finishes, so an interrupted
 study loses nothing finished and, run again, skips what is already there. A failing trial is
-recorded and the others go on.
+recorded and the others go on. With a :class:`Stacking`, groups of trials run together (e.g. trained
+as one stacked model); each still gets its own record, the one it would get alone.
 
 By default Ray runs embedded on this machine (no set-up, every core used), private to the study and
 ended with it (see :func:`ray_session`); ``address`` joins an existing Ray cluster instead.
@@ -27,12 +28,28 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from .io import own_directory, read_json, write_json
 
 TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """Trials that run together as one (e.g. runs alike but for scalar settings, trained as one stacked model).
+
+    ``groups`` partitions the pending trials into lists that run together (a list of one runs with the
+    trial function, as without stacking); ``run`` runs one list and returns one outcome per trial, in
+    order: its result or the exception that ended it. Each trial keeps its own record (the same id,
+    params and fields as run alone); a failed trial does not fail its siblings.
+    """
+
+    groups: Callable[[Sequence[dict[str, Any]]], list[list[dict[str, Any]]]]
+    run: Callable[[list[dict[str, Any]]], list[Any]]
+
 
 STUDY_FOLDERS = ("trials", "tables", "figures")
 """The sub-folders of a study folder pclab writes (and clears of its own stale temporaries)."""
@@ -59,6 +76,39 @@ def _record(out: Path, params: dict[str, Any], fn: TrialFn, threads: int | None)
     record["seconds"] = time.time() - start
     write_json(out / "trials" / f"{record['id']}.json", record)
     return record
+
+
+def _record_group(out: Path, group: list[dict[str, Any]], fn: TrialFn, stacking: Stacking | None,
+                  threads: int | None) -> list[dict[str, Any]]:
+    """Run ``group`` -- one trial with ``fn``, or several together with ``stacking.run`` -- and persist
+    one record per trial (never raises). A trial of a group gets the record it would get alone: ``ok``
+    with its result, or ``failed`` with its own error; ``seconds`` is the group's wall time shared
+    equally. An error of the group as a whole fails every trial of it."""
+    if len(group) == 1 or stacking is None:
+        return [_record(out, params, fn, threads) for params in group]
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.time()
+    try:
+        outcomes = stacking.run(group)
+        if len(outcomes) != len(group):
+            raise RuntimeError(f"a stacked run returned {len(outcomes)} outcomes for {len(group)} trials")
+    except Exception as err:  # the group failed as a whole: every trial of it is recorded as failed
+        outcomes = [err] * len(group)
+    records = []
+    for params, outcome in zip(group, outcomes):
+        record: dict[str, Any] = {"id": trial_id(params), "params": params}
+        if isinstance(outcome, BaseException):
+            record.update(status="failed", error=f"{type(outcome).__name__}: {outcome}",
+                          traceback="".join(traceback.format_exception(outcome)))
+        else:
+            record.update(status="ok", result=outcome)
+        record["seconds"] = (time.time() - start) / len(group)
+        write_json(out / "trials" / f"{record['id']}.json", record)
+        records.append(record)
+    return records
 
 
 def load_records(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -191,6 +241,7 @@ def run_trials(
     executor: str = "ray",
     cpus_per_trial: int = 1,
     retry_failed: bool = False,
+    stacking: Stacking | None = None,
 ) -> list[dict[str, Any]]:
     """Run every trial not finished yet; return the records of all trials, in ``trials`` order.
 
@@ -203,6 +254,7 @@ def run_trials(
         executor: ``"ray"`` or ``"serial"``.
         cpus_per_trial: CPUs Ray reserves per trial (also torch's thread count in the trial).
         retry_failed: run trials recorded as failed again.
+        stacking: run groups of pending trials together (:class:`Stacking`); each still gets its own record.
 
     Raises:
         RunDirError: ``out`` is not a directory, or another pclab process writes it (a lock is
@@ -211,11 +263,11 @@ def run_trials(
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor must be 'ray' or 'serial', got {executor!r}")
     with own_directory(out, STUDY_FOLDERS):
-        return _run_pending(fn, trials, Path(out), address, executor, cpus_per_trial, retry_failed)
+        return _run_pending(fn, trials, Path(out), address, executor, cpus_per_trial, retry_failed, stacking)
 
 
 def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, address: str | None, executor: str,
-                 cpus_per_trial: int, retry_failed: bool) -> list[dict[str, Any]]:
+                 cpus_per_trial: int, retry_failed: bool, stacking: Stacking | None = None) -> list[dict[str, Any]]:
     """:func:`run_trials` in a study folder this process owns."""
     ids = [trial_id(p) for p in trials]
     if len(set(ids)) != len(ids):
@@ -226,13 +278,20 @@ def _run_pending(fn: TrialFn, trials: Sequence[dict[str, Any]], out: Path, addre
         progress = Progress(pending)
         header = (f"{len(pending)} trials to run ({len(trials) - len(pending)} finished already, skipped); records in "
                   f"{out / 'trials'}")
+        groups = stacking.groups(pending) if stacking is not None else [[params] for params in pending]
+        if sorted(trial_id(p) for group in groups for p in group) != sorted(trial_id(p) for p in pending):
+            raise ValueError("stacking.groups must partition the pending trials")
+        if len(groups) < len(pending):
+            header += f"; they run in {len(groups)} groups of trials trained together"
         if executor == "serial":
             print(header, file=sys.stderr, flush=True)
-            for params in pending:
-                progress.start()
-                progress.finished(_record(out, params, fn, None))
+            for group in groups:
+                for _ in group:
+                    progress.start()
+                for record in _record_group(out, group, fn, stacking, None):
+                    progress.finished(record)
         else:
-            _run_on_ray(fn, pending, out, address, cpus_per_trial, progress, header)
+            _run_on_ray(fn, groups, out, address, cpus_per_trial, progress, header, stacking)
     done = load_records(out)
     missing = [i for i in ids if i not in done]
     if missing:
@@ -418,16 +477,17 @@ def _progress_callback(progress: Progress, out: Path) -> Any:
 
     class _Lines(Callback):
         def _report(self, trial: Any) -> None:
-            params = (trial.config or {}).get("trial", {})
-            path = out / "trials" / f"{trial_id(params)}.json"
-            try:
-                record = read_json(path)
-            except (OSError, ValueError):  # the worker died before writing it (recorded after the run)
-                record = {"params": params, "status": "failed", "error": "no record (worker crashed)"}
-            progress.finished(record)
+            for params in _group_of(trial.config):
+                path = out / "trials" / f"{trial_id(params)}.json"
+                try:
+                    record = read_json(path)
+                except (OSError, ValueError):  # the worker died before writing it (recorded after the run)
+                    record = {"params": params, "status": "failed", "error": "no record (worker crashed)"}
+                progress.finished(record)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.start()
+            for _ in _group_of(trial.config):
+                progress.start()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._report(trial)
@@ -438,22 +498,30 @@ def _progress_callback(progress: Progress, out: Path) -> Any:
     return _Lines()
 
 
-def _run_on_ray(fn: TrialFn, pending: list[dict[str, Any]], out: Path, address: str | None, cpus: int,
-                progress: Progress | None = None, header: str | None = None) -> None:
+def _group_of(config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The trials a Ray Tune trial's config runs: ``{"trial": params}`` or ``{"trial": [params, ...]}``."""
+    unit = (config or {}).get("trial", {})
+    return list(unit) if isinstance(unit, list) else [unit]
+
+
+def _run_on_ray(fn: TrialFn, pending: list[list[dict[str, Any]]], out: Path, address: str | None, cpus: int,
+                progress: Progress | None = None, header: str | None = None, stacking: Stacking | None = None) -> None:
+    """Run the groups of trials ``pending`` on Ray Tune, one Tune trial per group."""
     from ray import tune
 
     out_abs = out.resolve()
 
     def trainable(config: dict[str, Any]) -> None:
-        record = _record(out_abs, config["trial"], fn, cpus)
-        tune.report({"ok": record["status"] == "ok"})
+        records = _record_group(out_abs, _group_of(config), fn, stacking, cpus)
+        tune.report({"ok": all(record["status"] == "ok" for record in records)})
 
     with ray_session(address):
         if header:  # printed once Ray is up: an unusable --address is the only line then
             print(header, file=sys.stderr, flush=True)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpus}),
-            param_space={"trial": tune.grid_search(pending)},
+            # a group of one is {"trial": params}, as without stacking; a larger one {"trial": [params, ...]}
+            param_space={"trial": tune.grid_search([g[0] if len(g) == 1 else g for g in pending])},
             # one worker process per concurrent trial, reused: a new process per trial (Tune's default
             # here) imports torch and pclab again, seconds a trial; reuse gives results bit for bit the
             # same (each trial sets its seeds and torch's thread count)
@@ -492,13 +560,15 @@ def _quiet_tune() -> Iterator[None]:
 def _record_crashes(out: Path, grid: Any) -> None:
     """A trial whose worker died (out of memory, killed) left no record: write its failure."""
     for result in grid:
-        params = (result.config or {}).get("trial")
-        if params is None or result.error is None:
+        if result.error is None:
             continue
-        path = out / "trials" / f"{trial_id(params)}.json"
-        if not path.exists():
-            write_json(path, {"id": trial_id(params), "params": params, "status": "failed",
-                              "error": f"worker crashed: {type(result.error).__name__}: {result.error}", "seconds": None})
+        for params in _group_of(result.config):
+            if not params:
+                continue
+            path = out / "trials" / f"{trial_id(params)}.json"
+            if not path.exists():
+                write_json(path, {"id": trial_id(params), "params": params, "status": "failed",
+                                  "error": f"worker crashed: {type(result.error).__name__}: {result.error}", "seconds": None})
 
 
 def records_frame(records: Sequence[dict[str, Any]]):

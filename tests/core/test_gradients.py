@@ -284,3 +284,29 @@ def test_curvature_table_is_the_second_derivative_of_every_activation():
         factor, through_slope, scale = entry
         second = scale * factor(a, mu) * (slope if through_slope else 1.0)
         assert torch.allclose(second, d2, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("act", ALL_ACTIVATIONS)
+def test_dense_vjp_without_a_graph_reuses_the_prediction_and_gives_the_same_bits(act):
+    """Without a graph a tanh or sigmoid Dense takes its slope from ``mu`` (one evaluation of the
+    activation, not two); the vector-Jacobian product is bit for bit the one from ``f'(a)``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pclab.core import Dense
+    from pclab.core.layers import ACTIVATIONS
+
+    layer = Dense(7, 33, act)
+    z, g = torch.randn(5, 7), torch.randn(5, 33)
+    calls = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(func._overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        mu, vjp = layer.forward_with_vjp(z)
+    a = layer.linear(z).detach()
+    assert torch.equal(vjp(g), (g * ACTIVATIONS[act][1](a)) @ layer.linear.weight.detach())
+    if act in ("tanh", "sigmoid"):
+        assert calls.count(act) == 1

@@ -83,3 +83,23 @@ def test_the_embedded_ray_refuses_a_client_without_its_token(tmp_path, local_ray
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --address {address}: "), result.stderr
     assert message in lines[0]
+
+
+def test_stacked_groups_on_ray_write_one_record_per_trial(tmp_path, local_ray):
+    """A group of trials trained together is one Ray Tune trial; each of its trials gets its own record,
+    as run alone (the trade-off study's stacked way (a) on tiny data)."""
+    from pclab.studies import tradeoff
+    from pclab.studies.tradeoff import run_stack, run_trial, stack_groups
+    from pclab.sweep import Stacking
+
+    trials = [p for p in tradeoff.trials(tradeoff.study_config("tiny", {"epochs": 1})) if p["way"] in ("bp", "pc")]
+    records = run_trials(run_trial, trials, tmp_path, executor="ray", stacking=Stacking(stack_groups, run_stack))
+    assert [r["status"] for r in records] == ["ok"] * len(trials) == ["ok"] * 6
+    assert {r["id"] for r in records} == {p.stem for p in (tmp_path / "trials").glob("*.json")}
+    assert all(r["result"]["history"][0]["epoch"] == 1 and "test_accuracy" in r["result"] for r in records)
+
+
+def test_the_study_profiler_times_empty_trials_on_ray(local_ray):
+    from pclab.bench import study
+
+    assert study.ray_startup_seconds(2)["start"] > 0

@@ -206,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     Raises :class:`BenchError` for an unknown suite or an unusable ``--device``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"]:  # where a study preset's time goes (pclab.bench.study)
+        from . import study
+
+        study.main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="python -m pclab.bench", description="pclab speed benchmarks",
+                                     epilog="`study tradeoff --preset P`: where a study preset's wall time goes (`study --help`)")
     parser.add_argument("suites", nargs="*", default=["target"], help=f"any of {', '.join(SUITES)} (default: target)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10, help="timed chunks per algorithm, in rotating order (default 10)")
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = tuple(args.suites) + (("pcx",) if args.with_pcx and "pcx" not in args.suites else ())
     result = run_speed_benchmark(SpeedConfig(chosen, args.threads, args.rounds, args.chunk, args.batch, args.steps,
                                              not args.no_compile, args.quick, args.pcx_venv, args.device))
-    result["command"] = " ".join(["python -m pclab.bench", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = " ".join(["python -m pclab.bench", *argv])
     print(summary(result))
     if args.json:
         write_json(args.json, result)

@@ -102,6 +102,7 @@ CURVATURE: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 SLOPE_FROM_OUTPUT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": lambda mu: mu * (1.0 - mu),
+    "tanh": lambda mu: 1.0 - mu**2,
 }
 """``f'(a)`` from ``mu = f(a)`` where that equals :data:`ACTIVATIONS`' derivative bit for bit (the
 Dense-chain accelerator reuses the prediction instead of recomputing ``f(a)``)."""
@@ -144,7 +145,10 @@ class Dense(nn.Module):
         weight = self.linear.weight
         if self.activation == "identity":
             return mu, lambda g: g @ weight
-        slope = self._df(a)
+        # without a graph, the same slope (bit for bit) from mu instead of computing f(a) again; with one
+        # (backprop through inference) the slope's own derivative is taken through f(a), as it always was
+        from_output = None if a.requires_grad else SLOPE_FROM_OUTPUT.get(self.activation)
+        slope = from_output(mu) if from_output is not None else self._df(a)
         return mu, lambda g: (g * slope) @ weight
 
     def extra_repr(self) -> str:

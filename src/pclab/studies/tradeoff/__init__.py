@@ -13,7 +13,9 @@ holds (:mod:`.probes`) and, for ways (b) and (c), what the test-time relaxation 
 paired over seeds; each PC way's accuracy against backprop; the test-time relaxation), the Pareto
 fronts as key figure, curves vs ``lam``, reconstructions across ``lam``, statements and tables.
 
-Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("quick", out)``.
+Run ``pclab study tradeoff --preset quick`` or ``pclab.studies.tradeoff.run("quick", out)``;
+``--set stack=true`` trains the runs of way (a) that differ only in ``lam`` and seed as one stacked
+model (:mod:`.stacked`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...sweep import failures, records_frame, run_trials
+from ...sweep import Stacking, failures, records_frame, run_trials
 from ...train.config import MAX_EPOCHS, MAX_STEPS, ConfigError, short
 from ..settings import check_settings, preflight
 from .analysis import build_report, tidy_table
 from .pareto import hypervolume, mark_pareto, pareto_optimal, tradeoff_gap
 from .probes import decoder_probe_mse, linear_probe_accuracy
+from .stacked import run_stack, stack_groups
 from .training import choose_relaxation, precisions_for, run_config, run_trial
 
 _COMMON: dict[str, Any] = {
@@ -42,6 +45,7 @@ _COMMON: dict[str, Any] = {
     "relax_steps": [5, 10, 20],                              # candidate T of ways (b) and (c)
     "probe_subset": 5000,    # training latents the probes are fitted on
     "exclude": [],           # runs left out of the grid (see PRESETS)
+    "stack": False,          # train runs alike but for lam and seed as one stacked model (.stacked; way (a))
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -102,7 +106,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 epochs, batch_size, lr, validation, relax_step_sizes, relax_steps, train_subset, test_subset,
 probe_subset (every run); grid_slices ([complexity, d] pairs whose first seed stores
 reconstructions); exclude (a list of {<grid key>: [values], ...}: a run matching every key of
-one entry is left out)."""
+one entry is left out); stack (train the runs of a stacked way that differ only in lam and seed
+as one stacked model, :mod:`.stacked`: the same records, less per-step overhead; not part of a
+run's parameters, so runs finished either way are skipped either way)."""
 
 _POSITIVE = ("lr", "validation", "relax_step_sizes[]", "relax_steps[]", "probe_subset", "latents[]", "epochs", "batch_size",
              "train_subset", "test_subset")
@@ -165,6 +171,11 @@ def trials(config: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=_cost, reverse=True)  # stable: grid order within equal cost
 
 
+def _stacks(pending: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The groups of runs trained together (:func:`.stacked.stack_groups`), the costliest first."""
+    return sorted(stack_groups(pending), key=lambda group: sum(map(_cost, group)), reverse=True)
+
+
 def _label(p: dict[str, Any]) -> str:
     return f"{p['dataset']} {p['way']} {p['complexity']} d={p['latent']} lam={p['lam']} seed {p['seed']}"
 
@@ -183,18 +194,20 @@ def run(
         out: study folder (``trials/`` records, ``tables/``, ``figures/``, ``report.html``).
         address: Ray cluster address (``None``: Ray on this machine).
         executor: ``"ray"`` or ``"serial"``.
-        overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}``.
+        overrides: replace preset settings, e.g. ``{"seeds": [0, 1]}`` or ``{"stack": True}``.
     """
     started = time.time()
     config = study_config(preset, overrides)
     out = Path(out)
     params = trials(config)
     preflight("tradeoff", [(_label(p), functools.partial(run_config, p)) for p in params])
-    records = run_trials(run_trial, params, out, address=address, executor=executor)
+    stacking = Stacking(_stacks, run_stack) if config["stack"] else None
+    records = run_trials(run_trial, params, out, address=address, executor=executor, stacking=stacking)
     return build_report(config, records_frame(records), failures(records), out, started)
 
 
 __all__ = [
     "PRESETS", "build_report", "choose_relaxation", "decoder_probe_mse", "hypervolume", "linear_probe_accuracy", "mark_pareto",
-    "pareto_optimal", "precisions_for", "run", "run_trial", "study_config", "tidy_table", "tradeoff_gap", "trials",
+    "pareto_optimal", "precisions_for", "run", "run_stack", "run_trial", "stack_groups", "study_config", "tidy_table", "tradeoff_gap",
+    "trials",
 ]

@@ -29,7 +29,8 @@ import base64
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -86,15 +87,23 @@ def _full(name: str, split: str) -> Dataset:
 def trial_data(params: dict[str, Any]) -> tuple[Dataset, Dataset]:
     """Train and test sets of a trial; subsets are stratified with seed 0, the same for every run.
     With ``params["validation"] = n`` the training set excludes the validation split
-    (:func:`validation_split`)."""
-    train, test = _full(params["dataset"], "train"), _full(params["dataset"], "test")
-    if params.get("validation"):
-        train, _ = validation_split(train, params["validation"])
-    if params["train_subset"] and params["train_subset"] < len(train):
-        train = train.subset(params["train_subset"], seed=0)
-    if params["test_subset"] and params["test_subset"] < len(test):
-        test = test.subset(params["test_subset"], seed=0)
-    return train, test
+    (:func:`validation_split`). The sets are built once per process for each (dataset, validation,
+    subsets) and shared by the trials that ask for them again (nothing writes into a data set)."""
+    return _splits(params["dataset"], params.get("validation") or 0, params["train_subset"], params["test_subset"])[:2]
+
+
+@lru_cache(maxsize=4)
+def _splits(name: str, validation: int, train_subset: int | None, test_subset: int | None) -> tuple[Dataset, Dataset, Dataset | None]:
+    """``(train, test, validation or None)`` of :func:`trial_data` and :func:`trial_validation`."""
+    train, test = _full(name, "train"), _full(name, "test")
+    held = None
+    if validation:
+        train, held = validation_split(train, validation)
+    if train_subset and train_subset < len(train):
+        train = train.subset(train_subset, seed=0)
+    if test_subset and test_subset < len(test):
+        test = test.subset(test_subset, seed=0)
+    return train, test, held
 
 
 def validation_split(train: Dataset, n: int) -> tuple[Dataset, Dataset]:
@@ -113,7 +122,10 @@ def validation_split(train: Dataset, n: int) -> tuple[Dataset, Dataset]:
 
 def trial_validation(params: dict[str, Any]) -> Dataset:
     """The validation split of a trial (``params["validation"]`` examples of the training set)."""
-    return validation_split(_full(params["dataset"], "train"), params["validation"])[1]
+    held = _splits(params["dataset"], params["validation"], params["train_subset"], params["test_subset"])[2]
+    if held is None:
+        raise ValueError(f"validation: expected a number of training examples > 0, got {params['validation']!r}")
+    return held
 
 
 def mean_image_mse(run: Run) -> float:
@@ -182,12 +194,22 @@ def set_relaxation(run: Run, lr: float, steps: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
-def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = ()) -> list[dict[str, float]]:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of a run's data order in ``epoch`` (0-based): the permutation
+    ``torch.randperm(N, generator=...)`` it draws first is the order of the epoch's examples."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float] = (), steps: Sequence[int] = (),
+        max_batches: int | None = None) -> list[dict[str, float]]:
     """Train ``run`` for ``config.epochs`` epochs; per-epoch mean training metrics.
 
     Ways (b) and (c) with a ``validation`` set re-choose their training relaxation at the start of
     every epoch (:func:`choose_relaxation` over ``step_sizes`` x ``steps`` on the validation images,
     clamped as in training); the history records the choice (``relax_lr``, ``relax_steps``).
+
+    ``max_batches`` ends every epoch after that many batches (a timed slice of a run, for
+    :mod:`pclab.bench.study`); the history then records ``batches``, the number trained.
 
     Raises :class:`pclab.train.DivergenceError` when a loss or energy stops being finite.
     """
@@ -201,11 +223,14 @@ def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float]
                 choice = {**choice, "steps": min(steps)}
             set_relaxation(run, choice["lr"], choice["steps"])
             chosen = {"relax_lr": choice["lr"], "relax_steps": choice["steps"]}
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        generator = epoch_generator(config.seed, epoch)
         totals: dict[str, float] = {}
-        seen = 0
+        seen = count = 0
         started, cpu = time.perf_counter(), time.process_time()
         for images, labels in batches(run.train, config.data.batch_size, shuffle=True, generator=generator):
+            if max_batches is not None and count >= max_batches:
+                break
+            count += 1
             metrics = run.rule.step(make_batch(config, images, labels, run.classes))
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
@@ -215,6 +240,8 @@ def fit(run: Run, validation: Dataset | None = None, step_sizes: Sequence[float]
             seen += len(labels)
         history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, **chosen,
                         **{f"train_{k}": v / seen for k, v in totals.items()}})
+        if max_batches is not None:
+            history[-1]["batches"] = count
     return history
 
 
@@ -289,7 +316,17 @@ def relaxation_effect(run: Run, dataset: Dataset, batch_size: int = 1000) -> dic
 
 
 # ----------------------------------------------------------------------------------------------- trial
-def run_trial(params: dict[str, Any]) -> dict[str, Any]:
+Phase = Callable[[str], AbstractContextManager[Any]]
+"""``phase(name)``: a context manager around one phase of a trial (:func:`run_trial`'s ``phase``)."""
+
+
+@contextmanager
+def untimed(name: str) -> Iterator[None]:
+    """The :data:`Phase` that does nothing (a trial run for its result only)."""
+    yield
+
+
+def run_trial(params: dict[str, Any], phase: Phase = untimed, max_batches: int | None = None) -> dict[str, Any]:
     """Train and measure one run of the study (a Ray/serial trial function; JSON in, JSON out).
 
     ``params``: dataset, way (``bp``/``bpti``/``pc``), complexity, latent, lam, seed, epochs,
@@ -297,45 +334,70 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     relax_step_sizes and relax_steps (the grids :func:`choose_relaxation` chooses from), train_subset,
     test_subset, probe_subset, grid (store reconstructions of the grid images).
 
-    Returns: test_accuracy, recon_mse (native read-out, pixel scale [-1, 1]), their feed-forward
-    and relaxed variants, probe_accuracy (linear probe on the latent), probe_mse (fresh decoder on
-    the frozen latent), mean_image_mse (the fronts' reference error), for ways (b) and (c) the
-    test-time relaxation (relax_lr, relax_steps) and its effect (:func:`relaxation_effect`), train
-    history, seconds, and optionally the reconstructions.
+    ``phase`` wraps each phase -- ``data``, ``build``, ``train`` and those of :func:`measure` -- (a
+    profiler's clock, :mod:`pclab.bench.study`); ``max_batches`` trains a slice of every epoch (see
+    :func:`fit`).
+
+    Returns what :func:`measure` returns.
     """
     started, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(params["seed"])
-    data = trial_data(params)
-    run = build_run(params, data)
-    validation = trial_validation(params)
-    history = fit(run, validation, params["relax_step_sizes"], params["relax_steps"])
-    trained, trained_cpu = time.perf_counter(), time.process_time()
+    with phase("data"):
+        data = trial_data(params)
+        validation = trial_validation(params)
+    with phase("build"):
+        run = build_run(params, data)
+    with phase("train"):
+        history = fit(run, validation, params["relax_step_sizes"], params["relax_steps"], max_batches=max_batches)
+    trained = {"train_seconds": time.perf_counter() - started, "train_cpu_seconds": time.process_time() - cpu}
+    result = measure(params, run, data, validation, history, phase)
+    shown = {k: result.pop(k) for k in ("grid_shape", "grid_images") if k in result}
+    result.update(trained)
+    result.update(shown)  # the record's fields in their usual order
+    result["trial_seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = time.process_time() - cpu  # the run's own CPU time: its cost on a machine shared with others
+    return result
+
+
+def measure(params: dict[str, Any], run: Run, data: tuple[Dataset, Dataset], validation: Dataset, history: list[dict[str, float]],
+            phase: Phase = untimed) -> dict[str, Any]:
+    """Everything a trained run of the study reports (the record's result, less its times).
+
+    Returns: test_accuracy, recon_mse (native read-out, pixel scale [-1, 1]), their feed-forward
+    and relaxed variants, probe_accuracy (linear probe on the latent), probe_mse (fresh decoder on
+    the frozen latent), mean_image_mse (the fronts' reference error), for ways (b) and (c) the
+    test-time relaxation (relax_lr, relax_steps) and its effect (:func:`relaxation_effect`), the
+    train ``history``, and with ``params["grid"]`` the reconstructions of the grid images. Phases:
+    ``relaxation`` (ways (b), (c)), ``evaluate``, ``probes``, ``grid``.
+    """
     relaxation: dict[str, float] = {}
     if params["way"] != "bp":
-        choice = choose_relaxation(run.model, {"x": prepare_images(run.config, validation.images)}, run.inference,
-                                   params["relax_step_sizes"], params["relax_steps"])
-        set_relaxation(run, choice["lr"], choice["steps"])
-        relaxation = {"relax_lr": choice["lr"], "relax_steps": choice["steps"], **relaxation_effect(run, data[1])}
-    metrics = evaluate(run)
-    probe_train = data[0] if not params.get("probe_subset") else data[0].subset(min(params["probe_subset"], len(data[0])), seed=0)
-    z_train, z_test = latents(run, probe_train), latents(run, data[1])
-    x_train = prepare_images(run.config, probe_train.images)
-    x_test = prepare_images(run.config, data[1].images)
+        with phase("relaxation"):
+            choice = choose_relaxation(run.model, {"x": prepare_images(run.config, validation.images)}, run.inference,
+                                       params["relax_step_sizes"], params["relax_steps"])
+            set_relaxation(run, choice["lr"], choice["steps"])
+            relaxation = {"relax_lr": choice["lr"], "relax_steps": choice["steps"], **relaxation_effect(run, data[1])}
+    with phase("evaluate"):
+        metrics = evaluate(run)
+        mean_mse = mean_image_mse(run)
+    with phase("probes"):
+        probe_train = data[0] if not params.get("probe_subset") else data[0].subset(min(params["probe_subset"], len(data[0])), seed=0)
+        z_train, z_test = latents(run, probe_train), latents(run, data[1])
+        x_train = prepare_images(run.config, probe_train.images)
+        x_test = prepare_images(run.config, data[1].images)
+        probes = {"probe_accuracy": linear_probe_accuracy(z_train, probe_train.labels, z_test, data[1].labels),
+                  "probe_mse": decoder_probe_mse(z_train, x_train, z_test, x_test, seed=params["seed"]),
+                  "latent_std": float(z_test.std(0).mean())}
     result: dict[str, Any] = {
         **{k: float(v) for k, v in metrics.items()},
         **relaxation,
-        "mean_image_mse": mean_image_mse(run),
-        "probe_accuracy": linear_probe_accuracy(z_train, probe_train.labels, z_test, data[1].labels),
-        "probe_mse": decoder_probe_mse(z_train, x_train, z_test, x_test, seed=params["seed"]),
-        "latent_std": float(z_test.std(0).mean()),
+        "mean_image_mse": mean_mse,
+        **probes,
         "history": history,
-        "train_seconds": trained - started,
-        "train_cpu_seconds": trained_cpu - cpu,
     }
     if params.get("grid"):
-        shown = grid_images(data[1])
-        result["grid_shape"] = list(shown.shape)
-        result["grid_images"] = encode_images(reconstructions(run, shown))
-    result["trial_seconds"] = time.perf_counter() - started
-    result["cpu_seconds"] = time.process_time() - cpu  # the run's own CPU time: its cost on a machine shared with others
+        with phase("grid"):
+            shown = grid_images(data[1])
+            result["grid_shape"] = list(shown.shape)
+            result["grid_images"] = encode_images(reconstructions(run, shown))
     return result
