@@ -45,7 +45,7 @@ _COMMON: dict[str, Any] = {
     "relax_steps": [5, 10, 20],                              # candidate T of ways (b) and (c)
     "probe_subset": 5000,    # training latents the probes are fitted on
     "exclude": [],           # runs left out of the grid (see PRESETS)
-    "stack": False,          # train runs alike but for lam and seed as one stacked model (.stacked; way (a))
+    "stack": False,          # train runs alike but for lam and seed as one stacked model (.stacked; every way)
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
