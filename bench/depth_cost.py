@@ -10,6 +10,7 @@ T = N, 2N and 4N for every method whose T is tuned. VGG trials are not estimated
 ``bench/depth_vgg_timing.py``). Usage::
 
     python bench/depth_cost.py --preset standard --json bench/results/depth-cost/standard.json
+    python bench/depth_cost.py --shares --json bench/results/depth-cost/shares.json   # where a step goes
 """
 
 from __future__ import annotations
@@ -46,6 +47,43 @@ def batch_cpu(variant: str, depth: int, factor: int, batches: int = 10) -> float
     for batch in steps[2:]:
         run.rule.step(batch)
     return (time.process_time() - started) / batches
+
+
+def step_shares(variant: str, depth: int, factor: int) -> dict[str, float]:
+    """Where one training step (AdamW) goes: its wall seconds at batch 128 and at 4 examples, the
+    fixed part that does not grow with the batch (Python, dispatch, kernel launches: what stacking
+    trials could share out) and its matrix products replayed alone (:func:`pclab.bench.study.step_costs`)."""
+    from pclab.bench.study import step_costs
+
+    training = study.PRESETS["standard"]["training"]
+    p = {"kind": "accuracy", "training": training, "variant": variant, "model": "mlp", "depth": depth, "dataset": "mnist",
+         "train_subset": 256, "test_subset": 256, "epochs": 1, "seed": 0, "optimizer": "adamw"}
+    if variant != "bp":
+        p.update(latent_optimizer="sgd", latent_lr=0.1, steps_factor=factor)
+    config = study._config(p, 784, 10)
+    data = load_data(config)
+    run = prepare(config, data)
+    images, labels = data[0].images, data[0].labels
+
+    def make(b: int):
+        batch = make_batch(config, images[:b], labels[:b], 10)
+        return lambda: run.rule.step(batch)
+
+    costs = step_costs(make, 128)
+    return {**costs, "fixed_share": costs["fixed"] / costs["step"], "products_share": costs["products"] / costs["step"]}
+
+
+def shares() -> dict:
+    """:func:`step_shares` of every method kind at depth 20, T = N and (tuned kinds) 4N."""
+    torch.set_num_threads(1)
+    out = {}
+    for kind in ("bp", "pc", "spiking+fu", "epc", "bpti"):
+        for factor in ((1, 4) if kind in study.STEPS_TUNED else (1,)):
+            r = step_shares(kind, 20, factor)
+            out[f"{kind}/T={factor}N" if kind != "bp" else kind] = r
+            print(f"{kind:11s} T={factor}N  step {r['step'] * 1e3:7.1f} ms  fixed {r['fixed_share']:4.0%}  products {r['products_share']:4.0%}",
+                  flush=True)
+    return out
 
 
 def mupc_cpu(rule: str, delay: int, depth: int, iterations: int = 40) -> float:
@@ -108,7 +146,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", action="append", default=None, help="preset(s) to estimate (default: quick, standard)")
     parser.add_argument("--json", type=Path, default=None, help="write the measurements and estimates here")
+    parser.add_argument("--shares", action="store_true", help="instead: where one depth-20 training step goes (fixed cost, products)")
     args = parser.parse_args()
+    if args.shares:
+        result = {"depth": 20, "batch": 128, "threads": 1, "torch": torch.__version__, "steps": shares()}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.json, result)
+        return
     measured = measure()
     presets = args.preset or ["quick", "standard"]
     estimates = {p: [estimate(p, measured, f) for f in (1, 2, 4)] for p in presets}
