@@ -30,17 +30,23 @@ KINDS = {"pc+fu": "pc", "spiking": "spiking+fu", "decaying": "spiking+fu", "deca
 """Methods whose per-batch cost is that of another (same relaxation and weight step)."""
 
 
-def batch_cpu(variant: str, depth: int, factor: int, batches: int = 10) -> float:
-    """Mean CPU seconds of one training step (batch 128, AdamW) after 2 warm-up steps."""
+def _training_run(variant: str, depth: int, factor: int, images: int):
+    """``(config, run, train images, labels)`` of a standard-preset MLP trial (AdamW, seed 0) on
+    ``images`` training images, relaxing ``factor`` x depth steps where the method relaxes."""
     training = study.PRESETS["standard"]["training"]
     p = {"kind": "accuracy", "training": training, "variant": variant, "model": "mlp", "depth": depth, "dataset": "mnist",
-         "train_subset": 128 * (batches + 2), "test_subset": 256, "epochs": 1, "seed": 0, "optimizer": "adamw"}
+         "train_subset": images, "test_subset": 256, "epochs": 1, "seed": 0, "optimizer": "adamw"}
     if variant != "bp":
         p.update(latent_optimizer="sgd", latent_lr=0.1, steps_factor=factor)
     config = study._config(p, 784, 10)
     data = load_data(config)
-    run = prepare(config, data)
-    steps = [make_batch(config, data[0].images[i:i + 128], data[0].labels[i:i + 128], 10) for i in range(0, 128 * (batches + 2), 128)]
+    return config, prepare(config, data), data[0].images, data[0].labels
+
+
+def batch_cpu(variant: str, depth: int, factor: int, batches: int = 10) -> float:
+    """Mean CPU seconds of one training step (batch 128, AdamW) after 2 warm-up steps."""
+    config, run, images, labels = _training_run(variant, depth, factor, 128 * (batches + 2))
+    steps = [make_batch(config, images[i:i + 128], labels[i:i + 128], 10) for i in range(0, 128 * (batches + 2), 128)]
     for batch in steps[:2]:
         run.rule.step(batch)
     started = time.process_time()
@@ -55,15 +61,7 @@ def step_shares(variant: str, depth: int, factor: int) -> dict[str, float]:
     trials could share out) and its matrix products replayed alone (:func:`pclab.bench.study.step_costs`)."""
     from pclab.bench.study import step_costs
 
-    training = study.PRESETS["standard"]["training"]
-    p = {"kind": "accuracy", "training": training, "variant": variant, "model": "mlp", "depth": depth, "dataset": "mnist",
-         "train_subset": 256, "test_subset": 256, "epochs": 1, "seed": 0, "optimizer": "adamw"}
-    if variant != "bp":
-        p.update(latent_optimizer="sgd", latent_lr=0.1, steps_factor=factor)
-    config = study._config(p, 784, 10)
-    data = load_data(config)
-    run = prepare(config, data)
-    images, labels = data[0].images, data[0].labels
+    config, run, images, labels = _training_run(variant, depth, factor, 256)
 
     def make(b: int):
         batch = make_batch(config, images[:b], labels[:b], 10)
